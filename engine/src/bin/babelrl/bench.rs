@@ -1,0 +1,129 @@
+//! `babelrl bench`: prefill and decode tokens/s at several batch sizes, and GEMM GFLOP/s on the model's
+//! own matrix shapes, printed as Markdown with the adapter and model that produced them.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use babelrl::generate::forward_chunked;
+use babelrl::gpu::cpu_ref::TokenInfo;
+use babelrl::gpu::{Gpu, GpuOptions};
+use babelrl::model::{Decoder, load_language_model};
+use rand::{Rng, SeedableRng};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// A GGUF file or a Hugging Face folder (default: SmolLM2-135M-Instruct from the model cache).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Prompt length for the prefill measurement.
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    /// Decode steps measured per batch size.
+    #[arg(long, default_value_t = 16)]
+    decode_tokens: usize,
+    /// Batch sizes (comma-separated).
+    #[arg(long, default_value = "1,8", value_delimiter = ',')]
+    batch: Vec<usize>,
+    /// Skip the GEMM measurements.
+    #[arg(long)]
+    no_gemm: bool,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let path = args.model.unwrap_or_else(crate::default_model);
+    let gpu = Gpu::new(&GpuOptions::from_env())?;
+    let lm = load_language_model(gpu.clone(), &path).with_context(|| format!("loading {}", path.display()))?;
+    let model = &lm.decoder;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    println!("adapter: {} ({}, {}); model: {name}", gpu.summary.name, gpu.summary.backend, gpu.summary.device_type);
+    println!("\n| batch | prefill tokens/s ({} tokens) | decode tokens/s |", args.prompt_tokens);
+    println!("|---|---|---|");
+    for &b in &args.batch {
+        let (prefill, decode) = bench_model(model, b, args.prompt_tokens, args.decode_tokens)?;
+        println!("| {b} | {prefill:.1} | {decode:.2} |");
+    }
+    if !args.no_gemm {
+        bench_gemm(&gpu, model)?;
+    }
+    Ok(())
+}
+
+fn bench_model(model: &Decoder, batch: usize, prompt: usize, steps: usize) -> anyhow::Result<(f64, f64)> {
+    let vocab = model.config().vocab as u32;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let cache = model.new_cache(batch, prompt + steps + 1)?;
+    let mut tokens = Vec::new();
+    let mut info = Vec::new();
+    let mut last = Vec::new();
+    for slot in 0..batch {
+        for pos in 0..prompt {
+            tokens.push(rng.random_range(0..vocab));
+            info.push(TokenInfo { pos: pos as u32, slot: slot as u32, n_keys: pos as u32 + 1 });
+        }
+        last.push(tokens.len() - 1);
+    }
+    // Warm up pipelines and buffers once, then time.
+    forward_chunked(model, &cache, &tokens, &info, &last)?;
+    let start = Instant::now();
+    let logits = forward_chunked(model, &cache, &tokens, &info, &last)?;
+    let prefill = tokens.len() as f64 / start.elapsed().as_secs_f64();
+
+    let mut next: Vec<u32> = logits.iter().map(|row| argmax(row)).collect();
+    let start = Instant::now();
+    for step in 0..steps {
+        let pos = (prompt + step) as u32;
+        let info: Vec<TokenInfo> = (0..batch).map(|s| TokenInfo { pos, slot: s as u32, n_keys: pos + 1 }).collect();
+        let rows: Vec<u32> = (0..batch as u32).collect();
+        let out = model.forward(&cache, &next, &info, &rows)?;
+        let flat = model.read_logits(&out)?;
+        next = flat.chunks(vocab as usize).map(argmax).collect();
+    }
+    let decode = (batch * steps) as f64 / start.elapsed().as_secs_f64();
+    Ok((prefill, decode))
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    row.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0 as u32
+}
+
+fn bench_gemm(gpu: &Gpu, model: &Decoder) -> anyhow::Result<()> {
+    let c = model.config();
+    let shapes = [
+        ("qkv", c.qkv_width(), c.hidden),
+        ("o_proj", c.hidden, c.n_head * c.head_dim),
+        ("gate_up", 2 * c.intermediate, c.hidden),
+        ("down", c.hidden, c.intermediate),
+        ("lm_head", c.vocab, c.hidden),
+    ];
+    println!("\n| GEMM (N×K) | T=1 GFLOP/s | T=8 GFLOP/s | T=128 GFLOP/s |");
+    println!("|---|---|---|---|");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+    for (name, n, k) in shapes {
+        let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-0.1..0.1)).collect();
+        let w = gpu.upload_weight(name, &w, n, k)?;
+        let mut row = format!("| {name} ({n}×{k}) |");
+        for t in [1usize, 8, 128] {
+            let x: Vec<f32> = (0..t * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let x = gpu.upload_f32("x", &x, &[t, k])?;
+            let y = gpu.zeros("y", &[t, n])?;
+            let run = |reps: usize| -> anyhow::Result<f64> {
+                let start = Instant::now();
+                let mut b = gpu.batch();
+                for _ in 0..reps {
+                    b.matmul(&x, &w, None, None, &y, t);
+                }
+                b.submit()?;
+                gpu.wait()?;
+                Ok(start.elapsed().as_secs_f64())
+            };
+            run(1)?;
+            let once = run(1)?;
+            let reps = ((0.3 / once) as usize).clamp(1, 200);
+            let secs = run(reps)?;
+            row.push_str(&format!(" {:.2} |", 2.0 * (t * n * k * reps) as f64 / secs / 1e9));
+        }
+        println!("{row}");
+    }
+    Ok(())
+}

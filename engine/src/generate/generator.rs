@@ -1,0 +1,234 @@
+//! Batched generation: prompts of different lengths prefilled together, then decoded one token per
+//! sequence per step over a shared KV cache, with stop tokens, stop strings and streaming.
+
+use rand::SeedableRng;
+
+use crate::generate::sampler::{SamplingConfig, sample};
+use crate::gpu::cpu_ref::TokenInfo;
+use crate::model::{Decoder, KvCache};
+use crate::text::Tokenizer;
+use crate::{Error, Result};
+
+/// Most tokens run through the model in one forward pass (bounds the attention scratch memory).
+pub const PREFILL_CHUNK: usize = 256;
+
+/// Why a sequence stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum FinishReason {
+    /// An end-of-sequence or stop token (not included in the completion).
+    StopToken,
+    /// A stop string appeared (the text is cut before it).
+    StopString,
+    /// `max_new_tokens` reached, or the context is full.
+    Length,
+}
+
+/// One finished completion.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Completion {
+    pub tokens: Vec<u32>,
+    /// Log-probability of each token under the model's unmodified distribution.
+    pub logprobs: Vec<f32>,
+    pub text: String,
+    pub finish: FinishReason,
+}
+
+/// A streamed piece of text of sequence `seq`.
+pub struct Chunk<'a> {
+    pub seq: usize,
+    pub token: u32,
+    pub text: &'a str,
+}
+
+struct Active {
+    tokens: Vec<u32>,
+    logprobs: Vec<f32>,
+    prompt_len: usize,
+    emitted: usize,
+    done: Option<FinishReason>,
+    text: String,
+}
+
+/// Runs `tokens` with `info` through the model in chunks; returns the logits rows for `want`
+/// (indices into `tokens`), in that order.
+pub fn forward_chunked(
+    model: &Decoder,
+    cache: &KvCache,
+    tokens: &[u32],
+    info: &[TokenInfo],
+    want: &[usize],
+) -> Result<Vec<Vec<f32>>> {
+    let vocab = model.config().vocab;
+    let mut rows: Vec<Option<Vec<f32>>> = vec![None; want.len()];
+    for start in (0..tokens.len()).step_by(PREFILL_CHUNK) {
+        let end = (start + PREFILL_CHUNK).min(tokens.len());
+        let picked: Vec<(usize, u32)> = want
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| (start..end).contains(*w))
+            .map(|(k, &w)| (k, (w - start) as u32))
+            .collect();
+        let out_rows: Vec<u32> = picked.iter().map(|p| p.1).collect();
+        let logits = model.forward(cache, &tokens[start..end], &info[start..end], &out_rows)?;
+        if out_rows.is_empty() {
+            continue;
+        }
+        let flat = model.read_logits(&logits)?;
+        for (j, (k, _)) in picked.iter().enumerate() {
+            rows[*k] = Some(flat[j * vocab..(j + 1) * vocab].to_vec());
+        }
+    }
+    Ok(rows.into_iter().map(|r| r.expect("every wanted row lies in some chunk")).collect())
+}
+
+/// Generates a completion for each prompt (token ids). `on_chunk` receives text as it is produced.
+pub fn generate(
+    model: &Decoder,
+    tokenizer: &Tokenizer,
+    prompts: &[Vec<u32>],
+    cfg: &SamplingConfig,
+    mut on_chunk: impl FnMut(Chunk<'_>),
+) -> Result<Vec<Completion>> {
+    cfg.validate()?;
+    if prompts.is_empty() {
+        return Ok(Vec::new());
+    }
+    if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
+        return Err(Error::Input(format!("prompt {i} is empty: give at least one token")));
+    }
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    if longest >= model.max_context() {
+        return Err(Error::Input(format!(
+            "a prompt of {longest} tokens does not fit the model's context of {} tokens",
+            model.max_context()
+        )));
+    }
+    let ctx = (longest + cfg.max_new_tokens).min(model.max_context());
+    let cache = model.new_cache(prompts.len(), ctx)?;
+    let mut stops: Vec<u32> = tokenizer.eos_ids().to_vec();
+    stops.extend(&cfg.stop_tokens);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
+
+    // Prefill every prompt in one flat batch.
+    let mut tokens = Vec::new();
+    let mut info = Vec::new();
+    let mut last = Vec::new();
+    for (slot, p) in prompts.iter().enumerate() {
+        for (pos, &t) in p.iter().enumerate() {
+            tokens.push(t);
+            info.push(TokenInfo { pos: pos as u32, slot: slot as u32, n_keys: pos as u32 + 1 });
+        }
+        last.push(tokens.len() - 1);
+    }
+    let mut logits = forward_chunked(model, &cache, &tokens, &info, &last)?;
+    let mut seqs: Vec<Active> = prompts
+        .iter()
+        .map(|p| Active {
+            tokens: p.clone(),
+            logprobs: Vec::new(),
+            prompt_len: p.len(),
+            emitted: 0,
+            done: None,
+            text: String::new(),
+        })
+        .collect();
+
+    loop {
+        // Sample one token for every live sequence, in slot order.
+        let live: Vec<usize> = (0..seqs.len()).filter(|&i| seqs[i].done.is_none()).collect();
+        for (row, &i) in live.iter().enumerate() {
+            let (tok, lp) = sample(&logits[row], cfg, &mut rng);
+            let s = &mut seqs[i];
+            if stops.contains(&tok) {
+                s.done = Some(FinishReason::StopToken);
+                continue;
+            }
+            s.tokens.push(tok);
+            s.logprobs.push(lp);
+            s.text = tokenizer.decode(&s.tokens[s.prompt_len..], true)?;
+            if let Some(cut) = cfg.stop_strings.iter().filter_map(|st| s.text.find(st.as_str())).min() {
+                s.text.truncate(cut);
+                s.done = Some(FinishReason::StopString);
+            }
+            // Stream whole characters only: hold back a trailing partial UTF-8 sequence.
+            let ready = s.text.trim_end_matches('\u{FFFD}').len();
+            if ready > s.emitted {
+                on_chunk(Chunk { seq: i, token: tok, text: &s.text[s.emitted..ready] });
+                s.emitted = ready;
+            }
+            let generated = s.tokens.len() - s.prompt_len;
+            if s.done.is_none() && (generated >= cfg.max_new_tokens || s.tokens.len() >= ctx) {
+                s.done = Some(FinishReason::Length);
+            }
+        }
+        let live: Vec<usize> = (0..seqs.len()).filter(|&i| seqs[i].done.is_none()).collect();
+        if live.is_empty() {
+            break;
+        }
+        let step_tokens: Vec<u32> = live.iter().map(|&i| *seqs[i].tokens.last().expect("non-empty")).collect();
+        let step_info: Vec<TokenInfo> = live
+            .iter()
+            .map(|&i| {
+                let pos = seqs[i].tokens.len() as u32 - 1;
+                TokenInfo { pos, slot: i as u32, n_keys: pos + 1 }
+            })
+            .collect();
+        let rows: Vec<u32> = (0..live.len() as u32).collect();
+        let out = model.forward(&cache, &step_tokens, &step_info, &rows)?;
+        let flat = model.read_logits(&out)?;
+        let vocab = model.config().vocab;
+        logits = flat.chunks(vocab).map(<[f32]>::to_vec).collect();
+    }
+
+    Ok(seqs
+        .into_iter()
+        .map(|s| Completion {
+            tokens: s.tokens[s.prompt_len..].to_vec(),
+            logprobs: s.logprobs,
+            text: s.text,
+            finish: s.done.unwrap_or(FinishReason::Length),
+        })
+        .collect())
+}
+
+/// Teacher forcing: the log-probability of every completion token given its prompt and the
+/// completion tokens before it, for a batch of (prompt, completion) pairs. Only the log-probs are read
+/// back; the softmax runs on the GPU.
+pub fn completion_logprobs(model: &Decoder, pairs: &[(Vec<u32>, Vec<u32>)]) -> Result<Vec<Vec<f32>>> {
+    let mut out = Vec::with_capacity(pairs.len());
+    for (i, (prompt, completion)) in pairs.iter().enumerate() {
+        if prompt.is_empty() {
+            return Err(Error::Input(format!("pair {i}: empty prompt")));
+        }
+        let len = prompt.len() + completion.len();
+        if len > model.max_context() {
+            return Err(Error::Input(format!(
+                "pair {i}: {len} tokens exceed the model's context of {}",
+                model.max_context()
+            )));
+        }
+        if completion.is_empty() {
+            out.push(Vec::new());
+            continue;
+        }
+        let cache = model.new_cache(1, len)?;
+        let tokens: Vec<u32> = prompt.iter().chain(completion).copied().collect();
+        let mut lps = Vec::with_capacity(completion.len());
+        for start in (0..tokens.len()).step_by(PREFILL_CHUNK) {
+            let end = (start + PREFILL_CHUNK).min(tokens.len());
+            let info: Vec<TokenInfo> =
+                (start..end).map(|p| TokenInfo { pos: p as u32, slot: 0, n_keys: p as u32 + 1 }).collect();
+            // Rows whose next token is a completion token.
+            let rows: Vec<u32> =
+                (start..end).filter(|&p| p + 1 >= prompt.len() && p + 1 < len).map(|p| (p - start) as u32).collect();
+            let logits = model.forward(&cache, &tokens[start..end], &info, &rows)?;
+            if rows.is_empty() {
+                continue;
+            }
+            let targets: Vec<u32> = rows.iter().map(|&r| tokens[start + r as usize + 1]).collect();
+            lps.extend(model.logprobs_of(&logits, &targets)?);
+        }
+        out.push(lps);
+    }
+    Ok(out)
+}

@@ -1,0 +1,241 @@
+//! Plain-Rust references of every kernel: simple loops, no tricks, the ground truth for kernel tests.
+//! Shapes and conventions are those of the WGSL entry points of the same name.
+
+use half::f16;
+
+/// y (T, N) = x (T, K) · wᵀ (+ bias) (+ residual), w (N, K) given as f16.
+pub fn matmul_forward(
+    x: &[f32],
+    w: &[f16],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    t: usize,
+    n: usize,
+    k: usize,
+) -> Vec<f32> {
+    let mut y = vec![0.0; t * n];
+    for r in 0..t {
+        for c in 0..n {
+            let mut acc = 0.0f64;
+            for i in 0..k {
+                acc += x[r * k + i] as f64 * w[c * k + i].to_f64();
+            }
+            let mut v = acc as f32;
+            if let Some(b) = bias {
+                v += b[c];
+            }
+            if let Some(res) = residual {
+                v += res[r * n + c];
+            }
+            y[r * n + c] = v;
+        }
+    }
+    y
+}
+
+/// out (R, D) = x[src(r)] / sqrt(mean(x²) + eps) · w, src(r) = rows[r] if given.
+pub fn rms_norm_forward(x: &[f32], w: &[f32], rows_map: Option<&[u32]>, rows: usize, eps: f32) -> Vec<f32> {
+    let d = w.len();
+    let mut out = vec![0.0; rows * d];
+    for r in 0..rows {
+        let src = rows_map.map_or(r, |m| m[r] as usize);
+        let row = &x[src * d..(src + 1) * d];
+        let ms = row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / d as f64;
+        let inv = 1.0 / (ms + eps as f64).sqrt();
+        for i in 0..d {
+            out[r * d + i] = (row[i] as f64 * inv) as f32 * w[i];
+        }
+    }
+    out
+}
+
+/// out (R, D) = (x − mean) / sqrt(var + eps) · w + b.
+pub fn layer_norm_forward(x: &[f32], w: &[f32], b: &[f32], rows: usize, eps: f32) -> Vec<f32> {
+    let d = w.len();
+    let mut out = vec![0.0; rows * d];
+    for r in 0..rows {
+        let row = &x[r * d..(r + 1) * d];
+        let mean = row.iter().map(|v| *v as f64).sum::<f64>() / d as f64;
+        let var = row.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
+        let inv = 1.0 / (var + eps as f64).sqrt();
+        for i in 0..d {
+            out[r * d + i] = ((row[i] as f64 - mean) * inv) as f32 * w[i] + b[i];
+        }
+    }
+    out
+}
+
+/// Rotary table (P, hd/2) of (cos, sin), computed as Hugging Face does: inv_freq in f32, angle in f32.
+pub fn rope_table(positions: usize, head_dim: usize, theta: f32) -> Vec<[f32; 2]> {
+    let half = head_dim / 2;
+    let inv_freq: Vec<f32> =
+        (0..half).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect();
+    let mut table = Vec::with_capacity(positions * half);
+    for pos in 0..positions {
+        for f in &inv_freq {
+            let angle = (pos as f32 * f) as f64;
+            table.push([angle.cos() as f32, angle.sin() as f32]);
+        }
+    }
+    table
+}
+
+/// Per-token routing for attention: (position, cache slot, number of keys attended).
+#[derive(Debug, Clone, Copy)]
+pub struct TokenInfo {
+    pub pos: u32,
+    pub slot: u32,
+    pub n_keys: u32,
+}
+
+/// Attention shapes for the reference.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    /// Cache positions per slot.
+    pub ctx: usize,
+}
+
+/// Splits qkv (T, (H+2Hkv)·hd) into q (T, H, hd) and writes k, v into the caches (S, Hkv, C, hd),
+/// with optional per-head RMSNorm (weights (2, hd)) and rotate-half RoPE.
+pub fn qkv_split_forward(
+    s: AttnShape,
+    tok: &[TokenInfo],
+    qkv: &[f32],
+    rope: Option<&[[f32; 2]]>,
+    qk_norm: Option<(&[f32], f32)>,
+    k_cache: &mut [f32],
+    v_cache: &mut [f32],
+) -> Vec<f32> {
+    let hd = s.head_dim;
+    let heads = s.n_head + 2 * s.n_kv_head;
+    let mut q = vec![0.0; tok.len() * s.n_head * hd];
+    for (t, info) in tok.iter().enumerate() {
+        for j in 0..heads {
+            let mut v: Vec<f32> = qkv[(t * heads + j) * hd..(t * heads + j + 1) * hd].to_vec();
+            let cache_at = |h: usize| ((info.slot as usize * s.n_kv_head + h) * s.ctx + info.pos as usize) * hd;
+            if j >= s.n_head + s.n_kv_head {
+                let at = cache_at(j - s.n_head - s.n_kv_head);
+                v_cache[at..at + hd].copy_from_slice(&v);
+                continue;
+            }
+            if let Some((w, eps)) = qk_norm {
+                let w = if j < s.n_head { &w[..hd] } else { &w[hd..2 * hd] };
+                let ms = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / hd as f64;
+                let inv = 1.0 / (ms + eps as f64).sqrt();
+                for i in 0..hd {
+                    v[i] = (v[i] as f64 * inv) as f32 * w[i];
+                }
+            }
+            if let Some(table) = rope {
+                let half = hd / 2;
+                let rotated: Vec<f32> = (0..hd)
+                    .map(|i| {
+                        let [c, sn] = table[info.pos as usize * half + i % half];
+                        if i < half { v[i] * c - v[i + half] * sn } else { v[i] * c + v[i - half] * sn }
+                    })
+                    .collect();
+                v = rotated;
+            }
+            if j < s.n_head {
+                q[(t * s.n_head + j) * hd..(t * s.n_head + j + 1) * hd].copy_from_slice(&v);
+            } else {
+                let at = cache_at(j - s.n_head);
+                k_cache[at..at + hd].copy_from_slice(&v);
+            }
+        }
+    }
+    q
+}
+
+/// out (T, H·hd): softmax(q·kᵀ/√hd over keys 0..n_keys) · v, grouped-query heads.
+pub fn attention_forward(s: AttnShape, tok: &[TokenInfo], q: &[f32], k_cache: &[f32], v_cache: &[f32]) -> Vec<f32> {
+    let hd = s.head_dim;
+    let group = s.n_head / s.n_kv_head;
+    let mut out = vec![0.0; tok.len() * s.n_head * hd];
+    for (t, info) in tok.iter().enumerate() {
+        for h in 0..s.n_head {
+            let kvh = h / group;
+            let base = (info.slot as usize * s.n_kv_head + kvh) * s.ctx;
+            let qv = &q[(t * s.n_head + h) * hd..(t * s.n_head + h + 1) * hd];
+            let scores: Vec<f64> = (0..info.n_keys as usize)
+                .map(|j| {
+                    let kv = &k_cache[(base + j) * hd..(base + j + 1) * hd];
+                    qv.iter().zip(kv).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() / (hd as f64).sqrt()
+                })
+                .collect();
+            let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = scores.iter().map(|x| (x - m).exp()).sum();
+            for i in 0..hd {
+                let acc: f64 = scores
+                    .iter()
+                    .enumerate()
+                    .map(|(j, x)| (x - m).exp() / z * v_cache[(base + j) * hd + i] as f64)
+                    .sum();
+                out[(t * s.n_head + h) * hd + i] = acc as f32;
+            }
+        }
+    }
+    out
+}
+
+/// out (T, D) = table[ids[t]] for an f16 table (V, D).
+pub fn embed_rows_forward(ids: &[u32], table: &[f16], dim: usize) -> Vec<f32> {
+    ids.iter().flat_map(|&id| table[id as usize * dim..(id as usize + 1) * dim].iter().map(|h| h.to_f32())).collect()
+}
+
+/// act (T, I) = silu(gu[:, :I]) · gu[:, I:].
+pub fn swiglu_forward(gu: &[f32], t: usize, inter: usize) -> Vec<f32> {
+    let mut out = vec![0.0; t * inter];
+    for r in 0..t {
+        for i in 0..inter {
+            let g = gu[r * 2 * inter + i] as f64;
+            let u = gu[r * 2 * inter + inter + i] as f64;
+            out[r * inter + i] = (g / (1.0 + (-g).exp()) * u) as f32;
+        }
+    }
+    out
+}
+
+/// Exact GELU, x · Φ(x), through libm's erf.
+pub fn gelu_forward(x: &[f32]) -> Vec<f32> {
+    x.iter().map(|&v| (0.5 * v as f64 * (1.0 + libm::erf(v as f64 / std::f64::consts::SQRT_2))) as f32).collect()
+}
+
+/// out[r] = logits[r, target[r]] − logsumexp(logits[r]).
+pub fn logprob_forward(logits: &[f32], targets: &[u32], vocab: usize) -> Vec<f32> {
+    targets
+        .iter()
+        .enumerate()
+        .map(|(r, &t)| {
+            let row = &logits[r * vocab..(r + 1) * vocab];
+            let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let z: f64 = row.iter().map(|x| (*x as f64 - m).exp()).sum();
+            (row[t as usize] as f64 - m - z.ln()) as f32
+        })
+        .collect()
+}
+
+/// out (B, D): mean of rows [start, start + len) per span, L2-normalised.
+pub fn mean_pool_l2_forward(x: &[f32], spans: &[(u32, u32)], dim: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(spans.len() * dim);
+    for &(start, len) in spans {
+        let mean: Vec<f64> = (0..dim)
+            .map(|i| (0..len as usize).map(|r| x[(start as usize + r) * dim + i] as f64).sum::<f64>() / len.max(1) as f64)
+            .collect();
+        let norm = mean.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
+        out.extend(mean.iter().map(|v| (v / norm) as f32));
+    }
+    out
+}
+
+/// out (T, D) += table[ids[t]] for an f16 table (V, D), accumulated in f32 as the kernel does.
+pub fn embed_rows_add_forward(out: &mut [f32], ids: &[u32], table: &[f16], dim: usize) {
+    for (t, &id) in ids.iter().enumerate() {
+        for i in 0..dim {
+            out[t * dim + i] += table[id as usize * dim + i].to_f32();
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Adapter choice and device creation: picks the best adapter (or the one the user names), requests
+//! its own limits, detects the features kernels can use, and turns device errors into `Error::Gpu`.
+
+use std::sync::{Arc, Mutex};
+
+use crate::gpu::pipeline::PipelineCache;
+use crate::{Error, Result};
+
+/// How to pick an adapter. Every field can also come from the environment (see [`GpuOptions::from_env`]).
+#[derive(Debug, Clone, Default)]
+pub struct GpuOptions {
+    /// Backend to use: "vulkan", "metal", "dx12" (default: all of them).
+    pub backend: Option<String>,
+    /// Case-insensitive substring of the adapter name to use (e.g. "llvmpipe", "nvidia").
+    pub adapter_name: Option<String>,
+    /// Refuse CPU (software) adapters.
+    pub require_hardware: bool,
+}
+
+impl GpuOptions {
+    /// Options from `BABELRL_BACKEND` / `WGPU_BACKEND` and `BABELRL_ADAPTER` / `WGPU_ADAPTER_NAME`.
+    pub fn from_env() -> Self {
+        let var = |a: &str, b: &str| std::env::var(a).or_else(|_| std::env::var(b)).ok().filter(|s| !s.is_empty());
+        GpuOptions {
+            backend: var("BABELRL_BACKEND", "WGPU_BACKEND"),
+            adapter_name: var("BABELRL_ADAPTER", "WGPU_ADAPTER_NAME"),
+            require_hardware: std::env::var("BABELRL_REQUIRE_GPU").is_ok_and(|v| v == "1"),
+        }
+    }
+}
+
+/// Which family of kernels suits the adapter. Software rasterisers (lavapipe) punish workgroup memory
+/// and barriers; GPUs reward them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelProfile {
+    /// A CPU adapter: one output per invocation, no shared memory.
+    Cpu,
+    /// A real GPU.
+    Gpu,
+}
+
+/// What the engine learned about its adapter.
+#[derive(Debug, Clone)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub shader_f16: bool,
+    pub subgroups: bool,
+    pub subgroup_size: (u32, u32),
+    pub max_buffer_size: u64,
+    pub max_storage_binding: u64,
+    pub max_storage_buffers_per_stage: u32,
+    pub max_workgroup_invocations: u32,
+}
+
+/// The device every kernel runs on.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub summary: AdapterSummary,
+    pub profile: KernelProfile,
+    pub(crate) pipelines: PipelineCache,
+    /// A 16-byte buffer bound where a kernel's optional input is absent.
+    pub(crate) dummy: wgpu::Buffer,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu").field("adapter", &self.summary.name).field("profile", &self.profile).finish()
+    }
+}
+
+const NO_ADAPTER_HELP: &str = "no GPU adapter found. babelrl needs a Vulkan, Metal or DX12 driver. \
+On Linux without a GPU install Mesa's software Vulkan driver (lavapipe): \
+`apt-get install mesa-vulkan-drivers libvulkan1`. `babelrl info` lists the adapters it can see.";
+
+fn parse_backends(name: Option<&str>) -> Result<wgpu::Backends> {
+    let Some(name) = name else { return Ok(wgpu::Backends::all()) };
+    match name.to_ascii_lowercase().as_str() {
+        "vulkan" | "vk" => Ok(wgpu::Backends::VULKAN),
+        "metal" | "mtl" => Ok(wgpu::Backends::METAL),
+        "dx12" | "d3d12" => Ok(wgpu::Backends::DX12),
+        "all" | "primary" => Ok(wgpu::Backends::all()),
+        other => Err(Error::Input(format!(
+            "unknown backend `{other}` (BABELRL_BACKEND / --backend): use vulkan, metal or dx12"
+        ))),
+    }
+}
+
+fn type_rank(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+fn new_instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = backends;
+    wgpu::Instance::new(desc)
+}
+
+/// Every adapter wgpu can see on the chosen backends, best first.
+pub fn list_adapters(options: &GpuOptions) -> Result<Vec<wgpu::AdapterInfo>> {
+    let instance = new_instance(parse_backends(options.backend.as_deref())?);
+    let mut infos: Vec<_> =
+        pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all())).iter().map(|a| a.get_info()).collect();
+    infos.sort_by_key(|i| type_rank(i.device_type));
+    Ok(infos)
+}
+
+impl Gpu {
+    /// Opens the adapter chosen by `options` (best hardware adapter first, then a CPU adapter).
+    pub fn new(options: &GpuOptions) -> Result<Arc<Gpu>> {
+        let instance = new_instance(parse_backends(options.backend.as_deref())?);
+        let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        if adapters.is_empty() {
+            return Err(Error::NoAdapter(NO_ADAPTER_HELP.into()));
+        }
+        if let Some(want) = &options.adapter_name {
+            let want = want.to_lowercase();
+            let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+            adapters.retain(|a| a.get_info().name.to_lowercase().contains(&want));
+            if adapters.is_empty() {
+                return Err(Error::NoAdapter(format!(
+                    "no adapter name contains `{want}` (BABELRL_ADAPTER); found: {}",
+                    names.join(", ")
+                )));
+            }
+        }
+        if options.require_hardware {
+            adapters.retain(|a| a.get_info().device_type != wgpu::DeviceType::Cpu);
+            if adapters.is_empty() {
+                return Err(Error::NoAdapter("only CPU adapters found and BABELRL_REQUIRE_GPU=1".into()));
+            }
+        }
+        adapters.sort_by_key(|a| type_rank(a.get_info().device_type));
+        Self::open(adapters.swap_remove(0))
+    }
+
+    fn open(adapter: wgpu::Adapter) -> Result<Arc<Gpu>> {
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
+        let features = adapter.features() & wanted;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("babelrl"),
+            required_features: features,
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::Gpu(format!("requesting a device from adapter `{}` failed: {e}", info.name)))?;
+
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            log::error!("wgpu: {e}");
+            sink.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
+        }));
+
+        let profile = if info.device_type == wgpu::DeviceType::Cpu { KernelProfile::Cpu } else { KernelProfile::Gpu };
+        let summary = AdapterSummary {
+            name: info.name.clone(),
+            backend: format!("{:?}", info.backend),
+            device_type: format!("{:?}", info.device_type),
+            driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            subgroup_size: (info.subgroup_min_size, info.subgroup_max_size),
+            max_buffer_size: limits.max_buffer_size,
+            max_storage_binding: limits.max_storage_buffer_binding_size,
+            max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
+            max_workgroup_invocations: limits.max_compute_invocations_per_workgroup,
+        };
+        log::info!("adapter: {} ({}, {}), profile {:?}", summary.name, summary.backend, summary.device_type, profile);
+        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("dummy"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        Ok(Arc::new(Gpu { device, queue, summary, profile, pipelines: PipelineCache::default(), dummy, errors }))
+    }
+
+    /// Returns the first device error raised since the last check, as `Error::Gpu`.
+    pub fn check_errors(&self) -> Result<()> {
+        let mut errs = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        if errs.is_empty() {
+            return Ok(());
+        }
+        let msg = errs.join("; ");
+        errs.clear();
+        Err(Error::Gpu(msg))
+    }
+
+    /// Waits until the queue is idle.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
+        self.check_errors()
+    }
+
+    /// Largest buffer the engine may bind as one storage binding.
+    pub fn max_binding(&self) -> u64 {
+        self.summary.max_storage_binding.min(self.summary.max_buffer_size)
+    }
+}

@@ -1,0 +1,217 @@
+//! Typed launches of every kernel: parameter blocks, shape checks and grid sizes in one place.
+//! Each function records into a [`Batch`]; nothing runs until the batch is submitted.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::gpu::shaders::{ATTENTION, ELEMENTWISE, MATMUL, NORM};
+use crate::gpu::{Batch, Gpu, Tensor, Weight16};
+
+/// Workgroup size of every 1-D kernel.
+pub const WG: u32 = 64;
+/// Largest grid dimension wgpu guarantees.
+const MAX_GROUPS: u32 = 65535;
+
+fn groups(n: usize) -> u32 {
+    (n as u32).div_ceil(WG)
+}
+
+/// A 1-D grid over `n` invocations, folded into y when it exceeds one dimension.
+fn grid_1d(n: usize) -> [u32; 3] {
+    let g = groups(n);
+    if g <= MAX_GROUPS { [g, 1, 1] } else { [MAX_GROUPS, g.div_ceil(MAX_GROUPS), 1] }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct P4 {
+    a: u32,
+    b: u32,
+    c: u32,
+    d: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct NormParams {
+    rows: u32,
+    dim: u32,
+    eps: f32,
+    flags: u32,
+}
+
+/// Parameters of the attention kernels (mirrors `Params` in attention.wgsl).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug)]
+pub struct AttnParams {
+    pub t: u32,
+    pub n_head: u32,
+    pub n_kv_head: u32,
+    pub head_dim: u32,
+    /// Cache capacity per slot (positions).
+    pub ctx: u32,
+    /// Length of each score row (the largest key count in the batch).
+    pub span: u32,
+    pub flags: u32,
+    pub eps: f32,
+}
+
+/// `AttnParams::flags`: apply per-head RMSNorm to q and k (Qwen3).
+pub const ATTN_QK_NORM: u32 = 1;
+/// `AttnParams::flags`: apply rotary position embedding.
+pub const ATTN_ROPE: u32 = 2;
+
+impl<'g> Batch<'g> {
+    /// y (T, N) = x (T, K) · wᵀ (+ bias) (+ residual).
+    pub fn matmul(
+        &mut self,
+        x: &Tensor,
+        w: &Weight16,
+        bias: Option<&Tensor>,
+        residual: Option<&Tensor>,
+        y: &Tensor,
+        t: usize,
+    ) {
+        let (n, k) = (w.rows, w.cols);
+        debug_assert!(x.len() >= t * k && y.len() >= t * n, "matmul shapes: x {:?} y {:?}", x.shape, y.shape);
+        let gpu = self.gpu_ref();
+        let flags = bias.is_some() as u32 | (residual.is_some() as u32) << 1;
+        let entry = if k % 8 == 0 { "matmul_forward" } else { "matmul_forward_scalar" };
+        let params = P4 { a: t as u32, b: n as u32, c: k as u32, d: flags };
+        let bias = bias.map_or(&gpu.dummy, |b| &b.buffer);
+        let residual = residual.map_or(&gpu.dummy, |r| &r.buffer);
+        let grid = [groups(n), (t as u32).div_ceil(4), 1];
+        self.dispatch(&MATMUL, entry, &params, &[&x.buffer, &w.buffer, bias, residual, &y.buffer], grid);
+    }
+
+    /// out (R, D) = rms_norm(x[rows[r]] or x[r]) · w.
+    pub fn rms_norm(&mut self, x: &Tensor, w: &Tensor, rows_map: Option<&Tensor>, out: &Tensor, rows: usize, eps: f32) {
+        let dim = w.len();
+        let gpu = self.gpu_ref();
+        let params = NormParams { rows: rows as u32, dim: dim as u32, eps, flags: rows_map.is_some() as u32 };
+        let map = rows_map.map_or(&gpu.dummy, |m| &m.buffer);
+        self.dispatch(&NORM, "rms_norm_forward", &params, &[&x.buffer, &w.buffer, map, &out.buffer], grid_1d(rows));
+    }
+
+    /// out (R, D) = layer_norm(x) · w + b.
+    pub fn layer_norm(&mut self, x: &Tensor, w: &Tensor, b: &Tensor, out: &Tensor, rows: usize, eps: f32) {
+        let params = NormParams { rows: rows as u32, dim: w.len() as u32, eps, flags: 0 };
+        self.dispatch(
+            &NORM,
+            "layer_norm_forward",
+            &params,
+            &[&x.buffer, &w.buffer, &b.buffer, &out.buffer],
+            grid_1d(rows),
+        );
+    }
+
+    /// Splits the fused q/k/v projection, normalises and rotates q and k, and stores k, v in the cache.
+    #[allow(clippy::too_many_arguments)]
+    pub fn qkv_split(
+        &mut self,
+        p: &AttnParams,
+        tok: &Tensor,
+        qkv: &Tensor,
+        rope: &Tensor,
+        qk_norm: Option<&Tensor>,
+        q: &Tensor,
+        k_cache: &Tensor,
+        v_cache: &Tensor,
+    ) {
+        let gpu = self.gpu_ref();
+        let heads = (p.n_head + 2 * p.n_kv_head) as usize;
+        let norm = qk_norm.map_or(&gpu.dummy, |n| &n.buffer);
+        self.dispatch(
+            &ATTENTION,
+            "qkv_split_forward",
+            p,
+            &[&tok.buffer, &qkv.buffer, &rope.buffer, norm, &q.buffer, &k_cache.buffer, &v_cache.buffer],
+            [groups(heads), p.t, 1],
+        );
+    }
+
+    /// Scaled dot-product attention of q (T, H, hd) over the caches; writes out (T, H·hd).
+    /// `scores` holds (T, H, span) floats.
+    pub fn attention(
+        &mut self,
+        p: &AttnParams,
+        tok: &Tensor,
+        q: &Tensor,
+        k_cache: &Tensor,
+        v_cache: &Tensor,
+        scores: &Tensor,
+        out: &Tensor,
+    ) {
+        let (t, h) = (p.t, p.n_head);
+        self.dispatch(
+            &ATTENTION,
+            "attn_scores_forward",
+            p,
+            &[&tok.buffer, &q.buffer, &k_cache.buffer, &scores.buffer],
+            [groups(p.span as usize), h, t],
+        );
+        self.dispatch(
+            &ATTENTION,
+            "attn_softmax_forward",
+            p,
+            &[&tok.buffer, &scores.buffer],
+            [groups((t * h) as usize), 1, 1],
+        );
+        self.dispatch(
+            &ATTENTION,
+            "attn_values_forward",
+            p,
+            &[&tok.buffer, &v_cache.buffer, &scores.buffer, &out.buffer], // v, probs, out
+            [groups(p.head_dim as usize), h, t],
+        );
+    }
+
+    /// out (T, D) = table[ids[t]].
+    pub fn embed_rows(&mut self, ids: &Tensor, table: &Weight16, out: &Tensor, t: usize) {
+        let params = P4 { a: t as u32, b: table.cols as u32, c: table.rows as u32, d: 0 };
+        let grid = [groups(table.cols / 2), t as u32, 1];
+        self.dispatch(&ELEMENTWISE, "embed_rows_forward", &params, &[&ids.buffer, &table.buffer, &out.buffer], grid);
+    }
+
+    /// act (T, I) = silu(gu[:, :I]) · gu[:, I:].
+    pub fn swiglu(&mut self, gu: &Tensor, act: &Tensor, t: usize, inter: usize) {
+        let params = P4 { a: t as u32, b: inter as u32, c: 0, d: 0 };
+        let grid = [groups(inter), t as u32, 1];
+        self.dispatch(&ELEMENTWISE, "swiglu_forward", &params, &[&gu.buffer, &act.buffer], grid);
+    }
+
+    /// x = gelu(x) in place over `rows · dim` elements.
+    pub fn gelu(&mut self, x: &Tensor, rows: usize, dim: usize) {
+        let params = P4 { a: rows as u32, b: dim as u32, c: 0, d: 0 };
+        self.dispatch(&ELEMENTWISE, "gelu_forward", &params, &[&x.buffer], grid_1d(rows * dim));
+    }
+
+    /// out[r] = log_softmax(logits[r])[target[r]].
+    pub fn logprob(&mut self, logits: &Tensor, targets: &Tensor, out: &Tensor, rows: usize, vocab: usize) {
+        let params = P4 { a: rows as u32, b: vocab as u32, c: 0, d: 0 };
+        self.dispatch(
+            &ELEMENTWISE,
+            "logprob_forward",
+            &params,
+            &[&targets.buffer, &logits.buffer, &out.buffer],
+            [groups(rows), 1, 1],
+        );
+    }
+
+    /// out (B, D) = mean of x over each (start, len) span in `spans`, then L2-normalised per row.
+    pub fn mean_pool_l2(&mut self, x: &Tensor, spans: &Tensor, out: &Tensor, batch: usize, dim: usize) {
+        let params = P4 { a: batch as u32, b: dim as u32, c: 0, d: 0 };
+        let grid = [groups(dim), batch as u32, 1];
+        self.dispatch(&ELEMENTWISE, "mean_pool_forward", &params, &[&spans.buffer, &x.buffer, &out.buffer], grid);
+        self.dispatch(&ELEMENTWISE, "l2_normalize_forward", &params, &[&out.buffer], [groups(batch), 1, 1]);
+    }
+}
+
+impl<'g> Batch<'g> {
+    /// out (T, D) += table[ids[t]]: an accumulating gather (BERT's word + position + token-type sum).
+    pub fn embed_rows_add(&mut self, ids: &Tensor, table: &Weight16, out: &Tensor, t: usize) {
+        debug_assert!(ids.len() >= t && out.len() >= t * table.cols, "embed_rows_add shapes");
+        let params = P4 { a: t as u32, b: table.cols as u32, c: table.rows as u32, d: 0 };
+        let grid = [groups(table.cols / 2), t as u32, 1];
+        self.dispatch(&ELEMENTWISE, "embed_rows_add_forward", &params, &[&ids.buffer, &table.buffer, &out.buffer], grid);
+    }
+}

@@ -1,0 +1,13 @@
+//! The GPU runtime: adapter and device, buffers, cached pipelines, batched kernel launches, readback.
+
+mod batch;
+mod device;
+pub mod cpu_ref;
+pub mod kernels;
+mod pipeline;
+pub mod shaders;
+mod tensor;
+
+pub use batch::Batch;
+pub use device::{AdapterSummary, Gpu, GpuOptions, KernelProfile, list_adapters};
+pub use tensor::{Tensor, Weight16};

@@ -1,0 +1,43 @@
+//! Every WGSL source in the engine, embedded at build time from `shaders/`, and the list naga validates.
+
+/// A WGSL module: a name for caching and errors, and its source.
+#[derive(Debug, Clone, Copy)]
+pub struct ShaderSource {
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+macro_rules! shader {
+    ($name:ident, $file:literal) => {
+        pub const $name: ShaderSource =
+            ShaderSource { name: $file, source: include_str!(concat!("../../../shaders/", $file)) };
+    };
+}
+
+shader!(MATMUL, "matmul.wgsl");
+shader!(NORM, "norm.wgsl");
+shader!(ATTENTION, "attention.wgsl");
+shader!(ELEMENTWISE, "elementwise.wgsl");
+
+/// All shaders, for validation.
+pub const ALL: &[ShaderSource] = &[MATMUL, NORM, ATTENTION, ELEMENTWISE];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parses and validates every shader with naga, as wgpu would, without a GPU.
+    #[test]
+    fn every_shader_parses_and_validates() {
+        for shader in ALL {
+            let module = naga::front::wgsl::parse_str(shader.source)
+                .unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(shader.source)));
+            let mut validator =
+                naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all());
+            validator.validate(&module).unwrap_or_else(|e| {
+                panic!("{}: {}", shader.name, e.emit_to_string(shader.source))
+            });
+            assert!(!module.entry_points.is_empty(), "{} has no entry point", shader.name);
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! babelrl: an embeddable training engine for language models, with WGSL kernels through wgpu and
+//! sandboxed WebAssembly reward and router plugins through wasmtime.
+
+pub mod error;
+pub mod generate;
+pub mod gpu;
+pub mod model;
+pub mod plugin;
+pub mod text;
+
+pub use error::{Error, Result};

@@ -1,0 +1,287 @@
+//! The decoder (Llama / SmolLM2, Qwen2, Qwen3) on the GPU: grouped-query attention over a KV cache,
+//! RoPE, RMSNorm and SwiGLU, for a flat batch of tokens from any number of sequences.
+
+use std::sync::{Arc, Mutex};
+
+use crate::gpu::cpu_ref::{TokenInfo, rope_table};
+use crate::gpu::kernels::{ATTN_QK_NORM, ATTN_ROPE, AttnParams};
+use crate::gpu::{Gpu, Tensor, Weight16};
+use crate::model::config::DecoderConfig;
+use crate::model::weights::{HostTensor, WeightSource};
+use crate::{Error, Result};
+
+/// Frozen weights of one transformer block, with q/k/v and gate/up fused into single matrices.
+struct Layer {
+    attn_norm: Tensor,
+    qkv: Weight16,
+    qkv_bias: Option<Tensor>,
+    qk_norm: Option<Tensor>,
+    o: Weight16,
+    mlp_norm: Tensor,
+    gate_up: Weight16,
+    down: Weight16,
+}
+
+/// Keys and values of every layer for `slots` sequences of up to `ctx` positions.
+pub struct KvCache {
+    pub slots: usize,
+    pub ctx: usize,
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+}
+
+/// Scratch buffers of one forward pass, reused while large enough.
+struct Workspace {
+    tokens: usize,
+    span: usize,
+    ids: Tensor,
+    tok: Tensor,
+    x: Tensor,
+    x2: Tensor,
+    h: Tensor,
+    qkv: Tensor,
+    q: Tensor,
+    attn: Tensor,
+    gu: Tensor,
+    act: Tensor,
+    scores: Tensor,
+}
+
+/// A decoder-only language model resident on the GPU.
+pub struct Decoder {
+    gpu: Arc<Gpu>,
+    cfg: DecoderConfig,
+    embed: Weight16,
+    lm_head: Option<Weight16>,
+    final_norm: Tensor,
+    layers: Vec<Layer>,
+    rope: Tensor,
+    rope_positions: usize,
+    workspace: Mutex<Option<Workspace>>,
+}
+
+fn concat_rows(parts: &[&HostTensor]) -> Vec<f32> {
+    parts.iter().flat_map(|t| t.data.iter().copied()).collect()
+}
+
+impl Decoder {
+    /// Uploads the weights of `source` (checked against `cfg`) to the GPU at 16 bits.
+    pub fn load(gpu: Arc<Gpu>, source: &WeightSource, cfg: DecoderConfig) -> Result<Decoder> {
+        let (d, hd) = (cfg.hidden, cfg.head_dim);
+        let (qd, kvd, inter) = (cfg.n_head * hd, cfg.n_kv_head * hd, cfg.intermediate);
+        let f32_tensor = |name: &str, len: usize| -> Result<Tensor> {
+            let t = source.require(name, &[len])?;
+            gpu.upload_f32(name, &t.data, &[len])
+        };
+
+        let embed_host = source.require("model.embed_tokens.weight", &[cfg.vocab, d])?;
+        let embed = gpu.upload_weight("embed_tokens", &embed_host.data, cfg.vocab, d)?;
+        drop(embed_host);
+        let lm_head = if cfg.tie_embeddings {
+            None
+        } else {
+            let t = source.require("lm_head.weight", &[cfg.vocab, d])?;
+            Some(gpu.upload_weight("lm_head", &t.data, cfg.vocab, d)?)
+        };
+
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for l in 0..cfg.layers {
+            let p = |s: &str| format!("model.layers.{l}.{s}");
+            let q = source.require(&p("self_attn.q_proj.weight"), &[qd, d])?;
+            let k = source.require(&p("self_attn.k_proj.weight"), &[kvd, d])?;
+            let v = source.require(&p("self_attn.v_proj.weight"), &[kvd, d])?;
+            let qkv = gpu.upload_weight(&p("qkv"), &concat_rows(&[&q, &k, &v]), cfg.qkv_width(), d)?;
+            let qkv_bias = if cfg.qkv_bias {
+                let qb = source.require(&p("self_attn.q_proj.bias"), &[qd])?;
+                let kb = source.require(&p("self_attn.k_proj.bias"), &[kvd])?;
+                let vb = source.require(&p("self_attn.v_proj.bias"), &[kvd])?;
+                Some(gpu.upload_f32(&p("qkv_bias"), &concat_rows(&[&qb, &kb, &vb]), &[cfg.qkv_width()])?)
+            } else {
+                None
+            };
+            let qk_norm = if cfg.qk_norm {
+                let qn = source.require(&p("self_attn.q_norm.weight"), &[hd])?;
+                let kn = source.require(&p("self_attn.k_norm.weight"), &[hd])?;
+                Some(gpu.upload_f32(&p("qk_norm"), &concat_rows(&[&qn, &kn]), &[2 * hd])?)
+            } else {
+                None
+            };
+            let o = source.require(&p("self_attn.o_proj.weight"), &[d, qd])?;
+            let gate = source.require(&p("mlp.gate_proj.weight"), &[inter, d])?;
+            let up = source.require(&p("mlp.up_proj.weight"), &[inter, d])?;
+            let down = source.require(&p("mlp.down_proj.weight"), &[d, inter])?;
+            layers.push(Layer {
+                attn_norm: f32_tensor(&p("input_layernorm.weight"), d)?,
+                qkv,
+                qkv_bias,
+                qk_norm,
+                o: gpu.upload_weight(&p("o_proj"), &o.data, d, qd)?,
+                mlp_norm: f32_tensor(&p("post_attention_layernorm.weight"), d)?,
+                gate_up: gpu.upload_weight(&p("gate_up"), &concat_rows(&[&gate, &up]), 2 * inter, d)?,
+                down: gpu.upload_weight(&p("down_proj"), &down.data, d, inter)?,
+            });
+        }
+        let final_norm = f32_tensor("model.norm.weight", d)?;
+        let rope_positions = cfg.max_positions.clamp(1, 1 << 15);
+        let table = rope_table(rope_positions, hd, cfg.rope_theta);
+        let rope = gpu.upload_f32("rope", table.as_flattened(), &[rope_positions, hd / 2, 2])?;
+        gpu.wait()?;
+        Ok(Decoder {
+            gpu,
+            cfg,
+            embed,
+            lm_head,
+            final_norm,
+            layers,
+            rope,
+            rope_positions,
+            workspace: Mutex::new(None),
+        })
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &DecoderConfig {
+        &self.cfg
+    }
+
+    /// The device the model lives on.
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    /// Longest context the model supports (positions with a RoPE entry).
+    pub fn max_context(&self) -> usize {
+        self.rope_positions
+    }
+
+    /// A KV cache for `slots` sequences of up to `ctx` positions each.
+    pub fn new_cache(&self, slots: usize, ctx: usize) -> Result<KvCache> {
+        if ctx > self.rope_positions {
+            return Err(Error::Input(format!(
+                "context of {ctx} positions exceeds the model's maximum of {}",
+                self.rope_positions
+            )));
+        }
+        let len = slots * self.cfg.n_kv_head * ctx * self.cfg.head_dim;
+        let mut k = Vec::with_capacity(self.cfg.layers);
+        let mut v = Vec::with_capacity(self.cfg.layers);
+        for l in 0..self.cfg.layers {
+            k.push(self.gpu.zeros(&format!("k_cache.{l}"), &[len])?);
+            v.push(self.gpu.zeros(&format!("v_cache.{l}"), &[len])?);
+        }
+        Ok(KvCache { slots, ctx, k, v })
+    }
+
+    fn workspace(&self, tokens: usize, span: usize) -> Result<std::sync::MutexGuard<'_, Option<Workspace>>> {
+        let mut guard = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.as_ref().is_some_and(|w| w.tokens >= tokens && w.span >= span) {
+            return Ok(guard);
+        }
+        let (t, s) = (
+            tokens.max(guard.as_ref().map_or(0, |w| w.tokens)),
+            span.max(guard.as_ref().map_or(0, |w| w.span)),
+        );
+        let c = &self.cfg;
+        let g = &self.gpu;
+        *guard = Some(Workspace {
+            tokens: t,
+            span: s,
+            ids: g.zeros("ids", &[t])?,
+            tok: g.zeros("tok", &[t, 4])?,
+            x: g.zeros("x", &[t, c.hidden])?,
+            x2: g.zeros("x2", &[t, c.hidden])?,
+            h: g.zeros("h", &[t, c.hidden])?,
+            qkv: g.zeros("qkv", &[t, c.qkv_width()])?,
+            q: g.zeros("q", &[t, c.n_head * c.head_dim])?,
+            attn: g.zeros("attn", &[t, c.n_head * c.head_dim])?,
+            gu: g.zeros("gate_up", &[t, 2 * c.intermediate])?,
+            act: g.zeros("act", &[t, c.intermediate])?,
+            scores: g.zeros("scores", &[t, c.n_head, s])?,
+        });
+        Ok(guard)
+    }
+
+    fn check_step(&self, cache: &KvCache, tokens: &[u32], info: &[TokenInfo], out_rows: &[u32]) -> Result<()> {
+        if tokens.is_empty() || tokens.len() != info.len() {
+            return Err(Error::Input(format!("forward: {} tokens but {} positions", tokens.len(), info.len())));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab) {
+            return Err(Error::Input(format!("token id {bad} is outside the model's vocabulary of {}", self.cfg.vocab)));
+        }
+        for i in info {
+            if i.slot as usize >= cache.slots || i.pos as usize >= cache.ctx || i.n_keys as usize > cache.ctx {
+                return Err(Error::Input(format!(
+                    "position {} in slot {} does not fit a cache of {} slots × {} positions",
+                    i.pos, i.slot, cache.slots, cache.ctx
+                )));
+            }
+        }
+        if let Some(&r) = out_rows.iter().find(|&&r| r as usize >= tokens.len()) {
+            return Err(Error::Input(format!("output row {r} of a {}-token step", tokens.len())));
+        }
+        Ok(())
+    }
+
+    /// Runs `tokens` (each with its position, cache slot and key count) through the model, writing
+    /// their keys and values into `cache`, and returns the logits (R, V) of the rows `out_rows`.
+    pub fn forward(&self, cache: &KvCache, tokens: &[u32], info: &[TokenInfo], out_rows: &[u32]) -> Result<Tensor> {
+        self.check_step(cache, tokens, info, out_rows)?;
+        let c = &self.cfg;
+        let t = tokens.len();
+        let span = info.iter().map(|i| i.n_keys).max().unwrap_or(1).max(1) as usize;
+        let guard = self.workspace(t, span)?;
+        let ws = guard.as_ref().expect("workspace allocated");
+        let g = &self.gpu;
+        g.write_u32(&ws.ids, tokens);
+        let words: Vec<u32> = info.iter().flat_map(|i| [i.pos, i.slot, i.n_keys, 0]).collect();
+        g.write_u32(&ws.tok, &words);
+        let rows = g.upload_u32("out_rows", out_rows, &[out_rows.len()])?;
+        let normed = g.zeros("final_hidden", &[out_rows.len(), c.hidden])?;
+        let logits = g.zeros("logits", &[out_rows.len(), c.vocab])?;
+
+        let p = AttnParams {
+            t: t as u32,
+            n_head: c.n_head as u32,
+            n_kv_head: c.n_kv_head as u32,
+            head_dim: c.head_dim as u32,
+            ctx: cache.ctx as u32,
+            span: span as u32,
+            flags: ATTN_ROPE | if c.qk_norm { ATTN_QK_NORM } else { 0 },
+            eps: c.rms_eps,
+        };
+        let mut b = g.batch();
+        b.embed_rows(&ws.ids, &self.embed, &ws.x, t);
+        for (l, layer) in self.layers.iter().enumerate() {
+            b.rms_norm(&ws.x, &layer.attn_norm, None, &ws.h, t, c.rms_eps);
+            b.matmul(&ws.h, &layer.qkv, layer.qkv_bias.as_ref(), None, &ws.qkv, t);
+            b.qkv_split(&p, &ws.tok, &ws.qkv, &self.rope, layer.qk_norm.as_ref(), &ws.q, &cache.k[l], &cache.v[l]);
+            b.attention(&p, &ws.tok, &ws.q, &cache.k[l], &cache.v[l], &ws.scores, &ws.attn);
+            b.matmul(&ws.attn, &layer.o, None, Some(&ws.x), &ws.x2, t);
+            b.rms_norm(&ws.x2, &layer.mlp_norm, None, &ws.h, t, c.rms_eps);
+            b.matmul(&ws.h, &layer.gate_up, None, None, &ws.gu, t);
+            b.swiglu(&ws.gu, &ws.act, t, c.intermediate);
+            b.matmul(&ws.act, &layer.down, None, Some(&ws.x2), &ws.x, t);
+        }
+        b.rms_norm(&ws.x, &self.final_norm, Some(&rows), &normed, out_rows.len(), c.rms_eps);
+        b.matmul(&normed, self.lm_head.as_ref().unwrap_or(&self.embed), None, None, &logits, out_rows.len());
+        b.submit()?;
+        Ok(logits)
+    }
+
+    /// Log-probabilities (R) of `targets[r]` under the logits rows, computed on the GPU; only R floats
+    /// come back.
+    pub fn logprobs_of(&self, logits: &Tensor, targets: &[u32]) -> Result<Vec<f32>> {
+        let rows = targets.len();
+        let tg = self.gpu.upload_u32("targets", targets, &[rows])?;
+        let out = self.gpu.zeros("logprobs", &[rows])?;
+        let mut b = self.gpu.batch();
+        b.logprob(logits, &tg, &out, rows, self.cfg.vocab);
+        b.submit()?;
+        self.gpu.read_words(&out.buffer, 0, rows)
+    }
+
+    /// Reads logits rows back to the host.
+    pub fn read_logits(&self, logits: &Tensor) -> Result<Vec<f32>> {
+        self.gpu.read_f32(logits)
+    }
+}

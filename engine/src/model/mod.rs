@@ -1,0 +1,15 @@
+//! Models: configuration, weight loading (safetensors, GGUF), the decoder and the sentence encoder.
+
+pub mod config;
+pub mod decoder;
+pub mod encoder;
+mod encoder_config;
+pub mod gguf;
+mod loader;
+pub mod quant;
+pub mod weights;
+
+pub use config::{Arch, DecoderConfig, cache_dir};
+pub use decoder::{Decoder, KvCache};
+pub use encoder::{Encoder, EncoderArch, EncoderConfig, EncoderOptions};
+pub use loader::{LanguageModel, load_language_model};

@@ -1,0 +1,88 @@
+//! What a plugin may do: resource limits per call and the capabilities it is granted, as declared in the
+//! run configuration (`deny_unknown_fields`, so a misspelt limit is an error rather than silently ignored).
+
+use serde::{Deserialize, Serialize};
+
+/// Resource limits for one plugin, applied to every call into it (`configure`, `score`, `choose`, ...).
+///
+/// Every limit is per call: counters and the deadline start afresh at each call. Exceeding any of them
+/// fails the call with an [`Error::Plugin`](crate::Error::Plugin) that says which limit was hit; the
+/// plugin is then re-instantiated (and re-configured) before its next call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginLimits {
+    /// Wall-clock time the plugin's own code may run per call, in milliseconds. Time spent inside host
+    /// services (`embed`, `reward-model-score`) does not count. Enforced by epoch interruption with a
+    /// 1 ms tick, so a call is stopped within about a millisecond of its deadline.
+    pub deadline_ms: u64,
+    /// Cap on the plugin's linear memory (all memories of the component together), in MiB. A growth past
+    /// it fails inside the guest (most guests then abort, which is reported as exceeding the cap).
+    pub memory_mib: u64,
+    /// Fuel per call (about one unit per WebAssembly instruction), for runs that must stop at the same
+    /// point on every machine. `None` (the default) disables fuel metering, which is faster.
+    pub fuel: Option<u64>,
+    /// Calls to host functions (`embed`, `reward-model-score`, `log`) per call into the plugin.
+    pub max_host_calls: u32,
+    /// Texts per call sent to host services: all `embed` texts plus all `reward-model-score` pairs.
+    pub max_embed_texts: u32,
+    /// Size of what one call returns (scores at 8 bytes each, strings, router state, error messages).
+    pub max_output_bytes: u64,
+    /// Bytes of stdout, stderr and `log` messages kept per call; the rest is dropped (and counted).
+    pub max_log_bytes: u64,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits {
+            deadline_ms: 1_000,
+            memory_mib: 128,
+            fuel: None,
+            max_host_calls: 1_000,
+            max_embed_texts: 4_096,
+            max_output_bytes: 1 << 20,
+            max_log_bytes: 64 << 10,
+        }
+    }
+}
+
+impl PluginLimits {
+    /// Refuses limits that cannot work (zero deadline or memory, absurd sizes), naming the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.deadline_ms == 0 {
+            return Err("limits.deadline_ms must be at least 1".into());
+        }
+        if self.deadline_ms > 24 * 3600 * 1000 {
+            return Err(format!("limits.deadline_ms = {} is more than a day", self.deadline_ms));
+        }
+        if self.memory_mib == 0 || self.memory_mib > 65_536 {
+            return Err(format!("limits.memory_mib = {} must be between 1 and 65536", self.memory_mib));
+        }
+        if self.fuel == Some(0) {
+            return Err("limits.fuel must be at least 1 (leave it out to disable fuel)".into());
+        }
+        Ok(())
+    }
+
+    /// The memory cap in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        usize::try_from(self.memory_mib << 20).unwrap_or(usize::MAX)
+    }
+}
+
+/// Capabilities granted to a plugin. The default grants nothing: no files, no network, no environment,
+/// a clock frozen at the Unix epoch and deterministic "randomness". Files and network cannot be granted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Capabilities {
+    /// Forward the plugin's stdout and stderr to the engine's log (capped by `max_log_bytes`). Without it
+    /// they are still captured (stderr is quoted in trap messages) but not logged.
+    pub stdout_log: bool,
+    /// The host's real wall and monotonic clocks. Without it both clocks read 0 (the Unix epoch) forever.
+    pub clock: bool,
+    /// Real randomness for `wasi:random`. Without it every random byte is 0 and the insecure seed is 0,
+    /// so runs are reproducible (a Rust guest's `HashMap` still works, with fixed keys).
+    pub random: bool,
+    /// Names of host environment variables passed through with their current values; no others are
+    /// visible. Names that are not set on the host are simply absent.
+    pub env: Vec<String>,
+}

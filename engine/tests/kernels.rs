@@ -1,0 +1,216 @@
+//! Every kernel against its plain-Rust reference (`babelrl::gpu::cpu_ref`) on random inputs, including
+//! sizes that do not divide the workgroup size (64) or the four-row matmul tile.
+
+mod common;
+
+use babelrl::gpu::cpu_ref::{self, AttnShape, TokenInfo};
+use babelrl::gpu::kernels::{ATTN_QK_NORM, ATTN_ROPE, AttnParams};
+use common::{assert_close, assert_close_by, gpu, random};
+use half::f16;
+
+fn to_f16(v: &[f32]) -> Vec<f16> {
+    v.iter().map(|&x| f16::from_f32(x)).collect()
+}
+
+/// f32 accumulation of K products vs an f64 reference: |error| ≤ γ_K · Σ|xᵢwᵢ| with γ_K ≈ K·ε.
+fn matmul_tolerance(x: &[f32], w: &[f16], t: usize, n: usize, k: usize) -> Vec<f32> {
+    let mut tol = vec![0.0; t * n];
+    for r in 0..t {
+        for c in 0..n {
+            let s: f32 = (0..k).map(|i| (x[r * k + i] * w[c * k + i].to_f32()).abs()).sum();
+            tol[r * n + c] = k as f32 * f32::EPSILON * s + 1e-7;
+        }
+    }
+    tol
+}
+
+fn check_matmul(t: usize, n: usize, k: usize, bias: bool, residual: bool, seed: u64) {
+    let gpu = gpu();
+    let x = random(t * k, 1.0, seed);
+    let w = to_f16(&random(n * k, 0.5, seed + 1));
+    let b = random(n, 1.0, seed + 2);
+    let res = random(t * n, 1.0, seed + 3);
+    let want = cpu_ref::matmul_forward(&x, &w, bias.then_some(&b[..]), residual.then_some(&res[..]), t, n, k);
+    let xg = gpu.upload_f32("x", &x, &[t, k]).unwrap();
+    let wg = gpu.upload_weight_f16("w", &w, n, k).unwrap();
+    let bg = gpu.upload_f32("b", &b, &[n]).unwrap();
+    let rg = gpu.upload_f32("r", &res, &[t, n]).unwrap();
+    let y = gpu.zeros("y", &[t, n]).unwrap();
+    let mut batch = gpu.batch();
+    batch.matmul(&xg, &wg, bias.then_some(&bg), residual.then_some(&rg), &y, t);
+    batch.submit().unwrap();
+    let got = gpu.read_f32(&y).unwrap();
+    let tol = matmul_tolerance(&x, &w, t, n, k);
+    assert_close_by(&format!("matmul t={t} n={n} k={k}"), &got, &want, |i| tol[i]);
+}
+
+#[test]
+fn matmul_matches_reference_on_awkward_sizes() {
+    // (T, N, K): T not a multiple of 4, N not of 64, K a multiple of 8 (vector path) or only of 2 (scalar).
+    for (i, &(t, n, k)) in
+        [(1, 1, 8), (3, 65, 16), (5, 130, 64), (8, 64, 576), (13, 97, 40), (2, 33, 6), (7, 70, 74), (4, 3, 2)]
+            .iter()
+            .enumerate()
+    {
+        check_matmul(t, n, k, i % 2 == 0, i % 3 == 0, i as u64 * 10);
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 12, ..Default::default() })]
+    #[test]
+    fn matmul_matches_reference_on_random_shapes(t in 1usize..20, n in 1usize..150, k2 in 1usize..50, flags in 0u8..4) {
+        check_matmul(t, n, 2 * k2, flags & 1 == 1, flags & 2 == 2, (t * 1000 + n * 7 + k2) as u64);
+    }
+}
+
+#[test]
+fn rms_norm_matches_reference_with_and_without_gather() {
+    let gpu = gpu();
+    for &(rows, dim) in &[(1usize, 8usize), (67, 64), (5, 576), (130, 33)] {
+        let x = random(rows * dim, 2.0, rows as u64);
+        let w = random(dim, 1.0, dim as u64);
+        let xg = gpu.upload_f32("x", &x, &[rows, dim]).unwrap();
+        let wg = gpu.upload_f32("w", &w, &[dim]).unwrap();
+        let out = gpu.zeros("out", &[rows, dim]).unwrap();
+        let mut b = gpu.batch();
+        b.rms_norm(&xg, &wg, None, &out, rows, 1e-5);
+        b.submit().unwrap();
+        let want = cpu_ref::rms_norm_forward(&x, &w, None, rows, 1e-5);
+        assert_close("rms_norm", &gpu.read_f32(&out).unwrap(), &want, 1e-6, 1e-5);
+
+        // Gather: the last row, then the first.
+        let map = [rows as u32 - 1, 0];
+        let mg = gpu.upload_u32("map", &map, &[2]).unwrap();
+        let out2 = gpu.zeros("out2", &[2, dim]).unwrap();
+        let mut b = gpu.batch();
+        b.rms_norm(&xg, &wg, Some(&mg), &out2, 2, 1e-5);
+        b.submit().unwrap();
+        let want = cpu_ref::rms_norm_forward(&x, &w, Some(&map), 2, 1e-5);
+        assert_close("rms_norm gather", &gpu.read_f32(&out2).unwrap(), &want, 1e-6, 1e-5);
+    }
+}
+
+#[test]
+fn layer_norm_matches_reference() {
+    let gpu = gpu();
+    for &(rows, dim) in &[(1usize, 16usize), (70, 384), (3, 30)] {
+        let x: Vec<f32> = random(rows * dim, 3.0, 5).iter().map(|v| v + 0.7).collect();
+        let (w, b) = (random(dim, 1.0, 6), random(dim, 1.0, 7));
+        let (xg, wg, bg) = (
+            gpu.upload_f32("x", &x, &[rows, dim]).unwrap(),
+            gpu.upload_f32("w", &w, &[dim]).unwrap(),
+            gpu.upload_f32("b", &b, &[dim]).unwrap(),
+        );
+        let out = gpu.zeros("out", &[rows, dim]).unwrap();
+        let mut batch = gpu.batch();
+        batch.layer_norm(&xg, &wg, &bg, &out, rows, 1e-12);
+        batch.submit().unwrap();
+        let want = cpu_ref::layer_norm_forward(&x, &w, &b, rows, 1e-12);
+        assert_close("layer_norm", &gpu.read_f32(&out).unwrap(), &want, 1e-5, 1e-5);
+    }
+}
+
+/// Two sequences in different cache slots, a prefill of several tokens and a single decode token, with
+/// grouped-query heads, per-head RMSNorm and RoPE.
+#[test]
+fn qkv_split_and_attention_match_reference() {
+    let gpu = gpu();
+    for &(n_head, n_kv_head, head_dim, qk_norm) in &[(4usize, 2usize, 16usize, true), (3, 1, 8, false), (2, 2, 64, false)] {
+        let s = AttnShape { n_head, n_kv_head, head_dim, ctx: 24 };
+        let heads = n_head + 2 * n_kv_head;
+        // Slot 1 holds 6 earlier positions written by a first pass; then a second pass mixes
+        // 5 prefill tokens of slot 0 with one decode token of slot 1 at position 6.
+        let first: Vec<TokenInfo> = (0..6).map(|p| TokenInfo { pos: p, slot: 1, n_keys: p + 1 }).collect();
+        let mut second: Vec<TokenInfo> = (0..5).map(|p| TokenInfo { pos: p, slot: 0, n_keys: p + 1 }).collect();
+        second.push(TokenInfo { pos: 6, slot: 1, n_keys: 7 });
+        let rope = cpu_ref::rope_table(32, head_dim, 10000.0);
+        let norm_w = random(2 * head_dim, 1.0, 9);
+        let norm = qk_norm.then_some((&norm_w[..], 1e-6f32));
+
+        let cache_len = 2 * n_kv_head * s.ctx * head_dim;
+        let (mut kc, mut vc) = (vec![0.0; cache_len], vec![0.0; cache_len]);
+        let k_gpu = gpu.zeros("k", &[cache_len]).unwrap();
+        let v_gpu = gpu.zeros("v", &[cache_len]).unwrap();
+        let rope_gpu = gpu.upload_f32("rope", rope.as_flattened(), &[rope.len() * 2]).unwrap();
+        let norm_gpu = gpu.upload_f32("norm", &norm_w, &[2 * head_dim]).unwrap();
+
+        for (pass, tok) in [first, second].iter().enumerate() {
+            let t = tok.len();
+            let qkv = random(t * heads * head_dim, 1.0, 20 + pass as u64);
+            let q_ref = cpu_ref::qkv_split_forward(s, tok, &qkv, Some(&rope), norm, &mut kc, &mut vc);
+            let out_ref = cpu_ref::attention_forward(s, tok, &q_ref, &kc, &vc);
+
+            let words: Vec<u32> = tok.iter().flat_map(|i| [i.pos, i.slot, i.n_keys, 0]).collect();
+            let tok_gpu = gpu.upload_u32("tok", &words, &[t, 4]).unwrap();
+            let qkv_gpu = gpu.upload_f32("qkv", &qkv, &[t, heads * head_dim]).unwrap();
+            let q_gpu = gpu.zeros("q", &[t, n_head, head_dim]).unwrap();
+            let span = tok.iter().map(|i| i.n_keys).max().unwrap();
+            let scores = gpu.zeros("scores", &[t, n_head, span as usize]).unwrap();
+            let out = gpu.zeros("out", &[t, n_head * head_dim]).unwrap();
+            let p = AttnParams {
+                t: t as u32,
+                n_head: n_head as u32,
+                n_kv_head: n_kv_head as u32,
+                head_dim: head_dim as u32,
+                ctx: s.ctx as u32,
+                span,
+                flags: ATTN_ROPE | if qk_norm { ATTN_QK_NORM } else { 0 },
+                eps: 1e-6,
+            };
+            let mut b = gpu.batch();
+            b.qkv_split(&p, &tok_gpu, &qkv_gpu, &rope_gpu, Some(&norm_gpu), &q_gpu, &k_gpu, &v_gpu);
+            b.attention(&p, &tok_gpu, &q_gpu, &k_gpu, &v_gpu, &scores, &out);
+            b.submit().unwrap();
+            assert_close("q", &gpu.read_f32(&q_gpu).unwrap(), &q_ref, 1e-5, 1e-5);
+            assert_close("k cache", &gpu.read_f32(&k_gpu).unwrap(), &kc, 1e-5, 1e-5);
+            assert_close("v cache", &gpu.read_f32(&v_gpu).unwrap(), &vc, 0.0, 0.0);
+            assert_close("attention", &gpu.read_f32(&out).unwrap(), &out_ref, 1e-5, 1e-4);
+        }
+    }
+}
+
+#[test]
+fn embed_rows_swiglu_gelu_logprob_and_pooling_match_reference() {
+    let gpu = gpu();
+    // Embedding gather.
+    let (vocab, dim) = (37usize, 70usize);
+    let table = to_f16(&random(vocab * dim, 1.0, 1));
+    let ids = [3u32, 0, 36, 3, 17];
+    let tg = gpu.upload_weight_f16("table", &table, vocab, dim).unwrap();
+    let idg = gpu.upload_u32("ids", &ids, &[5]).unwrap();
+    let out = gpu.zeros("rows", &[5, dim]).unwrap();
+    // SwiGLU on (T=3, I=67).
+    let gu = random(3 * 2 * 67, 4.0, 2);
+    let gug = gpu.upload_f32("gu", &gu, &[3, 134]).unwrap();
+    let act = gpu.zeros("act", &[3, 67]).unwrap();
+    // GELU over 131 values.
+    let gx = random(131, 5.0, 3);
+    let gxg = gpu.upload_f32("gelu", &gx, &[131]).unwrap();
+    // Log-probs over (R=3, V=1001).
+    let logits = random(3 * 1001, 8.0, 4);
+    let targets = [0u32, 1000, 517];
+    let lg = gpu.upload_f32("logits", &logits, &[3, 1001]).unwrap();
+    let tgg = gpu.upload_u32("targets", &targets, &[3]).unwrap();
+    let lp = gpu.zeros("lp", &[3]).unwrap();
+    // Mean pooling over two spans of a (9, 66) matrix.
+    let px = random(9 * 66, 1.0, 5);
+    let spans = [(0u32, 4u32), (4, 5)];
+    let pxg = gpu.upload_f32("px", &px, &[9, 66]).unwrap();
+    let sg = gpu.upload_u32("spans", &[0, 4, 4, 5], &[2, 2]).unwrap();
+    let pooled = gpu.zeros("pooled", &[2, 66]).unwrap();
+
+    let mut b = gpu.batch();
+    b.embed_rows(&idg, &tg, &out, 5);
+    b.swiglu(&gug, &act, 3, 67);
+    b.gelu(&gxg, 1, 131);
+    b.logprob(&lg, &tgg, &lp, 3, 1001);
+    b.mean_pool_l2(&pxg, &sg, &pooled, 2, 66);
+    b.submit().unwrap();
+
+    assert_close("embed_rows", &gpu.read_f32(&out).unwrap(), &cpu_ref::embed_rows_forward(&ids, &table, dim), 0.0, 0.0);
+    assert_close("swiglu", &gpu.read_f32(&act).unwrap(), &cpu_ref::swiglu_forward(&gu, 3, 67), 1e-6, 1e-5);
+    assert_close("gelu", &gpu.read_f32(&gxg).unwrap(), &cpu_ref::gelu_forward(&gx), 1e-6, 1e-5);
+    assert_close("logprob", &gpu.read_f32(&lp).unwrap(), &cpu_ref::logprob_forward(&logits, &targets, 1001), 1e-4, 1e-5);
+    assert_close("mean_pool_l2", &gpu.read_f32(&pooled).unwrap(), &cpu_ref::mean_pool_l2_forward(&px, &spans, 66), 1e-6, 1e-5);
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): installs what the tests need on a fresh machine — Mesa's software
+# Vulkan driver, the wasm32-wasip2 target, the default models — then builds the plugins and runs every
+# test of the workspace and of the plugins.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"   # silences Mesa's warning
+export CARGO_TERM_COLOR=never
+
+need_vulkan() { ! ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1' || ! ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1; }
+if need_vulkan; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing Mesa's Vulkan drivers (lavapipe)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
+  else
+    echo "no Vulkan driver: install mesa-vulkan-drivers and libvulkan1 (or a GPU driver)" >&2
+    exit 1
+  fi
+fi
+
+echo "== wasm targets"
+rustup target add wasm32-wasip2 >/dev/null
+
+echo "== models"
+scripts/fetch_models.sh
+
+echo "== plugins"
+plugins/build.sh
+
+echo "== tests"
+cargo test --workspace --no-fail-fast 2>&1
+(cd plugins && cargo test --no-fail-fast 2>&1)

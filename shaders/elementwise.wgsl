@@ -1,0 +1,118 @@
+// Row gathers, activations and reductions that need no weights.
+//
+// embed_rows_forward: out (T, D) = table[ids[t]] for a frozen f16 table (V, D) packed in u32; D even.
+// swiglu_forward: out (T, I) = silu(gu[t, :I]) · gu[t, I:], gu (T, 2I) from the fused gate/up matmul.
+// gelu_forward: x = x · Φ(x) in place (exact erf GELU, as BERT's "gelu").
+// logprob_forward: out[r] = logits[r, target[r]] − logsumexp(logits[r, :]), logits (R, V).
+// mean_pool_forward: out (B, D) = mean of x rows [start_b, start_b + len_b) (attention-mask pooling).
+// l2_normalize_forward: each row divided by its L2 norm, in place.
+
+struct Params { rows: u32, dim: u32, extra: u32, flags: u32 }
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> idx: array<u32>;            // ids / targets / (start, len) pairs
+@group(0) @binding(2) var<storage, read> table: array<u32>;          // (V, D/2) packed f16
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+override WG: u32 = 64u;
+
+// Grid: x = column pair, y = row.
+@compute @workgroup_size(WG)
+fn embed_rows_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    let t = gid.y;
+    let half_d = p.dim / 2u;
+    if (c >= half_d || t >= p.rows) { return; }
+    let id = min(idx[t], p.extra - 1u); // ids are validated on the host; clamp guards the buffer
+    let v = unpack2x16float(table[id * half_d + c]);
+    out[t * p.dim + 2u * c] = v.x;
+    out[t * p.dim + 2u * c + 1u] = v.y;
+}
+
+@group(0) @binding(1) var<storage, read> gu: array<f32>;             // (T, 2I)
+@group(0) @binding(2) var<storage, read_write> act: array<f32>;      // (T, I)
+
+// Grid: x = feature, y = row.
+@compute @workgroup_size(WG)
+fn swiglu_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    let t = gid.y;
+    if (i >= p.dim || t >= p.rows) { return; }
+    let g = gu[t * 2u * p.dim + i];
+    let u = gu[t * 2u * p.dim + p.dim + i];
+    act[t * p.dim + i] = g / (1.0 + exp(-g)) * u;
+}
+
+@group(0) @binding(1) var<storage, read_write> xs: array<f32>;
+
+// erf by Abramowitz & Stegun 7.1.26 refined: max abs error 1.5e-7.
+fn erf_approx(x: f32) -> f32 {
+    let a = abs(x);
+    let t = 1.0 / (1.0 + 0.3275911 * a);
+    let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * exp(-a * a);
+    return sign(x) * y;
+}
+
+// Grid: x = element % (65535·WG), y = element / (65535·WG).
+@compute @workgroup_size(WG)
+fn gelu_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let e = gid.x + gid.y * 65535u * WG;
+    if (e >= p.rows * p.dim) { return; }
+    let v = xs[e];
+    xs[e] = 0.5 * v * (1.0 + erf_approx(v * 0.70710678118654752));
+}
+
+@group(0) @binding(2) var<storage, read> logits: array<f32>;         // (R, V)
+
+// One invocation per row.
+@compute @workgroup_size(WG)
+fn logprob_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let r = gid.x;
+    if (r >= p.rows) { return; }
+    let base = r * p.dim;
+    var m = -3.0e38;
+    for (var i = 0u; i < p.dim; i++) { m = max(m, logits[base + i]); }
+    var sum = 0.0;
+    for (var i = 0u; i < p.dim; i++) { sum += exp(logits[base + i] - m); }
+    out[r] = logits[base + min(idx[r], p.dim - 1u)] - m - log(sum);
+}
+
+@group(0) @binding(2) var<storage, read> xr: array<f32>;             // (T, D)
+
+// Grid: x = feature, y = sequence. idx holds (start, len) per sequence.
+@compute @workgroup_size(WG)
+fn mean_pool_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    let b = gid.y;
+    if (i >= p.dim || b >= p.rows) { return; }
+    let start = idx[2u * b];
+    let len = idx[2u * b + 1u];
+    var acc = 0.0;
+    for (var r = 0u; r < len; r++) { acc += xr[(start + r) * p.dim + i]; }
+    out[b * p.dim + i] = acc / f32(max(len, 1u));
+}
+
+// One invocation per row: x[r] /= max(‖x[r]‖, 1e-12), in place (as torch.nn.functional.normalize).
+@compute @workgroup_size(WG)
+fn l2_normalize_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let r = gid.x;
+    if (r >= p.rows) { return; }
+    var ss = 0.0;
+    for (var i = 0u; i < p.dim; i++) { ss += xs[r * p.dim + i] * xs[r * p.dim + i]; }
+    let inv = 1.0 / max(sqrt(ss), 1e-12);
+    for (var i = 0u; i < p.dim; i++) { xs[r * p.dim + i] *= inv; }
+}
+
+// embed_rows_add_forward: out (T, D) += table[ids[t]] (same bindings and grid as embed_rows_forward); sums
+// the word, position and token-type embeddings of a BERT-family encoder with one gather per table.
+@compute @workgroup_size(WG)
+fn embed_rows_add_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    let t = gid.y;
+    let half_d = p.dim / 2u;
+    if (c >= half_d || t >= p.rows) { return; }
+    let id = min(idx[t], p.extra - 1u);
+    let v = unpack2x16float(table[id * half_d + c]);
+    out[t * p.dim + 2u * c] += v.x;
+    out[t * p.dim + 2u * c + 1u] += v.y;
+}

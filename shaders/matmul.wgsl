@@ -1,0 +1,82 @@
+// matmul_forward: Y = X · Wᵀ (+ bias) (+ residual)
+//   X (T, K) f32 activations, W (N, K) frozen f16 weights packed two per u32, Y (T, N) f32.
+//   flags bit 0: add bias (N); bit 1: add residual (T, N).
+// One invocation computes four consecutive rows (tokens) of one output column, so each weight row is
+// read once per four tokens; no workgroup memory or barriers (fast on CPU adapters such as lavapipe).
+// Rows past T are clamped to T - 1 for loads and never stored.
+
+struct Params { t: u32, n: u32, k: u32, flags: u32 }
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;  // (T, K), buffer padded to 16 bytes
+@group(0) @binding(2) var<storage, read> w4: array<vec4<u32>>;  // (N, K/2) packed f16 pairs, padded
+@group(0) @binding(3) var<storage, read> bias: array<f32>;      // (N) or a dummy
+@group(0) @binding(4) var<storage, read> residual: array<f32>;  // (T, N) or a dummy
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;   // (T, N)
+
+override WG: u32 = 64u;
+
+fn store(t0: u32, n: u32, acc: vec4<f32>) {
+    var b = 0.0;
+    if ((p.flags & 1u) != 0u) { b = bias[n]; }
+    for (var m = 0u; m < 4u; m++) {
+        let t = t0 + m;
+        if (t < p.t) {
+            var v = acc[m] + b;
+            if ((p.flags & 2u) != 0u) { v += residual[t * p.n + n]; }
+            y[t * p.n + n] = v;
+        }
+    }
+}
+
+// K must be a multiple of 8: weights read as vec4<u32> (8 halves), activations as vec4<f32>.
+
+@compute @workgroup_size(WG)
+fn matmul_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let n = gid.x;
+    let t0 = gid.y * 4u;
+    if (n >= p.n || t0 >= p.t) { return; }
+    let k8 = p.k / 8u;
+    let kx = p.k / 4u;
+    let last = p.t - 1u;
+    let r0 = t0 * kx;
+    let r1 = min(t0 + 1u, last) * kx;
+    let r2 = min(t0 + 2u, last) * kx;
+    let r3 = min(t0 + 3u, last) * kx;
+    let wrow = n * k8;
+    var acc = vec4<f32>(0.0);
+    for (var i = 0u; i < k8; i++) {
+        let q = w4[wrow + i];
+        let wa = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
+        let wb = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
+        let j = 2u * i;
+        acc.x += dot(x4[r0 + j], wa) + dot(x4[r0 + j + 1u], wb);
+        acc.y += dot(x4[r1 + j], wa) + dot(x4[r1 + j + 1u], wb);
+        acc.z += dot(x4[r2 + j], wa) + dot(x4[r2 + j + 1u], wb);
+        acc.w += dot(x4[r3 + j], wa) + dot(x4[r3 + j + 1u], wb);
+    }
+    store(t0, n, acc);
+}
+
+fn x_at(e: u32) -> f32 { return x4[e >> 2u][e & 3u]; }
+fn w_at(e: u32) -> u32 { return w4[e >> 2u][e & 3u]; }
+
+// Any even K: scalar loads, two halves at a time.
+@compute @workgroup_size(WG)
+fn matmul_forward_scalar(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let n = gid.x;
+    let t0 = gid.y * 4u;
+    if (n >= p.n || t0 >= p.t) { return; }
+    let k2 = p.k / 2u;
+    let last = p.t - 1u;
+    var acc = vec4<f32>(0.0);
+    for (var i = 0u; i < k2; i++) {
+        let wv = unpack2x16float(w_at(n * k2 + i));
+        let c = 2u * i;
+        for (var m = 0u; m < 4u; m++) {
+            let r = min(t0 + m, last) * p.k + c;
+            acc[m] += x_at(r) * wv.x + x_at(r + 1u) * wv.y;
+        }
+    }
+    store(t0, n, acc);
+}

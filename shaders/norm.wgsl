@@ -1,0 +1,55 @@
+// Normalisations, one invocation per row (no workgroup memory: the row loop is short).
+//
+// rms_norm_forward: out[r] = x[src(r)] / sqrt(mean(x[src(r)]²) + eps) * w
+//   x (R_in, D), w (D), out (R, D); src(r) = rows[r] when flags bit 0 (gather, e.g. the last token of
+//   each sequence before the LM head), else r.
+// layer_norm_forward: out[r] = (x[r] - mean) / sqrt(var + eps) * w + b, x (R, D), w (D), b (D);
+//   in place allowed (out may alias nothing else; x and out are separate bindings).
+
+struct Params { rows: u32, dim: u32, eps: f32, flags: u32 }
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(3) var<storage, read> aux: array<u32>;        // rms: row map; layer: bias as f32 bits
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+override WG: u32 = 64u;
+
+@compute @workgroup_size(WG)
+fn rms_norm_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let r = gid.x + gid.y * 65535u * WG;
+    if (r >= p.rows) { return; }
+    var src = r;
+    if ((p.flags & 1u) != 0u) { src = aux[r]; }
+    let base = src * p.dim;
+    var ss = 0.0;
+    for (var i = 0u; i < p.dim; i++) {
+        let v = x[base + i];
+        ss += v * v;
+    }
+    let inv = inverseSqrt(ss / f32(p.dim) + p.eps);
+    let ob = r * p.dim;
+    for (var i = 0u; i < p.dim; i++) {
+        out[ob + i] = x[base + i] * inv * w[i];
+    }
+}
+
+@compute @workgroup_size(WG)
+fn layer_norm_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let r = gid.x + gid.y * 65535u * WG;
+    if (r >= p.rows) { return; }
+    let base = r * p.dim;
+    var mean = 0.0;
+    for (var i = 0u; i < p.dim; i++) { mean += x[base + i]; }
+    mean /= f32(p.dim);
+    var var_ = 0.0;
+    for (var i = 0u; i < p.dim; i++) {
+        let d = x[base + i] - mean;
+        var_ += d * d;
+    }
+    let inv = inverseSqrt(var_ / f32(p.dim) + p.eps);
+    for (var i = 0u; i < p.dim; i++) {
+        out[base + i] = (x[base + i] - mean) * inv * w[i] + bitcast<f32>(aux[i]);
+    }
+}
