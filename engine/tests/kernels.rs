@@ -187,11 +187,14 @@ fn embed_rows_swiglu_gelu_logprob_and_pooling_match_reference() {
     // GELU over 131 values.
     let gx = random(131, 5.0, 3);
     let gxg = gpu.upload_f32("gelu", &gx, &[131]).unwrap();
-    // Log-probs over (R=3, V=1001).
-    let logits = random(3 * 1001, 8.0, 4);
-    let targets = [0u32, 1000, 517];
-    let lg = gpu.upload_f32("logits", &logits, &[3, 1001]).unwrap();
+    // Log-probs over (R=3, V=40001): longer than lavapipe's 16384-iteration loop limit, not a
+    // multiple of the 1024-column chunk.
+    let vocab = 40001;
+    let logits = random(3 * vocab, 8.0, 4);
+    let targets = [0u32, 40000, 517];
+    let lg = gpu.upload_f32("logits", &logits, &[3, vocab]).unwrap();
     let tgg = gpu.upload_u32("targets", &targets, &[3]).unwrap();
+    let partial = gpu.zeros("partial", &[3, vocab.div_ceil(1024), 2]).unwrap();
     let lp = gpu.zeros("lp", &[3]).unwrap();
     // Mean pooling over two spans of a (9, 66) matrix.
     let px = random(9 * 66, 1.0, 5);
@@ -204,13 +207,13 @@ fn embed_rows_swiglu_gelu_logprob_and_pooling_match_reference() {
     b.embed_rows(&idg, &tg, &out, 5);
     b.swiglu(&gug, &act, 3, 67);
     b.gelu(&gxg, 1, 131);
-    b.logprob(&lg, &tgg, &lp, 3, 1001);
+    b.logprob(&lg, &tgg, &partial, &lp, 3, vocab);
     b.mean_pool_l2(&pxg, &sg, &pooled, 2, 66);
     b.submit().unwrap();
 
     assert_close("embed_rows", &gpu.read_f32(&out).unwrap(), &cpu_ref::embed_rows_forward(&ids, &table, dim), 0.0, 0.0);
     assert_close("swiglu", &gpu.read_f32(&act).unwrap(), &cpu_ref::swiglu_forward(&gu, 3, 67), 1e-6, 1e-5);
     assert_close("gelu", &gpu.read_f32(&gxg).unwrap(), &cpu_ref::gelu_forward(&gx), 1e-6, 1e-5);
-    assert_close("logprob", &gpu.read_f32(&lp).unwrap(), &cpu_ref::logprob_forward(&logits, &targets, 1001), 1e-4, 1e-5);
+    assert_close("logprob", &gpu.read_f32(&lp).unwrap(), &cpu_ref::logprob_forward(&logits, &targets, vocab), 1e-4, 1e-5);
     assert_close("mean_pool_l2", &gpu.read_f32(&pooled).unwrap(), &cpu_ref::mean_pool_l2_forward(&px, &spans, 66), 1e-6, 1e-5);
 }

@@ -23,8 +23,8 @@ fn embed_rows_add_accumulates_gathers_like_reference() {
         let start = random(t * dim, 1.0, t as u64 + 2);
 
         let mut want = start.clone();
-        cpu_ref::embed_rows_add_forward(&mut want, &ids, &word, dim);
-        cpu_ref::embed_rows_add_forward(&mut want, &pos_ids, &pos, dim);
+        cpu_ref::embed_rows_add_forward(&mut want, &ids, &word, 0, dim);
+        cpu_ref::embed_rows_add_forward(&mut want, &pos_ids, &pos, 0, dim);
 
         let out = gpu.upload_f32("out", &start, &[t, dim]).unwrap();
         let idg = gpu.upload_u32("ids", &ids, &[t]).unwrap();
@@ -53,7 +53,7 @@ fn embed_rows_then_add_equals_sum_of_gathers() {
     let ids: Vec<u32> = (0..t).map(|i| (i * 5 % vocab) as u32).collect();
     let zeros = vec![0u32; t];
     let mut want = cpu_ref::embed_rows_forward(&ids, &a, dim);
-    cpu_ref::embed_rows_add_forward(&mut want, &zeros, &bt, dim);
+    cpu_ref::embed_rows_add_forward(&mut want, &zeros, &bt, 0, dim);
 
     let out = gpu.zeros("out", &[t, dim]).unwrap();
     let idg = gpu.upload_u32("ids", &ids, &[t]).unwrap();
@@ -65,4 +65,35 @@ fn embed_rows_then_add_equals_sum_of_gathers() {
     b.embed_rows_add(&zg, &bg, &out, t);
     b.submit().unwrap();
     assert_close("embed_rows + embed_rows_add", &gpu.read_f32(&out).unwrap(), &want, 0.0, 0.0);
+}
+
+/// A vocabulary split into row blocks: each block adds only the tokens whose ids fall inside it, and
+/// the blocks together equal one gather from the whole table.
+#[test]
+fn embed_rows_add_from_row_blocks_equals_whole_table() {
+    let gpu = gpu();
+    let (t, dim, vocab) = (70usize, 10usize, 23usize);
+    let table = to_f16(&random(vocab * dim, 1.0, 8));
+    let ids: Vec<u32> = (0..t).map(|i| ((i * 11 + 4) % vocab) as u32).collect();
+    let whole = cpu_ref::embed_rows_forward(&ids, &table, dim);
+    let idg = gpu.upload_u32("ids", &ids, &[t]).unwrap();
+    let out = gpu.zeros("out", &[t, dim]).unwrap();
+    let mut b = gpu.batch();
+    let mut want_block = vec![0.0; t * dim];
+    for (first, rows) in [(0usize, 9usize), (9, 9), (18, 5)] {
+        let block = &table[first * dim..(first + rows) * dim];
+        let bg = gpu.upload_weight_f16("block", block, rows, dim).unwrap();
+        b.embed_rows_add_from(&idg, &bg, first, &out, t);
+        if first == 9 {
+            cpu_ref::embed_rows_add_forward(&mut want_block, &ids, block, first, dim);
+        }
+    }
+    b.submit().unwrap();
+    assert_close("embed_rows_add_from blocks", &gpu.read_f32(&out).unwrap(), &whole, 0.0, 0.0);
+    // The reference of one block touches exactly the tokens with ids 9..18.
+    for (i, &id) in ids.iter().enumerate() {
+        let row = &want_block[i * dim..(i + 1) * dim];
+        let inside = (9..18).contains(&id);
+        assert_eq!(row == &whole[i * dim..(i + 1) * dim], inside, "token {i} (id {id})");
+    }
 }

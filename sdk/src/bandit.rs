@@ -1,4 +1,9 @@
-//! Small pieces shared by bandit routers: softmax, z-scores, reward rescaling, topic keys.
+//! Small pieces shared by bandit routers: softmax, z-scores, reward rescaling, topic keys, and a
+//! simulated Bernoulli bandit to test a router on.
+
+use crate::rng::SplitMix64;
+use crate::router::Router;
+use crate::{ChooseRequest, Feedback};
 
 /// The topic key for a request or feedback: the topic, or `"_"` for questions without one.
 pub fn topic_key(topic: Option<&str>) -> String {
@@ -46,6 +51,42 @@ pub fn check_range(lo: f64, hi: f64) -> Result<(), String> {
     } else {
         Err(format!("reward range [{lo}, {hi}] must be finite with reward_min < reward_max"))
     }
+}
+
+/// Arm names `arm0`, `arm1`, ... for [`simulate_bernoulli`].
+pub fn arm_names(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("arm{i}")).collect()
+}
+
+/// Plays `router` (built with the languages [`arm_names`]`(means.len())`) against a Bernoulli bandit:
+/// each round it chooses one language (k = 1, step = round, no topic), earns 1 with probability
+/// `means[arm]` (drawn from a generator seeded with `seed`) and gets that feedback. Returns the pulls
+/// per arm. For testing routers natively.
+pub fn simulate_bernoulli<R: Router>(
+    router: &mut R,
+    means: &[f64],
+    rounds: u64,
+    seed: u64,
+) -> Result<Vec<usize>, String> {
+    let names = arm_names(means.len());
+    let mut env = SplitMix64::new(seed);
+    let mut pulls = vec![0; means.len()];
+    for step in 0..rounds {
+        let request = ChooseRequest {
+            question_id: format!("q{step}"),
+            topic: None,
+            question_language: names[0].clone(),
+            k: 1,
+            step,
+        };
+        let chosen = router.choose(&request)?;
+        let arm =
+            names.iter().position(|n| *n == chosen[0]).ok_or_else(|| format!("chose unknown {chosen:?}"))?;
+        pulls[arm] += 1;
+        let reward = if env.bernoulli(means[arm]) { 1.0 } else { 0.0 };
+        router.update(step, &[Feedback { topic: topic_key(None), language: chosen[0].clone(), reward }])?;
+    }
+    Ok(pulls)
 }
 
 #[cfg(test)]

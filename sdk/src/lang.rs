@@ -52,13 +52,13 @@ fn scripts_of_iso639(code: &str) -> Option<&'static [Script]> {
         "en" | "eng" | "fr" | "fra" | "fre" | "de" | "deu" | "ger" | "es" | "spa" | "it" | "ita" | "pt"
         | "por" | "nl" | "nld" | "sv" | "swe" | "da" | "dan" | "no" | "nor" | "nb" | "nob" | "nn" | "nno"
         | "fi" | "fin" | "pl" | "pol" | "cs" | "ces" | "sk" | "slk" | "sl" | "slv" | "hr" | "hrv" | "bs"
-        | "bos" | "ro" | "ron" | "hu" | "hun" | "tr" | "tur" | "vi" | "vie" | "id" | "ind" | "ms"
-        | "msa" | "zsm" | "tl" | "tgl" | "fil" | "sw" | "swa" | "swh" | "eu" | "eus" | "ca" | "cat"
-        | "gl" | "glg" | "et" | "est" | "ekk" | "lv" | "lav" | "lvs" | "lt" | "lit" | "is" | "isl"
-        | "ga" | "gle" | "cy" | "cym" | "mt" | "mlt" | "sq" | "sqi" | "als" | "af" | "afr" | "zu"
-        | "zul" | "xh" | "xho" | "yo" | "yor" | "ig" | "ibo" | "ha" | "hau" | "so" | "som" | "uz"
-        | "uzb" | "uzn" | "az" | "aze" | "azj" | "tk" | "tuk" | "la" | "lat" | "eo" | "epo" | "jv"
-        | "jav" | "su" | "sun" | "mg" | "mlg" | "qu" | "quy" | "ht" | "hat" | "lb" | "ltz" => &[Latin],
+        | "bos" | "ro" | "ron" | "hu" | "hun" | "tr" | "tur" | "vi" | "vie" | "id" | "ind" | "ms" | "msa"
+        | "zsm" | "tl" | "tgl" | "fil" | "sw" | "swa" | "swh" | "eu" | "eus" | "ca" | "cat" | "gl"
+        | "glg" | "et" | "est" | "ekk" | "lv" | "lav" | "lvs" | "lt" | "lit" | "is" | "isl" | "ga"
+        | "gle" | "cy" | "cym" | "mt" | "mlt" | "sq" | "sqi" | "als" | "af" | "afr" | "zu" | "zul" | "xh"
+        | "xho" | "yo" | "yor" | "ig" | "ibo" | "ha" | "hau" | "so" | "som" | "uz" | "uzb" | "uzn" | "az"
+        | "aze" | "azj" | "tk" | "tuk" | "la" | "lat" | "eo" | "epo" | "jv" | "jav" | "su" | "sun" | "mg"
+        | "mlg" | "qu" | "quy" | "ht" | "hat" | "lb" | "ltz" => &[Latin],
         "el" | "ell" | "gre" => &[Greek],
         "ru" | "rus" | "uk" | "ukr" | "be" | "bel" | "bg" | "bul" | "mk" | "mkd" | "sr" | "srp" | "kk"
         | "kaz" | "ky" | "kir" | "tg" | "tgk" | "mn" | "mon" | "khk" | "tt" | "tat" | "ba" | "bak" => {

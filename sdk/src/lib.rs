@@ -63,6 +63,7 @@ pub mod bindings {
         });
     }
     /// The `router` world: exports `configure`, `choose`, `update`, `save-state` and `load-state`.
+    #[allow(clippy::too_many_arguments)] // the generated lowering of `choose-request`
     pub mod router {
         wit_bindgen::generate!({
             world: "router",

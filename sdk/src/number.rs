@@ -9,8 +9,8 @@
 
 /// Code points of the digit zero of each decimal-digit block handled.
 const ZEROS: &[u32] = &[
-    0x0030, 0x0660, 0x06F0, 0x07C0, 0x0966, 0x09E6, 0x0A66, 0x0AE6, 0x0B66, 0x0BE6, 0x0C66, 0x0CE6,
-    0x0D66, 0x0DE6, 0x0E50, 0x0ED0, 0x0F20, 0x1040, 0x1090, 0x17E0, 0x1810, 0xFF10,
+    0x0030, 0x0660, 0x06F0, 0x07C0, 0x0966, 0x09E6, 0x0A66, 0x0AE6, 0x0B66, 0x0BE6, 0x0C66, 0x0CE6, 0x0D66,
+    0x0DE6, 0x0E50, 0x0ED0, 0x0F20, 0x1040, 0x1090, 0x17E0, 0x1810, 0xFF10,
 ];
 
 /// The value 0–9 of a decimal digit in any handled script.
@@ -69,9 +69,8 @@ pub fn numbers(text: &str) -> Vec<f64> {
                 i += 1;
             }
         }
-        let negative = start >= 1
-            && is_minus(chars[start - 1])
-            && (start == 1 || !chars[start - 2].is_alphanumeric());
+        let negative =
+            start >= 1 && is_minus(chars[start - 1]) && (start == 1 || !chars[start - 2].is_alphanumeric());
         if let Ok(v) = ascii.parse::<f64>() {
             out.push(if negative { -v } else { v });
         }
@@ -143,7 +142,7 @@ mod tests {
         let s = n.to_string();
         let mut out = String::new();
         for (i, c) in s.chars().enumerate() {
-            if i > 0 && (s.len() - i) % 3 == 0 {
+            if i > 0 && (s.len() - i).is_multiple_of(3) {
                 out.push(',');
             }
             out.push(c);

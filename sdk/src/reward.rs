@@ -41,7 +41,10 @@ pub fn configure_slot<R: Reward>(slot: &RefCell<Option<R>>, config_json: &str) -
 
 /// `score` export: scores with the stored reward and checks the answer's length and finiteness.
 #[doc(hidden)]
-pub fn score_slot<R: Reward>(slot: &RefCell<Option<R>>, group: &[Sample]) -> Result<Vec<Option<f32>>, String> {
+pub fn score_slot<R: Reward>(
+    slot: &RefCell<Option<R>>,
+    group: &[Sample],
+) -> Result<Vec<Option<f32>>, String> {
     let name = short_type_name::<R>();
     let mut slot = slot.borrow_mut();
     let reward = slot.as_mut().ok_or_else(|| format!("{name}: score called before configure"))?;

@@ -131,7 +131,10 @@ mod tests {
             let x: Vec<f64> = (0..n).map(|_| r.beta(a, b)).collect();
             let (m, v) = mean_var(&x);
             let (em, ev) = (a / (a + b), a * b / ((a + b).powi(2) * (a + b + 1.0)));
-            assert!((m - em).abs() < 0.005 && (v - ev).abs() < 0.1 * ev, "beta({a},{b}): {m} {v} vs {em} {ev}");
+            assert!(
+                (m - em).abs() < 0.005 && (v - ev).abs() < 0.1 * ev,
+                "beta({a},{b}): {m} {v} vs {em} {ev}"
+            );
         }
         let g: Vec<f64> = (0..n).map(|_| r.gamma(0.3)).collect();
         let (m, v) = mean_var(&g);

@@ -50,7 +50,10 @@ pub fn decode_state<T: DeserializeOwned>(plugin: &str, version: u32, bytes: &[u8
         return Err(format!("{plugin}: router state was saved by plugin `{}`, not `{plugin}`", env.plugin));
     }
     if env.version != version {
-        return Err(format!("{plugin}: router state has version {}, this plugin reads version {version}", env.version));
+        return Err(format!(
+            "{plugin}: router state has version {}, this plugin reads version {version}",
+            env.version
+        ));
     }
     Ok(env.state)
 }
@@ -89,7 +92,10 @@ fn with_router<R: Router, T>(
 
 /// `choose` export; checks that exactly `k` languages come back.
 #[doc(hidden)]
-pub fn choose_slot<R: Router>(slot: &RefCell<Option<R>>, request: &ChooseRequest) -> Result<Vec<String>, String> {
+pub fn choose_slot<R: Router>(
+    slot: &RefCell<Option<R>>,
+    request: &ChooseRequest,
+) -> Result<Vec<String>, String> {
     with_router(slot, "choose", |r| {
         let langs = r.choose(request)?;
         if langs.len() != request.k as usize {
@@ -101,7 +107,11 @@ pub fn choose_slot<R: Router>(slot: &RefCell<Option<R>>, request: &ChooseRequest
 
 /// `update` export.
 #[doc(hidden)]
-pub fn update_slot<R: Router>(slot: &RefCell<Option<R>>, step: u64, feedback: &[Feedback]) -> Result<(), String> {
+pub fn update_slot<R: Router>(
+    slot: &RefCell<Option<R>>,
+    step: u64,
+    feedback: &[Feedback],
+) -> Result<(), String> {
     with_router(slot, "update", |r| r.update(step, feedback))
 }
 
@@ -133,11 +143,13 @@ macro_rules! export_router {
                     config_json: ::std::string::String,
                     languages: ::std::vec::Vec<::std::string::String>,
                 ) -> ::core::result::Result<(), ::std::string::String> {
-                    __BABELRL_ROUTER.with(|s| $crate::router::configure_slot::<$ty>(s, &config_json, languages))
+                    __BABELRL_ROUTER
+                        .with(|s| $crate::router::configure_slot::<$ty>(s, &config_json, languages))
                 }
                 fn choose(
                     request: $crate::ChooseRequest,
-                ) -> ::core::result::Result<::std::vec::Vec<::std::string::String>, ::std::string::String> {
+                ) -> ::core::result::Result<::std::vec::Vec<::std::string::String>, ::std::string::String>
+                {
                     __BABELRL_ROUTER.with(|s| $crate::router::choose_slot::<$ty>(s, &request))
                 }
                 fn update(
@@ -149,7 +161,9 @@ macro_rules! export_router {
                 fn save_state() -> ::std::vec::Vec<u8> {
                     __BABELRL_ROUTER.with(|s| $crate::router::save_slot::<$ty>(s))
                 }
-                fn load_state(state: ::std::vec::Vec<u8>) -> ::core::result::Result<(), ::std::string::String> {
+                fn load_state(
+                    state: ::std::vec::Vec<u8>,
+                ) -> ::core::result::Result<(), ::std::string::String> {
                     __BABELRL_ROUTER.with(|s| $crate::router::load_slot::<$ty>(s, &state))
                 }
             }

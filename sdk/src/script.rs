@@ -213,7 +213,8 @@ impl ScriptCounts {
 
     /// The script with the most letters (ties: the earlier in [`Script::ALL`]); `None` without letters.
     pub fn dominant(&self) -> Option<Script> {
-        let best = Script::ALL.iter().copied().max_by_key(|&s| (self.count(s), std::cmp::Reverse(s as u8)))?;
+        let best =
+            Script::ALL.iter().copied().max_by_key(|&s| (self.count(s), std::cmp::Reverse(s as u8)))?;
         (self.letters > 0).then_some(best)
     }
 }
@@ -276,7 +277,8 @@ mod tests {
         for (c, want) in cases {
             assert_eq!(Script::of_letter(c), Some(want), "{c:?} U+{:04X}", c as u32);
         }
-        for c in ['1', '༡', '०', '་', '།', ' ', '\n', '.', '，', '。', '€', '+', '😀', '\u{0F0B}'] {
+        for c in ['1', '༡', '०', '་', '།', ' ', '\n', '.', '，', '。', '€', '+', '😀', '\u{0F0B}']
+        {
             assert_eq!(Script::of_letter(c), None, "{c:?} U+{:04X} is not a letter", c as u32);
         }
     }

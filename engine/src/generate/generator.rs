@@ -15,7 +15,7 @@ pub const PREFILL_CHUNK: usize = 256;
 /// Why a sequence stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum FinishReason {
-    /// An end-of-sequence or stop token (not included in the completion).
+    /// An end-of-sequence or stop token (the last of `tokens`, not part of `text`).
     StopToken,
     /// A stop string appeared (the text is cut before it).
     StopString,
@@ -139,12 +139,13 @@ pub fn generate(
         for (row, &i) in live.iter().enumerate() {
             let (tok, lp) = sample(&logits[row], cfg, &mut rng);
             let s = &mut seqs[i];
+            s.tokens.push(tok);
+            s.logprobs.push(lp);
             if stops.contains(&tok) {
+                // Kept in the tokens (as TRL does: the policy learns to stop), left out of the text.
                 s.done = Some(FinishReason::StopToken);
                 continue;
             }
-            s.tokens.push(tok);
-            s.logprobs.push(lp);
             s.text = tokenizer.decode(&s.tokens[s.prompt_len..], true)?;
             if let Some(cut) = cfg.stop_strings.iter().filter_map(|st| s.text.find(st.as_str())).min() {
                 s.text.truncate(cut);

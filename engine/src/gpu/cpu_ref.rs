@@ -231,11 +231,14 @@ pub fn mean_pool_l2_forward(x: &[f32], spans: &[(u32, u32)], dim: usize) -> Vec<
     out
 }
 
-/// out (T, D) += table[ids[t]] for an f16 table (V, D), accumulated in f32 as the kernel does.
-pub fn embed_rows_add_forward(out: &mut [f32], ids: &[u32], table: &[f16], dim: usize) {
+/// out (T, D) += table[ids[t] − first] for ids in [first, first + V) of an f16 table (V, D); other rows
+/// unchanged. Accumulated in f32, as the kernel does.
+pub fn embed_rows_add_forward(out: &mut [f32], ids: &[u32], table: &[f16], first: usize, dim: usize) {
+    let rows = table.len() / dim;
     for (t, &id) in ids.iter().enumerate() {
+        let Some(row) = (id as usize).checked_sub(first).filter(|&r| r < rows) else { continue };
         for i in 0..dim {
-            out[t * dim + i] += table[id as usize * dim + i].to_f32();
+            out[t * dim + i] += table[row * dim + i].to_f32();
         }
     }
 }

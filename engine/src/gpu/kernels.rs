@@ -8,6 +8,8 @@ use crate::gpu::{Batch, Gpu, Tensor, Weight16};
 
 /// Workgroup size of every 1-D kernel.
 pub const WG: u32 = 64;
+/// Columns per chunk of the log-prob reduction (`LOGPROB_CHUNK` in elementwise.wgsl).
+pub const LOGPROB_CHUNK: usize = 1024;
 /// Largest grid dimension wgpu guarantees.
 const MAX_GROUPS: u32 = 65535;
 
@@ -185,14 +187,27 @@ impl<'g> Batch<'g> {
         self.dispatch(&ELEMENTWISE, "gelu_forward", &params, &[&x.buffer], grid_1d(rows * dim));
     }
 
-    /// out[r] = log_softmax(logits[r])[target[r]].
-    pub fn logprob(&mut self, logits: &Tensor, targets: &Tensor, out: &Tensor, rows: usize, vocab: usize) {
-        let params = P4 { a: rows as u32, b: vocab as u32, c: 0, d: 0 };
+    /// out[r] = log_softmax(logits[r])[target[r]], in two passes over chunks of 1024 columns.
+    /// `partial` is scratch of at least rows · ⌈vocab / 1024⌉ · 2 floats.
+    pub fn logprob(
+        &mut self,
+        logits: &Tensor,
+        targets: &Tensor,
+        partial: &Tensor,
+        out: &Tensor,
+        rows: usize,
+        vocab: usize,
+    ) {
+        let chunks = vocab.div_ceil(LOGPROB_CHUNK);
+        debug_assert!(partial.len() >= rows * chunks * 2, "logprob scratch too small");
+        let params = P4 { a: rows as u32, b: vocab as u32, c: chunks as u32, d: 0 };
+        let grid = [groups(chunks), rows as u32, 1];
+        self.dispatch(&ELEMENTWISE, "logprob_partial_forward", &params, &[&logits.buffer, &partial.buffer], grid);
         self.dispatch(
             &ELEMENTWISE,
-            "logprob_forward",
+            "logprob_combine_forward",
             &params,
-            &[&targets.buffer, &logits.buffer, &out.buffer],
+            &[&targets.buffer, &logits.buffer, &partial.buffer, &out.buffer],
             [groups(rows), 1, 1],
         );
     }
@@ -209,9 +224,16 @@ impl<'g> Batch<'g> {
 impl<'g> Batch<'g> {
     /// out (T, D) += table[ids[t]]: an accumulating gather (BERT's word + position + token-type sum).
     pub fn embed_rows_add(&mut self, ids: &Tensor, table: &Weight16, out: &Tensor, t: usize) {
+        self.embed_rows_add_from(ids, table, 0, out, t);
+    }
+
+    /// out[t] += table[ids[t] − first] for the tokens whose id lies in `first .. first + table.rows`;
+    /// other rows are left unchanged (a vocabulary split into row blocks, one gather per block).
+    pub fn embed_rows_add_from(&mut self, ids: &Tensor, table: &Weight16, first: usize, out: &Tensor, t: usize) {
         debug_assert!(ids.len() >= t && out.len() >= t * table.cols, "embed_rows_add shapes");
-        let params = P4 { a: t as u32, b: table.cols as u32, c: table.rows as u32, d: 0 };
+        let params = P4 { a: t as u32, b: table.cols as u32, c: table.rows as u32, d: first as u32 };
         let grid = [groups(table.cols / 2), t as u32, 1];
-        self.dispatch(&ELEMENTWISE, "embed_rows_add_forward", &params, &[&ids.buffer, &table.buffer, &out.buffer], grid);
+        let buffers = [&ids.buffer, &table.buffer, &out.buffer];
+        self.dispatch(&ELEMENTWISE, "embed_rows_add_forward", &params, &buffers, grid);
     }
 }

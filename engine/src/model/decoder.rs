@@ -10,6 +10,10 @@ use crate::model::config::DecoderConfig;
 use crate::model::weights::{HostTensor, WeightSource};
 use crate::{Error, Result};
 
+/// Longest context the kernels support: their per-invocation loops over keys must stay under 16384
+/// iterations, where lavapipe silently stops loops.
+pub const MAX_CONTEXT: usize = 16384;
+
 /// Frozen weights of one transformer block, with q/k/v and gate/up fused into single matrices.
 struct Layer {
     attn_norm: Tensor,
@@ -122,7 +126,8 @@ impl Decoder {
             });
         }
         let final_norm = f32_tensor("model.norm.weight", d)?;
-        let rope_positions = cfg.max_positions.clamp(1, 1 << 15);
+        // Attention loops run over the context; lavapipe cuts loops off after 16384 iterations.
+        let rope_positions = cfg.max_positions.clamp(1, MAX_CONTEXT);
         let table = rope_table(rope_positions, hd, cfg.rope_theta);
         let rope = gpu.upload_f32("rope", table.as_flattened(), &[rope_positions, hd / 2, 2])?;
         gpu.wait()?;
@@ -274,8 +279,10 @@ impl Decoder {
         let rows = targets.len();
         let tg = self.gpu.upload_u32("targets", targets, &[rows])?;
         let out = self.gpu.zeros("logprobs", &[rows])?;
+        let chunks = self.cfg.vocab.div_ceil(crate::gpu::kernels::LOGPROB_CHUNK);
+        let partial = self.gpu.zeros("logprob_partial", &[rows, chunks, 2])?;
         let mut b = self.gpu.batch();
-        b.logprob(logits, &tg, &out, rows, self.cfg.vocab);
+        b.logprob(logits, &tg, &partial, &out, rows, self.cfg.vocab);
         b.submit()?;
         self.gpu.read_words(&out.buffer, 0, rows)
     }

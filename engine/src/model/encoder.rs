@@ -26,9 +26,9 @@ struct Layer {
     o: Weight16,      // (D, D)
     o_bias: Tensor,   // (D)
     attn_norm: (Tensor, Tensor),
-    up: Weight16,   // (I, D)
+    up: Weight16,    // (I, D)
     up_bias: Tensor, // (I)
-    down: Weight16, // (D, I)
+    down: Weight16,  // (D, I)
     down_bias: Tensor,
     out_norm: (Tensor, Tensor),
 }
@@ -42,7 +42,8 @@ pub struct Encoder {
     max_tokens: usize,
     /// `tokenizer.json` with its own padding and truncation switched off (the encoder truncates).
     tokenizer: tokenizers::Tokenizer,
-    word: Weight16,       // (V, D)
+    /// Word embeddings (V, D) in row blocks that each fit one storage binding: (first row, block).
+    word: Vec<(usize, Weight16)>,
     position: Weight16,   // (P, D)
     token_type: Weight16, // (types, D)
     embed_norm: (Tensor, Tensor),
@@ -73,10 +74,10 @@ struct Names<'a> {
 impl Names<'_> {
     fn require(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
         let full = format!("{}{name}", self.prefix);
-        let t = self
-            .st
-            .get(&full)?
-            .ok_or_else(|| Error::MissingTensor { path: self.st.dir().join("model.safetensors"), name: full.clone() })?;
+        let t = self.st.get(&full)?.ok_or_else(|| Error::MissingTensor {
+            path: self.st.dir().join("model.safetensors"),
+            name: full.clone(),
+        })?;
         if t.shape != shape {
             return Err(Error::Shape { name: full, expected: shape.to_vec(), found: t.shape });
         }
@@ -100,12 +101,16 @@ impl Encoder {
         let cfg = EncoderConfig::from_dir(dir)?;
         let max_tokens = options.max_tokens.unwrap_or(usize::MAX).min(cfg.max_sequence());
         if max_tokens < 2 {
-            return Err(Error::Input(format!("encoder max_tokens {max_tokens}: needs room for two special tokens")));
+            return Err(Error::Input(format!(
+                "encoder max_tokens {max_tokens}: needs room for two special tokens"
+            )));
         }
         let tok_path = dir.join("tokenizer.json");
         let mut tokenizer = Tokenizer::from_file(&tok_path)?.inner().clone();
         tokenizer.with_padding(None);
-        tokenizer.with_truncation(None).map_err(|e| Error::Tokenizer(format!("{}: {e}", tok_path.display())))?;
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", tok_path.display())))?;
 
         let st = SafetensorsFolder::open(dir)?;
         let prefix = ["", "bert.", "roberta."]
@@ -125,7 +130,18 @@ impl Encoder {
             let t = w.require(name, &[rows, d])?;
             gpu.upload_weight(name, &t.data, rows, d)
         };
-        let word = table("embeddings.word_embeddings.weight", cfg.vocab)?;
+        let word = {
+            let name = "embeddings.word_embeddings.weight";
+            let t = w.require(name, &[cfg.vocab, d])?;
+            let block = (gpu.max_binding() as usize / (2 * d)).max(1);
+            let mut blocks = Vec::new();
+            for first in (0..cfg.vocab).step_by(block) {
+                let rows = block.min(cfg.vocab - first);
+                let data = &t.data[first * d..(first + rows) * d];
+                blocks.push((first, gpu.upload_weight(&format!("{name}[{first}..]"), data, rows, d)?));
+            }
+            blocks
+        };
         let position = table("embeddings.position_embeddings.weight", cfg.max_positions)?;
         let token_type = table("embeddings.token_type_embeddings.weight", cfg.type_vocab)?;
         let embed_norm = norm("embeddings.LayerNorm")?;
@@ -277,8 +293,12 @@ impl Encoder {
         let t: usize = seqs.iter().map(Vec::len).sum();
         let n = seqs.len();
         let ctx = seqs.iter().map(Vec::len).max().unwrap_or(1);
-        let (mut ids, mut pos_ids, mut tok, mut spans) =
-            (Vec::with_capacity(t), Vec::with_capacity(t), Vec::with_capacity(4 * t), Vec::with_capacity(2 * n));
+        let (mut ids, mut pos_ids, mut tok, mut spans) = (
+            Vec::with_capacity(t),
+            Vec::with_capacity(t),
+            Vec::with_capacity(4 * t),
+            Vec::with_capacity(2 * n),
+        );
         for (s, seq) in seqs.iter().enumerate() {
             spans.extend([ids.len() as u32, seq.len() as u32]);
             for (i, &id) in seq.iter().enumerate() {
@@ -315,8 +335,10 @@ impl Encoder {
         };
         let eps = c.layer_norm_eps;
         let mut b = g.batch();
-        b.embed_rows(&ids, &self.word, &x2, t);
-        b.embed_rows_add(&pos_ids, &self.position, &x2, t);
+        b.embed_rows(&pos_ids, &self.position, &x2, t);
+        for (first, block) in &self.word {
+            b.embed_rows_add_from(&ids, block, *first, &x2, t);
+        }
         b.embed_rows_add(&type_ids, &self.token_type, &x2, t);
         b.layer_norm(&x2, &self.embed_norm.0, &self.embed_norm.1, &x, t, eps);
         for l in &self.layers {

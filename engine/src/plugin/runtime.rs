@@ -229,17 +229,13 @@ impl Runtime {
     }
 }
 
-/// `$BABELRL_CACHE/plugins`, defaulting to `$HOME/.cache/babelrl/plugins`; `None` without either.
-pub fn cache_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("BABELRL_CACHE").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(dir).join("plugins"));
-    }
-    let home = std::env::var_os("HOME").filter(|d| !d.is_empty())?;
-    Some(PathBuf::from(home).join(".cache/babelrl/plugins"))
+/// Where compiled plugins are cached: `$BABELRL_CACHE/plugins` (the engine's cache convention).
+pub fn cache_dir() -> PathBuf {
+    crate::model::cache_dir().join("plugins")
 }
 
 fn cache_file(key: &[u8; 32]) -> Option<PathBuf> {
-    Some(cache_dir()?.join(format!("{}.cwasm", hex(key))))
+    Some(cache_dir().join(format!("{}.cwasm", hex(key))))
 }
 
 fn hex(bytes: &[u8]) -> String {

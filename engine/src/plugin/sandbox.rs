@@ -367,7 +367,7 @@ impl Sandbox {
         };
         let stderr = {
             let c = s.captured.lock().unwrap_or_else(|p| p.into_inner());
-            tail(&c.stderr, 400)
+            tail(&c.stderr, 400).lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ")
         };
         let mut message = match s.memory.refused {
             Some(asked) => format!(

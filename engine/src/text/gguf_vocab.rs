@@ -24,11 +24,8 @@ use serde_json::{Value, json};
 use crate::model::gguf::Gguf;
 use crate::{Error, Result};
 
-const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
-const QWEN2_REGEX: &str =
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const LLAMA3_REGEX: &str =
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Token type ids of `tokenizer.ggml.token_type`.
 pub(crate) mod token_type {
@@ -70,9 +67,10 @@ fn gpt2_pre(g: &Gguf, pre: &str) -> Result<(Value, Value)> {
             json!({"type": "NFC"}),
             json!({"type": "Sequence", "pretokenizers": [split(QWEN2_REGEX), byte_level(false)]}),
         ),
-        "llama-bpe" | "llama3" => {
-            (Value::Null, json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_REGEX), byte_level(false)]}))
-        }
+        "llama-bpe" | "llama3" => (
+            Value::Null,
+            json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_REGEX), byte_level(false)]}),
+        ),
         other => {
             return Err(Error::unsupported(
                 g.path(),
@@ -97,7 +95,11 @@ pub(crate) fn build(g: &Gguf) -> Result<GgufVocab> {
     if types.len() != tokens.len() {
         return Err(err(
             g,
-            format!("tokenizer.ggml.token_type has {} entries but tokenizer.ggml.tokens has {}", types.len(), tokens.len()),
+            format!(
+                "tokenizer.ggml.token_type has {} entries but tokenizer.ggml.tokens has {}",
+                types.len(),
+                tokens.len()
+            ),
         ));
     }
 
@@ -139,7 +141,9 @@ pub(crate) fn build(g: &Gguf) -> Result<GgufVocab> {
                     let cut = m.char_indices().skip(1).find(|&(_, c)| c == ' ').map(|(p, _)| p);
                     match cut {
                         Some(p) => Ok(json!([&m[..p], &m[p + 1..]])),
-                        None => Err(err(g, format!("tokenizer.ggml.merges[{i}] = {m:?} has no space separator"))),
+                        None => {
+                            Err(err(g, format!("tokenizer.ggml.merges[{i}] = {m:?} has no space separator")))
+                        }
                     }
                 })
                 .collect::<Result<_>>()?;
@@ -156,7 +160,9 @@ pub(crate) fn build(g: &Gguf) -> Result<GgufVocab> {
             return Err(Error::unsupported(
                 g.path(),
                 "tokenizer model",
-                format!("tokenizer.ggml.model = {other:?} (supported: gpt2, llama); use the model's tokenizer.json"),
+                format!(
+                    "tokenizer.ggml.model = {other:?} (supported: gpt2, llama); use the model's tokenizer.json"
+                ),
             ));
         }
     };
@@ -179,7 +185,10 @@ fn spm_json(
         None => vec![0.0; tokens.len()],
     };
     if scores.len() != tokens.len() {
-        return Err(err(g, format!("tokenizer.ggml.scores has {} entries for {} tokens", scores.len(), tokens.len())));
+        return Err(err(
+            g,
+            format!("tokenizer.ggml.scores has {} entries for {} tokens", scores.len(), tokens.len()),
+        ));
     }
     let index: HashMap<&str, usize> = tokens.iter().enumerate().rev().map(|(i, t)| (*t, i)).collect();
     // Every split of a normal token into two tokens is a merge; rank by the merged token's score

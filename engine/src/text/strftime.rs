@@ -3,8 +3,20 @@
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-const MONTHS: [&str; 12] =
-    ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
 const DAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
 
 /// A broken-down UTC time.
@@ -63,7 +75,7 @@ pub(crate) fn format_civil(t: &Civil, format: &str) -> Result<String, String> {
         let num = |out: &mut String, v: i64, width: usize| {
             if pad { write!(out, "{v:0width$}") } else { write!(out, "{v}") }.expect("write to String")
         };
-        let hour12 = if t.hour % 12 == 0 { 12 } else { t.hour % 12 };
+        let hour12 = if t.hour.is_multiple_of(12) { 12 } else { t.hour % 12 };
         match spec {
             'Y' => num(&mut out, t.year, 4),
             'y' => num(&mut out, t.year.rem_euclid(100), 2),

@@ -84,8 +84,14 @@ impl Tokenizer {
         let gen_config = read_json(&dir.join("generation_config.json"))?.unwrap_or(Value::Null);
 
         let id_of = |text: Option<String>| text.and_then(|t| inner.token_to_id(&t));
-        let bos_id = gen_config["bos_token_id"].as_u64().map(|v| v as u32).or_else(|| id_of(token_text(config.get("bos_token"))));
-        let pad_id = gen_config["pad_token_id"].as_u64().map(|v| v as u32).or_else(|| id_of(token_text(config.get("pad_token"))));
+        let bos_id = gen_config["bos_token_id"]
+            .as_u64()
+            .map(|v| v as u32)
+            .or_else(|| id_of(token_text(config.get("bos_token"))));
+        let pad_id = gen_config["pad_token_id"]
+            .as_u64()
+            .map(|v| v as u32)
+            .or_else(|| id_of(token_text(config.get("pad_token"))));
         let mut eos_ids: Vec<u32> = id_of(token_text(config.get("eos_token"))).into_iter().collect();
         match &gen_config["eos_token_id"] {
             Value::Number(n) => eos_ids.extend(n.as_u64().map(|v| v as u32)),
@@ -135,7 +141,9 @@ impl Tokenizer {
             }
         };
         let mut eos_ids: Vec<u32> = Vec::new();
-        for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
+        for key in
+            ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"]
+        {
             eos_ids.extend(id(key)?);
         }
         let mut t = Tokenizer {
@@ -149,7 +157,10 @@ impl Tokenizer {
             chat_template: g.opt_str("tokenizer.chat_template")?.map(str::to_string),
         };
         if t.add_bos && t.bos_id.is_none() {
-            return Err(Error::format(g.path(), "tokenizer.ggml.add_bos_token is true but there is no bos_token_id"));
+            return Err(Error::format(
+                g.path(),
+                "tokenizer.ggml.add_bos_token is true but there is no bos_token_id",
+            ));
         }
         let mut eog: Vec<u32> = t
             .inner
@@ -192,7 +203,10 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         let size = self.vocab_size();
         if let Some(bad) = ids.iter().find(|&&i| i as usize >= size) {
-            return Err(tok_err(&self.source, format!("token id {bad} is outside the {size}-token vocabulary")));
+            return Err(tok_err(
+                &self.source,
+                format!("token id {bad} is outside the {size}-token vocabulary"),
+            ));
         }
         self.inner.decode(ids, skip_special).map_err(|e| tok_err(&self.source, e))
     }

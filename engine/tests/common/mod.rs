@@ -10,8 +10,10 @@ use rand::{Rng, SeedableRng};
 /// The adapter every GPU test in this binary shares (lavapipe in CI).
 pub fn gpu() -> Arc<Gpu> {
     static GPU: OnceLock<Arc<Gpu>> = OnceLock::new();
-    GPU.get_or_init(|| Gpu::new(&GpuOptions::from_env()).unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}")))
-        .clone()
+    GPU.get_or_init(|| {
+        Gpu::new(&GpuOptions::from_env()).unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"))
+    })
+    .clone()
 }
 
 /// Uniform random values in [-scale, scale), seeded.
@@ -26,7 +28,13 @@ pub fn assert_close_by(what: &str, got: &[f32], want: &[f32], tol: impl Fn(usize
     let mut worst = (0.0f32, 0usize);
     for i in 0..got.len() {
         let d = (got[i] - want[i]).abs();
-        assert!(d <= tol(i) && got[i].is_finite(), "{what}[{i}]: got {} want {} (diff {d}, tol {})", got[i], want[i], tol(i));
+        assert!(
+            d <= tol(i) && got[i].is_finite(),
+            "{what}[{i}]: got {} want {} (diff {d}, tol {})",
+            got[i],
+            want[i],
+            tol(i)
+        );
         if d > worst.0 {
             worst = (d, i);
         }

@@ -44,6 +44,7 @@ fn default_source_field() -> String {
 }
 
 /// The reward; `config` is checked in [`Reward::new`].
+#[derive(Debug)]
 pub struct SemanticSimilarity {
     config: Config,
 }
@@ -69,7 +70,8 @@ impl SemanticSimilarity {
             None => Ok(r),
             Some(threshold) => {
                 let code = sample.language.as_deref().ok_or("language_gate needs each sample's language")?;
-                let scripts = lang::expected_scripts(code).ok_or_else(|| format!("unknown language `{code}`"))?;
+                let scripts =
+                    lang::expected_scripts(code).ok_or_else(|| format!("unknown language `{code}`"))?;
                 let share = script::script_share(&sample.completion, scripts).unwrap_or(0.0);
                 Ok(if share >= threshold { r } else { 0.0 })
             }
@@ -83,14 +85,14 @@ impl SemanticSimilarity {
         E: FnOnce(&[String]) -> Result<Vec<Vec<f32>>, String>,
     {
         let mut texts: Vec<String> = Vec::new();
-        let mut slot = |t: &str| texts.iter().position(|x| x == t).unwrap_or_else(|| {
-            texts.push(t.to_string());
-            texts.len() - 1
-        });
-        let pairs: Vec<Option<(usize, usize)>> = group
-            .iter()
-            .map(|s| s.reference.as_deref().map(|r| (slot(&s.completion), slot(r))))
-            .collect();
+        let mut slot = |t: &str| {
+            texts.iter().position(|x| x == t).unwrap_or_else(|| {
+                texts.push(t.to_string());
+                texts.len() - 1
+            })
+        };
+        let pairs: Vec<Option<(usize, usize)>> =
+            group.iter().map(|s| s.reference.as_deref().map(|r| (slot(&s.completion), slot(r)))).collect();
         if texts.is_empty() {
             return Ok(vec![None; group.len()]);
         }

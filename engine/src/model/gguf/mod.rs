@@ -149,19 +149,25 @@ impl Gguf {
     /// Integer value of `key` (any GGUF integer type) that fits in `u32`.
     pub fn get_u32(&self, key: &str) -> Result<u32> {
         let v = self.require(key)?;
-        v.as_int().and_then(|i| u32::try_from(i).ok()).ok_or_else(|| self.wrong(key, v, "an integer in u32 range"))
+        v.as_int()
+            .and_then(|i| u32::try_from(i).ok())
+            .ok_or_else(|| self.wrong(key, v, "an integer in u32 range"))
     }
 
     /// Integer value of `key` (any GGUF integer type) that fits in `u64`.
     pub fn get_u64(&self, key: &str) -> Result<u64> {
         let v = self.require(key)?;
-        v.as_int().and_then(|i| u64::try_from(i).ok()).ok_or_else(|| self.wrong(key, v, "an integer in u64 range"))
+        v.as_int()
+            .and_then(|i| u64::try_from(i).ok())
+            .ok_or_else(|| self.wrong(key, v, "an integer in u64 range"))
     }
 
     /// Integer value of `key` (any GGUF integer type) that fits in `i64`.
     pub fn get_i64(&self, key: &str) -> Result<i64> {
         let v = self.require(key)?;
-        v.as_int().and_then(|i| i64::try_from(i).ok()).ok_or_else(|| self.wrong(key, v, "an integer in i64 range"))
+        v.as_int()
+            .and_then(|i| i64::try_from(i).ok())
+            .ok_or_else(|| self.wrong(key, v, "an integer in i64 range"))
     }
 
     /// Float value of `key` (`f32` or `f64`).
@@ -195,7 +201,10 @@ impl Gguf {
     pub fn get_f32_array(&self, key: &str) -> Result<Vec<f32>> {
         let v = self.require(key)?;
         let items = v.as_array().ok_or_else(|| self.wrong(key, v, "an array of floats"))?;
-        items.iter().map(|x| x.as_float().map(|f| f as f32).ok_or_else(|| self.wrong(key, v, "an array of floats"))).collect()
+        items
+            .iter()
+            .map(|x| x.as_float().map(|f| f as f32).ok_or_else(|| self.wrong(key, v, "an array of floats")))
+            .collect()
     }
 
     /// Like [`Gguf::get_str`], but `Ok(None)` when the key is absent (still an error on a wrong type).

@@ -187,10 +187,16 @@ pub(crate) fn parse(buf: &[u8], path: &Path) -> Result<Parsed> {
     let kv_count = c.u64(&|| "metadata count".into())?;
     // Each key/value takes at least 8 (key length) + 4 (type) + 1 bytes; each tensor info 8 + 4 + 4 + 8.
     if kv_count > (c.remaining() / 13) as u64 {
-        return Err(c.err(format!("metadata count {kv_count} is impossible for a {}-byte file", buf.len())));
+        return Err(c.err(format!(
+            "metadata count {kv_count} cannot fit in the {} bytes after the header (truncated or corrupt)",
+            c.remaining()
+        )));
     }
     if tensor_count > (c.remaining() / 24) as u64 {
-        return Err(c.err(format!("tensor count {tensor_count} is impossible for a {}-byte file", buf.len())));
+        return Err(c.err(format!(
+            "tensor count {tensor_count} cannot fit in the {} bytes after the header (truncated or corrupt)",
+            c.remaining()
+        )));
     }
 
     let mut metadata = Vec::with_capacity(kv_count as usize);
@@ -246,7 +252,13 @@ pub(crate) fn parse(buf: &[u8], path: &Path) -> Result<Parsed> {
     for t in &tensors {
         check_tensor(t, alignment, data_len, &c)?;
     }
-    Ok(Parsed { version, metadata, tensors, alignment, data_offset: data_offset.min(buf.len() as u64) as usize })
+    Ok(Parsed {
+        version,
+        metadata,
+        tensors,
+        alignment,
+        data_offset: data_offset.min(buf.len() as u64) as usize,
+    })
 }
 
 fn check_tensor(t: &TensorInfo, alignment: u64, data_len: u64, c: &Cursor) -> Result<()> {
@@ -269,7 +281,10 @@ fn check_tensor(t: &TensorInfo, alignment: u64, data_len: u64, c: &Cursor) -> Re
         .bytes_for(n)
         .ok_or_else(|| c.err(format!("tensor `{name}`: {n} elements do not fit {:?} blocks", t.dtype)))?;
     if !t.offset.is_multiple_of(alignment) {
-        return Err(c.err(format!("tensor `{name}`: offset {} is not a multiple of the alignment {alignment}", t.offset)));
+        return Err(c.err(format!(
+            "tensor `{name}`: offset {} is not a multiple of the alignment {alignment}",
+            t.offset
+        )));
     }
     match t.offset.checked_add(size) {
         Some(end) if end <= data_len => Ok(()),

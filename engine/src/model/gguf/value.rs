@@ -13,7 +13,10 @@ pub enum GgufValue {
     Bool(bool),
     String(String),
     /// An array; GGUF arrays are homogeneous, `elem_type` is the GGUF type id of the elements.
-    Array { elem_type: u32, items: Vec<GgufValue> },
+    Array {
+        elem_type: u32,
+        items: Vec<GgufValue>,
+    },
     U64(u64),
     I64(i64),
     F64(f64),

@@ -80,6 +80,10 @@ impl Guest for Hostile {
             "!panic" => panic!("hostile panic in score"),
             "!unreachable" => core::arch::wasm32::unreachable(),
             "!err" => Err("guest says no".into()),
+            "!sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                Ok(good(&group))
+            }
             "!count" => Ok(vec![Some(1.0); group.len() - 1]),
             "!nan" => {
                 let mut v = all(&group, 1.0);
