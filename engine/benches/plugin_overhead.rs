@@ -13,7 +13,10 @@ use babelrl::plugin::{Capabilities, NoServices, PluginLimits, RewardPlugin, Samp
 
 /// The guest's scorer, natively.
 fn native(group: &[Sample], scale: f32) -> Vec<Option<f32>> {
-    group.iter().map(|s| (!s.completion.is_empty()).then(|| s.completion.chars().count() as f32 * scale)).collect()
+    group
+        .iter()
+        .map(|s| (!s.completion.is_empty()).then(|| s.completion.chars().count() as f32 * scale))
+        .collect()
 }
 
 /// Best average time per call over `rounds` rounds of `n` calls.
@@ -37,7 +40,7 @@ fn group(completion_len: usize) -> Vec<Sample> {
     (0..8)
         .map(|i| {
             let mut s = plugin_common::sample("Translate to French: where is the station?", "");
-            s.completion = "où est la gare ".repeat(completion_len / 15 + 1)[..completion_len + i].to_string();
+            s.completion = "où est la gare ".chars().cycle().take(completion_len + i).collect();
             s
         })
         .collect()
@@ -46,8 +49,15 @@ fn group(completion_len: usize) -> Vec<Sample> {
 fn main() {
     let Some(g) = plugin_common::guests() else { return };
     let load = |limits: &PluginLimits| {
-        RewardPlugin::load(&g.reward, "bench", r#"{"scale": 2}"#, limits, &Capabilities::default(), Arc::new(NoServices))
-            .expect("load the bench plugin")
+        RewardPlugin::load(
+            &g.reward,
+            "bench",
+            r#"{"scale": 2}"#,
+            limits,
+            &Capabilities::default(),
+            Arc::new(NoServices),
+        )
+        .expect("load the bench plugin")
     };
     let mut plain = load(&PluginLimits::default());
     let mut fueled = load(&PluginLimits { fuel: Some(1 << 40), ..Default::default() });

@@ -33,7 +33,8 @@ fn check_reports_world_sample_call_and_limits_and_caches_the_compile() {
     let Some(g) = guests() else { return };
     let cache = temp("cli-cache");
     let reward = g.reward.to_str().unwrap();
-    let args = ["plugin", "check", reward, "--config", r#"{"scale": 2}"#, "--limits", r#"{"deadline_ms": 250}"#];
+    let args =
+        ["plugin", "check", reward, "--config", r#"{"scale": 2}"#, "--limits", r#"{"deadline_ms": 250}"#];
     let text = stdout(&babelrl(&args, &cache));
     assert!(text.contains("world       babelrl:plugin@0.1.0 reward"), "{text}");
     // "bonjour" and "good morning", 7 and 12 characters, times the configured scale of 2.
@@ -58,7 +59,10 @@ fn check_reports_world_sample_call_and_limits_and_caches_the_compile() {
     std::fs::write(&bad, b"not wasm").unwrap();
     let out = babelrl(&["plugin", "check", bad.to_str().unwrap()], &cache);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("plugin `bad`: ") && err.contains("not a component"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("plugin `bad`: ") && err.contains("not a component"),
+        "{err}"
+    );
     let out = babelrl(&["plugin", "check", reward, "--limits", r#"{"deadline": 5}"#], &cache);
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `deadline`"), "{out:?}");
     std::fs::remove_dir_all(&cache).unwrap();
@@ -71,7 +75,9 @@ fn score_summarises_a_jsonl_file() {
     let completions = [("p1", "abc"), ("p1", ""), ("p1", "abcdef"), ("p2", "a"), ("p2", "ünï")];
     let rows: Vec<String> = completions
         .iter()
-        .map(|(p, c)| serde_json::json!({"prompt": p, "completion": c, "language": "fr", "topic": "t"}).to_string())
+        .map(|(p, c)| {
+            serde_json::json!({"prompt": p, "completion": c, "language": "fr", "topic": "t"}).to_string()
+        })
         .collect();
     let data = dir.join("data.jsonl");
     std::fs::write(&data, rows.join("\n") + "\n").unwrap();

@@ -15,9 +15,17 @@ use plugin_common::{command, expected, guests, ordinary};
 
 const CONFIG: &str = r#"{"scale": 2}"#;
 
-fn load_with(name: &str, limits: PluginLimits, caps: Capabilities, services: Arc<dyn HostServices>) -> Option<RewardPlugin> {
+fn load_with(
+    name: &str,
+    limits: PluginLimits,
+    caps: Capabilities,
+    services: Arc<dyn HostServices>,
+) -> Option<RewardPlugin> {
     let g = guests()?;
-    Some(RewardPlugin::load(&g.reward, name, CONFIG, &limits, &caps, services).expect("load the hostile reward"))
+    Some(
+        RewardPlugin::load(&g.reward, name, CONFIG, &limits, &caps, services)
+            .expect("load the hostile reward"),
+    )
 }
 
 fn load(name: &str, limits: PluginLimits) -> Option<RewardPlugin> {
@@ -30,7 +38,10 @@ fn load(name: &str, limits: PluginLimits) -> Option<RewardPlugin> {
 fn bad_then_good(p: &mut RewardPlugin, cmd: &str, arg: &str, needles: &[&str]) -> String {
     let err = p.score(&command(cmd, arg)).expect_err(cmd).to_string();
     eprintln!("{cmd}: {err}");
-    assert!(err.starts_with(&format!("plugin `{}`: ", p.name())), "{cmd}: error does not name the plugin: {err}");
+    assert!(
+        err.starts_with(&format!("plugin `{}`: ", p.name())),
+        "{cmd}: error does not name the plugin: {err}"
+    );
     for n in needles {
         assert!(err.contains(n), "{cmd}: expected {n:?} in: {err}");
     }
@@ -100,7 +111,12 @@ fn files_stay_out_of_reach() {
     std::fs::write(dir.join("keep.txt"), b"secret").unwrap();
     let before = listing(&dir);
     let secret = dir.join("keep.txt");
-    bad_then_good(&mut p, "!readfile", secret.to_str().unwrap(), &["score returned an error: could not read"]);
+    bad_then_good(
+        &mut p,
+        "!readfile",
+        secret.to_str().unwrap(),
+        &["score returned an error: could not read"],
+    );
     bad_then_good(&mut p, "!readfile", "/etc/passwd", &["could not read /etc/passwd"]);
     bad_then_good(&mut p, "!writefile", dir.to_str().unwrap(), &["write: ", "remove: ", "mkdir: "]);
     assert_eq!(listing(&dir), before, "the plugin changed {}", dir.display());
@@ -127,7 +143,9 @@ fn environment_is_empty_unless_granted() {
     bad_then_good(&mut p, "!env", "PATH", &["score returned an error: env PATH: "]);
     assert_eq!(p.score(&command("!envcount", "")).unwrap()[0], Some(0.0));
     let caps = Capabilities { env: vec!["PATH".into()], ..Default::default() };
-    let Some(mut granted) = load_with("granted", PluginLimits::default(), caps, Arc::new(NoServices)) else { return };
+    let Some(mut granted) = load_with("granted", PluginLimits::default(), caps, Arc::new(NoServices)) else {
+        return;
+    };
     assert_eq!(granted.score(&command("!env", "PATH")).unwrap()[0], Some(path.len() as f32));
     assert_eq!(granted.score(&command("!envcount", "")).unwrap()[0], Some(1.0));
 }
@@ -148,7 +166,9 @@ fn clocks_are_frozen_unless_granted() {
     let v = p.score(&command("!clock", "")).unwrap();
     assert_eq!((v[0], v[1]), (Some(0.0), Some(0.0)), "wall and monotonic clocks must read 0");
     let caps = Capabilities { clock: true, ..Default::default() };
-    let Some(mut granted) = load_with("clocked", PluginLimits::default(), caps, Arc::new(NoServices)) else { return };
+    let Some(mut granted) = load_with("clocked", PluginLimits::default(), caps, Arc::new(NoServices)) else {
+        return;
+    };
     let v = granted.score(&command("!clock", "")).unwrap();
     assert!(v[0].unwrap() > 1.6e9, "granted wall clock reads {:?}", v[0]);
     // Sleeping would block the host thread out of the epoch's reach: refused, clock or not.
@@ -159,12 +179,14 @@ fn clocks_are_frozen_unless_granted() {
 fn randomness_is_deterministic_unless_granted() {
     let Some(mut a) = load("dice-a", PluginLimits::default()) else { return };
     let Some(mut b) = load("dice-b", PluginLimits::default()) else { return };
-    let (ra, rb) = (a.score(&command("!random", "")).unwrap()[0], b.score(&command("!random", "")).unwrap()[0]);
+    let (ra, rb) =
+        (a.score(&command("!random", "")).unwrap()[0], b.score(&command("!random", "")).unwrap()[0]);
     assert_eq!(ra, rb, "denied randomness must be the same in every instance");
     let caps = Capabilities { random: true, ..Default::default() };
     let mut seen = Vec::new();
     for i in 0..3 {
-        let Some(mut g) = load_with(&format!("dice-{i}"), PluginLimits::default(), caps.clone(), Arc::new(NoServices))
+        let Some(mut g) =
+            load_with(&format!("dice-{i}"), PluginLimits::default(), caps.clone(), Arc::new(NoServices))
         else {
             return;
         };
@@ -179,7 +201,12 @@ fn host_call_floods_are_capped() {
     let limits = PluginLimits { max_host_calls: 50, max_embed_texts: 100, ..Default::default() };
     let Some(mut p) = load("flooder", limits) else { return };
     bad_then_good(&mut p, "!flood", "", &["called `log` (and other host functions) more than 50 times"]);
-    bad_then_good(&mut p, "!embedflood", "", &["called `embed` (and other host functions) more than 50 times"]);
+    bad_then_good(
+        &mut p,
+        "!embedflood",
+        "",
+        &["called `embed` (and other host functions) more than 50 times"],
+    );
     bad_then_good(&mut p, "!embedbig", "", &["sent more than 100 texts to `embed`", "asked for 100000"]);
 }
 
@@ -244,15 +271,23 @@ fn malformed_files_are_refused() {
         let path = dir.join(file);
         std::fs::write(&path, bytes).unwrap();
         let caps = Capabilities::default();
-        let err = RewardPlugin::load(&path, "bad", "{}", &PluginLimits::default(), &caps, Arc::new(NoServices))
-            .expect_err(file)
-            .to_string();
+        let err =
+            RewardPlugin::load(&path, "bad", "{}", &PluginLimits::default(), &caps, Arc::new(NoServices))
+                .expect_err(file)
+                .to_string();
         assert!(err.starts_with("plugin `bad`: ") && err.contains(needle), "{file}: {err}");
     }
     let missing = dir.join("missing.wasm");
-    let err = RewardPlugin::load(&missing, "gone", "{}", &Default::default(), &Default::default(), Arc::new(NoServices))
-        .unwrap_err()
-        .to_string();
+    let err = RewardPlugin::load(
+        &missing,
+        "gone",
+        "{}",
+        &Default::default(),
+        &Default::default(),
+        Arc::new(NoServices),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("missing.wasm"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -261,7 +296,9 @@ fn malformed_files_are_refused() {
 fn wrong_worlds_are_refused() {
     let Some(g) = guests() else { return };
     let (limits, caps) = (PluginLimits::default(), Capabilities::default());
-    let err = RewardPlugin::load(&g.router, "r", "{}", &limits, &caps, Arc::new(NoServices)).unwrap_err().to_string();
+    let err = RewardPlugin::load(&g.router, "r", "{}", &limits, &caps, Arc::new(NoServices))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("plugin `r`: wrong world: exports choose, configure, load-state, save-state, update (the `router` world), not the `reward` world"), "{err}");
     let langs = vec!["en".to_string()];
     let err = RouterPlugin::load(&g.reward, "w", "{}", &langs, &limits, &caps, Arc::new(NoServices))
@@ -275,10 +312,15 @@ fn configure_failures_fail_the_load() {
     let Some(g) = guests() else { return };
     let (limits, caps) = (PluginLimits::default(), Capabilities::default());
     let load = |config: &str| {
-        RewardPlugin::load(&g.reward, "conf", config, &limits, &caps, Arc::new(NoServices)).unwrap_err().to_string()
+        RewardPlugin::load(&g.reward, "conf", config, &limits, &caps, Arc::new(NoServices))
+            .unwrap_err()
+            .to_string()
     };
     let err = load(r#"{"configure":"trap"}"#);
-    assert!(err.contains("plugin `conf`: configure: trapped") && err.contains("configure was told to trap"), "{err}");
+    assert!(
+        err.contains("plugin `conf`: configure: trapped") && err.contains("configure was told to trap"),
+        "{err}"
+    );
     let err = load(r#"{"configure":"error"}"#);
     assert!(err.contains("configure returned an error: configure was told to fail"), "{err}");
     let bad = PluginLimits { deadline_ms: 0, ..Default::default() };
@@ -295,8 +337,16 @@ fn routers_survive_garbage_state_and_bad_answers() {
     let Some(g) = guests() else { return };
     let langs: Vec<String> = ["en", "fr", "zh"].iter().map(|s| s.to_string()).collect();
     let limits = PluginLimits { deadline_ms: 100, ..Default::default() };
-    let mut r = RouterPlugin::load(&g.router, "lrpo", "{}", &langs, &limits, &Default::default(), Arc::new(NoServices))
-        .expect("load the router");
+    let mut r = RouterPlugin::load(
+        &g.router,
+        "lrpo",
+        "{}",
+        &langs,
+        &limits,
+        &Default::default(),
+        Arc::new(NoServices),
+    )
+    .expect("load the router");
     assert_eq!(r.choose(&request("q1", 3)).unwrap(), ["en", "en", "fr"]);
     let fb = |l: &str, reward| Feedback { topic: "t".into(), language: l.into(), reward };
     r.update(1, &[fb("zh", 2.0), fb("fr", 1.0)]).unwrap();
@@ -304,14 +354,20 @@ fn routers_survive_garbage_state_and_bad_answers() {
     let saved = r.save_state().unwrap();
 
     let err = r.load_state(b"garbage").unwrap_err().to_string();
-    assert!(err.contains("plugin `lrpo`: load-state refused a state of 7 bytes: state does not start with HRS1"), "{err}");
+    assert!(
+        err.contains("plugin `lrpo`: load-state refused a state of 7 bytes: state does not start with HRS1"),
+        "{err}"
+    );
     assert_eq!(r.choose(&request("q1", 3)).unwrap(), ["en", "zh", "fr"], "state lost after a refused load");
     let err = r.load_state(&[0xFF, 1, 2, 3]).unwrap_err().to_string();
     assert!(err.contains("load-state: trapped") && err.contains("router state starts with 0xFF"), "{err}");
     assert_eq!(r.choose(&request("q1", 3)).unwrap(), ["en", "zh", "fr"], "state lost after a trap");
 
     for (id, needle) in [
-        ("!stranger", "choose returned language \"xx_Nope\" at position 0, which is not one of this run's languages"),
+        (
+            "!stranger",
+            "choose returned language \"xx_Nope\" at position 0, which is not one of this run's languages",
+        ),
         ("!count", "choose returned 4 languages for k = 3"),
         ("!loop", "choose: timed out after"),
         ("!panic", "router panic in choose"),
@@ -326,4 +382,44 @@ fn routers_survive_garbage_state_and_bad_answers() {
     assert_eq!(r.save_state().unwrap(), saved);
     // Re-instantiated after: the trapping load, the refused load, the loop and the panic.
     assert_eq!(r.restarts(), 4);
+}
+
+#[test]
+fn reward_sets_weigh_skip_and_fail() {
+    use babelrl::plugin::{OnError, RewardSet};
+    let Some(g) = guests() else { return };
+    let load = |name: &str, config: &str| {
+        RewardPlugin::load(
+            &g.reward,
+            name,
+            config,
+            &Default::default(),
+            &Default::default(),
+            Arc::new(NoServices),
+        )
+        .unwrap()
+    };
+    let members = |on_error| {
+        RewardSet::new(
+            vec![(load("one", r#"{"scale": 1}"#), 0.5), (load("three", r#"{"scale": 3}"#), 1.0)],
+            on_error,
+        )
+        .unwrap()
+    };
+    let group = ordinary();
+    let chars: Vec<f32> = group.iter().map(|s| s.completion.chars().count() as f32).collect();
+    let mut skip = members(OnError::Skip);
+    let out = skip.score(&group).unwrap();
+    // 0.5·c + 1·3c per sample; the empty completion has no score from either plugin, so 0.
+    assert_eq!(out.total, chars.iter().map(|c| 3.5 * c).collect::<Vec<_>>());
+    assert_eq!(out.per_plugin[1], expected(&group, 3.0));
+    let out = skip.score(&command("!panic", "")).unwrap();
+    assert_eq!((out.total, out.skipped.len()), (vec![0.0; 8], 2));
+    assert!(out.skipped[0].to_string().starts_with("plugin `one`: score: trapped"), "{}", out.skipped[0]);
+    assert_eq!(skip.score(&group).unwrap().total[7], 3.5 * chars[7]);
+    let mut fail = members(OnError::Fail);
+    let err = fail.score(&command("!nan", "")).unwrap_err().to_string();
+    assert!(err.starts_with("plugin `one`: score returned NaN for sample 3"), "{err}");
+    let dup = RewardSet::new(vec![(load("same", "{}"), 1.0), (load("same", "{}"), 1.0)], OnError::Fail);
+    assert!(dup.unwrap_err().to_string().contains("two reward plugins share this name"));
 }

@@ -1,6 +1,6 @@
 //! `Tokenizer::from_gguf` / `from_file` against token ids recorded from transformers and `tokenizers`:
-//! the tiny-llama GGUF fixture (always), SmolLM2-135M-Instruct and Qwen2.5-Coder (when the models are
-//! in `$BABELRL_CACHE/models`; skipped with a message otherwise).
+//! the tiny-llama and tiny-spm GGUF fixtures (always), SmolLM2-135M-Instruct and Qwen2.5-Coder (when
+//! the models are in `$BABELRL_CACHE/models`; skipped with a message otherwise).
 //! Run: `cargo test -p babelrl --test tokenizer_gguf`.
 
 use std::path::PathBuf;
@@ -195,4 +195,26 @@ fn sentencepiece_gguf_matches_sentencepiece() {
         assert_eq!(tok.encode(text, true).unwrap(), want, "{text:?}");
         assert_eq!(tok.decode(&want, true).unwrap(), c["decoded"].as_str().unwrap(), "{text:?}");
     }
+}
+
+#[test]
+fn from_file_reads_configs_next_to_tokenizer_json() {
+    let dir = std::env::temp_dir().join(format!("babelrl-tok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(fixtures().join("tiny-llama-gguf/tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    let config = r#"{"bos_token": "<|im_start|>", "eos_token": {"content": "<|im_end|>", "special": true},
+        "pad_token": "<|endoftext|>", "chat_template": "{{ bos_token }}{{ messages[0].content }}{{ eos_token }}"}"#;
+    std::fs::write(dir.join("tokenizer_config.json"), config).unwrap();
+    std::fs::write(dir.join("generation_config.json"), r#"{"eos_token_id": [2, 0]}"#).unwrap();
+    let tok = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    assert_eq!((tok.bos_id(), tok.eos_ids(), tok.pad_id()), (Some(1), &[2, 0][..], Some(0)));
+    let chat = tok.chat_template_renderer().unwrap().unwrap();
+    assert_eq!(chat.render(&[ChatMessage::new("user", "hi")], false).unwrap(), "<|im_start|>hi<|im_end|>");
+
+    std::fs::write(dir.join("generation_config.json"), "{not json").unwrap();
+    let e = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap_err().to_string();
+    assert!(e.contains("generation_config.json") && e.contains("invalid JSON"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    let e = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap_err().to_string();
+    assert!(e.contains("tokenizer.json"), "{e}");
 }

@@ -4,7 +4,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::shaders::{ATTENTION, ELEMENTWISE, MATMUL, NORM};
-use crate::gpu::{Batch, Gpu, Tensor, Weight16};
+use crate::gpu::{Batch, Tensor, Weight16};
 
 /// Workgroup size of every 1-D kernel.
 pub const WG: u32 = 64;

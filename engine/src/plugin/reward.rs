@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use wasmtime::Store;
 
+use super::Sample;
 use super::bindings::reward::{Reward, RewardPre};
 use super::limits::{Capabilities, PluginLimits};
 use super::runtime::{World, check_world};
 use super::sandbox::{PluginState, Sandbox, check_output, guest_message};
 use super::services::HostServices;
-use super::Sample;
 use crate::Result;
 
 struct Live {
@@ -50,9 +50,9 @@ impl RewardPlugin {
         let component = sandbox.rt.load(path, name)?;
         check_world(&component, &sandbox.rt.engine, World::Reward, name)?;
         let linker = sandbox.linker()?;
-        let pre = linker
-            .instantiate_pre(&component)
-            .map_err(|e| sandbox.error(format!("cannot be linked: {e:#} (built against another plugin ABI?)")))?;
+        let pre = linker.instantiate_pre(&component).map_err(|e| {
+            sandbox.error(format!("cannot be linked: {e:#} (built against another plugin ABI?)"))
+        })?;
         let pre = RewardPre::new(pre).map_err(|e| {
             sandbox.error(format!("its exports do not match the babelrl:plugin@0.1.0 reward world: {e:#}"))
         })?;
@@ -89,10 +89,13 @@ impl RewardPlugin {
         let mut store = self.sandbox.new_store();
         let bindings = self.sandbox.call(&mut store, "instantiation", |s| self.pre.instantiate(s))?;
         let config = &self.config_json;
-        let configured = self.sandbox.call(&mut store, "configure", |s| bindings.call_configure(s, config))?;
+        let configured =
+            self.sandbox.call(&mut store, "configure", |s| bindings.call_configure(s, config))?;
         if let Err(message) = configured {
             check_output(&self.sandbox, "configure", message.len())?;
-            return Err(self.sandbox.error(format!("configure returned an error: {}", guest_message(&message))));
+            return Err(self
+                .sandbox
+                .error(format!("configure returned an error: {}", guest_message(&message))));
         }
         self.live = Some(Live { store, bindings });
         self.last_start = t0.elapsed();
@@ -114,7 +117,9 @@ impl RewardPlugin {
             Ok(Ok(scores)) => scores,
             Ok(Err(message)) => {
                 check_output(&self.sandbox, "score", message.len())?;
-                return Err(self.sandbox.error(format!("score returned an error: {}", guest_message(&message))));
+                return Err(self
+                    .sandbox
+                    .error(format!("score returned an error: {}", guest_message(&message))));
             }
             Err(e) => {
                 self.live = None;
@@ -148,6 +153,9 @@ fn check_scores(sandbox: &Sandbox, scores: &[Option<f32>], samples: usize) -> Re
 
 impl std::fmt::Debug for RewardPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RewardPlugin").field("name", &self.sandbox.name).field("restarts", &self.restarts).finish()
+        f.debug_struct("RewardPlugin")
+            .field("name", &self.sandbox.name)
+            .field("restarts", &self.restarts)
+            .finish()
     }
 }

@@ -50,9 +50,9 @@ impl RouterPlugin {
         let component = sandbox.rt.load(path, name)?;
         check_world(&component, &sandbox.rt.engine, World::Router, name)?;
         let linker = sandbox.linker()?;
-        let pre = linker
-            .instantiate_pre(&component)
-            .map_err(|e| sandbox.error(format!("cannot be linked: {e:#} (built against another plugin ABI?)")))?;
+        let pre = linker.instantiate_pre(&component).map_err(|e| {
+            sandbox.error(format!("cannot be linked: {e:#} (built against another plugin ABI?)"))
+        })?;
         let pre = RouterPre::new(pre).map_err(|e| {
             sandbox.error(format!("its exports do not match the babelrl:plugin@0.1.0 router world: {e:#}"))
         })?;
@@ -93,10 +93,13 @@ impl RouterPlugin {
             self.sandbox.call(&mut store, "configure", |s| bindings.call_configure(s, config, languages))?;
         if let Err(message) = configured {
             check_output(&self.sandbox, "configure", message.len())?;
-            return Err(self.sandbox.error(format!("configure returned an error: {}", guest_message(&message))));
+            return Err(self
+                .sandbox
+                .error(format!("configure returned an error: {}", guest_message(&message))));
         }
         if let Some(state) = &self.last_state {
-            let loaded = self.sandbox.call(&mut store, "load-state", |s| bindings.call_load_state(s, state))?;
+            let loaded =
+                self.sandbox.call(&mut store, "load-state", |s| bindings.call_load_state(s, state))?;
             if let Err(message) = loaded {
                 return Err(self.sandbox.error(format!(
                     "refused its own last state after a restart: {}",
@@ -132,7 +135,9 @@ impl RouterPlugin {
             Ok(c) => c,
             Err(message) => {
                 check_output(&self.sandbox, "choose", message.len())?;
-                return Err(self.sandbox.error(format!("choose returned an error: {}", guest_message(&message))));
+                return Err(self
+                    .sandbox
+                    .error(format!("choose returned an error: {}", guest_message(&message))));
             }
         };
         check_output(&self.sandbox, "choose", chosen.iter().map(|l| l.len() + 8).sum())?;
@@ -197,6 +202,9 @@ impl RouterPlugin {
 
 impl std::fmt::Debug for RouterPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RouterPlugin").field("name", &self.sandbox.name).field("restarts", &self.restarts).finish()
+        f.debug_struct("RouterPlugin")
+            .field("name", &self.sandbox.name)
+            .field("restarts", &self.restarts)
+            .finish()
     }
 }

@@ -168,13 +168,12 @@ impl Runtime {
         if let Some(c) = self.loaded.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return Ok(c.clone());
         }
-        let component = match self.from_disk_cache(&key) {
+        let component = match self.read_cache(&key) {
             Some(c) => c,
             None => {
-                let c = Component::new(&self.engine, bytes).map_err(|e| {
-                    refuse(format!("{} is not a valid component: {e:#}", path.display()))
-                })?;
-                self.to_disk_cache(&key, &c);
+                let c = Component::new(&self.engine, bytes)
+                    .map_err(|e| refuse(format!("{} is not a valid component: {e:#}", path.display())))?;
+                self.write_cache(&key, &c);
                 c
             }
         };
@@ -196,7 +195,7 @@ impl Runtime {
         h.finalize().into()
     }
 
-    fn from_disk_cache(&self, key: &[u8; 32]) -> Option<Component> {
+    fn read_cache(&self, key: &[u8; 32]) -> Option<Component> {
         let path = cache_file(key)?;
         if !path.is_file() {
             return None;
@@ -213,7 +212,7 @@ impl Runtime {
         }
     }
 
-    fn to_disk_cache(&self, key: &[u8; 32], component: &Component) {
+    fn write_cache(&self, key: &[u8; 32], component: &Component) {
         let Some(path) = cache_file(key) else { return };
         let result = (|| -> std::io::Result<()> {
             let bytes = component.serialize().map_err(std::io::Error::other)?;

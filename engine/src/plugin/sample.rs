@@ -36,11 +36,15 @@ mod tests {
 
     #[test]
     fn row_fields_are_split_out() {
-        let row = serde_json::json!({"prompt": "p", "completion": "c", "language": "fr", "group": 3, "tag": "x"});
+        let row =
+            serde_json::json!({"prompt": "p", "completion": "c", "language": "fr", "group": 3, "tag": "x"});
         let s = sample_from_json(&row, "row 1").unwrap();
         assert_eq!((s.prompt.as_str(), s.completion.as_str()), ("p", "c"));
         assert_eq!((s.reference, s.language.as_deref()), (None, Some("fr")));
-        assert_eq!(s.fields, vec![("group".to_string(), "3".to_string()), ("tag".to_string(), "\"x\"".to_string())]);
+        assert_eq!(
+            s.fields,
+            vec![("group".to_string(), "3".to_string()), ("tag".to_string(), "\"x\"".to_string())]
+        );
         let e = sample_from_json(&serde_json::json!({"prompt": "p"}), "row 2").unwrap_err().to_string();
         assert!(e.contains("row 2") && e.contains("completion"), "{e}");
         let e = sample_from_json(&serde_json::json!({"prompt": 1, "completion": ""}), "row 3").unwrap_err();

@@ -25,7 +25,12 @@ pub(crate) struct MemoryCap {
 }
 
 impl ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let total = self.used - current.min(self.used) + desired;
         if total > self.max_bytes {
             self.refused = Some(total);
@@ -35,7 +40,12 @@ impl ResourceLimiter for MemoryCap {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 1 << 20)
     }
 }
@@ -174,7 +184,11 @@ impl host::Host for PluginState {
             if v.len() == prompts.len() {
                 Ok(v)
             } else {
-                Err(format!("host error: reward model returned {} scores for {} pairs", v.len(), prompts.len()))
+                Err(format!(
+                    "host error: reward model returned {} scores for {} pairs",
+                    v.len(),
+                    prompts.len()
+                ))
             }
         }))
     }
@@ -239,9 +253,10 @@ impl Sandbox {
         caps: &Capabilities,
         services: Arc<dyn HostServices>,
     ) -> Result<Sandbox> {
-        limits
-            .validate()
-            .map_err(|message| Error::Plugin { plugin: name.into(), message: format!("bad limits: {message}") })?;
+        limits.validate().map_err(|message| Error::Plugin {
+            plugin: name.into(),
+            message: format!("bad limits: {message}"),
+        })?;
         let rt = super::runtime::runtime(limits.fuel.is_some())?;
         Ok(Sandbox { name: name.into(), limits: limits.clone(), caps: caps.clone(), services, rt })
     }
@@ -263,7 +278,9 @@ impl Sandbox {
             let mut clock = linker.instance("wasi:clocks/monotonic-clock@0.2.12")?;
             for func in ["subscribe-duration", "subscribe-instant"] {
                 clock.func_new(func, move |mut store, _, _, _| {
-                    let message = format!("tried to sleep (wasi:clocks/monotonic-clock.{func}), which plugins may not do");
+                    let message = format!(
+                        "tried to sleep (wasi:clocks/monotonic-clock.{func}), which plugins may not do"
+                    );
                     store.data_mut().violation = Some(message.clone());
                     Err(wasmtime::Error::msg(message))
                 })?;
@@ -354,7 +371,11 @@ impl Sandbox {
             return v.clone();
         }
         if let Some(used) = s.timed_out {
-            return format!("timed out after {} ms (deadline_ms = {})", used.as_millis(), self.limits.deadline_ms);
+            return format!(
+                "timed out after {} ms (deadline_ms = {})",
+                used.as_millis(),
+                self.limits.deadline_ms
+            );
         }
         let trap = e.downcast_ref::<Trap>();
         let what = match trap {
@@ -367,7 +388,12 @@ impl Sandbox {
         };
         let stderr = {
             let c = s.captured.lock().unwrap_or_else(|p| p.into_inner());
-            tail(&c.stderr, 400).lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ")
+            tail(&c.stderr, 400)
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" | ")
         };
         let mut message = match s.memory.refused {
             Some(asked) => format!(

@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::Sample;
 use super::limits::{Capabilities, PluginLimits};
 use super::reward::RewardPlugin;
 use super::services::HostServices;
-use super::Sample;
 use crate::{Error, Result};
 
 /// What a [`RewardSet`] does when one plugin fails on a group.
@@ -84,10 +84,16 @@ impl RewardSet {
         let mut weights = Vec::with_capacity(members.len());
         for (p, w) in members {
             if !w.is_finite() {
-                return Err(Error::Plugin { plugin: p.name().into(), message: format!("weight {w} is not finite") });
+                return Err(Error::Plugin {
+                    plugin: p.name().into(),
+                    message: format!("weight {w} is not finite"),
+                });
             }
             if plugins.iter().any(|q: &RewardPlugin| q.name() == p.name()) {
-                return Err(Error::Plugin { plugin: p.name().into(), message: "two reward plugins share this name".into() });
+                return Err(Error::Plugin {
+                    plugin: p.name().into(),
+                    message: "two reward plugins share this name".into(),
+                });
             }
             plugins.push(p);
             weights.push(w);
@@ -106,8 +112,14 @@ impl RewardSet {
         for spec in specs {
             let path = base_dir.join(&spec.path);
             let config = serde_json::to_string(&spec.config).expect("a JSON value serializes");
-            let plugin =
-                RewardPlugin::load(&path, &spec.name, &config, &spec.limits, &spec.capabilities, services.clone())?;
+            let plugin = RewardPlugin::load(
+                &path,
+                &spec.name,
+                &config,
+                &spec.limits,
+                &spec.capabilities,
+                services.clone(),
+            )?;
             members.push((plugin, spec.weight));
         }
         RewardSet::new(members, on_error)
@@ -146,9 +158,7 @@ impl RewardSet {
 /// `total[i] = Σ_j weights[j] · scores[j][i]` over the plugins `j` with a score for sample `i` (TRL's
 /// `nansum` of weighted rewards); 0 for a sample no plugin scored.
 pub fn combine(scores: &[Vec<Option<f32>>], weights: &[f32], samples: usize) -> Vec<f32> {
-    (0..samples)
-        .map(|i| scores.iter().zip(weights).filter_map(|(s, w)| s[i].map(|v| w * v)).sum())
-        .collect()
+    (0..samples).map(|i| scores.iter().zip(weights).filter_map(|(s, w)| s[i].map(|v| w * v)).sum()).collect()
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use babelrl::plugin::{
-    Capabilities, ChooseRequest, NoServices, PluginLimits, RewardPlugin, RouterPlugin, Sample, World, inspect,
-    sample_from_json,
+    Capabilities, ChooseRequest, NoServices, PluginLimits, RewardPlugin, RouterPlugin, Sample, World,
+    inspect, sample_from_json,
 };
 
 /// Plugin tools.
@@ -120,7 +120,11 @@ fn check(file: &Path, args: &SandboxArgs, languages: &str) -> anyhow::Result<()>
             let langs: Vec<String> = languages.split(',').map(|l| l.trim().to_string()).collect();
             let t = Instant::now();
             let mut r = RouterPlugin::load(file, &name, &config, &langs, &limits, &caps, services)?;
-            println!("configure   ok, {} (instantiate + configure, languages {})", ms(t.elapsed()), langs.join(","));
+            println!(
+                "configure   ok, {} (instantiate + configure, languages {})",
+                ms(t.elapsed()),
+                langs.join(",")
+            );
             let request = ChooseRequest {
                 question_id: "check-1".into(),
                 topic: Some("general".into()),
@@ -167,7 +171,9 @@ fn read_groups(data: &Path, group_by: Option<&str>) -> anyhow::Result<Vec<(usize
         let at = format!("{}:{}", data.display(), i + 1);
         let row: serde_json::Value = serde_json::from_str(&line).with_context(|| at.clone())?;
         let key = match group_by {
-            Some(field) => row.get(field).map(|v| v.to_string()).with_context(|| format!("{at}: no `{field}`"))?,
+            Some(field) => {
+                row.get(field).map(|v| v.to_string()).with_context(|| format!("{at}: no `{field}`"))?
+            }
             None => row.get("group").or_else(|| row.get("prompt")).map(|v| v.to_string()).unwrap_or_default(),
         };
         let sample = sample_from_json(&row, &at)?;
@@ -183,7 +189,13 @@ fn read_groups(data: &Path, group_by: Option<&str>) -> anyhow::Result<Vec<(usize
     Ok(groups)
 }
 
-fn score(file: &Path, data: &Path, args: &SandboxArgs, group_by: Option<&str>, print: bool) -> anyhow::Result<()> {
+fn score(
+    file: &Path,
+    data: &Path,
+    args: &SandboxArgs,
+    group_by: Option<&str>,
+    print: bool,
+) -> anyhow::Result<()> {
     let (config, limits, caps) = args.parse()?;
     let groups = read_groups(data, group_by)?;
     let name = plugin_name(file);
@@ -193,9 +205,9 @@ fn score(file: &Path, data: &Path, args: &SandboxArgs, group_by: Option<&str>, p
     let mut times = Vec::with_capacity(groups.len());
     for (line, group) in &groups {
         let t = Instant::now();
-        let scores = plugin
-            .score(group)
-            .with_context(|| format!("group of {} rows starting at {}:{line}", group.len(), data.display()))?;
+        let scores = plugin.score(group).with_context(|| {
+            format!("group of {} rows starting at {}:{line}", group.len(), data.display())
+        })?;
         times.push(t.elapsed());
         for s in &scores {
             n += 1;

@@ -166,7 +166,8 @@ impl Guest for Hostile {
             }
             "!rm" => {
                 let prompts: Vec<String> = group.iter().map(|s| s.prompt.clone()).collect();
-                let completions: Vec<String> = group.iter().map(|s| s.reference.clone().unwrap_or_default()).collect();
+                let completions: Vec<String> =
+                    group.iter().map(|s| s.reference.clone().unwrap_or_default()).collect();
                 let scores = host::reward_model_score(&prompts, &completions)?;
                 Ok(scores.into_iter().map(Some).collect())
             }

@@ -51,7 +51,9 @@ impl Guest for Router {
         STATE.with(|s| {
             let s = s.borrow();
             let mut order: Vec<usize> = (0..s.languages.len()).collect();
-            order.sort_by(|&a, &b| s.totals[b].total_cmp(&s.totals[a]).then(s.languages[a].cmp(&s.languages[b])));
+            order.sort_by(|&a, &b| {
+                s.totals[b].total_cmp(&s.totals[a]).then(s.languages[a].cmp(&s.languages[b]))
+            });
             let mut out = vec![request.question_language.clone()];
             let mut i = 0;
             while out.len() < request.k as usize {
