@@ -25,8 +25,15 @@ echo "== models"
 scripts/fetch_models.sh
 
 echo "== plugins"
+# componentize-py (PyPI) builds the Python example plugin; kept in a venv in the cache, outside git.
+cpy_venv="${BABELRL_CACHE:-$HOME/.cache/babelrl}/venv-componentize"
+if [ ! -x "$cpy_venv/bin/componentize-py" ]; then
+  python3 -m venv "$cpy_venv" && "$cpy_venv/bin/pip" install -q componentize-py==0.25.1
+fi
+export COMPONENTIZE_PY="$cpy_venv/bin/componentize-py"
 plugins/build.sh
 
 echo "== tests"
-cargo test --workspace --no-fail-fast 2>&1
+(cd plugins/python-word-f1 && python3 -m unittest 2>&1)
 (cd plugins && cargo test --no-fail-fast 2>&1)
+cargo test --workspace --no-fail-fast 2>&1

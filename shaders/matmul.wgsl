@@ -80,3 +80,43 @@ fn matmul_forward_scalar(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     store(t0, n, acc);
 }
+
+fn unpack8(q: vec4<u32>, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
+    return dot(vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)), xa)
+         + dot(vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)), xb);
+}
+
+// For few rows (decoding, T < 4): one invocation computes four consecutive output columns of one row,
+// so each activation vector is read once per four weight rows and no work is spent on clamped rows.
+// K must be a multiple of 8. Grid: x = groups of four columns, y = row.
+@compute @workgroup_size(WG)
+fn matmul_forward_cols4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let n0 = gid.x * 4u;
+    let t = gid.y;
+    if (n0 >= p.n || t >= p.t) { return; }
+    let k8 = p.k / 8u;
+    let xr = t * (p.k / 4u);
+    let last = p.n - 1u;
+    let w0 = n0 * k8;
+    let w1 = min(n0 + 1u, last) * k8;
+    let w2 = min(n0 + 2u, last) * k8;
+    let w3 = min(n0 + 3u, last) * k8;
+    var acc = vec4<f32>(0.0);
+    for (var i = 0u; i < k8; i++) {
+        let xa = x4[xr + 2u * i];
+        let xb = x4[xr + 2u * i + 1u];
+        acc.x += unpack8(w4[w0 + i], xa, xb);
+        acc.y += unpack8(w4[w1 + i], xa, xb);
+        acc.z += unpack8(w4[w2 + i], xa, xb);
+        acc.w += unpack8(w4[w3 + i], xa, xb);
+    }
+    for (var m = 0u; m < 4u; m++) {
+        let n = n0 + m;
+        if (n < p.n) {
+            var v = acc[m];
+            if ((p.flags & 1u) != 0u) { v += bias[n]; }
+            if ((p.flags & 2u) != 0u) { v += residual[t * p.n + n]; }
+            y[t * p.n + n] = v;
+        }
+    }
+}

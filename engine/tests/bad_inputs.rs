@@ -76,7 +76,9 @@ fn unknown_architecture_and_unsupported_settings_are_named() {
     assert!(msg.contains("architecture") && msg.contains("mamba"), "{msg}");
 
     let dir = copy_dir(&fixture("tiny-llama"));
-    edit_config(dir.path(), |v| v["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0}));
+    edit_config(dir.path(), |v| {
+        v["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0})
+    });
     let msg = load_err(dir.path());
     assert!(msg.contains("rope_scaling") && msg.contains("llama3"), "{msg}");
 
@@ -106,7 +108,8 @@ fn missing_tensor_and_wrong_shape_are_named() {
 fn tokenizer_larger_than_the_model_vocabulary_is_refused() {
     let dir = copy_dir(&fixture("tiny-llama"));
     // A word-level tokenizer of 400 tokens for a model with 300 embedding rows.
-    let vocab: serde_json::Map<String, serde_json::Value> = (0..400).map(|i| (format!("w{i}"), i.into())).collect();
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        (0..400).map(|i| (format!("w{i}"), i.into())).collect();
     let tok = serde_json::json!({
         "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
         "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,

@@ -19,8 +19,12 @@ use safetensors::{Dtype, SafeTensors};
 fn ids(st: &SafeTensors, name: &str) -> Vec<u32> {
     let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
     match t.dtype() {
-        Dtype::I64 => t.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect(),
-        Dtype::I32 => t.data().chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as u32).collect(),
+        Dtype::I64 => {
+            t.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect()
+        }
+        Dtype::I32 => {
+            t.data().chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as u32).collect()
+        }
         other => panic!("{name}: unexpected dtype {other:?}"),
     }
 }
@@ -64,7 +68,13 @@ fn check_model(dir: &str) {
     let pairs: Vec<(Vec<u32>, Vec<u32>)> = seqs.iter().map(|s| (s[..1].to_vec(), s[1..].to_vec())).collect();
     let lps = completion_logprobs(model, &pairs).unwrap();
     for (i, lp) in lps.iter().enumerate() {
-        assert_close(&format!("{dir} token_logprobs_{i}"), lp, &floats(&st, &format!("token_logprobs_{i}")), 2e-5, 0.0);
+        assert_close(
+            &format!("{dir} token_logprobs_{i}"),
+            lp,
+            &floats(&st, &format!("token_logprobs_{i}")),
+            2e-5,
+            0.0,
+        );
     }
 }
 

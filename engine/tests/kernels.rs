@@ -46,11 +46,22 @@ fn check_matmul(t: usize, n: usize, k: usize, bias: bool, residual: bool, seed: 
 
 #[test]
 fn matmul_matches_reference_on_awkward_sizes() {
-    // (T, N, K): T not a multiple of 4, N not of 64, K a multiple of 8 (vector path) or only of 2 (scalar).
-    for (i, &(t, n, k)) in
-        [(1, 1, 8), (3, 65, 16), (5, 130, 64), (8, 64, 576), (13, 97, 40), (2, 33, 6), (7, 70, 74), (4, 3, 2)]
-            .iter()
-            .enumerate()
+    // (T, N, K): T below 4 (column-tiled path) or not a multiple of 4, N not a multiple of 4 or 64,
+    // K a multiple of 8 (vector paths) or only of 2 (scalar).
+    for (i, &(t, n, k)) in [
+        (1, 1, 8),
+        (1, 258, 576),
+        (2, 7, 24),
+        (3, 65, 16),
+        (5, 130, 64),
+        (8, 64, 576),
+        (13, 97, 40),
+        (2, 33, 6),
+        (7, 70, 74),
+        (4, 3, 2),
+    ]
+    .iter()
+    .enumerate()
     {
         check_matmul(t, n, k, i % 2 == 0, i % 3 == 0, i as u64 * 10);
     }
@@ -116,13 +127,16 @@ fn layer_norm_matches_reference() {
 #[test]
 fn qkv_split_and_attention_match_reference() {
     let gpu = gpu();
-    for &(n_head, n_kv_head, head_dim, qk_norm) in &[(4usize, 2usize, 16usize, true), (3, 1, 8, false), (2, 2, 64, false)] {
+    for &(n_head, n_kv_head, head_dim, qk_norm) in
+        &[(4usize, 2usize, 16usize, true), (3, 1, 8, false), (2, 2, 64, false)]
+    {
         let s = AttnShape { n_head, n_kv_head, head_dim, ctx: 24 };
         let heads = n_head + 2 * n_kv_head;
         // Slot 1 holds 6 earlier positions written by a first pass; then a second pass mixes
         // 5 prefill tokens of slot 0 with one decode token of slot 1 at position 6.
         let first: Vec<TokenInfo> = (0..6).map(|p| TokenInfo { pos: p, slot: 1, n_keys: p + 1 }).collect();
-        let mut second: Vec<TokenInfo> = (0..5).map(|p| TokenInfo { pos: p, slot: 0, n_keys: p + 1 }).collect();
+        let mut second: Vec<TokenInfo> =
+            (0..5).map(|p| TokenInfo { pos: p, slot: 0, n_keys: p + 1 }).collect();
         second.push(TokenInfo { pos: 6, slot: 1, n_keys: 7 });
         let rope = cpu_ref::rope_table(32, head_dim, 10000.0);
         let norm_w = random(2 * head_dim, 1.0, 9);
@@ -211,9 +225,27 @@ fn embed_rows_swiglu_gelu_logprob_and_pooling_match_reference() {
     b.mean_pool_l2(&pxg, &sg, &pooled, 2, 66);
     b.submit().unwrap();
 
-    assert_close("embed_rows", &gpu.read_f32(&out).unwrap(), &cpu_ref::embed_rows_forward(&ids, &table, dim), 0.0, 0.0);
+    assert_close(
+        "embed_rows",
+        &gpu.read_f32(&out).unwrap(),
+        &cpu_ref::embed_rows_forward(&ids, &table, dim),
+        0.0,
+        0.0,
+    );
     assert_close("swiglu", &gpu.read_f32(&act).unwrap(), &cpu_ref::swiglu_forward(&gu, 3, 67), 1e-6, 1e-5);
     assert_close("gelu", &gpu.read_f32(&gxg).unwrap(), &cpu_ref::gelu_forward(&gx), 1e-6, 1e-5);
-    assert_close("logprob", &gpu.read_f32(&lp).unwrap(), &cpu_ref::logprob_forward(&logits, &targets, vocab), 1e-4, 1e-5);
-    assert_close("mean_pool_l2", &gpu.read_f32(&pooled).unwrap(), &cpu_ref::mean_pool_l2_forward(&px, &spans, 66), 1e-6, 1e-5);
+    assert_close(
+        "logprob",
+        &gpu.read_f32(&lp).unwrap(),
+        &cpu_ref::logprob_forward(&logits, &targets, vocab),
+        1e-4,
+        1e-5,
+    );
+    assert_close(
+        "mean_pool_l2",
+        &gpu.read_f32(&pooled).unwrap(),
+        &cpu_ref::mean_pool_l2_forward(&px, &spans, 66),
+        1e-6,
+        1e-5,
+    );
 }

@@ -35,9 +35,10 @@ fn smollm2_gguf_matches_transformers() {
     let Some(dir) = model_dir("smollm2-135m-instruct") else { return };
     let lm = load_language_model(gpu(), &dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
     let tokenizer = lm.tokenizer().unwrap();
-    let reference: Value =
-        serde_json::from_str(&std::fs::read_to_string(repo_root().join("tests/fixtures/smollm2-reference.json")).unwrap())
-            .unwrap();
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("tests/fixtures/smollm2-reference.json")).unwrap(),
+    )
+    .unwrap();
     let prompts = reference["prompts"].as_array().unwrap();
 
     // Our tokenizer, rebuilt from the GGUF metadata, gives transformers' prompt ids.

@@ -166,7 +166,8 @@ pub fn generate(
         if live.is_empty() {
             break;
         }
-        let step_tokens: Vec<u32> = live.iter().map(|&i| *seqs[i].tokens.last().expect("non-empty")).collect();
+        let step_tokens: Vec<u32> =
+            live.iter().map(|&i| *seqs[i].tokens.last().expect("non-empty")).collect();
         let step_info: Vec<TokenInfo> = live
             .iter()
             .map(|&i| {
@@ -220,8 +221,10 @@ pub fn completion_logprobs(model: &Decoder, pairs: &[(Vec<u32>, Vec<u32>)]) -> R
             let info: Vec<TokenInfo> =
                 (start..end).map(|p| TokenInfo { pos: p as u32, slot: 0, n_keys: p as u32 + 1 }).collect();
             // Rows whose next token is a completion token.
-            let rows: Vec<u32> =
-                (start..end).filter(|&p| p + 1 >= prompt.len() && p + 1 < len).map(|p| (p - start) as u32).collect();
+            let rows: Vec<u32> = (start..end)
+                .filter(|&p| p + 1 >= prompt.len() && p + 1 < len)
+                .map(|p| (p - start) as u32)
+                .collect();
             let logits = model.forward(&cache, &tokens[start..end], &info, &rows)?;
             if rows.is_empty() {
                 continue;

@@ -3,5 +3,7 @@
 mod generator;
 mod sampler;
 
-pub use generator::{Chunk, Completion, FinishReason, PREFILL_CHUNK, completion_logprobs, forward_chunked, generate};
+pub use generator::{
+    Chunk, Completion, FinishReason, PREFILL_CHUNK, completion_logprobs, forward_chunked, generate,
+};
 pub use sampler::{SamplingConfig, sample};

@@ -110,7 +110,8 @@ mod tests {
     #[test]
     fn greedy_takes_the_argmax_and_reports_its_logprob() {
         let logits = [1.0f32, 3.0, 2.0];
-        let (t, lp) = sample(&logits, &SamplingConfig::default(), &mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
+        let (t, lp) =
+            sample(&logits, &SamplingConfig::default(), &mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
         assert_eq!(t, 1);
         let z = (1f64.exp() + 3f64.exp() + 2f64.exp()).ln();
         assert!((lp as f64 - (3.0 - z)).abs() < 1e-6);

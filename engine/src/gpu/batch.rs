@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use wgpu::util::DeviceExt;
 
+use crate::Result;
 use crate::gpu::Gpu;
 use crate::gpu::shaders::ShaderSource;
-use crate::Result;
 
 enum Step {
     Dispatch(Dispatch),
@@ -80,7 +80,14 @@ impl<'g> Batch<'g> {
     }
 
     /// Records a buffer-to-buffer copy, performed after the dispatches recorded so far.
-    pub fn copy(&mut self, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, dst_offset: u64, bytes: u64) {
+    pub fn copy(
+        &mut self,
+        src: &wgpu::Buffer,
+        src_offset: u64,
+        dst: &wgpu::Buffer,
+        dst_offset: u64,
+        bytes: u64,
+    ) {
         self.steps.push(Step::Copy { src: src.clone(), src_offset, dst: dst.clone(), dst_offset, bytes });
     }
 
@@ -110,15 +117,16 @@ impl<'g> Batch<'g> {
             contents: &params,
             usage: wgpu::BufferUsages::UNIFORM,
         });
-        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("batch") });
+        let mut encoder =
+            device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("batch") });
         let mut steps = self.steps.iter().peekable();
         while let Some(step) = steps.next() {
             if let Step::Copy { src, src_offset, dst, dst_offset, bytes } = step {
                 encoder.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, Some(*bytes));
                 continue;
             }
-            let mut pass =
-                encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+            let mut pass = encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
             let mut current = Some(step);
             while let Some(Step::Dispatch(d)) = current {
                 let mut entries = vec![wgpu::BindGroupEntry {
@@ -130,7 +138,10 @@ impl<'g> Batch<'g> {
                     }),
                 }];
                 for (j, b) in d.buffers.iter().enumerate() {
-                    entries.push(wgpu::BindGroupEntry { binding: j as u32 + 1, resource: b.as_entire_binding() });
+                    entries.push(wgpu::BindGroupEntry {
+                        binding: j as u32 + 1,
+                        resource: b.as_entire_binding(),
+                    });
                 }
                 let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: None,

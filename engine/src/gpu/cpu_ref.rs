@@ -68,8 +68,7 @@ pub fn layer_norm_forward(x: &[f32], w: &[f32], b: &[f32], rows: usize, eps: f32
 /// Rotary table (P, hd/2) of (cos, sin), computed as Hugging Face does: inv_freq in f32, angle in f32.
 pub fn rope_table(positions: usize, head_dim: usize, theta: f32) -> Vec<[f32; 2]> {
     let half = head_dim / 2;
-    let inv_freq: Vec<f32> =
-        (0..half).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect();
+    let inv_freq: Vec<f32> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect();
     let mut table = Vec::with_capacity(positions * half);
     for pos in 0..positions {
         for f in &inv_freq {
@@ -115,7 +114,8 @@ pub fn qkv_split_forward(
     for (t, info) in tok.iter().enumerate() {
         for j in 0..heads {
             let mut v: Vec<f32> = qkv[(t * heads + j) * hd..(t * heads + j + 1) * hd].to_vec();
-            let cache_at = |h: usize| ((info.slot as usize * s.n_kv_head + h) * s.ctx + info.pos as usize) * hd;
+            let cache_at =
+                |h: usize| ((info.slot as usize * s.n_kv_head + h) * s.ctx + info.pos as usize) * hd;
             if j >= s.n_head + s.n_kv_head {
                 let at = cache_at(j - s.n_head - s.n_kv_head);
                 v_cache[at..at + hd].copy_from_slice(&v);
@@ -151,7 +151,13 @@ pub fn qkv_split_forward(
 }
 
 /// out (T, H·hd): softmax(q·kᵀ/√hd over keys 0..n_keys) · v, grouped-query heads.
-pub fn attention_forward(s: AttnShape, tok: &[TokenInfo], q: &[f32], k_cache: &[f32], v_cache: &[f32]) -> Vec<f32> {
+pub fn attention_forward(
+    s: AttnShape,
+    tok: &[TokenInfo],
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+) -> Vec<f32> {
     let hd = s.head_dim;
     let group = s.n_head / s.n_kv_head;
     let mut out = vec![0.0; tok.len() * s.n_head * hd];
@@ -183,7 +189,9 @@ pub fn attention_forward(s: AttnShape, tok: &[TokenInfo], q: &[f32], k_cache: &[
 
 /// out (T, D) = table[ids[t]] for an f16 table (V, D).
 pub fn embed_rows_forward(ids: &[u32], table: &[f16], dim: usize) -> Vec<f32> {
-    ids.iter().flat_map(|&id| table[id as usize * dim..(id as usize + 1) * dim].iter().map(|h| h.to_f32())).collect()
+    ids.iter()
+        .flat_map(|&id| table[id as usize * dim..(id as usize + 1) * dim].iter().map(|h| h.to_f32()))
+        .collect()
 }
 
 /// act (T, I) = silu(gu[:, :I]) · gu[:, I:].
@@ -201,7 +209,9 @@ pub fn swiglu_forward(gu: &[f32], t: usize, inter: usize) -> Vec<f32> {
 
 /// Exact GELU, x · Φ(x), through libm's erf.
 pub fn gelu_forward(x: &[f32]) -> Vec<f32> {
-    x.iter().map(|&v| (0.5 * v as f64 * (1.0 + libm::erf(v as f64 / std::f64::consts::SQRT_2))) as f32).collect()
+    x.iter()
+        .map(|&v| (0.5 * v as f64 * (1.0 + libm::erf(v as f64 / std::f64::consts::SQRT_2))) as f32)
+        .collect()
 }
 
 /// out[r] = logits[r, target[r]] − logsumexp(logits[r]).
@@ -223,7 +233,10 @@ pub fn mean_pool_l2_forward(x: &[f32], spans: &[(u32, u32)], dim: usize) -> Vec<
     let mut out = Vec::with_capacity(spans.len() * dim);
     for &(start, len) in spans {
         let mean: Vec<f64> = (0..dim)
-            .map(|i| (0..len as usize).map(|r| x[(start as usize + r) * dim + i] as f64).sum::<f64>() / len.max(1) as f64)
+            .map(|i| {
+                (0..len as usize).map(|r| x[(start as usize + r) * dim + i] as f64).sum::<f64>()
+                    / len.max(1) as f64
+            })
             .collect();
         let norm = mean.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
         out.extend(mean.iter().map(|v| (v / norm) as f32));

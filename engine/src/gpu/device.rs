@@ -20,7 +20,8 @@ pub struct GpuOptions {
 impl GpuOptions {
     /// Options from `BABELRL_BACKEND` / `WGPU_BACKEND` and `BABELRL_ADAPTER` / `WGPU_ADAPTER_NAME`.
     pub fn from_env() -> Self {
-        let var = |a: &str, b: &str| std::env::var(a).or_else(|_| std::env::var(b)).ok().filter(|s| !s.is_empty());
+        let var =
+            |a: &str, b: &str| std::env::var(a).or_else(|_| std::env::var(b)).ok().filter(|s| !s.is_empty());
         GpuOptions {
             backend: var("BABELRL_BACKEND", "WGPU_BACKEND"),
             adapter_name: var("BABELRL_ADAPTER", "WGPU_ADAPTER_NAME"),
@@ -109,8 +110,10 @@ fn new_instance(backends: wgpu::Backends) -> wgpu::Instance {
 /// Every adapter wgpu can see on the chosen backends, best first.
 pub fn list_adapters(options: &GpuOptions) -> Result<Vec<wgpu::AdapterInfo>> {
     let instance = new_instance(parse_backends(options.backend.as_deref())?);
-    let mut infos: Vec<_> =
-        pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all())).iter().map(|a| a.get_info()).collect();
+    let mut infos: Vec<_> = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+        .iter()
+        .map(|a| a.get_info())
+        .collect();
     infos.sort_by_key(|i| type_rank(i.device_type));
     Ok(infos)
 }
@@ -164,7 +167,8 @@ impl Gpu {
             sink.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
         }));
 
-        let profile = if info.device_type == wgpu::DeviceType::Cpu { KernelProfile::Cpu } else { KernelProfile::Gpu };
+        let profile =
+            if info.device_type == wgpu::DeviceType::Cpu { KernelProfile::Cpu } else { KernelProfile::Gpu };
         let summary = AdapterSummary {
             name: info.name.clone(),
             backend: format!("{:?}", info.backend),
@@ -178,14 +182,28 @@ impl Gpu {
             max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
             max_workgroup_invocations: limits.max_compute_invocations_per_workgroup,
         };
-        log::info!("adapter: {} ({}, {}), profile {:?}", summary.name, summary.backend, summary.device_type, profile);
+        log::info!(
+            "adapter: {} ({}, {}), profile {:?}",
+            summary.name,
+            summary.backend,
+            summary.device_type,
+            profile
+        );
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("dummy"),
             size: 16,
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
-        Ok(Arc::new(Gpu { device, queue, summary, profile, pipelines: PipelineCache::default(), dummy, errors }))
+        Ok(Arc::new(Gpu {
+            device,
+            queue,
+            summary,
+            profile,
+            pipelines: PipelineCache::default(),
+            dummy,
+            errors,
+        }))
     }
 
     /// Returns the first device error raised since the last check, as `Error::Gpu`.

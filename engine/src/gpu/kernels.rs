@@ -77,21 +77,39 @@ impl<'g> Batch<'g> {
         debug_assert!(x.len() >= t * k && y.len() >= t * n, "matmul shapes: x {:?} y {:?}", x.shape, y.shape);
         let gpu = self.gpu_ref();
         let flags = bias.is_some() as u32 | (residual.is_some() as u32) << 1;
-        let entry = if k % 8 == 0 { "matmul_forward" } else { "matmul_forward_scalar" };
+        // Few rows (decoding): four columns per invocation; else four rows per invocation.
+        let (entry, grid) = match (k % 8 == 0, t < 4) {
+            (true, true) => ("matmul_forward_cols4", [groups(n.div_ceil(4)), t as u32, 1]),
+            (true, false) => ("matmul_forward", [groups(n), (t as u32).div_ceil(4), 1]),
+            (false, _) => ("matmul_forward_scalar", [groups(n), (t as u32).div_ceil(4), 1]),
+        };
         let params = P4 { a: t as u32, b: n as u32, c: k as u32, d: flags };
         let bias = bias.map_or(&gpu.dummy, |b| &b.buffer);
         let residual = residual.map_or(&gpu.dummy, |r| &r.buffer);
-        let grid = [groups(n), (t as u32).div_ceil(4), 1];
         self.dispatch(&MATMUL, entry, &params, &[&x.buffer, &w.buffer, bias, residual, &y.buffer], grid);
     }
 
     /// out (R, D) = rms_norm(x[rows[r]] or x[r]) · w.
-    pub fn rms_norm(&mut self, x: &Tensor, w: &Tensor, rows_map: Option<&Tensor>, out: &Tensor, rows: usize, eps: f32) {
+    pub fn rms_norm(
+        &mut self,
+        x: &Tensor,
+        w: &Tensor,
+        rows_map: Option<&Tensor>,
+        out: &Tensor,
+        rows: usize,
+        eps: f32,
+    ) {
         let dim = w.len();
         let gpu = self.gpu_ref();
         let params = NormParams { rows: rows as u32, dim: dim as u32, eps, flags: rows_map.is_some() as u32 };
         let map = rows_map.map_or(&gpu.dummy, |m| &m.buffer);
-        self.dispatch(&NORM, "rms_norm_forward", &params, &[&x.buffer, &w.buffer, map, &out.buffer], grid_1d(rows));
+        self.dispatch(
+            &NORM,
+            "rms_norm_forward",
+            &params,
+            &[&x.buffer, &w.buffer, map, &out.buffer],
+            grid_1d(rows),
+        );
     }
 
     /// out (R, D) = layer_norm(x) · w + b.
@@ -171,7 +189,13 @@ impl<'g> Batch<'g> {
     pub fn embed_rows(&mut self, ids: &Tensor, table: &Weight16, out: &Tensor, t: usize) {
         let params = P4 { a: t as u32, b: table.cols as u32, c: table.rows as u32, d: 0 };
         let grid = [groups(table.cols / 2), t as u32, 1];
-        self.dispatch(&ELEMENTWISE, "embed_rows_forward", &params, &[&ids.buffer, &table.buffer, &out.buffer], grid);
+        self.dispatch(
+            &ELEMENTWISE,
+            "embed_rows_forward",
+            &params,
+            &[&ids.buffer, &table.buffer, &out.buffer],
+            grid,
+        );
     }
 
     /// act (T, I) = silu(gu[:, :I]) · gu[:, I:].
@@ -202,7 +226,13 @@ impl<'g> Batch<'g> {
         debug_assert!(partial.len() >= rows * chunks * 2, "logprob scratch too small");
         let params = P4 { a: rows as u32, b: vocab as u32, c: chunks as u32, d: 0 };
         let grid = [groups(chunks), rows as u32, 1];
-        self.dispatch(&ELEMENTWISE, "logprob_partial_forward", &params, &[&logits.buffer, &partial.buffer], grid);
+        self.dispatch(
+            &ELEMENTWISE,
+            "logprob_partial_forward",
+            &params,
+            &[&logits.buffer, &partial.buffer],
+            grid,
+        );
         self.dispatch(
             &ELEMENTWISE,
             "logprob_combine_forward",
@@ -216,7 +246,13 @@ impl<'g> Batch<'g> {
     pub fn mean_pool_l2(&mut self, x: &Tensor, spans: &Tensor, out: &Tensor, batch: usize, dim: usize) {
         let params = P4 { a: batch as u32, b: dim as u32, c: 0, d: 0 };
         let grid = [groups(dim), batch as u32, 1];
-        self.dispatch(&ELEMENTWISE, "mean_pool_forward", &params, &[&spans.buffer, &x.buffer, &out.buffer], grid);
+        self.dispatch(
+            &ELEMENTWISE,
+            "mean_pool_forward",
+            &params,
+            &[&spans.buffer, &x.buffer, &out.buffer],
+            grid,
+        );
         self.dispatch(&ELEMENTWISE, "l2_normalize_forward", &params, &[&out.buffer], [groups(batch), 1, 1]);
     }
 }
@@ -229,7 +265,14 @@ impl<'g> Batch<'g> {
 
     /// out[t] += table[ids[t] − first] for the tokens whose id lies in `first .. first + table.rows`;
     /// other rows are left unchanged (a vocabulary split into row blocks, one gather per block).
-    pub fn embed_rows_add_from(&mut self, ids: &Tensor, table: &Weight16, first: usize, out: &Tensor, t: usize) {
+    pub fn embed_rows_add_from(
+        &mut self,
+        ids: &Tensor,
+        table: &Weight16,
+        first: usize,
+        out: &Tensor,
+        t: usize,
+    ) {
         debug_assert!(ids.len() >= t && out.len() >= t * table.cols, "embed_rows_add shapes");
         let params = P4 { a: t as u32, b: table.cols as u32, c: table.rows as u32, d: first as u32 };
         let grid = [groups(table.cols / 2), t as u32, 1];

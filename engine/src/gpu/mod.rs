@@ -1,8 +1,8 @@
 //! The GPU runtime: adapter and device, buffers, cached pipelines, batched kernel launches, readback.
 
 mod batch;
-mod device;
 pub mod cpu_ref;
+mod device;
 pub mod kernels;
 mod pipeline;
 pub mod shaders;

@@ -32,11 +32,13 @@ mod tests {
         for shader in ALL {
             let module = naga::front::wgsl::parse_str(shader.source)
                 .unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(shader.source)));
-            let mut validator =
-                naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all());
-            validator.validate(&module).unwrap_or_else(|e| {
-                panic!("{}: {}", shader.name, e.emit_to_string(shader.source))
-            });
+            let mut validator = naga::valid::Validator::new(
+                naga::valid::ValidationFlags::all(),
+                naga::valid::Capabilities::all(),
+            );
+            validator
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(shader.source)));
             assert!(!module.entry_points.is_empty(), "{} has no entry point", shader.name);
         }
     }

@@ -6,9 +6,8 @@ use wgpu::util::DeviceExt;
 use crate::gpu::Gpu;
 use crate::{Error, Result};
 
-const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
-    .union(wgpu::BufferUsages::COPY_SRC)
-    .union(wgpu::BufferUsages::COPY_DST);
+const STORAGE: wgpu::BufferUsages =
+    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
 
 /// A storage buffer of 32-bit elements (f32 or u32) with a row-major shape.
 #[derive(Debug, Clone)]
@@ -114,10 +113,16 @@ impl Gpu {
     /// Uploads a `[rows, cols]` weight already in f16.
     pub fn upload_weight_f16(&self, label: &str, data: &[f16], rows: usize, cols: usize) -> Result<Weight16> {
         if data.len() != rows * cols {
-            return Err(Error::Shape { name: label.into(), expected: vec![rows, cols], found: vec![data.len()] });
+            return Err(Error::Shape {
+                name: label.into(),
+                expected: vec![rows, cols],
+                found: vec![data.len()],
+            });
         }
         if cols % 2 != 0 {
-            return Err(Error::Input(format!("{label}: 16-bit weights need an even number of columns, got {cols}")));
+            return Err(Error::Input(format!(
+                "{label}: 16-bit weights need an even number of columns, got {cols}"
+            )));
         }
         self.check_size(label, (data.len() * 2) as u64)?;
         let buffer = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -129,7 +134,12 @@ impl Gpu {
     }
 
     /// Reads `len` 32-bit words starting at element `offset` of `buffer` back to the host.
-    pub fn read_words<T: bytemuck::Pod>(&self, buffer: &wgpu::Buffer, offset: usize, len: usize) -> Result<Vec<T>> {
+    pub fn read_words<T: bytemuck::Pod>(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: usize,
+        len: usize,
+    ) -> Result<Vec<T>> {
         if len == 0 {
             return Ok(Vec::new());
         }

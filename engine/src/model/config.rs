@@ -86,13 +86,18 @@ impl DecoderConfig {
     /// Reads and checks a Hugging Face `config.json`.
     pub fn from_hf_file(path: &Path) -> Result<DecoderConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let raw: HfConfig = serde_json::from_str(&text)
-            .map_err(|e| Error::Config { path: path.into(), message: format!("not a decoder config.json: {e}") })?;
+        let raw: HfConfig = serde_json::from_str(&text).map_err(|e| Error::Config {
+            path: path.into(),
+            message: format!("not a decoder config.json: {e}"),
+        })?;
         let arch_name = raw
             .model_type
             .clone()
             .or_else(|| raw.architectures.as_ref().and_then(|a| a.first().cloned()))
-            .ok_or_else(|| Error::Config { path: path.into(), message: "no `model_type` or `architectures`".into() })?;
+            .ok_or_else(|| Error::Config {
+                path: path.into(),
+                message: "no `model_type` or `architectures`".into(),
+            })?;
         let arch = Arch::parse(&arch_name, path)?;
 
         if let Some(act) = &raw.hidden_act
@@ -109,9 +114,14 @@ impl DecoderConfig {
         let mut rope_theta = raw.rope_theta;
         for (key, v) in [("rope_scaling", &raw.rope_scaling), ("rope_parameters", &raw.rope_parameters)] {
             let Some(Value::Object(m)) = v else { continue };
-            let kind = m.get("rope_type").or_else(|| m.get("type")).and_then(Value::as_str).unwrap_or("default");
+            let kind =
+                m.get("rope_type").or_else(|| m.get("type")).and_then(Value::as_str).unwrap_or("default");
             if kind != "default" {
-                return Err(refuse(path, key, format!("rope type `{kind}`; only default RoPE is implemented")));
+                return Err(refuse(
+                    path,
+                    key,
+                    format!("rope type `{kind}`; only default RoPE is implemented"),
+                ));
             }
             if let Some(t) = m.get("rope_theta").and_then(Value::as_f64) {
                 rope_theta = Some(t);
@@ -151,7 +161,10 @@ impl DecoderConfig {
             return bad("head_dim", format!("{} is odd; RoPE needs an even head size", self.head_dim));
         }
         if self.hidden % 2 != 0 || self.intermediate % 2 != 0 {
-            return bad("hidden_size", "hidden and intermediate sizes must be even (16-bit weight packing)".into());
+            return bad(
+                "hidden_size",
+                "hidden and intermediate sizes must be even (16-bit weight packing)".into(),
+            );
         }
         if self.layers == 0 || self.vocab == 0 {
             return bad("num_hidden_layers", "a decoder needs at least one layer and a vocabulary".into());
@@ -184,7 +197,11 @@ impl DecoderConfig {
         if let Some(kind) = file.opt_str(&key("rope.scaling.type"))?
             && kind != "none"
         {
-            return Err(refuse(path, "rope.scaling.type", format!("`{kind}`; only default RoPE is implemented")));
+            return Err(refuse(
+                path,
+                "rope.scaling.type",
+                format!("`{kind}`; only default RoPE is implemented"),
+            ));
         }
         let hidden = file.get_u32(&key("embedding_length"))? as usize;
         let n_head = file.get_u32(&key("attention.head_count"))? as usize;

@@ -206,15 +206,29 @@ impl Decoder {
         Ok(guard)
     }
 
-    fn check_step(&self, cache: &KvCache, tokens: &[u32], info: &[TokenInfo], out_rows: &[u32]) -> Result<()> {
+    fn check_step(
+        &self,
+        cache: &KvCache,
+        tokens: &[u32],
+        info: &[TokenInfo],
+        out_rows: &[u32],
+    ) -> Result<()> {
         if tokens.is_empty() || tokens.len() != info.len() {
-            return Err(Error::Input(format!("forward: {} tokens but {} positions", tokens.len(), info.len())));
+            return Err(Error::Input(format!(
+                "forward: {} tokens but {} positions",
+                tokens.len(),
+                info.len()
+            )));
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab) {
-            return Err(Error::Input(format!("token id {bad} is outside the model's vocabulary of {}", self.cfg.vocab)));
+            return Err(Error::Input(format!(
+                "token id {bad} is outside the model's vocabulary of {}",
+                self.cfg.vocab
+            )));
         }
         for i in info {
-            if i.slot as usize >= cache.slots || i.pos as usize >= cache.ctx || i.n_keys as usize > cache.ctx {
+            if i.slot as usize >= cache.slots || i.pos as usize >= cache.ctx || i.n_keys as usize > cache.ctx
+            {
                 return Err(Error::Input(format!(
                     "position {} in slot {} does not fit a cache of {} slots × {} positions",
                     i.pos, i.slot, cache.slots, cache.ctx
@@ -229,7 +243,13 @@ impl Decoder {
 
     /// Runs `tokens` (each with its position, cache slot and key count) through the model, writing
     /// their keys and values into `cache`, and returns the logits (R, V) of the rows `out_rows`.
-    pub fn forward(&self, cache: &KvCache, tokens: &[u32], info: &[TokenInfo], out_rows: &[u32]) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        cache: &KvCache,
+        tokens: &[u32],
+        info: &[TokenInfo],
+        out_rows: &[u32],
+    ) -> Result<Tensor> {
         self.check_step(cache, tokens, info, out_rows)?;
         let c = &self.cfg;
         let t = tokens.len();
@@ -259,7 +279,16 @@ impl Decoder {
         for (l, layer) in self.layers.iter().enumerate() {
             b.rms_norm(&ws.x, &layer.attn_norm, None, &ws.h, t, c.rms_eps);
             b.matmul(&ws.h, &layer.qkv, layer.qkv_bias.as_ref(), None, &ws.qkv, t);
-            b.qkv_split(&p, &ws.tok, &ws.qkv, &self.rope, layer.qk_norm.as_ref(), &ws.q, &cache.k[l], &cache.v[l]);
+            b.qkv_split(
+                &p,
+                &ws.tok,
+                &ws.qkv,
+                &self.rope,
+                layer.qk_norm.as_ref(),
+                &ws.q,
+                &cache.k[l],
+                &cache.v[l],
+            );
             b.attention(&p, &ws.tok, &ws.q, &cache.k[l], &cache.v[l], &ws.scores, &ws.attn);
             b.matmul(&ws.attn, &layer.o, None, Some(&ws.x), &ws.x2, t);
             b.rms_norm(&ws.x2, &layer.mlp_norm, None, &ws.h, t, c.rms_eps);

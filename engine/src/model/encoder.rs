@@ -106,11 +106,8 @@ impl Encoder {
             )));
         }
         let tok_path = dir.join("tokenizer.json");
-        let mut tokenizer = Tokenizer::from_file(&tok_path)?.inner().clone();
-        tokenizer.with_padding(None);
-        tokenizer
-            .with_truncation(None)
-            .map_err(|e| Error::Tokenizer(format!("{}: {e}", tok_path.display())))?;
+        // `Tokenizer::from_file` switches the file's own padding and truncation off.
+        let tokenizer = Tokenizer::from_file(&tok_path)?.inner().clone();
 
         let st = SafetensorsFolder::open(dir)?;
         let prefix = ["", "bert.", "roberta."]

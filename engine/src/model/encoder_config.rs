@@ -56,7 +56,9 @@ impl EncoderConfig {
             other => {
                 return unsupported(
                     "model_type",
-                    format!("`{other}`: the sentence encoder runs BERT (\"bert\") and XLM-R (\"xlm-roberta\") models"),
+                    format!(
+                        "`{other}`: the sentence encoder runs BERT (\"bert\") and XLM-R (\"xlm-roberta\") models"
+                    ),
                 );
             }
         };
@@ -67,11 +69,17 @@ impl EncoderConfig {
         }
         let pos = v.get("position_embedding_type").and_then(Value::as_str).unwrap_or("absolute");
         if pos != "absolute" {
-            return unsupported("position_embedding_type", format!("`{pos}`: only \"absolute\" is implemented"));
+            return unsupported(
+                "position_embedding_type",
+                format!("`{pos}`: only \"absolute\" is implemented"),
+            );
         }
         for flag in ["is_decoder", "add_cross_attention"] {
             if v.get(flag).and_then(Value::as_bool) == Some(true) {
-                return unsupported(flag, "true: the sentence encoder is bidirectional and has no cross-attention".into());
+                return unsupported(
+                    flag,
+                    "true: the sentence encoder is bidirectional and has no cross-attention".into(),
+                );
             }
         }
         let hidden = field_usize(&v, path, "hidden_size")?;
@@ -89,7 +97,9 @@ impl EncoderConfig {
         let max_positions = field_usize(&v, path, "max_position_embeddings")?;
         let position_offset = match arch {
             EncoderArch::Bert => 0,
-            EncoderArch::XlmRoberta => v.get("pad_token_id").and_then(Value::as_u64).unwrap_or(1) as usize + 1,
+            EncoderArch::XlmRoberta => {
+                v.get("pad_token_id").and_then(Value::as_u64).unwrap_or(1) as usize + 1
+            }
         };
         if max_positions < position_offset + 2 {
             return Err(Error::Config {

@@ -23,7 +23,10 @@ impl LanguageModel {
     /// The tokenizer, or an error naming the model path.
     pub fn tokenizer(&self) -> Result<&Tokenizer> {
         self.tokenizer.as_ref().ok_or_else(|| {
-            Error::Tokenizer(format!("{} has no tokenizer (tokenizer.json or GGUF tokenizer metadata)", self.path.display()))
+            Error::Tokenizer(format!(
+                "{} has no tokenizer (tokenizer.json or GGUF tokenizer metadata)",
+                self.path.display()
+            ))
         })
     }
 }
@@ -49,7 +52,8 @@ pub fn load_language_model(gpu: Arc<Gpu>, path: &Path) -> Result<LanguageModel> 
     if path.is_dir() {
         let cfg = DecoderConfig::from_hf_file(&path.join("config.json"))?;
         let tokenizer_path = path.join("tokenizer.json");
-        let tokenizer = if tokenizer_path.exists() { Some(Tokenizer::from_file(&tokenizer_path)?) } else { None };
+        let tokenizer =
+            if tokenizer_path.exists() { Some(Tokenizer::from_file(&tokenizer_path)?) } else { None };
         if let Some(t) = &tokenizer {
             check_vocab(path, t, &cfg)?;
         }
@@ -61,8 +65,12 @@ pub fn load_language_model(gpu: Arc<Gpu>, path: &Path) -> Result<LanguageModel> 
     let cfg = DecoderConfig::from_gguf(&file)?;
     let tokenizer = Tokenizer::from_gguf(&file)?;
     check_vocab(path, &tokenizer, &cfg)?;
-    let source =
-        WeightSource::Gguf { file, n_head: cfg.n_head, n_kv_head: cfg.n_kv_head, permuted_qk: cfg.arch == Arch::Llama };
+    let source = WeightSource::Gguf {
+        file,
+        n_head: cfg.n_head,
+        n_kv_head: cfg.n_kv_head,
+        permuted_qk: cfg.arch == Arch::Llama,
+    };
     let decoder = Decoder::load(gpu, &source, cfg)?;
     Ok(LanguageModel { decoder, tokenizer: Some(tokenizer), path: path.to_path_buf() })
 }

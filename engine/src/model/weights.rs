@@ -39,9 +39,10 @@ impl SafetensorsFolder {
             let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
             let v: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| Error::format(&index_path, format!("invalid JSON: {e}")))?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-                Error::format(&index_path, "no `weight_map` object")
-            })?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::format(&index_path, "no `weight_map` object"))?;
             let mut names: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
             names.sort();
             names.dedup();
@@ -49,7 +50,10 @@ impl SafetensorsFolder {
         } else {
             let single = dir.join("model.safetensors");
             if !single.exists() {
-                return Err(Error::format(dir, "no model.safetensors or model.safetensors.index.json in this folder"));
+                return Err(Error::format(
+                    dir,
+                    "no model.safetensors or model.safetensors.index.json in this folder",
+                ));
             }
             vec![single]
         };
@@ -57,8 +61,9 @@ impl SafetensorsFolder {
         let mut index = HashMap::new();
         for (i, path) in files.into_iter().enumerate() {
             let map = map_file(&path)?;
-            let st = SafeTensors::deserialize(&map)
-                .map_err(|e| Error::format(&path, format!("not a valid safetensors file (truncated or corrupt?): {e}")))?;
+            let st = SafeTensors::deserialize(&map).map_err(|e| {
+                Error::format(&path, format!("not a valid safetensors file (truncated or corrupt?): {e}"))
+            })?;
             for name in st.names() {
                 index.insert(name.to_string(), i);
             }
@@ -81,9 +86,13 @@ impl SafetensorsFolder {
         let view = st.tensor(name).map_err(|e| Error::format(path, format!("tensor `{name}`: {e}")))?;
         let bytes = view.data();
         let data: Vec<f32> = match view.dtype() {
-            Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            Dtype::F32 => {
+                bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+            }
             Dtype::F16 => bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            Dtype::BF16 => bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            Dtype::BF16 => {
+                bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+            }
             other => {
                 return Err(Error::unsupported(
                     path,
@@ -173,9 +182,10 @@ impl WeightSource {
 
     /// A tensor that must exist, with the expected shape.
     pub fn require(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
-        let t = self
-            .get(name)?
-            .ok_or_else(|| Error::MissingTensor { path: self.path().to_path_buf(), name: name.to_string() })?;
+        let t = self.get(name)?.ok_or_else(|| Error::MissingTensor {
+            path: self.path().to_path_buf(),
+            name: name.to_string(),
+        })?;
         if t.shape != shape {
             return Err(Error::Shape { name: name.to_string(), expected: shape.to_vec(), found: t.shape });
         }

@@ -78,7 +78,11 @@ impl Tokenizer {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let inner = tokenizers::Tokenizer::from_str(&text).map_err(|e| tok_err(path, e))?;
+        let mut inner = tokenizers::Tokenizer::from_str(&text).map_err(|e| tok_err(path, e))?;
+        // Some tokenizer.json files pad or truncate to a fixed length (all-MiniLM-L6-v2: 128); callers
+        // batch and truncate themselves, so ids are always exactly the text's tokens.
+        inner.with_padding(None);
+        inner.with_truncation(None).map_err(|e| tok_err(path, e))?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let config = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
         let gen_config = read_json(&dir.join("generation_config.json"))?.unwrap_or(Value::Null);

@@ -33,10 +33,14 @@ pub struct BenchArgs {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let path = args.model.unwrap_or_else(crate::default_model);
     let gpu = Gpu::new(&GpuOptions::from_env())?;
-    let lm = load_language_model(gpu.clone(), &path).with_context(|| format!("loading {}", path.display()))?;
+    let lm =
+        load_language_model(gpu.clone(), &path).with_context(|| format!("loading {}", path.display()))?;
     let model = &lm.decoder;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    println!("adapter: {} ({}, {}); model: {name}", gpu.summary.name, gpu.summary.backend, gpu.summary.device_type);
+    println!(
+        "adapter: {} ({}, {}); model: {name}",
+        gpu.summary.name, gpu.summary.backend, gpu.summary.device_type
+    );
     println!("\n| batch | prefill tokens/s ({} tokens) | decode tokens/s |", args.prompt_tokens);
     println!("|---|---|---|");
     for &b in &args.batch {
@@ -73,7 +77,8 @@ fn bench_model(model: &Decoder, batch: usize, prompt: usize, steps: usize) -> an
     let start = Instant::now();
     for step in 0..steps {
         let pos = (prompt + step) as u32;
-        let info: Vec<TokenInfo> = (0..batch).map(|s| TokenInfo { pos, slot: s as u32, n_keys: pos + 1 }).collect();
+        let info: Vec<TokenInfo> =
+            (0..batch).map(|s| TokenInfo { pos, slot: s as u32, n_keys: pos + 1 }).collect();
         let rows: Vec<u32> = (0..batch as u32).collect();
         let out = model.forward(&cache, &next, &info, &rows)?;
         let flat = model.read_logits(&out)?;
@@ -84,7 +89,8 @@ fn bench_model(model: &Decoder, batch: usize, prompt: usize, steps: usize) -> an
 }
 
 fn argmax(row: &[f32]) -> u32 {
-    row.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0 as u32
+    row.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0
+        as u32
 }
 
 fn bench_gemm(gpu: &Gpu, model: &Decoder) -> anyhow::Result<()> {
