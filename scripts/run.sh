@@ -16,6 +16,6 @@ fi
 scripts/fetch_models.sh
 cargo build --release -q -p babelrl --bin babelrl
 if [ $# -eq 0 ]; then
-  set -- --chat --prompt "Give me three short tips for learning a new language." --max-tokens 96
+  set -- --chat --prompt "Write a haiku about the ocean." --max-tokens 96
 fi
 exec target/release/babelrl generate "$@"

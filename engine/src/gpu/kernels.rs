@@ -80,7 +80,7 @@ impl<'g> Batch<'g> {
         // Few rows (decoding): four columns per invocation; else four rows per invocation.
         let (entry, grid) = match (k % 8 == 0, t < 4) {
             (true, true) => ("matmul_forward_cols4", [groups(n.div_ceil(4)), t as u32, 1]),
-            (true, false) => ("matmul_forward", [groups(n), (t as u32).div_ceil(4), 1]),
+            (true, false) => ("matmul_forward", [groups(n.div_ceil(4)), (t as u32).div_ceil(4), 1]),
             (false, _) => ("matmul_forward_scalar", [groups(n), (t as u32).div_ceil(4), 1]),
         };
         let params = P4 { a: t as u32, b: n as u32, c: k as u32, d: flags };

@@ -76,6 +76,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let n = done[0].tokens.len();
     let secs = start.elapsed().as_secs_f64();
     writeln!(out)?;
+    out.flush()?;
     eprintln!(
         "[{} tokens in {secs:.2} s, {:.1} tokens/s, finish: {:?}, adapter: {}]",
         n,
