@@ -44,17 +44,47 @@ def gguf_string(path, key):
     return None if field is None else field.contents()
 
 
+QWEN_DIR = os.path.join(MODELS, "qwen2.5-coder-0.5b-instruct")
+QWEN_FILE = "qwen2.5-coder-0.5b-instruct-q.gguf"
+QWEN_PLAIN = [
+    ("def fibonacci(n):", "\n    if n < 2:\n        return n"),
+    ("The capital of France is", " Paris."),
+]
+QWEN_CHATS = [
+    ([{"role": "user", "content": "Write a Python function that returns the square of a number."}],
+     "def square(x):\n    return x * x"),
+]
+QWEN_NEW_TOKENS = 12
+
+
 def make_smollm2():
+    make_decoder_reference("smollm2", SMOL_DIR, SMOL_FILE, SMOL_PLAIN, SMOL_CHATS, SMOL_EXTRA, SMOL_NEW_TOKENS,
+                           "smollm2-reference.json",
+                           "ids from transformers' tokenizer rebuilt from the GGUF metadata (ByteLevel BPE, GPT-2 "
+                           "regex, no BOS: tokenizer.ggml.add_bos_token=false). llama.cpp's 'smollm' pre-tokenizer "
+                           "also splits digits individually; the vocabulary has no digit merges, so ids agree.")
+
+
+def make_qwen():
+    make_decoder_reference("qwen", QWEN_DIR, QWEN_FILE, QWEN_PLAIN, QWEN_CHATS, [], QWEN_NEW_TOKENS,
+                           "qwen25-reference.json",
+                           "ids from transformers' tokenizer rebuilt from the GGUF metadata (qwen2 pre-tokenizer; "
+                           "the texts are NFC already, so Qwen2's NFC normaliser changes nothing).")
+
+
+def make_decoder_reference(name, model_dir, model_file, plain, chats, extra_texts, new_tokens, out_name,
+                           tokenizer_note):
+    """Prompts, greedy continuations and log-probs of a GGUF decoder through transformers."""
     torch = torch_or_die()
     import tokenizers
     import transformers
 
-    path = os.path.join(SMOL_DIR, SMOL_FILE)
+    path = os.path.join(model_dir, model_file)
     if not os.path.exists(path):
-        sys.exit("make_fixtures.py smollm2: %s missing; run scripts/fetch_models.sh" % path)
-    tok = transformers.AutoTokenizer.from_pretrained(SMOL_DIR, gguf_file=SMOL_FILE)
+        sys.exit("make_fixtures.py %s: %s missing; run scripts/fetch_models.sh (--with-qwen)" % (name, path))
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir, gguf_file=model_file)
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        SMOL_DIR, gguf_file=SMOL_FILE, dtype=torch.float32, attn_implementation="eager").eval()
+        model_dir, gguf_file=model_file, dtype=torch.float32, attn_implementation="eager").eval()
     template = gguf_string(path, "tokenizer.chat_template")
     eos = int(gguf_string(path, "tokenizer.ggml.eos_token_id"))
 
@@ -63,8 +93,8 @@ def make_smollm2():
             logits = model(input_ids=torch.tensor([ids], dtype=torch.long)).logits[0].float()
         return torch.log_softmax(logits, dim=-1)
 
-    prompts = [{"kind": "plain", "text": p, "completion": c} for p, c in SMOL_PLAIN]
-    for msgs, c in SMOL_CHATS:
+    prompts = [{"kind": "plain", "text": p, "completion": c} for p, c in plain]
+    for msgs, c in chats:
         text = tok.apply_chat_template(msgs, chat_template=template, tokenize=False, add_generation_prompt=True)
         prompts.append({"kind": "chat", "messages": msgs, "text": text, "completion": c})
     for p in prompts:
@@ -72,7 +102,7 @@ def make_smollm2():
         p["prompt_ids"] = ids
         # Greedy decoding, one full forward per step (no KV cache): argmax, stop after EOS or N tokens.
         seq, gen, gen_lp = list(ids), [], []
-        for _ in range(SMOL_NEW_TOKENS):
+        for _ in range(new_tokens):
             lp = forward_logprobs(seq)[-1]
             nxt = int(torch.argmax(lp))
             gen.append(nxt)
@@ -96,24 +126,22 @@ def make_smollm2():
         p["completion_ids"] = comp
         p["completion_logprobs"] = [float(full[len(ids) - 1 + i, t]) for i, t in enumerate(comp)]
         p["completion_logprob_sum"] = float(sum(p["completion_logprobs"]))
-        log("smollm2: %r -> %r" % (p["text"][-40:], p["greedy_text"][:60]))
-    extra = [{"text": s, "ids": tok(s, add_special_tokens=False)["input_ids"]} for s in SMOL_EXTRA]
+        log("%s: %r -> %r" % (name, p["text"][-40:], p["greedy_text"][:60]))
+    extra = [{"text": s, "ids": tok(s, add_special_tokens=False)["input_ids"]} for s in extra_texts]
     for e in extra:
         e["decoded"] = tok.decode(e["ids"])
     conv = [{"role": "user", "content": "Hi! Wie geht's?"}, {"role": "assistant", "content": "Gut, danke. 😊"}]
     rendered = tok.apply_chat_template(conv, chat_template=template, tokenize=False, add_generation_prompt=True)
     out = {
-        "producer": "scripts/make_fixtures.py smollm2",
-        "model": "$BABELRL_CACHE/models/smollm2-135m-instruct/" + SMOL_FILE,
+        "producer": "scripts/make_fixtures.py " + name,
+        "model": "$BABELRL_CACHE/models/%s/%s" % (os.path.basename(model_dir), model_file),
         "versions": {"transformers": transformers.__version__, "torch": torch.__version__,
                      "gguf": _gguf_version(), "tokenizers": tokenizers.__version__},
         "method": "AutoModelForCausalLM.from_pretrained(dir, gguf_file=..., dtype=float32, eager attention): "
-                  "transformers dequantizes Q4_1/Q8_0 to f32 and un-permutes Q/K. Greedy = argmax with one "
+                  "transformers dequantizes to f32 (and un-permutes llama Q/K). Greedy = argmax with one "
                   "full forward per step, stopping after EOS or %d new tokens. *_logprobs are log_softmax of "
-                  "the logits at the position before each token (teacher forcing)." % SMOL_NEW_TOKENS,
-        "tokenizer_note": "ids from transformers' tokenizer rebuilt from the GGUF metadata (ByteLevel BPE, GPT-2 "
-                          "regex, no BOS: tokenizer.ggml.add_bos_token=false). llama.cpp's 'smollm' pre-tokenizer "
-                          "also splits digits individually; the vocabulary has no digit merges, so ids agree.",
+                  "the logits at the position before each token (teacher forcing)." % new_tokens,
+        "tokenizer_note": tokenizer_note,
         "eos_token_id": eos,
         "bos_token_id": int(gguf_string(path, "tokenizer.ggml.bos_token_id")),
         "chat_template": template,
@@ -122,11 +150,11 @@ def make_smollm2():
         "chat_render": {"messages": conv, "add_generation_prompt": True, "rendered": rendered,
                         "ids": tok(rendered, add_special_tokens=False)["input_ids"]},
     }
-    path_out = os.path.join(FIX, "smollm2-reference.json")
+    path_out = os.path.join(FIX, out_name)
     with open(path_out, "w", encoding="utf-8") as f:
         json.dump(out, f, ensure_ascii=False, indent=1)
         f.write("\n")
-    log("smollm2-reference.json: %d bytes" % os.path.getsize(path_out))
+    log("%s: %d bytes" % (out_name, os.path.getsize(path_out)))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -430,6 +430,12 @@ def make_smollm2():
     run()
 
 
+def make_qwen():
+    from fixtures_models import make_qwen as run
+
+    run()
+
+
 def make_encoders():
     from fixtures_models import make_encoders as run
 
@@ -437,14 +443,14 @@ def make_encoders():
 
 
 TARGETS = {"tiny": make_tiny, "gguf": make_gguf, "quant": make_quant, "smollm2": make_smollm2,
-           "encoders": make_encoders}
+           "qwen": make_qwen, "encoders": make_encoders}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("targets", nargs="+", choices=sorted(TARGETS) + ["all"])
     args = ap.parse_args()
-    order = ["tiny", "gguf", "quant", "smollm2", "encoders"]
+    order = ["tiny", "gguf", "quant", "smollm2", "qwen", "encoders"]
     wanted = [t for t in order if t in TARGETS and ("all" in args.targets or t in args.targets)]
     os.makedirs(FIX, exist_ok=True)
     for t in wanted:

@@ -22,7 +22,10 @@ echo "== wasm targets"
 rustup target add wasm32-wasip2 >/dev/null
 
 echo "== models"
-scripts/fetch_models.sh
+scripts/fetch_models.sh --with-qwen
+
+# Every test must run: a missing model, plugin or wasm target fails instead of skipping.
+export BABELRL_REQUIRE_ALL=1
 
 echo "== plugins"
 # componentize-py (PyPI) builds the Python example plugin; kept in a venv in the cache, outside git.

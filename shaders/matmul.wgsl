@@ -7,14 +7,16 @@
 // 18 GFLOP/s there against 8 for four rows of one column). Rows and columns past the ends are clamped
 // for loads and never stored.
 
-struct Params { t: u32, n: u32, k: u32, flags: u32 }
+// ldy: row stride of y and residual; n_off: first column of y written (a weight split into row blocks
+// writes its slice of the output columns). bias is indexed within the block.
+struct Params { t: u32, n: u32, k: u32, flags: u32, ldy: u32, n_off: u32, pad0: u32, pad1: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;  // (T, K), buffer padded to 16 bytes
 @group(0) @binding(2) var<storage, read> w4: array<vec4<u32>>;  // (N, K/2) packed f16 pairs, padded
 @group(0) @binding(3) var<storage, read> bias: array<f32>;      // (N) or a dummy
-@group(0) @binding(4) var<storage, read> residual: array<f32>;  // (T, N) or a dummy
-@group(0) @binding(5) var<storage, read_write> y: array<f32>;   // (T, N)
+@group(0) @binding(4) var<storage, read> residual: array<f32>;  // (T, ldy) or a dummy
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;   // (T, ldy)
 
 override WG: u32 = 64u;
 
@@ -25,8 +27,8 @@ fn store(t0: u32, n: u32, acc: vec4<f32>) {
         let t = t0 + m;
         if (t < p.t) {
             var v = acc[m] + b;
-            if ((p.flags & 2u) != 0u) { v += residual[t * p.n + n]; }
-            y[t * p.n + n] = v;
+            if ((p.flags & 2u) != 0u) { v += residual[t * p.ldy + p.n_off + n]; }
+            y[t * p.ldy + p.n_off + n] = v;
         }
     }
 }
@@ -88,8 +90,8 @@ fn matmul_forward_cols4(@builtin(global_invocation_id) gid: vec3<u32>) {
         if (n < p.n) {
             var v = acc[m];
             if ((p.flags & 1u) != 0u) { v += bias[n]; }
-            if ((p.flags & 2u) != 0u) { v += residual[t * p.n + n]; }
-            y[t * p.n + n] = v;
+            if ((p.flags & 2u) != 0u) { v += residual[t * p.ldy + p.n_off + n]; }
+            y[t * p.ldy + p.n_off + n] = v;
         }
     }
 }
@@ -139,8 +141,8 @@ fn matmul_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
             if (t < p.t && n < p.n) {
                 var v = acc[r][c];
                 if ((p.flags & 1u) != 0u) { v += bias[n]; }
-                if ((p.flags & 2u) != 0u) { v += residual[t * p.n + n]; }
-                y[t * p.n + n] = v;
+                if ((p.flags & 2u) != 0u) { v += residual[t * p.ldy + p.n_off + n]; }
+                y[t * p.ldy + p.n_off + n] = v;
             }
         }
     }

@@ -4,7 +4,7 @@
 //   x (R_in, D), w (D), out (R, D); src(r) = rows[r] when flags bit 0 (gather, e.g. the last token of
 //   each sequence before the LM head), else r.
 // layer_norm_forward: out[r] = (x[r] - mean) / sqrt(var + eps) * w + b, x (R, D), w (D), b (D);
-//   in place allowed (out may alias nothing else; x and out are separate bindings).
+//   x and out must be different buffers (one is bound read-only, the other read-write).
 
 struct Params { rows: u32, dim: u32, eps: f32, flags: u32 }
 

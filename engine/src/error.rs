@@ -5,9 +5,10 @@ use std::path::PathBuf;
 /// Everything that can go wrong in babelrl, with enough context to act on.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    /// A file could not be read or written. (The I/O error is part of the message, not a separate
+    /// `source`, so error chains print it once.)
+    #[error("{}: {cause}", path.display())]
+    Io { path: PathBuf, cause: std::io::Error },
 
     /// A file exists but its contents are malformed (truncated, corrupt, wrong magic, bad offsets).
     #[error("{}: {message}", path.display())]
@@ -64,8 +65,8 @@ impl Error {
     }
 
     /// An `Io` error for `path`.
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+    pub fn io(path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
+        Error::Io { path: path.into(), cause }
     }
 
     /// An `Unsupported` error for `path`.

@@ -102,7 +102,10 @@ fn e5_edge_cases() {
 #[test]
 #[ignore = "measurement; run with --ignored --nocapture"]
 fn throughput() {
-    let flores = std::path::Path::new("/work/shared/data/flores200/dev");
+    let data = std::env::var_os("BABELRL_DATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
+    let flores = data.join("flores200/dev");
     for (model, langs) in [
         ("all-minilm-l6-v2", &["eng_Latn"][..]),
         ("multilingual-e5-small", &["eng_Latn", "fra_Latn", "zho_Hans", "bod_Tibt"][..]),

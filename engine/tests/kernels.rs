@@ -155,7 +155,7 @@ fn qkv_split_and_attention_match_reference() {
             let q_ref = cpu_ref::qkv_split_forward(s, tok, &qkv, Some(&rope), norm, &mut kc, &mut vc);
             let out_ref = cpu_ref::attention_forward(s, tok, &q_ref, &kc, &vc);
 
-            let words: Vec<u32> = tok.iter().flat_map(|i| [i.pos, i.slot, i.n_keys, 0]).collect();
+            let words = TokenInfo::words(tok);
             let tok_gpu = gpu.upload_u32("tok", &words, &[t, 4]).unwrap();
             let qkv_gpu = gpu.upload_f32("qkv", &qkv, &[t, heads * head_dim]).unwrap();
             let q_gpu = gpu.zeros("q", &[t, n_head, head_dim]).unwrap();
@@ -248,4 +248,83 @@ fn embed_rows_swiglu_gelu_logprob_and_pooling_match_reference() {
         1e-6,
         1e-5,
     );
+}
+
+/// A weight split into row blocks (as for vocabularies beyond one storage binding) gives the same
+/// gather and matmul as the whole weight, including a last block shorter than the others.
+#[test]
+fn blocked_weights_match_the_whole_weight() {
+    let gpu = gpu();
+    let (vocab, dim, t) = (23usize, 16usize, 5usize);
+    let table = random(vocab * dim, 1.0, 31);
+    let table16 = to_f16(&table);
+    let blocked = gpu.upload_weight_in_blocks("table", &table, vocab, dim, 7).unwrap();
+    assert_eq!(blocked.blocks.len(), 4);
+    let ids = [22u32, 0, 7, 6, 13];
+    let idg = gpu.upload_u32("ids", &ids, &[t]).unwrap();
+    let x = random(t * dim, 1.0, 32);
+    let xg = gpu.upload_f32("x", &x, &[t, dim]).unwrap();
+    let rows = gpu.upload_f32("stale", &vec![9.0; t * dim], &[t, dim]).unwrap(); // must be overwritten
+    let logits = gpu.zeros("logits", &[t, vocab]).unwrap();
+    let mut b = gpu.batch();
+    b.embed_rows_blocked(&idg, &blocked, &rows, t);
+    b.matmul_blocked(&xg, &blocked, &logits, t);
+    b.submit().unwrap();
+    let want_rows = cpu_ref::embed_rows_forward(&ids, &table16, dim);
+    assert_close("blocked embed_rows", &gpu.read_f32(&rows).unwrap(), &want_rows, 0.0, 0.0);
+    let want = cpu_ref::matmul_forward(&x, &table16, None, None, t, vocab, dim);
+    let tol = matmul_tolerance(&x, &table16, t, vocab, dim);
+    assert_close_by("blocked matmul", &gpu.read_f32(&logits).unwrap(), &want, |i| tol[i]);
+}
+
+/// One decode token attending to MAX_CONTEXT = 16384 keys: the longest loops the engine allows stay
+/// under lavapipe's silent 16384-iteration cut-off (a truncated loop would drop the last keys' weight).
+#[test]
+fn attention_over_the_longest_context_matches_reference() {
+    let gpu = gpu();
+    let ctx = babelrl::model::decoder::MAX_CONTEXT;
+    let s = AttnShape { n_head: 2, n_kv_head: 1, head_dim: 8, ctx };
+    let keys = random(ctx * 8, 1.0, 41);
+    // The last keys carry large values, so dropping them changes the output clearly.
+    let mut values = random(ctx * 8, 1.0, 42);
+    values[(ctx - 64) * 8..].iter_mut().for_each(|v| *v += 50.0);
+    let q = random(2 * 8, 1.0, 43);
+    let tok = [TokenInfo { pos: ctx as u32 - 1, slot: 0, n_keys: ctx as u32 }];
+    let want = cpu_ref::attention_forward(s, &tok, &q, &keys, &values);
+
+    let p = AttnParams {
+        t: 1,
+        n_head: 2,
+        n_kv_head: 1,
+        head_dim: 8,
+        ctx: ctx as u32,
+        span: ctx as u32,
+        flags: 0,
+        eps: 0.0,
+    };
+    let tok_gpu = gpu.upload_u32("tok", &TokenInfo::words(&tok), &[1, 4]).unwrap();
+    let q_gpu = gpu.upload_f32("q", &q, &[1, 2, 8]).unwrap();
+    let k_gpu = gpu.upload_f32("k", &keys, &[ctx * 8]).unwrap();
+    let v_gpu = gpu.upload_f32("v", &values, &[ctx * 8]).unwrap();
+    let scores = gpu.zeros("scores", &[1, 2, ctx]).unwrap();
+    let out = gpu.zeros("out", &[1, 16]).unwrap();
+    let mut b = gpu.batch();
+    b.attention(&p, &tok_gpu, &q_gpu, &k_gpu, &v_gpu, &scores, &out);
+    b.submit().unwrap();
+    assert_close("attention over 16384 keys", &gpu.read_f32(&out).unwrap(), &want, 1e-4, 1e-4);
+}
+
+/// A 1-D launch of more than 65535 workgroups folds into the grid's y dimension.
+#[test]
+fn elementwise_grid_folds_past_65535_workgroups() {
+    let gpu = gpu();
+    let n = 65535 * 64 + 1000;
+    let x = random(n, 3.0, 44);
+    let xg = gpu.upload_f32("x", &x, &[n]).unwrap();
+    let mut b = gpu.batch();
+    b.gelu(&xg, 1, n);
+    b.submit().unwrap();
+    let got = gpu.read_f32(&xg).unwrap();
+    let want = cpu_ref::gelu_forward(&x[n - 2000..]);
+    assert_close("gelu tail", &got[n - 2000..], &want, 1e-6, 1e-5);
 }

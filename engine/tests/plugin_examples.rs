@@ -20,8 +20,7 @@ fn component(file: &str) -> Option<PathBuf> {
     if path.exists() {
         Some(path)
     } else {
-        eprintln!("SKIPPED: {} not built; run plugins/build.sh", path.display());
-        None
+        common::skip(format!("{} not built; run plugins/build.sh", path.display()))
     }
 }
 

@@ -25,7 +25,9 @@ fn cache_model(rel: &str) -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else {
-        eprintln!("SKIP: {} is absent (run scripts/fetch_models.sh)", p.display());
+        let why = format!("{} is absent (run scripts/fetch_models.sh --with-qwen)", p.display());
+        assert!(std::env::var_os("BABELRL_REQUIRE_ALL").is_none(), "{why} (BABELRL_REQUIRE_ALL is set)");
+        eprintln!("SKIP: {why}");
         None
     }
 }

@@ -58,10 +58,17 @@ pub fn forward_chunked(
     info: &[TokenInfo],
     want: &[usize],
 ) -> Result<Vec<Vec<f32>>> {
+    if tokens.len() != info.len() {
+        return Err(Error::Input(format!("{} tokens but {} positions", tokens.len(), info.len())));
+    }
+    if let Some(&w) = want.iter().find(|&&w| w >= tokens.len()) {
+        return Err(Error::Input(format!("wanted row {w} of {} tokens", tokens.len())));
+    }
     let vocab = model.config().vocab;
     let mut rows: Vec<Option<Vec<f32>>> = vec![None; want.len()];
-    for start in (0..tokens.len()).step_by(PREFILL_CHUNK) {
-        let end = (start + PREFILL_CHUNK).min(tokens.len());
+    let chunk = PREFILL_CHUNK.min(model.max_logit_rows());
+    for start in (0..tokens.len()).step_by(chunk) {
+        let end = (start + chunk).min(tokens.len());
         let picked: Vec<(usize, u32)> = want
             .iter()
             .enumerate()
@@ -216,8 +223,9 @@ pub fn completion_logprobs(model: &Decoder, pairs: &[(Vec<u32>, Vec<u32>)]) -> R
         let cache = model.new_cache(1, len)?;
         let tokens: Vec<u32> = prompt.iter().chain(completion).copied().collect();
         let mut lps = Vec::with_capacity(completion.len());
-        for start in (0..tokens.len()).step_by(PREFILL_CHUNK) {
-            let end = (start + PREFILL_CHUNK).min(tokens.len());
+        let chunk = PREFILL_CHUNK.min(model.max_logit_rows());
+        for start in (0..tokens.len()).step_by(chunk) {
+            let end = (start + chunk).min(tokens.len());
             let info: Vec<TokenInfo> =
                 (start..end).map(|p| TokenInfo { pos: p as u32, slot: 0, n_keys: p as u32 + 1 }).collect();
             // Rows whose next token is a completion token.

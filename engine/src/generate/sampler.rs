@@ -44,6 +44,11 @@ impl SamplingConfig {
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad(format!("top_p must be in (0, 1], got {}", self.top_p));
         }
+        if self.stop_strings.iter().any(String::is_empty) {
+            return bad(
+                "stop strings must not be empty (an empty one would stop every sequence at once)".into()
+            );
+        }
         if self.max_new_tokens == 0 {
             return bad("max_new_tokens must be at least 1".into());
         }

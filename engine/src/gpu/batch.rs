@@ -7,15 +7,17 @@ use wgpu::util::DeviceExt;
 
 use crate::Result;
 use crate::gpu::Gpu;
+use crate::gpu::pipeline::Pipeline;
 use crate::gpu::shaders::ShaderSource;
 
 enum Step {
     Dispatch(Dispatch),
     Copy { src: wgpu::Buffer, src_offset: u64, dst: wgpu::Buffer, dst_offset: u64, bytes: u64 },
+    Clear(wgpu::Buffer),
 }
 
 struct Dispatch {
-    pipeline: Arc<wgpu::ComputePipeline>,
+    pipeline: Arc<Pipeline>,
     params_offset: u64,
     params_size: u64,
     buffers: Vec<wgpu::Buffer>,
@@ -95,6 +97,11 @@ impl<'g> Batch<'g> {
         self.gpu
     }
 
+    /// Records zero-filling `buffer`, performed after the dispatches recorded so far.
+    pub fn clear(&mut self, buffer: &wgpu::Buffer) {
+        self.steps.push(Step::Clear(buffer.clone()));
+    }
+
     /// Number of steps (dispatches and copies) recorded.
     pub fn len(&self) -> usize {
         self.steps.len()
@@ -121,9 +128,16 @@ impl<'g> Batch<'g> {
             device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("batch") });
         let mut steps = self.steps.iter().peekable();
         while let Some(step) = steps.next() {
-            if let Step::Copy { src, src_offset, dst, dst_offset, bytes } = step {
-                encoder.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, Some(*bytes));
-                continue;
+            match step {
+                Step::Copy { src, src_offset, dst, dst_offset, bytes } => {
+                    encoder.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, Some(*bytes));
+                    continue;
+                }
+                Step::Clear(buffer) => {
+                    encoder.clear_buffer(buffer, 0, None);
+                    continue;
+                }
+                Step::Dispatch(_) => {}
             }
             let mut pass = encoder
                 .begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
@@ -145,10 +159,10 @@ impl<'g> Batch<'g> {
                 }
                 let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: None,
-                    layout: &d.pipeline.get_bind_group_layout(0),
+                    layout: &d.pipeline.layout,
                     entries: &entries,
                 });
-                pass.set_pipeline(&d.pipeline);
+                pass.set_pipeline(&d.pipeline.pipeline);
                 pass.set_bind_group(0, &bind_group, &[]);
                 pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
                 current = steps.next_if(|s| matches!(s, Step::Dispatch(_)));

@@ -87,6 +87,13 @@ pub struct TokenInfo {
     pub n_keys: u32,
 }
 
+impl TokenInfo {
+    /// The `tok` buffer of the attention kernels: (position, slot, key count, 0) per token.
+    pub fn words(tokens: &[TokenInfo]) -> Vec<u32> {
+        tokens.iter().flat_map(|i| [i.pos, i.slot, i.n_keys, 0]).collect()
+    }
+}
+
 /// Attention shapes for the reference.
 #[derive(Debug, Clone, Copy)]
 pub struct AttnShape {

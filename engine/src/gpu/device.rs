@@ -15,6 +15,11 @@ pub struct GpuOptions {
     pub adapter_name: Option<String>,
     /// Refuse CPU (software) adapters.
     pub require_hardware: bool,
+    /// Kernel family to use instead of the adapter's own (`BABELRL_KERNELS=cpu|gpu`): for tests and
+    /// for measuring one family on another adapter.
+    pub kernels: Option<KernelProfile>,
+    /// Do not use subgroup operations even where the adapter has them (`BABELRL_SUBGROUPS=0`).
+    pub disable_subgroups: bool,
 }
 
 impl GpuOptions {
@@ -26,6 +31,12 @@ impl GpuOptions {
             backend: var("BABELRL_BACKEND", "WGPU_BACKEND"),
             adapter_name: var("BABELRL_ADAPTER", "WGPU_ADAPTER_NAME"),
             require_hardware: std::env::var("BABELRL_REQUIRE_GPU").is_ok_and(|v| v == "1"),
+            kernels: match std::env::var("BABELRL_KERNELS").as_deref() {
+                Ok("cpu") => Some(KernelProfile::Cpu),
+                Ok("gpu") => Some(KernelProfile::Gpu),
+                _ => None,
+            },
+            disable_subgroups: std::env::var("BABELRL_SUBGROUPS").is_ok_and(|v| v == "0"),
         }
     }
 }
@@ -144,13 +155,16 @@ impl Gpu {
             }
         }
         adapters.sort_by_key(|a| type_rank(a.get_info().device_type));
-        Self::open(adapters.swap_remove(0))
+        Self::open(adapters.swap_remove(0), options)
     }
 
-    fn open(adapter: wgpu::Adapter) -> Result<Arc<Gpu>> {
+    fn open(adapter: wgpu::Adapter, options: &GpuOptions) -> Result<Arc<Gpu>> {
         let info = adapter.get_info();
         let limits = adapter.limits();
-        let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
+        let mut wanted = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
+        if options.disable_subgroups {
+            wanted.remove(wgpu::Features::SUBGROUP);
+        }
         let features = adapter.features() & wanted;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("babelrl"),
@@ -167,8 +181,9 @@ impl Gpu {
             sink.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
         }));
 
-        let profile =
+        let own =
             if info.device_type == wgpu::DeviceType::Cpu { KernelProfile::Cpu } else { KernelProfile::Gpu };
+        let profile = options.kernels.unwrap_or(own);
         let summary = AdapterSummary {
             name: info.name.clone(),
             backend: format!("{:?}", info.backend),

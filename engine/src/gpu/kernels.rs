@@ -3,8 +3,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::shaders::{ATTENTION, ELEMENTWISE, MATMUL, NORM};
-use crate::gpu::{Batch, Tensor, Weight16};
+use crate::gpu::KernelProfile;
+use crate::gpu::shaders::{ATTENTION, ELEMENTWISE, MATMUL, MATMUL_ROWS_SUBGROUP, MATMUL_ROWS_WG, NORM};
+use crate::gpu::{Batch, BlockedWeight16, Tensor, Weight16};
 
 /// Workgroup size of every 1-D kernel.
 pub const WG: u32 = 64;
@@ -30,6 +31,18 @@ struct P4 {
     b: u32,
     c: u32,
     d: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct MatmulParams {
+    t: u32,
+    n: u32,
+    k: u32,
+    flags: u32,
+    ldy: u32,
+    n_off: u32,
+    pad: [u32; 2],
 }
 
 #[repr(C)]
@@ -73,20 +86,75 @@ impl<'g> Batch<'g> {
         y: &Tensor,
         t: usize,
     ) {
+        self.matmul_into(x, w, bias, residual, y, t, w.rows, 0);
+    }
+
+    /// y[:, n_off .. n_off + N] = x · wᵀ (+ bias) (+ residual[:, n_off ..]), with y and residual of row
+    /// stride `ldy`: one row block of a weight split across storage bindings.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_into(
+        &mut self,
+        x: &Tensor,
+        w: &Weight16,
+        bias: Option<&Tensor>,
+        residual: Option<&Tensor>,
+        y: &Tensor,
+        t: usize,
+        ldy: usize,
+        n_off: usize,
+    ) {
         let (n, k) = (w.rows, w.cols);
-        debug_assert!(x.len() >= t * k && y.len() >= t * n, "matmul shapes: x {:?} y {:?}", x.shape, y.shape);
+        debug_assert!(x.len() >= t * k && y.len() >= t * ldy && n_off + n <= ldy, "matmul shapes");
         let gpu = self.gpu_ref();
         let flags = bias.is_some() as u32 | (residual.is_some() as u32) << 1;
-        // Few rows (decoding): four columns per invocation; else four rows per invocation.
-        let (entry, grid) = match (k % 8 == 0, t < 4) {
-            (true, true) => ("matmul_forward_cols4", [groups(n.div_ceil(4)), t as u32, 1]),
-            (true, false) => ("matmul_forward", [groups(n.div_ceil(4)), (t as u32).div_ceil(4), 1]),
-            (false, _) => ("matmul_forward_scalar", [groups(n), (t as u32).div_ceil(4), 1]),
+        // CPU adapters, few rows (decoding): four columns per invocation; many rows: a 4×4 tile per
+        // invocation. GPUs, few rows: a workgroup per output, reduced with subgroup operations where
+        // the adapter has them. (Many rows on GPUs use the 4×4 tile until a tiled kernel is measured.)
+        let (shader, entry, grid) = match (k % 8 == 0, t < 4, gpu.profile, gpu.summary.subgroups) {
+            (true, true, KernelProfile::Gpu, true) => {
+                (&MATMUL_ROWS_SUBGROUP, "matmul_rows_subgroup_forward", [n as u32, t as u32, 1])
+            }
+            (true, true, KernelProfile::Gpu, false) => {
+                (&MATMUL_ROWS_WG, "matmul_rows_wg_forward", [n as u32, t as u32, 1])
+            }
+            (true, true, KernelProfile::Cpu, _) => {
+                (&MATMUL, "matmul_forward_cols4", [groups(n.div_ceil(4)), t as u32, 1])
+            }
+            (true, false, ..) => {
+                (&MATMUL, "matmul_forward", [groups(n.div_ceil(4)), (t as u32).div_ceil(4), 1])
+            }
+            (false, ..) => (&MATMUL, "matmul_forward_scalar", [groups(n), (t as u32).div_ceil(4), 1]),
         };
-        let params = P4 { a: t as u32, b: n as u32, c: k as u32, d: flags };
+        let params = MatmulParams {
+            t: t as u32,
+            n: n as u32,
+            k: k as u32,
+            flags,
+            ldy: ldy as u32,
+            n_off: n_off as u32,
+            pad: [0; 2],
+        };
         let bias = bias.map_or(&gpu.dummy, |b| &b.buffer);
         let residual = residual.map_or(&gpu.dummy, |r| &r.buffer);
-        self.dispatch(&MATMUL, entry, &params, &[&x.buffer, &w.buffer, bias, residual, &y.buffer], grid);
+        self.dispatch(shader, entry, &params, &[&x.buffer, &w.buffer, bias, residual, &y.buffer], grid);
+    }
+
+    /// y (T, N) = x (T, K) · wᵀ for a weight stored in row blocks.
+    pub fn matmul_blocked(&mut self, x: &Tensor, w: &BlockedWeight16, y: &Tensor, t: usize) {
+        for (first, block) in &w.blocks {
+            self.matmul_into(x, block, None, None, y, t, w.rows, *first);
+        }
+    }
+
+    /// out (T, D) = table[ids[t]] for a table stored in row blocks.
+    pub fn embed_rows_blocked(&mut self, ids: &Tensor, table: &BlockedWeight16, out: &Tensor, t: usize) {
+        if let [(0, only)] = &table.blocks[..] {
+            return self.embed_rows(ids, only, out, t);
+        }
+        self.clear(&out.buffer);
+        for (first, block) in &table.blocks {
+            self.embed_rows_add_from(ids, block, *first, out, t);
+        }
     }
 
     /// out (R, D) = rms_norm(x[rows[r]] or x[r]) · w.

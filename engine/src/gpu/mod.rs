@@ -10,4 +10,4 @@ mod tensor;
 
 pub use batch::Batch;
 pub use device::{AdapterSummary, Gpu, GpuOptions, KernelProfile, list_adapters};
-pub use tensor::{Tensor, Weight16};
+pub use tensor::{BlockedWeight16, Tensor, Weight16};

@@ -5,11 +5,17 @@ use std::sync::{Arc, Mutex};
 
 use crate::gpu::shaders::ShaderSource;
 
+/// A compiled pipeline with its bind group layout (fetched once, not per dispatch).
+pub(crate) struct Pipeline {
+    pub(crate) pipeline: wgpu::ComputePipeline,
+    pub(crate) layout: wgpu::BindGroupLayout,
+}
+
 /// Cache of compiled shader modules and pipelines, owned by [`crate::gpu::Gpu`].
 #[derive(Default)]
 pub(crate) struct PipelineCache {
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
-    pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    pipelines: Mutex<HashMap<String, Arc<Pipeline>>>,
 }
 
 impl PipelineCache {
@@ -20,7 +26,7 @@ impl PipelineCache {
         shader: &ShaderSource,
         entry: &str,
         constants: &[(&str, f64)],
-    ) -> Arc<wgpu::ComputePipeline> {
+    ) -> Arc<Pipeline> {
         let mut key = format!("{}::{entry}", shader.name);
         for (k, v) in constants {
             key.push_str(&format!(";{k}={v}"));
@@ -40,14 +46,16 @@ impl PipelineCache {
                 })
                 .clone()
         };
-        let pipeline = Arc::new(device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(&key),
             layout: None,
             module: &module,
             entry_point: Some(entry),
             compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
             cache: None,
-        }));
+        });
+        let layout = pipeline.get_bind_group_layout(0);
+        let pipeline = Arc::new(Pipeline { pipeline, layout });
         self.pipelines.lock().unwrap_or_else(|p| p.into_inner()).insert(key, pipeline.clone());
         pipeline
     }

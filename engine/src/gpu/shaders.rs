@@ -18,9 +18,12 @@ shader!(MATMUL, "matmul.wgsl");
 shader!(NORM, "norm.wgsl");
 shader!(ATTENTION, "attention.wgsl");
 shader!(ELEMENTWISE, "elementwise.wgsl");
+shader!(MATMUL_ROWS_WG, "matmul_rows_wg.wgsl");
+shader!(MATMUL_ROWS_SUBGROUP, "matmul_rows_subgroup.wgsl");
 
 /// All shaders, for validation.
-pub const ALL: &[ShaderSource] = &[MATMUL, NORM, ATTENTION, ELEMENTWISE];
+pub const ALL: &[ShaderSource] =
+    &[MATMUL, NORM, ATTENTION, ELEMENTWISE, MATMUL_ROWS_WG, MATMUL_ROWS_SUBGROUP];
 
 #[cfg(test)]
 mod tests {

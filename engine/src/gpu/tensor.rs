@@ -37,6 +37,13 @@ pub struct Weight16 {
     pub cols: usize,
 }
 
+fn fits(label: &str, len: usize, shape: &[usize]) -> Result<()> {
+    if len != shape.iter().product::<usize>() {
+        return Err(Error::Shape { name: label.into(), expected: shape.to_vec(), found: vec![len] });
+    }
+    Ok(())
+}
+
 /// Buffers are padded to whole 16-byte vectors (kernels read them as `vec4`), and never empty.
 fn padded(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     if !bytes.is_empty() && bytes.len() % 16 == 0 {
@@ -47,7 +54,56 @@ fn padded(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     std::borrow::Cow::Owned(v)
 }
 
+/// A frozen `[rows, cols]` weight in row blocks, each within the adapter's largest storage binding
+/// (lavapipe binds at most 128 MiB: Qwen2.5's f16 embedding is 272 MB). Most weights are one block.
+#[derive(Debug, Clone)]
+pub struct BlockedWeight16 {
+    /// (first row, block) in row order.
+    pub blocks: Vec<(usize, Weight16)>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
 impl Gpu {
+    /// Uploads a `[rows, cols]` weight (f32 converted to f16) in as many row blocks as the adapter's
+    /// binding limit requires.
+    pub fn upload_weight_blocked(
+        &self,
+        label: &str,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<BlockedWeight16> {
+        let per_block = ((self.max_binding() / (cols * 2).max(1) as u64) as usize).max(1);
+        self.upload_weight_in_blocks(label, data, rows, cols, per_block)
+    }
+
+    /// As [`Gpu::upload_weight_blocked`] with at most `per_block` rows per block.
+    pub fn upload_weight_in_blocks(
+        &self,
+        label: &str,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+        per_block: usize,
+    ) -> Result<BlockedWeight16> {
+        if data.len() != rows * cols {
+            return Err(Error::Shape {
+                name: label.into(),
+                expected: vec![rows, cols],
+                found: vec![data.len()],
+            });
+        }
+        let per_block = per_block.max(1);
+        let mut blocks = Vec::new();
+        for first in (0..rows).step_by(per_block) {
+            let n = per_block.min(rows - first);
+            let block = &data[first * cols..(first + n) * cols];
+            blocks.push((first, self.upload_weight(&format!("{label}[{first}..]"), block, n, cols)?));
+        }
+        Ok(BlockedWeight16 { blocks, rows, cols })
+    }
+
     fn check_size(&self, what: &str, bytes: u64) -> Result<()> {
         if bytes > self.max_binding() {
             return Err(Error::Gpu(format!(
@@ -60,13 +116,13 @@ impl Gpu {
 
     /// Uploads f32 data.
     pub fn upload_f32(&self, label: &str, data: &[f32], shape: &[usize]) -> Result<Tensor> {
-        assert_eq!(data.len(), shape.iter().product::<usize>(), "{label}: data does not fit shape {shape:?}");
+        fits(label, data.len(), shape)?;
         self.upload_words(label, bytemuck::cast_slice(data), shape)
     }
 
     /// Uploads u32 data (token ids, positions, indices).
     pub fn upload_u32(&self, label: &str, data: &[u32], shape: &[usize]) -> Result<Tensor> {
-        assert_eq!(data.len(), shape.iter().product::<usize>(), "{label}: data does not fit shape {shape:?}");
+        fits(label, data.len(), shape)?;
         self.upload_words(label, bytemuck::cast_slice(data), shape)
     }
 

@@ -127,6 +127,9 @@ impl DecoderConfig {
                 rope_theta = Some(t);
             }
         }
+        if raw.num_attention_heads == 0 {
+            return Err(refuse(path, "num_attention_heads", "0; a decoder needs at least one head"));
+        }
         let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / raw.num_attention_heads);
         let cfg = DecoderConfig {
             arch,

@@ -5,14 +5,17 @@ use std::sync::{Arc, Mutex};
 
 use crate::gpu::cpu_ref::{TokenInfo, rope_table};
 use crate::gpu::kernels::{ATTN_QK_NORM, ATTN_ROPE, AttnParams};
-use crate::gpu::{Gpu, Tensor, Weight16};
+use crate::gpu::{BlockedWeight16, Gpu, Tensor, Weight16};
 use crate::model::config::DecoderConfig;
-use crate::model::weights::{HostTensor, WeightSource};
+use crate::model::weights::{WeightSource, concat_rows};
 use crate::{Error, Result};
 
 /// Longest context the kernels support: their per-invocation loops over keys must stay under 16384
 /// iterations, where lavapipe silently stops loops.
 pub const MAX_CONTEXT: usize = 16384;
+
+/// Most tokens in one forward pass (grid dimensions hold at most 65535 workgroups).
+pub const MAX_STEP_TOKENS: usize = 65535;
 
 /// Frozen weights of one transformer block, with q/k/v and gate/up fused into single matrices.
 struct Layer {
@@ -49,23 +52,24 @@ struct Workspace {
     gu: Tensor,
     act: Tensor,
     scores: Tensor,
+    /// Output rows: capacity, row map, final hidden states and logits (valid until the next forward).
+    rows_cap: usize,
+    rows: Tensor,
+    normed: Tensor,
+    logits: Tensor,
 }
 
 /// A decoder-only language model resident on the GPU.
 pub struct Decoder {
     gpu: Arc<Gpu>,
     cfg: DecoderConfig,
-    embed: Weight16,
-    lm_head: Option<Weight16>,
+    embed: BlockedWeight16,
+    lm_head: Option<BlockedWeight16>,
     final_norm: Tensor,
     layers: Vec<Layer>,
     rope: Tensor,
     rope_positions: usize,
     workspace: Mutex<Option<Workspace>>,
-}
-
-fn concat_rows(parts: &[&HostTensor]) -> Vec<f32> {
-    parts.iter().flat_map(|t| t.data.iter().copied()).collect()
 }
 
 impl Decoder {
@@ -79,13 +83,13 @@ impl Decoder {
         };
 
         let embed_host = source.require("model.embed_tokens.weight", &[cfg.vocab, d])?;
-        let embed = gpu.upload_weight("embed_tokens", &embed_host.data, cfg.vocab, d)?;
+        let embed = gpu.upload_weight_blocked("embed_tokens", &embed_host.data, cfg.vocab, d)?;
         drop(embed_host);
         let lm_head = if cfg.tie_embeddings {
             None
         } else {
             let t = source.require("lm_head.weight", &[cfg.vocab, d])?;
-            Some(gpu.upload_weight("lm_head", &t.data, cfg.vocab, d)?)
+            Some(gpu.upload_weight_blocked("lm_head", &t.data, cfg.vocab, d)?)
         };
 
         let mut layers = Vec::with_capacity(cfg.layers);
@@ -159,6 +163,11 @@ impl Decoder {
         self.rope_positions
     }
 
+    /// Most rows of logits one forward pass can return (one storage binding holds them all).
+    pub fn max_logit_rows(&self) -> usize {
+        ((self.gpu.max_binding() / (4 * self.cfg.vocab as u64)) as usize).max(1)
+    }
+
     /// A KV cache for `slots` sequences of up to `ctx` positions each.
     pub fn new_cache(&self, slots: usize, ctx: usize) -> Result<KvCache> {
         if ctx > self.rope_positions {
@@ -177,15 +186,22 @@ impl Decoder {
         Ok(KvCache { slots, ctx, k, v })
     }
 
-    fn workspace(&self, tokens: usize, span: usize) -> Result<std::sync::MutexGuard<'_, Option<Workspace>>> {
+    fn workspace(
+        &self,
+        tokens: usize,
+        span: usize,
+        rows: usize,
+    ) -> Result<std::sync::MutexGuard<'_, Option<Workspace>>> {
         let mut guard = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.as_ref().is_some_and(|w| w.tokens >= tokens && w.span >= span) {
+        if guard.as_ref().is_some_and(|w| w.tokens >= tokens && w.span >= span && w.rows_cap >= rows) {
             return Ok(guard);
         }
-        let (t, s) = (
+        let (t, s, r) = (
             tokens.max(guard.as_ref().map_or(0, |w| w.tokens)),
             span.max(guard.as_ref().map_or(0, |w| w.span)),
+            rows.max(guard.as_ref().map_or(0, |w| w.rows_cap)).max(1),
         );
+        *guard = None; // free the old buffers before allocating larger ones
         let c = &self.cfg;
         let g = &self.gpu;
         *guard = Some(Workspace {
@@ -202,6 +218,10 @@ impl Decoder {
             gu: g.zeros("gate_up", &[t, 2 * c.intermediate])?,
             act: g.zeros("act", &[t, c.intermediate])?,
             scores: g.zeros("scores", &[t, c.n_head, s])?,
+            rows_cap: r,
+            rows: g.zeros("out_rows", &[r])?,
+            normed: g.zeros("final_hidden", &[r, c.hidden])?,
+            logits: g.zeros("logits", &[r, c.vocab])?,
         });
         Ok(guard)
     }
@@ -220,6 +240,12 @@ impl Decoder {
                 info.len()
             )));
         }
+        if tokens.len() > MAX_STEP_TOKENS {
+            return Err(Error::Input(format!(
+                "forward: {} tokens in one pass; at most {MAX_STEP_TOKENS} (split the batch, as generate does)",
+                tokens.len()
+            )));
+        }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab) {
             return Err(Error::Input(format!(
                 "token id {bad} is outside the model's vocabulary of {}",
@@ -235,6 +261,13 @@ impl Decoder {
                 )));
             }
         }
+        if out_rows.len() > self.max_logit_rows() {
+            return Err(Error::Input(format!(
+                "{} output rows in one pass; at most {} fit one buffer of logits on this adapter",
+                out_rows.len(),
+                self.max_logit_rows()
+            )));
+        }
         if let Some(&r) = out_rows.iter().find(|&&r| r as usize >= tokens.len()) {
             return Err(Error::Input(format!("output row {r} of a {}-token step", tokens.len())));
         }
@@ -242,7 +275,8 @@ impl Decoder {
     }
 
     /// Runs `tokens` (each with its position, cache slot and key count) through the model, writing
-    /// their keys and values into `cache`, and returns the logits (R, V) of the rows `out_rows`.
+    /// their keys and values into `cache`, and returns the logits (R, V) of the rows `out_rows`. The
+    /// logits live in the model's workspace: they are valid until the next `forward`.
     pub fn forward(
         &self,
         cache: &KvCache,
@@ -254,15 +288,15 @@ impl Decoder {
         let c = &self.cfg;
         let t = tokens.len();
         let span = info.iter().map(|i| i.n_keys).max().unwrap_or(1).max(1) as usize;
-        let guard = self.workspace(t, span)?;
+        let r = out_rows.len();
+        let guard = self.workspace(t, span, r)?;
         let ws = guard.as_ref().expect("workspace allocated");
         let g = &self.gpu;
         g.write_u32(&ws.ids, tokens);
-        let words: Vec<u32> = info.iter().flat_map(|i| [i.pos, i.slot, i.n_keys, 0]).collect();
+        let words = TokenInfo::words(info);
         g.write_u32(&ws.tok, &words);
-        let rows = g.upload_u32("out_rows", out_rows, &[out_rows.len()])?;
-        let normed = g.zeros("final_hidden", &[out_rows.len(), c.hidden])?;
-        let logits = g.zeros("logits", &[out_rows.len(), c.vocab])?;
+        g.write_u32(&ws.rows, out_rows);
+        let logits = Tensor { buffer: ws.logits.buffer.clone(), shape: vec![r, c.vocab] };
 
         let p = AttnParams {
             t: t as u32,
@@ -275,7 +309,7 @@ impl Decoder {
             eps: c.rms_eps,
         };
         let mut b = g.batch();
-        b.embed_rows(&ws.ids, &self.embed, &ws.x, t);
+        b.embed_rows_blocked(&ws.ids, &self.embed, &ws.x, t);
         for (l, layer) in self.layers.iter().enumerate() {
             b.rms_norm(&ws.x, &layer.attn_norm, None, &ws.h, t, c.rms_eps);
             b.matmul(&ws.h, &layer.qkv, layer.qkv_bias.as_ref(), None, &ws.qkv, t);
@@ -296,8 +330,8 @@ impl Decoder {
             b.swiglu(&ws.gu, &ws.act, t, c.intermediate);
             b.matmul(&ws.act, &layer.down, None, Some(&ws.x2), &ws.x, t);
         }
-        b.rms_norm(&ws.x, &self.final_norm, Some(&rows), &normed, out_rows.len(), c.rms_eps);
-        b.matmul(&normed, self.lm_head.as_ref().unwrap_or(&self.embed), None, None, &logits, out_rows.len());
+        b.rms_norm(&ws.x, &self.final_norm, Some(&ws.rows), &ws.normed, r, c.rms_eps);
+        b.matmul_blocked(&ws.normed, self.lm_head.as_ref().unwrap_or(&self.embed), &logits, r);
         b.submit()?;
         Ok(logits)
     }
@@ -306,6 +340,18 @@ impl Decoder {
     /// come back.
     pub fn logprobs_of(&self, logits: &Tensor, targets: &[u32]) -> Result<Vec<f32>> {
         let rows = targets.len();
+        if logits.shape != [rows, self.cfg.vocab] {
+            return Err(Error::Input(format!(
+                "{rows} targets for logits of shape {:?} (expected [{rows}, {}])",
+                logits.shape, self.cfg.vocab
+            )));
+        }
+        if let Some(&bad) = targets.iter().find(|&&t| t as usize >= self.cfg.vocab) {
+            return Err(Error::Input(format!(
+                "target id {bad} is outside the vocabulary of {}",
+                self.cfg.vocab
+            )));
+        }
         let tg = self.gpu.upload_u32("targets", targets, &[rows])?;
         let out = self.gpu.zeros("logprobs", &[rows])?;
         let chunks = self.cfg.vocab.div_ceil(crate::gpu::kernels::LOGPROB_CHUNK);

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::gpu::kernels::AttnParams;
-use crate::gpu::{Gpu, Tensor, Weight16};
-use crate::model::weights::{HostTensor, SafetensorsFolder};
+use crate::gpu::{BlockedWeight16, Gpu, Tensor, Weight16};
+use crate::model::weights::{HostTensor, SafetensorsFolder, concat_rows};
 use crate::text::Tokenizer;
 use crate::{Error, Result};
 
@@ -43,7 +43,7 @@ pub struct Encoder {
     /// `tokenizer.json` with its own padding and truncation switched off (the encoder truncates).
     tokenizer: tokenizers::Tokenizer,
     /// Word embeddings (V, D) in row blocks that each fit one storage binding: (first row, block).
-    word: Vec<(usize, Weight16)>,
+    word: BlockedWeight16,
     position: Weight16,   // (P, D)
     token_type: Weight16, // (types, D)
     embed_norm: (Tensor, Tensor),
@@ -85,10 +85,6 @@ impl Names<'_> {
     }
 }
 
-fn concat(parts: &[&HostTensor]) -> Vec<f32> {
-    parts.iter().flat_map(|t| t.data.iter().copied()).collect()
-}
-
 impl Encoder {
     /// Loads the encoder in `dir` with the folder's own defaults ([`EncoderOptions::from_dir`]).
     pub fn load(gpu: Arc<Gpu>, dir: &Path) -> Result<Encoder> {
@@ -99,7 +95,12 @@ impl Encoder {
     /// Loads the encoder in `dir` with explicit options.
     pub fn load_with(gpu: Arc<Gpu>, dir: &Path, options: EncoderOptions) -> Result<Encoder> {
         let cfg = EncoderConfig::from_dir(dir)?;
-        let max_tokens = options.max_tokens.unwrap_or(usize::MAX).min(cfg.max_sequence());
+        // Attention and pooling loops run over the sequence: keep them under lavapipe's loop limit.
+        let max_tokens = options
+            .max_tokens
+            .unwrap_or(usize::MAX)
+            .min(cfg.max_sequence())
+            .min(crate::model::decoder::MAX_CONTEXT);
         if max_tokens < 2 {
             return Err(Error::Input(format!(
                 "encoder max_tokens {max_tokens}: needs room for two special tokens"
@@ -130,14 +131,7 @@ impl Encoder {
         let word = {
             let name = "embeddings.word_embeddings.weight";
             let t = w.require(name, &[cfg.vocab, d])?;
-            let block = (gpu.max_binding() as usize / (2 * d)).max(1);
-            let mut blocks = Vec::new();
-            for first in (0..cfg.vocab).step_by(block) {
-                let rows = block.min(cfg.vocab - first);
-                let data = &t.data[first * d..(first + rows) * d];
-                blocks.push((first, gpu.upload_weight(&format!("{name}[{first}..]"), data, rows, d)?));
-            }
-            blocks
+            gpu.upload_weight_blocked(name, &t.data, cfg.vocab, d)?
         };
         let position = table("embeddings.position_embeddings.weight", cfg.max_positions)?;
         let token_type = table("embeddings.token_type_embeddings.weight", cfg.type_vocab)?;
@@ -160,8 +154,8 @@ impl Encoder {
             let up = w.require(&p("intermediate.dense.weight"), &[inter, d])?;
             let down = w.require(&p("output.dense.weight"), &[d, inter])?;
             layers.push(Layer {
-                qkv: gpu.upload_weight(&p("qkv"), &concat(&[&q, &k, &v]), 3 * d, d)?,
-                qkv_bias: gpu.upload_f32(&p("qkv_bias"), &concat(&[&qb, &kb, &vb]), &[3 * d])?,
+                qkv: gpu.upload_weight(&p("qkv"), &concat_rows(&[&q, &k, &v]), 3 * d, d)?,
+                qkv_bias: gpu.upload_f32(&p("qkv_bias"), &concat_rows(&[&qb, &kb, &vb]), &[3 * d])?,
                 o: gpu.upload_weight(&p("attention.output.dense"), &o.data, d, d)?,
                 o_bias: f32_tensor(&p("attention.output.dense.bias"), d)?,
                 attn_norm: norm(&p("attention.output.LayerNorm"))?,
@@ -333,7 +327,7 @@ impl Encoder {
         let eps = c.layer_norm_eps;
         let mut b = g.batch();
         b.embed_rows(&pos_ids, &self.position, &x2, t);
-        for (first, block) in &self.word {
+        for (first, block) in &self.word.blocks {
             b.embed_rows_add_from(&ids, block, *first, &x2, t);
         }
         b.embed_rows_add(&type_ids, &self.token_type, &x2, t);

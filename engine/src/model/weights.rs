@@ -17,6 +17,11 @@ pub struct HostTensor {
     pub shape: Vec<usize>,
 }
 
+/// The rows of several matrices stacked into one (fused q|k|v or gate|up weights and their biases).
+pub fn concat_rows(parts: &[&HostTensor]) -> Vec<f32> {
+    parts.iter().flat_map(|t| t.data.iter().copied()).collect()
+}
+
 /// Memory-mapped safetensors shards of one model.
 pub struct SafetensorsFolder {
     dir: PathBuf,

@@ -52,13 +52,22 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
+/// Reports a test that cannot run here: a message and `None` normally, a failure when
+/// `BABELRL_REQUIRE_ALL` is set (scripts/test.sh and CI set it, so nothing is skipped there silently).
+pub fn skip<T>(why: String) -> Option<T> {
+    if std::env::var_os("BABELRL_REQUIRE_ALL").is_some() {
+        panic!("{why} (BABELRL_REQUIRE_ALL is set: no test may be skipped)");
+    }
+    eprintln!("SKIPPED: {why}");
+    None
+}
+
 /// The model cache (`BABELRL_CACHE`, default `~/.cache/babelrl`).
 pub fn model_dir(name: &str) -> Option<PathBuf> {
     let dir = babelrl::model::cache_dir().join("models").join(name);
     if dir.exists() {
         Some(dir)
     } else {
-        eprintln!("SKIPPED: model `{name}` not found at {}; run scripts/fetch_models.sh", dir.display());
-        None
+        skip(format!("model `{name}` not found at {}; run scripts/fetch_models.sh", dir.display()))
     }
 }

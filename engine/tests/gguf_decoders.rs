@@ -1,10 +1,12 @@
-//! The real SmolLM2-135M-Instruct GGUF (Q4_1 with Q8_0 embeddings) against transformers loading the same
-//! file (tests/fixtures/smollm2-reference.json, from scripts/make_fixtures.py): tokenization, greedy
-//! continuations generated as one batch of prompts of different lengths, and log-probs.
+//! Real GGUF decoders against transformers loading the same file (fixtures from scripts/make_fixtures.py):
+//! SmolLM2-135M-Instruct (llama; Q4_1 with Q8_0 embeddings; tests/fixtures/smollm2-reference.json) and
+//! Qwen2.5-Coder-0.5B-Instruct (qwen2 with q/k/v biases; mostly Q5_0/Q8_0/Q6_K/Q4_K; its 272 MB embedding
+//! is split across storage bindings on lavapipe; tests/fixtures/qwen25-reference.json): tokenization,
+//! greedy continuations generated as one batch of prompts of different lengths, and log-probs.
 //!
 //! Tolerance on log-probs: transformers dequantizes to f32; babelrl stores the dequantized weights at
 //! f16 (DESIGN.md: base weights at 16 bits), a relative rounding of ≤ 2⁻¹¹ per weight that, through 30
-//! layers, moves log-probs by a few 1e-3 (measured on lavapipe: 7.0e-3 greedy, 7.0e-3 teacher-forced).
+//! layers, moves log-probs by a few 1e-3 (measured on lavapipe: SmolLM2 7.0e-3 greedy and teacher-forced; Qwen2.5 1.0e-3).
 //! 0.03 leaves 4× headroom and stays far below a real defect (a wrong token or layer moves them by
 //! ≥ 0.3; lavapipe's truncated 16384-iteration loops once moved them by 0.28).
 
@@ -32,13 +34,20 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn smollm2_gguf_matches_transformers() {
-    let Some(dir) = model_dir("smollm2-135m-instruct") else { return };
-    let lm = load_language_model(gpu(), &dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
+    check("smollm2-135m-instruct", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-reference.json");
+}
+
+#[test]
+fn qwen25_gguf_matches_transformers() {
+    check("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-0.5b-instruct-q.gguf", "qwen25-reference.json");
+}
+
+fn check(model: &str, file: &str, fixture: &str) {
+    let Some(dir) = model_dir(model) else { return };
+    let lm = load_language_model(gpu(), &dir.join(file)).unwrap();
     let tokenizer = lm.tokenizer().unwrap();
-    let reference: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_root().join("tests/fixtures/smollm2-reference.json")).unwrap(),
-    )
-    .unwrap();
+    let text = std::fs::read_to_string(repo_root().join("tests/fixtures").join(fixture)).unwrap();
+    let reference: Value = serde_json::from_str(&text).unwrap();
     let prompts = reference["prompts"].as_array().unwrap();
 
     // Our tokenizer, rebuilt from the GGUF metadata, gives transformers' prompt ids.
@@ -63,7 +72,7 @@ fn smollm2_gguf_matches_transformers() {
         worst = worst.max(d);
         assert_eq!(got.text, p["greedy_text"].as_str().unwrap().trim_end_matches("<|im_end|>"));
     }
-    eprintln!("greedy log-probs: max abs diff {worst:.2e}");
+    eprintln!("{model}: greedy log-probs: max abs diff {worst:.2e}");
 
     // Teacher-forced log-probs of fixed completions.
     let pairs: Vec<(Vec<u32>, Vec<u32>)> =
@@ -75,5 +84,5 @@ fn smollm2_gguf_matches_transformers() {
         assert!(d < LOGPROB_TOL, "completion log-probs of {:?} differ by {d}", p["text"]);
         worst = worst.max(d);
     }
-    eprintln!("teacher-forced log-probs: max abs diff {worst:.2e}");
+    eprintln!("{model}: teacher-forced log-probs: max abs diff {worst:.2e}");
 }
