@@ -78,12 +78,16 @@ pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut impl Rng) -> (u32,
     }
     let scaled: Vec<f32> = logits.iter().map(|&x| x / cfg.temperature).collect();
     let lp = log_softmax(&scaled);
+    // Candidates: the whole vocabulary, cut to the k best by a partial selection (no full sort), then
+    // sorted only when top-p needs the order. Sampling below does not depend on their order.
     let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|&a, &b| lp[b].total_cmp(&lp[a]));
-    if cfg.top_k > 0 {
+    let by_prob = |a: &usize, b: &usize| lp[*b].total_cmp(&lp[*a]);
+    if cfg.top_k > 0 && cfg.top_k < order.len() {
+        order.select_nth_unstable_by(cfg.top_k - 1, by_prob);
         order.truncate(cfg.top_k);
     }
     if cfg.top_p < 1.0 {
+        order.sort_by(by_prob);
         let mut mass = 0.0;
         let mut keep = 0;
         for &i in &order {
