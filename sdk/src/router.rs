@@ -58,6 +58,28 @@ pub fn decode_state<T: DeserializeOwned>(plugin: &str, version: u32, bytes: &[u8
     Ok(env.state)
 }
 
+/// Checks a decoded router state against the run: the same languages in the same order, and every
+/// per-topic row (one entry per language) of the right length with finite values.
+pub fn check_state_rows<'a>(
+    state_languages: &[String],
+    run_languages: &[String],
+    rows: impl IntoIterator<Item = &'a [f64]>,
+) -> Result<(), String> {
+    if state_languages != run_languages {
+        return Err(format!("state is for languages {state_languages:?}, the run has {run_languages:?}"));
+    }
+    for row in rows {
+        if row.len() != run_languages.len() || row.iter().any(|x| !x.is_finite()) {
+            return Err(format!(
+                "state has a row of the wrong length ({} values for {} languages) or with non-finite values",
+                row.len(),
+                run_languages.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `configure` export: validates the languages, parses the config and stores the router.
 #[doc(hidden)]
 pub fn configure_slot<R: Router>(

@@ -5,7 +5,7 @@
 use babelrl_sdk::bandit::{check_range, softmax, topic_key, unit_reward};
 use babelrl_sdk::prelude::*;
 use babelrl_sdk::rng::SplitMix64;
-use babelrl_sdk::router::{decode_state, encode_state};
+use babelrl_sdk::router::{check_state_rows, decode_state, encode_state};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -107,15 +107,7 @@ impl Router for Exp3 {
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
         let s: State = decode_state("exp3", 1, bytes)?;
-        if s.languages != self.state.languages {
-            return Err(format!(
-                "state is for languages {:?}, the run has {:?}",
-                s.languages, self.state.languages
-            ));
-        }
-        if s.log_w.values().any(|w| w.len() != s.languages.len() || w.iter().any(|x| !x.is_finite())) {
-            return Err("state has a weight row of the wrong length or with non-finite values".into());
-        }
+        check_state_rows(&s.languages, &self.state.languages, s.log_w.values().map(Vec::as_slice))?;
         self.state = s;
         Ok(())
     }

@@ -7,7 +7,7 @@
 use babelrl_sdk::bandit::{softmax, topic_key, zscores};
 use babelrl_sdk::prelude::*;
 use babelrl_sdk::rng::SplitMix64;
-use babelrl_sdk::router::{decode_state, encode_state};
+use babelrl_sdk::router::{check_state_rows, decode_state, encode_state};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -138,18 +138,9 @@ impl Router for Lrpo {
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
         let s: State = decode_state("lrpo-softmax", 1, bytes)?;
-        if s.languages != self.state.languages {
-            return Err(format!(
-                "state is for languages {:?}, the run has {:?}",
-                s.languages, self.state.languages
-            ));
-        }
-        let n = s.languages.len();
-        let q_ok = s.q.values().all(|q| q.len() == n && q.iter().all(|x| x.is_finite()));
-        if !q_ok || s.acc.values().any(|a| a.len() != n) {
-            return Err(
-                "state has a Q or accumulator row of the wrong length or with non-finite values".into()
-            );
+        check_state_rows(&s.languages, &self.state.languages, s.q.values().map(Vec::as_slice))?;
+        if s.acc.values().any(|a| a.len() != s.languages.len()) {
+            return Err("state has an accumulator row of the wrong length".into());
         }
         self.state = s;
         Ok(())

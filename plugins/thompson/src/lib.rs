@@ -6,7 +6,7 @@
 use babelrl_sdk::bandit::{check_range, topic_key, unit_reward};
 use babelrl_sdk::prelude::*;
 use babelrl_sdk::rng::SplitMix64;
-use babelrl_sdk::router::{decode_state, encode_state};
+use babelrl_sdk::router::{check_state_rows, decode_state, encode_state};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -119,15 +119,15 @@ impl Router for Thompson {
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
         let s: State = decode_state("thompson", 1, bytes)?;
-        if s.languages != self.state.languages {
-            return Err(format!(
-                "state is for languages {:?}, the run has {:?}",
-                s.languages, self.state.languages
-            ));
-        }
-        let bad = |&(n, sum): &(f64, f64)| !(n >= 0.0 && n.is_finite() && sum.is_finite());
-        if s.stats.values().any(|v| v.len() != s.languages.len() || v.iter().any(bad)) {
-            return Err("state has a row of the wrong length or with invalid counts".into());
+        // Counts and sums as rows of their own: lengths and finiteness checked by the SDK.
+        let rows: Vec<Vec<f64>> = s
+            .stats
+            .values()
+            .flat_map(|v| [v.iter().map(|x| x.0).collect(), v.iter().map(|x| x.1).collect()])
+            .collect();
+        check_state_rows(&s.languages, &self.state.languages, rows.iter().map(Vec::as_slice))?;
+        if s.stats.values().flatten().any(|&(n, _)| n < 0.0) {
+            return Err("state has a negative count".into());
         }
         self.state = s;
         Ok(())

@@ -6,7 +6,7 @@
 use babelrl_sdk::bandit::{check_range, topic_key, unit_reward};
 use babelrl_sdk::prelude::*;
 use babelrl_sdk::rng::SplitMix64;
-use babelrl_sdk::router::{decode_state, encode_state};
+use babelrl_sdk::router::{check_state_rows, decode_state, encode_state};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -108,15 +108,8 @@ impl Router for Ucb1 {
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
         let s: State = decode_state("ucb1", 1, bytes)?;
-        if s.languages != self.state.languages {
-            return Err(format!(
-                "state is for languages {:?}, the run has {:?}",
-                s.languages, self.state.languages
-            ));
-        }
-        if s.stats.values().any(|v| v.len() != s.languages.len() || v.iter().any(|x| !x.1.is_finite())) {
-            return Err("state has a row of the wrong length or a non-finite sum".into());
-        }
+        let sums: Vec<Vec<f64>> = s.stats.values().map(|v| v.iter().map(|x| x.1).collect()).collect();
+        check_state_rows(&s.languages, &self.state.languages, sums.iter().map(Vec::as_slice))?;
         self.state = s;
         Ok(())
     }
