@@ -66,26 +66,38 @@ pub fn forward_chunked(
     }
     let vocab = model.config().vocab;
     let mut rows: Vec<Option<Vec<f32>>> = vec![None; want.len()];
+    for_each_chunk(model, cache, tokens, info, want, |picked, logits| {
+        let flat = model.read_logits(logits)?;
+        for (j, &k) in picked.iter().enumerate() {
+            rows[k] = Some(flat[j * vocab..(j + 1) * vocab].to_vec());
+        }
+        Ok(())
+    })?;
+    Ok(rows.into_iter().map(|r| r.expect("every wanted row lies in some chunk")).collect())
+}
+
+/// Runs `tokens` through the model in chunks that fit the attention scratch and one buffer of logits;
+/// for every chunk holding rows of `want` (token indices), calls `on_rows(picked, logits)` where
+/// `picked` are the indices into `want` whose logits are the rows of `logits`, in order.
+fn for_each_chunk(
+    model: &Decoder,
+    cache: &KvCache,
+    tokens: &[u32],
+    info: &[TokenInfo],
+    want: &[usize],
+    mut on_rows: impl FnMut(&[usize], &crate::gpu::Tensor) -> Result<()>,
+) -> Result<()> {
     let chunk = PREFILL_CHUNK.min(model.max_logit_rows());
     for start in (0..tokens.len()).step_by(chunk) {
         let end = (start + chunk).min(tokens.len());
-        let picked: Vec<(usize, u32)> = want
-            .iter()
-            .enumerate()
-            .filter(|(_, w)| (start..end).contains(*w))
-            .map(|(k, &w)| (k, (w - start) as u32))
-            .collect();
-        let out_rows: Vec<u32> = picked.iter().map(|p| p.1).collect();
+        let picked: Vec<usize> = (0..want.len()).filter(|&k| (start..end).contains(&want[k])).collect();
+        let out_rows: Vec<u32> = picked.iter().map(|&k| (want[k] - start) as u32).collect();
         let logits = model.forward(cache, &tokens[start..end], &info[start..end], &out_rows)?;
-        if out_rows.is_empty() {
-            continue;
-        }
-        let flat = model.read_logits(&logits)?;
-        for (j, (k, _)) in picked.iter().enumerate() {
-            rows[*k] = Some(flat[j * vocab..(j + 1) * vocab].to_vec());
+        if !picked.is_empty() {
+            on_rows(&picked, &logits)?;
         }
     }
-    Ok(rows.into_iter().map(|r| r.expect("every wanted row lies in some chunk")).collect())
+    Ok(())
 }
 
 /// Generates a completion for each prompt (token ids). `on_chunk` receives text as it is produced.
@@ -222,24 +234,16 @@ pub fn completion_logprobs(model: &Decoder, pairs: &[(Vec<u32>, Vec<u32>)]) -> R
         }
         let cache = model.new_cache(1, len)?;
         let tokens: Vec<u32> = prompt.iter().chain(completion).copied().collect();
+        let info: Vec<TokenInfo> =
+            (0..len).map(|p| TokenInfo { pos: p as u32, slot: 0, n_keys: p as u32 + 1 }).collect();
+        // The rows whose next token is a completion token.
+        let want: Vec<usize> = (prompt.len() - 1..len - 1).collect();
         let mut lps = Vec::with_capacity(completion.len());
-        let chunk = PREFILL_CHUNK.min(model.max_logit_rows());
-        for start in (0..tokens.len()).step_by(chunk) {
-            let end = (start + chunk).min(tokens.len());
-            let info: Vec<TokenInfo> =
-                (start..end).map(|p| TokenInfo { pos: p as u32, slot: 0, n_keys: p as u32 + 1 }).collect();
-            // Rows whose next token is a completion token.
-            let rows: Vec<u32> = (start..end)
-                .filter(|&p| p + 1 >= prompt.len() && p + 1 < len)
-                .map(|p| (p - start) as u32)
-                .collect();
-            let logits = model.forward(&cache, &tokens[start..end], &info, &rows)?;
-            if rows.is_empty() {
-                continue;
-            }
-            let targets: Vec<u32> = rows.iter().map(|&r| tokens[start + r as usize + 1]).collect();
-            lps.extend(model.logprobs_of(&logits, &targets)?);
-        }
+        for_each_chunk(model, &cache, &tokens, &info, &want, |picked, logits| {
+            let targets: Vec<u32> = picked.iter().map(|&k| tokens[want[k] + 1]).collect();
+            lps.extend(model.logprobs_of(logits, &targets)?);
+            Ok(())
+        })?;
         out.push(lps);
     }
     Ok(out)
