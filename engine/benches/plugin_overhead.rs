@@ -2,7 +2,7 @@
 //! guest's well-behaved scorer (characters × scale) through wasmtime against the same Rust function
 //! called natively. Run: `cargo bench -p babelrl --bench plugin_overhead`.
 
-#[path = "../tests/plugin_common/mod.rs"]
+#[path = "../tests/plugins/guest_builds.rs"]
 mod plugin_common;
 
 use std::hint::black_box;

@@ -1,6 +1,6 @@
 //! GGUF reader: metadata accessors, tensor access, validation errors, robustness to corrupt input,
 //! and the Q/K un-permutation checked against the Hugging Face weights of the tiny-llama fixture.
-//! Run: `cargo test -p babelrl --test gguf_reader`.
+//! Run: `cargo test -p babelrl --test inference gguf_reader::`.
 
 use std::path::PathBuf;
 
@@ -9,7 +9,7 @@ use babelrl::model::gguf::{Gguf, GgufValue, unpermute_llama_qk};
 use half::f16;
 use proptest::prelude::*;
 
-mod gguf_support;
+use crate::gguf_support;
 use gguf_support::Writer;
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {

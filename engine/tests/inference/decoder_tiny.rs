@@ -8,7 +8,7 @@
 //! deviation ~0.8 for these 2-layer models. 2e-5 leaves 10× headroom for other adapters' rounding and
 //! is far below what a wrong mask, head mapping, bias, norm or rotation produces (≥ 1e-2).
 
-mod common;
+use crate::common;
 
 use babelrl::generate::completion_logprobs;
 use babelrl::gpu::cpu_ref::TokenInfo;

@@ -2,7 +2,7 @@
 //! the sandbox or flood the host. Each must fail with an error naming the plugin and what it did, and
 //! the same plugin must serve the next (well-behaved) call correctly. Guests: tests/hostile-plugins.
 
-mod plugin_common;
+use crate::guest_builds;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use babelrl::plugin::{
     Capabilities, ChooseRequest, Feedback, HostServices, NoServices, PluginLimits, RewardPlugin, RouterPlugin,
 };
-use plugin_common::{command, expected, guests, ordinary};
+use guest_builds::{command, expected, guests, ordinary};
 
 const CONFIG: &str = r#"{"scale": 2}"#;
 

@@ -2,7 +2,7 @@
 //! corrupt weight files, an unknown architecture, an unsupported setting, a tokenizer that does not fit
 //! the model, an empty prompt, a prompt longer than the context, token ids outside the vocabulary.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -10,7 +10,7 @@
 //! 0.03 leaves 4× headroom and stays far below a real defect (a wrong token or layer moves them by
 //! ≥ 0.3; lavapipe's truncated 16384-iteration loops once moved them by 0.28).
 
-mod common;
+use crate::common;
 
 use babelrl::generate::{SamplingConfig, completion_logprobs, generate};
 use babelrl::model::load_language_model;

@@ -1,6 +1,6 @@
 //! Dequantization: hand-packed blocks checked against each type's formula, and every type in
 //! `tests/fixtures/gguf-quant-blocks.safetensors` (gguf-py's `dequantize`) checked bit for bit.
-//! Run: `cargo test -p babelrl --test gguf_quant`.
+//! Run: `cargo test -p babelrl --test inference gguf_quant::`.
 
 use babelrl::model::quant::{GgmlType, dequantize};
 use half::f16;

@@ -1,7 +1,7 @@
 //! `Tokenizer::from_gguf` / `from_file` against token ids recorded from transformers and `tokenizers`:
 //! the tiny-llama and tiny-spm GGUF fixtures (always), SmolLM2-135M-Instruct and Qwen2.5-Coder (when
 //! the models are in `$BABELRL_CACHE/models`; skipped with a message otherwise).
-//! Run: `cargo test -p babelrl --test tokenizer_gguf`.
+//! Run: `cargo test -p babelrl --test inference tokenizer_gguf::`.
 
 use std::path::PathBuf;
 
@@ -10,7 +10,7 @@ use babelrl::model::gguf::Gguf;
 use babelrl::text::{ChatMessage, Tokenizer};
 use serde_json::Value;
 
-mod gguf_support;
+use crate::gguf_support;
 use gguf_support::Writer;
 
 fn fixtures() -> PathBuf {

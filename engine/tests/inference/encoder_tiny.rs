@@ -1,7 +1,7 @@
 //! The GPU sentence encoder on the committed tiny random encoders (tests/fixtures/tiny-bert, tiny-xlmr,
 //! from scripts/make_encoder_fixtures.py with transformers), and its refusals of bad folders.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -1,6 +1,6 @@
 //! Chat templates rendered by `text::chat` against transformers' rendering of the same templates and
 //! conversations (`tests/fixtures/chat-templates.json`, made by `scripts/chat_template_fixture.py`).
-//! Run: `cargo test -p babelrl --test tokenizer_chat`.
+//! Run: `cargo test -p babelrl --test inference tokenizer_chat::`.
 
 use babelrl::text::{ChatMessage, ChatTemplate};
 use serde_json::Value;

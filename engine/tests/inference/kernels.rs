@@ -1,7 +1,7 @@
 //! Every kernel against its plain-Rust reference (`babelrl::gpu::cpu_ref`) on random inputs, including
 //! sizes that do not divide the workgroup size (64) or the four-row matmul tile.
 
-mod common;
+use crate::common;
 
 use babelrl::gpu::cpu_ref::{self, AttnShape, TokenInfo};
 use babelrl::gpu::kernels::{ATTN_QK_NORM, ATTN_ROPE, AttnParams};

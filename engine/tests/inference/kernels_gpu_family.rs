@@ -2,7 +2,7 @@
 //! the few-row matmul with a workgroup-memory reduction and with subgroup operations, against the
 //! plain-Rust reference, and a whole greedy decode equal to the CPU family's.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 
@@ -39,7 +39,7 @@ fn check_few_rows(gpu: &Gpu) {
         let mut batch = gpu.batch();
         batch.matmul(&xg, &wg, Some(&bg), Some(&rg), &y, t);
         batch.submit().unwrap();
-        // Same bound as tests/kernels.rs: γ_K · Σ|xᵢwᵢ| for f32 accumulation in another order.
+        // Same bound as kernels.rs: γ_K · Σ|xᵢwᵢ| for f32 accumulation in another order.
         let tol: Vec<f32> = (0..t * n)
             .map(|o| {
                 let (row, col) = (o / n, o % n);

@@ -1,12 +1,12 @@
 //! `babelrl plugin check` and `babelrl plugin score` on the hostile-plugin guests (well-behaved mode),
 //! and the on-disk cache of compiled components.
 
-mod plugin_common;
+use crate::guest_builds;
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-use plugin_common::guests;
+use guest_builds::guests;
 
 fn babelrl(args: &[&str], cache: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_babelrl"))

@@ -1,7 +1,7 @@
 //! Kernels added for the sentence encoder against their plain-Rust references (`babelrl::gpu::cpu_ref`),
 //! on sizes that do not divide the workgroup size.
 
-mod common;
+use crate::common;
 
 use babelrl::gpu::cpu_ref;
 use common::{assert_close, gpu, random};

@@ -3,7 +3,7 @@
 //! the real GPU encoder, so a plugin sees the vectors the engine computes directly, and the Python
 //! plugin built with componentize-py.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::sync::Arc;

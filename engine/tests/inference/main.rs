@@ -1,0 +1,21 @@
+//! Inference tests in one binary (one link of wgpu + wasmtime instead of twelve): kernels against the
+//! plain references, decoders and encoders against independent implementations, GGUF and tokenizer
+//! loading, and the errors bad inputs must give. Run one part with e.g.
+//! `cargo test -p babelrl --test inference kernels::`.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod gguf_support;
+
+mod bad_inputs;
+mod decoder_tiny;
+mod encoder_models;
+mod encoder_tiny;
+mod gguf_decoders;
+mod gguf_quant;
+mod gguf_reader;
+mod kernels;
+mod kernels_encoder;
+mod kernels_gpu_family;
+mod tokenizer_chat;
+mod tokenizer_gguf;
