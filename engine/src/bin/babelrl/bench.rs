@@ -28,6 +28,9 @@ pub struct BenchArgs {
     /// Skip the GEMM measurements.
     #[arg(long)]
     no_gemm: bool,
+    /// Only the GEMM measurements (no prefill or decode).
+    #[arg(long, conflicts_with = "no_gemm")]
+    gemm_only: bool,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -41,11 +44,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "adapter: {} ({}, {}); model: {name}",
         gpu.summary.name, gpu.summary.backend, gpu.summary.device_type
     );
-    println!("\n| batch | prefill tokens/s ({} tokens) | decode tokens/s |", args.prompt_tokens);
-    println!("|---|---|---|");
-    for &b in &args.batch {
-        let (prefill, decode) = bench_model(model, b, args.prompt_tokens, args.decode_tokens)?;
-        println!("| {b} | {prefill:.1} | {decode:.2} |");
+    if !args.gemm_only {
+        println!("\n| batch | prefill tokens/s ({} tokens) | decode tokens/s |", args.prompt_tokens);
+        println!("|---|---|---|");
+        for &b in &args.batch {
+            let (prefill, decode) = bench_model(model, b, args.prompt_tokens, args.decode_tokens)?;
+            println!("| {b} | {prefill:.1} | {decode:.2} |");
+        }
     }
     if !args.no_gemm {
         bench_gemm(&gpu, model)?;
