@@ -163,22 +163,29 @@ pub fn generate(
             if stops.contains(&tok) {
                 // Kept in the tokens (as TRL does: the policy learns to stop), left out of the text.
                 s.done = Some(FinishReason::StopToken);
-                continue;
+            } else {
+                s.text = tokenizer.decode(&s.tokens[s.prompt_len..], true)?;
+                let generated = s.tokens.len() - s.prompt_len;
+                if let Some(cut) = cfg.stop_strings.iter().filter_map(|st| s.text.find(st.as_str())).min() {
+                    s.text.truncate(cut);
+                    s.done = Some(FinishReason::StopString);
+                } else if generated >= cfg.max_new_tokens || s.tokens.len() >= ctx {
+                    s.done = Some(FinishReason::Length);
+                }
             }
-            s.text = tokenizer.decode(&s.tokens[s.prompt_len..], true)?;
-            if let Some(cut) = cfg.stop_strings.iter().filter_map(|st| s.text.find(st.as_str())).min() {
-                s.text.truncate(cut);
-                s.done = Some(FinishReason::StopString);
-            }
-            // Stream whole characters only: hold back a trailing partial UTF-8 sequence.
-            let ready = s.text.trim_end_matches('\u{FFFD}').len();
+            // While the sequence runs, stream whole characters only (hold back a trailing partial UTF-8
+            // sequence) and hold back an ending that may grow into a stop string; once it is done,
+            // flush the rest, so the streamed pieces always add up to the final text.
+            let ready = match s.done {
+                Some(_) => s.text.len(),
+                None => {
+                    let whole = s.text.trim_end_matches('\u{FFFD}').len();
+                    whole - stop_prefix_len(&s.text[..whole], &cfg.stop_strings)
+                }
+            };
             if ready > s.emitted {
                 on_chunk(Chunk { seq: i, token: tok, text: &s.text[s.emitted..ready] });
                 s.emitted = ready;
-            }
-            let generated = s.tokens.len() - s.prompt_len;
-            if s.done.is_none() && (generated >= cfg.max_new_tokens || s.tokens.len() >= ctx) {
-                s.done = Some(FinishReason::Length);
             }
         }
         let live: Vec<usize> = (0..seqs.len()).filter(|&i| seqs[i].done.is_none()).collect();
@@ -212,11 +219,36 @@ pub fn generate(
         .collect())
 }
 
+/// Length in bytes of the longest ending of `text` that is a proper beginning of one of `stops`.
+fn stop_prefix_len(text: &str, stops: &[String]) -> usize {
+    stops
+        .iter()
+        .flat_map(|st| st.char_indices().skip(1).map(|(i, _)| &st[..i]))
+        .filter(|prefix| text.ends_with(prefix))
+        .map(str::len)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Default KV-cache budget of one teacher-forcing pass, in token slots (see [`completion_logprobs_packed`]).
+pub const LOGPROB_PACK_TOKENS: usize = 8192;
+
 /// Teacher forcing: the log-probability of every completion token given its prompt and the
-/// completion tokens before it, for a batch of (prompt, completion) pairs. Only the log-probs are read
-/// back; the softmax runs on the GPU.
+/// completion tokens before it, for a batch of (prompt, completion) pairs. Pairs are packed into as
+/// few forward passes as [`LOGPROB_PACK_TOKENS`] allows; only the log-probs are read back, the
+/// softmax runs on the GPU.
 pub fn completion_logprobs(model: &Decoder, pairs: &[(Vec<u32>, Vec<u32>)]) -> Result<Vec<Vec<f32>>> {
-    let mut out = Vec::with_capacity(pairs.len());
+    completion_logprobs_packed(model, pairs, LOGPROB_PACK_TOKENS)
+}
+
+/// [`completion_logprobs`] with an explicit KV-cache budget: a pass over n pairs whose longest is L
+/// tokens holds n·L token slots, at most `pack_tokens` (a single pair longer than that gets a pass of
+/// its own). A GRPO group (one prompt, several completions) is typically one pass.
+pub fn completion_logprobs_packed(
+    model: &Decoder,
+    pairs: &[(Vec<u32>, Vec<u32>)],
+    pack_tokens: usize,
+) -> Result<Vec<Vec<f32>>> {
     for (i, (prompt, completion)) in pairs.iter().enumerate() {
         if prompt.is_empty() {
             return Err(Error::Input(format!("pair {i}: empty prompt")));
@@ -228,23 +260,87 @@ pub fn completion_logprobs(model: &Decoder, pairs: &[(Vec<u32>, Vec<u32>)]) -> R
                 model.max_context()
             )));
         }
-        if completion.is_empty() {
-            out.push(Vec::new());
-            continue;
+    }
+    let mut out = vec![Vec::new(); pairs.len()];
+    let todo: Vec<usize> = (0..pairs.len()).filter(|&i| !pairs[i].1.is_empty()).collect();
+    for pack in packs(&todo, |i| pairs[i].0.len() + pairs[i].1.len(), pack_tokens) {
+        let ctx = pack.iter().map(|&i| pairs[i].0.len() + pairs[i].1.len()).max().unwrap_or(1);
+        let cache = model.new_cache(pack.len(), ctx)?;
+        let mut tokens = Vec::new();
+        let mut info = Vec::new();
+        // For every row whose next token is a completion token: the row, its pair, that token.
+        let mut want = Vec::new();
+        let mut owner = Vec::new();
+        let mut targets = Vec::new();
+        for (slot, &i) in pack.iter().enumerate() {
+            let (prompt, completion) = &pairs[i];
+            let base = tokens.len();
+            for (pos, &t) in prompt.iter().chain(completion).enumerate() {
+                tokens.push(t);
+                info.push(TokenInfo { pos: pos as u32, slot: slot as u32, n_keys: pos as u32 + 1 });
+            }
+            for (j, &t) in completion.iter().enumerate() {
+                want.push(base + prompt.len() - 1 + j);
+                owner.push(i);
+                targets.push(t);
+            }
         }
-        let cache = model.new_cache(1, len)?;
-        let tokens: Vec<u32> = prompt.iter().chain(completion).copied().collect();
-        let info: Vec<TokenInfo> =
-            (0..len).map(|p| TokenInfo { pos: p as u32, slot: 0, n_keys: p as u32 + 1 }).collect();
-        // The rows whose next token is a completion token.
-        let want: Vec<usize> = (prompt.len() - 1..len - 1).collect();
-        let mut lps = Vec::with_capacity(completion.len());
         for_each_chunk(model, &cache, &tokens, &info, &want, |picked, logits| {
-            let targets: Vec<u32> = picked.iter().map(|&k| tokens[want[k] + 1]).collect();
-            lps.extend(model.logprobs_of(logits, &targets)?);
+            let chosen: Vec<u32> = picked.iter().map(|&k| targets[k]).collect();
+            for (&k, lp) in picked.iter().zip(model.logprobs_of(logits, &chosen)?) {
+                out[owner[k]].push(lp);
+            }
             Ok(())
         })?;
-        out.push(lps);
     }
     Ok(out)
+}
+
+/// Splits `items` (in order) into runs whose count × longest length stays within `budget`; an item
+/// longer than the budget runs alone.
+fn packs(items: &[usize], len: impl Fn(usize) -> usize, budget: usize) -> Vec<Vec<usize>> {
+    let mut packs: Vec<Vec<usize>> = Vec::new();
+    let mut longest = 0;
+    for &i in items {
+        let l = len(i);
+        match packs.last_mut() {
+            Some(p) if (p.len() + 1) * longest.max(l) <= budget => {
+                p.push(i);
+                longest = longest.max(l);
+            }
+            _ => {
+                packs.push(vec![i]);
+                longest = l;
+            }
+        }
+    }
+    packs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{packs, stop_prefix_len};
+
+    #[test]
+    fn endings_that_may_grow_into_a_stop_string_are_held_back() {
+        let stops = vec!["\n\nUser:".to_string(), "ßend".to_string()];
+        assert_eq!(stop_prefix_len("Hello\n", &stops), 1);
+        assert_eq!(stop_prefix_len("Hello\n\nUse", &stops), 5);
+        assert_eq!(stop_prefix_len("Hello", &stops), 0);
+        assert_eq!(stop_prefix_len("Straß", &stops), "ß".len());
+        assert_eq!(stop_prefix_len("Straße", &stops), "ße".len());
+        assert_eq!(stop_prefix_len("Straßx", &stops), 0);
+        assert_eq!(stop_prefix_len("anything", &[]), 0);
+    }
+
+    #[test]
+    fn packs_respect_the_budget_and_keep_order() {
+        let lens = [3, 5, 2, 9, 4, 20, 1];
+        let got = packs(&(0..7).collect::<Vec<_>>(), |i| lens[i], 12);
+        // 3,5 → 2·5 = 10; +2 → 3·5 = 15 > 12: new pack. 2,9 → 18 > 12: alone each. 20 alone (over).
+        assert_eq!(got, vec![vec![0, 1], vec![2], vec![3], vec![4], vec![5], vec![6]]);
+        let got = packs(&[0, 1, 2], |_| 4, 12);
+        assert_eq!(got, vec![vec![0, 1, 2]]);
+        assert!(packs(&[], |_| 1, 4).is_empty());
+    }
 }

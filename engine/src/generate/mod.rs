@@ -4,6 +4,7 @@ mod generator;
 mod sampler;
 
 pub use generator::{
-    Chunk, Completion, FinishReason, PREFILL_CHUNK, completion_logprobs, forward_chunked, generate,
+    Chunk, Completion, FinishReason, LOGPROB_PACK_TOKENS, PREFILL_CHUNK, completion_logprobs,
+    completion_logprobs_packed, forward_chunked, generate,
 };
 pub use sampler::{SamplingConfig, sample};

@@ -219,6 +219,7 @@ impl<'g> Batch<'g> {
 
     /// Scaled dot-product attention of q (T, H, hd) over the caches; writes out (T, H·hd).
     /// `scores` holds (T, H, span) floats.
+    #[allow(clippy::too_many_arguments)]
     pub fn attention(
         &mut self,
         p: &AttnParams,

@@ -46,7 +46,7 @@ fn fits(label: &str, len: usize, shape: &[usize]) -> Result<()> {
 
 /// Buffers are padded to whole 16-byte vectors (kernels read them as `vec4`), and never empty.
 fn padded(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    if !bytes.is_empty() && bytes.len() % 16 == 0 {
+    if !bytes.is_empty() && bytes.len().is_multiple_of(16) {
         return std::borrow::Cow::Borrowed(bytes);
     }
     let mut v = bytes.to_vec();
@@ -175,7 +175,7 @@ impl Gpu {
                 found: vec![data.len()],
             });
         }
-        if cols % 2 != 0 {
+        if !cols.is_multiple_of(2) {
             return Err(Error::Input(format!(
                 "{label}: 16-bit weights need an even number of columns, got {cols}"
             )));

@@ -154,16 +154,16 @@ impl DecoderConfig {
     /// Checks the shapes the kernels rely on.
     pub fn validate(&self, path: &Path) -> Result<()> {
         let bad = |what: &str, detail: String| Err(refuse(path, what, detail));
-        if self.n_head == 0 || self.n_kv_head == 0 || self.n_head % self.n_kv_head != 0 {
+        if self.n_head == 0 || self.n_kv_head == 0 || !self.n_head.is_multiple_of(self.n_kv_head) {
             return bad(
                 "num_key_value_heads",
                 format!("{} query heads are not a multiple of {} kv heads", self.n_head, self.n_kv_head),
             );
         }
-        if self.head_dim % 2 != 0 || self.head_dim == 0 {
+        if !self.head_dim.is_multiple_of(2) || self.head_dim == 0 {
             return bad("head_dim", format!("{} is odd; RoPE needs an even head size", self.head_dim));
         }
-        if self.hidden % 2 != 0 || self.intermediate % 2 != 0 {
+        if !self.hidden.is_multiple_of(2) || !self.intermediate.is_multiple_of(2) {
             return bad(
                 "hidden_size",
                 "hidden and intermediate sizes must be even (16-bit weight packing)".into(),

@@ -131,7 +131,7 @@ fn empty_and_overlong_prompts_and_bad_token_ids_are_input_errors() {
     assert!(matches!(err, Error::Input(_)) && err.to_string().contains("prompt 1 is empty"), "{err}");
 
     let long = vec![5u32; model.max_context() + 10];
-    let err = generate(model, tok, &[long.clone()], &cfg, |_| {}).unwrap_err();
+    let err = generate(model, tok, std::slice::from_ref(&long), &cfg, |_| {}).unwrap_err();
     assert!(err.to_string().contains("does not fit the model's context"), "{err}");
     let err = completion_logprobs(model, &[(long, vec![1])]).unwrap_err();
     assert!(err.to_string().contains("exceed the model's context"), "{err}");

@@ -10,7 +10,7 @@
 
 use crate::common;
 
-use babelrl::generate::completion_logprobs;
+use babelrl::generate::{completion_logprobs, completion_logprobs_packed};
 use babelrl::gpu::cpu_ref::TokenInfo;
 use babelrl::model::load_language_model;
 use common::{assert_close, gpu, repo_root};
@@ -65,16 +65,26 @@ fn check_model(dir: &str) {
     }
 
     // Teacher forcing: the log-prob of token t+1 given tokens ..=t, with the first token as prompt.
-    let pairs: Vec<(Vec<u32>, Vec<u32>)> = seqs.iter().map(|s| (s[..1].to_vec(), s[1..].to_vec())).collect();
-    let lps = completion_logprobs(model, &pairs).unwrap();
-    for (i, lp) in lps.iter().enumerate() {
-        assert_close(
-            &format!("{dir} token_logprobs_{i}"),
-            lp,
-            &floats(&st, &format!("token_logprobs_{i}")),
-            2e-5,
-            0.0,
-        );
+    // A pair with an empty completion in between must get an empty row and not shift the others.
+    let mut pairs: Vec<(Vec<u32>, Vec<u32>)> =
+        seqs.iter().map(|s| (s[..1].to_vec(), s[1..].to_vec())).collect();
+    pairs.insert(1, (seqs[1][..2].to_vec(), Vec::new()));
+    // All pairs packed into one pass (the default budget), and each pair in a pass of its own.
+    for (how, lps) in [
+        ("packed", completion_logprobs(model, &pairs).unwrap()),
+        ("one by one", completion_logprobs_packed(model, &pairs, 1).unwrap()),
+    ] {
+        assert_eq!(lps.len(), pairs.len(), "{dir} {how}: one row of log-probs per pair");
+        assert!(lps[1].is_empty(), "{dir} {how}: an empty completion has no log-probs");
+        for (i, lp) in [&lps[0], &lps[2]].into_iter().enumerate() {
+            assert_close(
+                &format!("{dir} {how} token_logprobs_{i}"),
+                lp,
+                &floats(&st, &format!("token_logprobs_{i}")),
+                2e-5,
+                0.0,
+            );
+        }
     }
 }
 

@@ -11,6 +11,7 @@ mod bad_inputs;
 mod decoder_tiny;
 mod encoder_models;
 mod encoder_tiny;
+mod generation;
 mod gguf_decoders;
 mod gguf_quant;
 mod gguf_reader;

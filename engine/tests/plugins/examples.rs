@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use babelrl::model::Encoder;
@@ -38,7 +38,7 @@ fn sample(completion: &str, reference: Option<&str>, language: &str) -> Sample {
     }
 }
 
-fn reward(path: &PathBuf, name: &str, config: &str) -> RewardPlugin {
+fn reward(path: &Path, name: &str, config: &str) -> RewardPlugin {
     RewardPlugin::load(
         path,
         name,

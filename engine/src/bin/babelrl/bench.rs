@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use babelrl::generate::forward_chunked;
+use babelrl::generate::{
+    LOGPROB_PACK_TOKENS, completion_logprobs, completion_logprobs_packed, forward_chunked,
+};
 use babelrl::gpu::cpu_ref::TokenInfo;
 use babelrl::gpu::{Gpu, GpuOptions};
 use babelrl::model::{Decoder, load_language_model};
@@ -52,8 +54,31 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             println!("| {b} | {prefill:.1} | {decode:.2} |");
         }
     }
+    if !args.gemm_only {
+        bench_logprobs(model, args.prompt_tokens)?;
+    }
     if !args.no_gemm {
         bench_gemm(&gpu, model)?;
+    }
+    Ok(())
+}
+
+/// Teacher-forced log-probs of a GRPO-sized group (one prompt, eight completions as long as the
+/// prompt): every pair packed into one pass against one pass per pair.
+fn bench_logprobs(model: &Decoder, prompt: usize) -> anyhow::Result<()> {
+    let vocab = model.config().vocab as u32;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let mut draw = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.random_range(0..vocab)).collect() };
+    let question = draw(prompt);
+    let pairs: Vec<(Vec<u32>, Vec<u32>)> = (0..8).map(|_| (question.clone(), draw(prompt))).collect();
+    let tokens = (pairs.len() * 2 * prompt) as f64;
+    println!("\n| teacher-forced log-probs, 8 × ({prompt} + {prompt}) tokens | tokens/s |");
+    println!("|---|---|");
+    completion_logprobs(model, &pairs[..1])?; // warm-up
+    for (how, budget) in [("packed (one pass)", LOGPROB_PACK_TOKENS), ("one pass per pair", 1)] {
+        let start = Instant::now();
+        completion_logprobs_packed(model, &pairs, budget)?;
+        println!("| {how} | {:.1} |", tokens / start.elapsed().as_secs_f64());
     }
     Ok(())
 }
