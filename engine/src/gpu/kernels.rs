@@ -4,7 +4,9 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::KernelProfile;
-use crate::gpu::shaders::{ATTENTION, ELEMENTWISE, MATMUL, MATMUL_ROWS_SUBGROUP, MATMUL_ROWS_WG, NORM};
+use crate::gpu::shaders::{
+    ATTENTION, ELEMENTWISE, MATMUL, MATMUL_ROWS_SUBGROUP, MATMUL_ROWS_WG, MATMUL_TILED, NORM,
+};
 use crate::gpu::{Batch, BlockedWeight16, Tensor, Weight16};
 
 /// Workgroup size of every 1-D kernel.
@@ -109,7 +111,7 @@ impl<'g> Batch<'g> {
         let flags = bias.is_some() as u32 | (residual.is_some() as u32) << 1;
         // CPU adapters, few rows (decoding): four columns per invocation; many rows: a 4×4 tile per
         // invocation. GPUs, few rows: a workgroup per output, reduced with subgroup operations where
-        // the adapter has them. (Many rows on GPUs use the 4×4 tile until a tiled kernel is measured.)
+        // the adapter has them; many rows: 64×64 tiles staged through workgroup memory.
         let (shader, entry, grid) = match (k % 8 == 0, t < 4, gpu.profile, gpu.summary.subgroups) {
             (true, true, KernelProfile::Gpu, true) => {
                 (&MATMUL_ROWS_SUBGROUP, "matmul_rows_subgroup_forward", [n as u32, t as u32, 1])
@@ -119,6 +121,9 @@ impl<'g> Batch<'g> {
             }
             (true, true, KernelProfile::Cpu, _) => {
                 (&MATMUL, "matmul_forward_cols4", [groups(n.div_ceil(4)), t as u32, 1])
+            }
+            (true, false, KernelProfile::Gpu, _) if k % 32 == 0 => {
+                (&MATMUL_TILED, "matmul_tiled_forward", [n.div_ceil(64) as u32, (t as u32).div_ceil(64), 1])
             }
             (true, false, ..) => {
                 (&MATMUL, "matmul_forward", [groups(n.div_ceil(4)), (t as u32).div_ceil(4), 1])

@@ -20,10 +20,11 @@ shader!(ATTENTION, "attention.wgsl");
 shader!(ELEMENTWISE, "elementwise.wgsl");
 shader!(MATMUL_ROWS_WG, "matmul_rows_wg.wgsl");
 shader!(MATMUL_ROWS_SUBGROUP, "matmul_rows_subgroup.wgsl");
+shader!(MATMUL_TILED, "matmul_tiled.wgsl");
 
 /// All shaders, for validation.
 pub const ALL: &[ShaderSource] =
-    &[MATMUL, NORM, ATTENTION, ELEMENTWISE, MATMUL_ROWS_WG, MATMUL_ROWS_SUBGROUP];
+    &[MATMUL, NORM, ATTENTION, ELEMENTWISE, MATMUL_ROWS_WG, MATMUL_ROWS_SUBGROUP, MATMUL_TILED];
 
 #[cfg(test)]
 mod tests {

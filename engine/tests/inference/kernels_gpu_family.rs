@@ -1,6 +1,7 @@
 //! The GPU kernel family (chosen on real GPUs) run here by forcing it on whatever adapter exists:
-//! the few-row matmul with a workgroup-memory reduction and with subgroup operations, against the
-//! plain-Rust reference, and a whole greedy decode equal to the CPU family's.
+//! the few-row matmul with a workgroup-memory reduction and with subgroup operations, and the many-row
+//! matmul tiled through workgroup memory, against the plain-Rust reference; and a whole greedy decode
+//! (prefill included) equal to the CPU family's.
 
 use crate::common;
 
@@ -22,10 +23,18 @@ fn gpu_family(subgroups: bool) -> Arc<Gpu> {
     Gpu::new(&options).unwrap()
 }
 
+const FEW_ROWS: &[(usize, usize, usize)] = &[(1, 1, 8), (1, 130, 576), (2, 65, 1536), (3, 7, 8 * 70)];
+// Tiles of 64 × 64 with K slices of 32: partial tiles in both directions, one row, one column, one
+// slice, and K not a multiple of 32 (which falls back to the CPU family's tile).
+const MANY_ROWS: &[(usize, usize, usize)] =
+    &[(4, 1, 32), (64, 64, 64), (65, 130, 576), (130, 200, 96), (200, 3, 1536), (9, 70, 8 * 37)];
+
 fn check_few_rows(gpu: &Gpu) {
-    for (i, &(t, n, k)) in
-        [(1usize, 1usize, 8usize), (1, 130, 576), (2, 65, 1536), (3, 7, 8 * 70)].iter().enumerate()
-    {
+    check_shapes(gpu, FEW_ROWS);
+}
+
+fn check_shapes(gpu: &Gpu, shapes: &[(usize, usize, usize)]) {
+    for (i, &(t, n, k)) in shapes.iter().enumerate() {
         let x = random(t * k, 1.0, i as u64);
         let w: Vec<f16> = random(n * k, 0.5, 100 + i as u64).iter().map(|&v| f16::from_f32(v)).collect();
         let b = random(n, 1.0, 200);
@@ -72,6 +81,37 @@ fn few_row_matmul_with_subgroup_reduction_matches_reference() {
         return;
     }
     check_few_rows(&gpu);
+}
+
+#[test]
+fn many_row_matmul_tiled_in_workgroup_memory_matches_reference() {
+    check_shapes(&gpu_family(false), MANY_ROWS);
+}
+
+/// A weight split in row blocks writes its slice of the output columns (`n_off`, row stride `ldy`).
+#[test]
+fn tiled_matmul_writes_its_row_block_of_the_output() {
+    let gpu = gpu_family(false);
+    let (t, n, k, ldy, n_off) = (70, 90, 64, 200, 77);
+    let x = random(t * k, 1.0, 7);
+    let w: Vec<f16> = random(n * k, 0.5, 8).iter().map(|&v| f16::from_f32(v)).collect();
+    let r = random(t * ldy, 1.0, 9);
+    let full = cpu_ref::matmul_forward(&x, &w, None, None, t, n, k);
+    let xg = gpu.upload_f32("x", &x, &[t, k]).unwrap();
+    let wg = gpu.upload_weight_f16("w", &w, n, k).unwrap();
+    let rg = gpu.upload_f32("r", &r, &[t, ldy]).unwrap();
+    let y = gpu.upload_f32("y", &vec![-7.0; t * ldy], &[t, ldy]).unwrap();
+    let mut batch = gpu.batch();
+    batch.matmul_into(&xg, &wg, None, Some(&rg), &y, t, ldy, n_off);
+    batch.submit().unwrap();
+    let got = gpu.read_f32(&y).unwrap();
+    let want: Vec<f32> = (0..t * ldy)
+        .map(|o| {
+            let (row, col) = (o / ldy, o % ldy);
+            if (n_off..n_off + n).contains(&col) { full[row * n + col - n_off] + r[o] } else { -7.0 }
+        })
+        .collect();
+    assert_close_by("tiled matmul into a row block", &got, &want, |_| 1e-4);
 }
 
 #[test]

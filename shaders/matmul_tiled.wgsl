@@ -1,0 +1,83 @@
+// matmul_tiled_forward: y (T, ldy)[:, n_off + n] = x (T, K) · w (N, K)ᵀ (+ bias) (+ residual), for
+// GPUs and many rows (prefill, batched decoding): a 64 × 64 output tile per 16 × 16 workgroup. K is
+// walked in slices of 32 staged through workgroup memory (x as f32, w still packed as f16 pairs, 12 KiB
+// in all), so each loaded weight serves 64 rows and each activation 64 columns; every invocation keeps
+// a 4 × 4 register tile of rows ly + 16·i and columns lx + 16·j.
+// (The CPU-adapter family in matmul.wgsl avoids workgroup memory and barriers instead.)
+// K must be a multiple of 32. Rows and columns past the ends are clamped for loads and never stored.
+// Grid: x = groups of 64 columns, y = groups of 64 rows.
+
+struct Params { t: u32, n: u32, k: u32, flags: u32, ldy: u32, n_off: u32, pad0: u32, pad1: u32 }
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;  // (T, K)
+@group(0) @binding(2) var<storage, read> w4: array<vec4<u32>>;  // (N, K/2) packed f16 pairs
+@group(0) @binding(3) var<storage, read> bias: array<f32>;      // (N) or a dummy
+@group(0) @binding(4) var<storage, read> residual: array<f32>;  // (T, ldy) or a dummy
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;   // (T, ldy)
+
+const TILE: u32 = 64u;
+const SLICE: u32 = 32u;
+// One K slice: xs[row][SLICE / 4] vec4s of activations, ws[column][SLICE / 8] vec4s of packed halves.
+var<workgroup> xs: array<vec4<f32>, 512>;
+var<workgroup> ws: array<vec4<u32>, 256>;
+
+fn halves(q: vec4<u32>) -> array<vec4<f32>, 2> {
+    return array<vec4<f32>, 2>(
+        vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)),
+        vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)),
+    );
+}
+
+@compute @workgroup_size(16, 16)
+fn matmul_tiled_forward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let n0 = wid.x * TILE;
+    let t0 = wid.y * TILE;
+    let kx = p.k / 4u;
+    let k8 = p.k / 8u;
+    var acc: array<vec4<f32>, 4>; // acc[i][j]: row t0 + ly + 16 i, column n0 + lx + 16 j
+
+    for (var kb = 0u; kb < p.k; kb += SLICE) {
+        // Stage the slice: 64 rows × 8 vec4 of x (two per invocation), 64 columns × 4 vec4 of w (one).
+        for (var e = li; e < TILE * (SLICE / 4u); e += 256u) {
+            let row = min(t0 + e / (SLICE / 4u), p.t - 1u);
+            xs[e] = x4[row * kx + kb / 4u + e % (SLICE / 4u)];
+        }
+        let col = min(n0 + li / (SLICE / 8u), p.n - 1u);
+        ws[li] = w4[col * k8 + kb / 8u + li % (SLICE / 8u)];
+        workgroupBarrier();
+
+        for (var c = 0u; c < SLICE / 8u; c++) {
+            var w: array<array<vec4<f32>, 2>, 4>;
+            for (var j = 0u; j < 4u; j++) { w[j] = halves(ws[(lid.x + 16u * j) * (SLICE / 8u) + c]); }
+            for (var i = 0u; i < 4u; i++) {
+                let xa = xs[(lid.y + 16u * i) * (SLICE / 4u) + 2u * c];
+                let xb = xs[(lid.y + 16u * i) * (SLICE / 4u) + 2u * c + 1u];
+                acc[i] += vec4<f32>(
+                    dot(w[0][0], xa) + dot(w[0][1], xb),
+                    dot(w[1][0], xa) + dot(w[1][1], xb),
+                    dot(w[2][0], xa) + dot(w[2][1], xb),
+                    dot(w[3][0], xa) + dot(w[3][1], xb),
+                );
+            }
+        }
+        workgroupBarrier();
+    }
+
+    for (var i = 0u; i < 4u; i++) {
+        let t = t0 + lid.y + 16u * i;
+        for (var j = 0u; j < 4u; j++) {
+            let n = n0 + lid.x + 16u * j;
+            if (t < p.t && n < p.n) {
+                var v = acc[i][j];
+                if ((p.flags & 1u) != 0u) { v += bias[n]; }
+                if ((p.flags & 2u) != 0u) { v += residual[t * p.ldy + p.n_off + n]; }
+                y[t * p.ldy + p.n_off + n] = v;
+            }
+        }
+    }
+}
