@@ -1,7 +1,7 @@
 //! Inference tests in one binary (one link of wgpu + wasmtime instead of twelve): kernels against the
 //! plain references, decoders and encoders against independent implementations, GGUF and tokenizer
-//! loading, and the errors bad inputs must give. Run one part with e.g.
-//! `cargo test -p babelrl --test inference kernels::`.
+//! loading, the errors bad inputs must give, and the example programs run end to end.
+//! Run one part with e.g. `cargo test -p babelrl --test inference kernels::`.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -11,6 +11,7 @@ mod bad_inputs;
 mod decoder_tiny;
 mod encoder_models;
 mod encoder_tiny;
+mod example_programs;
 mod generation;
 mod gguf_decoders;
 mod gguf_quant;

@@ -8,5 +8,5 @@ mod common;
 mod guest_builds;
 
 mod cli;
-mod examples;
+mod example_plugins;
 mod hostile;
