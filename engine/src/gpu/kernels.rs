@@ -4,9 +4,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::KernelProfile;
-use crate::gpu::shaders::{
-    ATTENTION, ELEMENTWISE, MATMUL, MATMUL_ROWS_SUBGROUP, MATMUL_ROWS_WG, MATMUL_TILED, NORM,
-};
+use crate::gpu::shaders::{ATTENTION, ELEMENTWISE, MATMUL, MATMUL_ROWS_SUBGROUP, MATMUL_WORKGROUP, NORM};
 use crate::gpu::{Batch, BlockedWeight16, Tensor, Weight16};
 
 /// Workgroup size of every 1-D kernel.
@@ -117,14 +115,16 @@ impl<'g> Batch<'g> {
                 (&MATMUL_ROWS_SUBGROUP, "matmul_rows_subgroup_forward", [n as u32, t as u32, 1])
             }
             (true, true, KernelProfile::Gpu, false) => {
-                (&MATMUL_ROWS_WG, "matmul_rows_wg_forward", [n as u32, t as u32, 1])
+                (&MATMUL_WORKGROUP, "matmul_rows_wg_forward", [n as u32, t as u32, 1])
             }
             (true, true, KernelProfile::Cpu, _) => {
                 (&MATMUL, "matmul_forward_cols4", [groups(n.div_ceil(4)), t as u32, 1])
             }
-            (true, false, KernelProfile::Gpu, _) if k % 32 == 0 => {
-                (&MATMUL_TILED, "matmul_tiled_forward", [n.div_ceil(64) as u32, (t as u32).div_ceil(64), 1])
-            }
+            (true, false, KernelProfile::Gpu, _) if k % 32 == 0 => (
+                &MATMUL_WORKGROUP,
+                "matmul_tiled_forward",
+                [n.div_ceil(64) as u32, (t as u32).div_ceil(64), 1],
+            ),
             (true, false, ..) => {
                 (&MATMUL, "matmul_forward", [groups(n.div_ceil(4)), (t as u32).div_ceil(4), 1])
             }

@@ -18,13 +18,12 @@ shader!(MATMUL, "matmul.wgsl");
 shader!(NORM, "norm.wgsl");
 shader!(ATTENTION, "attention.wgsl");
 shader!(ELEMENTWISE, "elementwise.wgsl");
-shader!(MATMUL_ROWS_WG, "matmul_rows_wg.wgsl");
+shader!(MATMUL_WORKGROUP, "matmul_workgroup.wgsl");
 shader!(MATMUL_ROWS_SUBGROUP, "matmul_rows_subgroup.wgsl");
-shader!(MATMUL_TILED, "matmul_tiled.wgsl");
 
 /// All shaders, for validation.
 pub const ALL: &[ShaderSource] =
-    &[MATMUL, NORM, ATTENTION, ELEMENTWISE, MATMUL_ROWS_WG, MATMUL_ROWS_SUBGROUP, MATMUL_TILED];
+    &[MATMUL, NORM, ATTENTION, ELEMENTWISE, MATMUL_WORKGROUP, MATMUL_ROWS_SUBGROUP];
 
 #[cfg(test)]
 mod tests {

@@ -1,11 +1,16 @@
-// matmul_tiled_forward: y (T, ldy)[:, n_off + n] = x (T, K) · w (N, K)ᵀ (+ bias) (+ residual), for
-// GPUs and many rows (prefill, batched decoding): a 64 × 64 output tile per 16 × 16 workgroup. K is
-// walked in slices of 32 staged through workgroup memory (x as f32, w still packed as f16 pairs, 12 KiB
-// in all), so each loaded weight serves 64 rows and each activation 64 columns; every invocation keeps
-// a 4 × 4 register tile of rows ly + 16·i and columns lx + 16·j.
-// (The CPU-adapter family in matmul.wgsl avoids workgroup memory and barriers instead.)
-// K must be a multiple of 32. Rows and columns past the ends are clamped for loads and never stored.
-// Grid: x = groups of 64 columns, y = groups of 64 rows.
+// The GPU family's matmuls through workgroup memory (no subgroup operations needed):
+//   y (T, ldy)[:, n_off + n] = x (T, K) · w (N, K)ᵀ (+ bias) (+ residual).
+// matmul_rows_wg_forward, for few rows (decoding): one workgroup of 64 invocations per (output column,
+//   row); each invocation accumulates a strided slice of K, then a tree reduction in workgroup memory.
+//   K a multiple of 8. Grid: x = column, y = row.
+// matmul_tiled_forward, for many rows (prefill, batches): a 64 × 64 output tile per 16 × 16 workgroup.
+//   K is walked in slices of 32 staged through workgroup memory (x as f32, w still packed as f16 pairs,
+//   12 KiB in all), so each loaded weight serves 64 rows and each activation 64 columns; every
+//   invocation keeps a 4 × 4 register tile of rows ly + 16·i and columns lx + 16·j. K a multiple of 32;
+//   rows and columns past the ends are clamped for loads and never stored.
+//   Grid: x = groups of 64 columns, y = groups of 64 rows.
+// (The CPU-adapter family in matmul.wgsl avoids workgroup memory and barriers instead; the subgroup
+// variant of the few-row kernel is in matmul_rows_subgroup.wgsl, as it needs the adapter feature.)
 
 struct Params { t: u32, n: u32, k: u32, flags: u32, ldy: u32, n_off: u32, pad0: u32, pad1: u32 }
 
@@ -15,6 +20,37 @@ struct Params { t: u32, n: u32, k: u32, flags: u32, ldy: u32, n_off: u32, pad0: 
 @group(0) @binding(3) var<storage, read> bias: array<f32>;      // (N) or a dummy
 @group(0) @binding(4) var<storage, read> residual: array<f32>;  // (T, ldy) or a dummy
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;   // (T, ldy)
+
+const WG: u32 = 64u;
+var<workgroup> partial: array<f32, 64>;
+
+@compute @workgroup_size(64)
+fn matmul_rows_wg_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let n = wid.x;
+    let t = wid.y;
+    let k8 = p.k / 8u;
+    var acc = 0.0;
+    if (n < p.n && t < p.t) {
+        let xr = t * (p.k / 4u);
+        for (var i = lid; i < k8; i += WG) {
+            let q = w4[n * k8 + i];
+            acc += dot(vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)), x4[xr + 2u * i])
+                 + dot(vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)), x4[xr + 2u * i + 1u]);
+        }
+    }
+    partial[lid] = acc;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        if (lid < stride) { partial[lid] += partial[lid + stride]; }
+        workgroupBarrier();
+    }
+    if (lid == 0u && n < p.n && t < p.t) {
+        var v = partial[0];
+        if ((p.flags & 1u) != 0u) { v += bias[n]; }
+        if ((p.flags & 2u) != 0u) { v += residual[t * p.ldy + p.n_off + n]; }
+        y[t * p.ldy + p.n_off + n] = v;
+    }
+}
 
 const TILE: u32 = 64u;
 const SLICE: u32 = 32u;
