@@ -112,7 +112,8 @@ impl<'g> Batch<'g> {
         self.steps.is_empty()
     }
 
-    /// Encodes everything into one command buffer and submits it. Does not wait.
+    /// Encodes everything into one command buffer and submits it. Does not wait (but when the GPU
+    /// profiles, every step is submitted, waited for and timed on its own).
     pub fn submit(self) -> Result<()> {
         if self.steps.is_empty() {
             return Ok(());
@@ -124,51 +125,79 @@ impl<'g> Batch<'g> {
             contents: &params,
             usage: wgpu::BufferUsages::UNIFORM,
         });
-        let mut encoder =
-            device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("batch") });
-        let mut steps = self.steps.iter().peekable();
-        while let Some(step) = steps.next() {
-            match step {
-                Step::Copy { src, src_offset, dst, dst_offset, bytes } => {
-                    encoder.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, Some(*bytes));
-                    continue;
+        let encode = |steps: &[Step]| {
+            let mut encoder =
+                device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("batch") });
+            encode_steps(device, &mut encoder, steps, &params_buf);
+            encoder.finish()
+        };
+        match &self.gpu.profiler {
+            None => self.gpu.queue.submit([encode(&self.steps)]),
+            Some(profiler) => {
+                for step in &self.steps {
+                    let commands = encode(std::slice::from_ref(step));
+                    let start = std::time::Instant::now();
+                    self.gpu.queue.submit([commands]);
+                    self.gpu.wait()?;
+                    let kernel = match step {
+                        Step::Dispatch(d) => d.pipeline.label.as_str(),
+                        Step::Copy { .. } => "copy",
+                        Step::Clear(_) => "clear",
+                    };
+                    profiler.record(kernel, start.elapsed());
                 }
-                Step::Clear(buffer) => {
-                    encoder.clear_buffer(buffer, 0, None);
-                    continue;
-                }
-                Step::Dispatch(_) => {}
+                return self.gpu.check_errors();
             }
-            let mut pass = encoder
-                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
-            let mut current = Some(step);
-            while let Some(Step::Dispatch(d)) = current {
-                let mut entries = vec![wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: &params_buf,
-                        offset: d.params_offset,
-                        size: std::num::NonZeroU64::new(d.params_size),
-                    }),
-                }];
-                for (j, b) in d.buffers.iter().enumerate() {
-                    entries.push(wgpu::BindGroupEntry {
-                        binding: j as u32 + 1,
-                        resource: b.as_entire_binding(),
-                    });
-                }
-                let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: None,
-                    layout: &d.pipeline.layout,
-                    entries: &entries,
-                });
-                pass.set_pipeline(&d.pipeline.pipeline);
-                pass.set_bind_group(0, &bind_group, &[]);
-                pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
-                current = steps.next_if(|s| matches!(s, Step::Dispatch(_)));
-            }
-        }
-        self.gpu.queue.submit([encoder.finish()]);
+        };
         self.gpu.check_errors()
+    }
+}
+
+/// Records `steps` into `encoder`: copies and clears as they come, each run of dispatches in one
+/// compute pass.
+fn encode_steps(
+    device: &wgpu::Device,
+    encoder: &mut wgpu::CommandEncoder,
+    steps: &[Step],
+    params_buf: &wgpu::Buffer,
+) {
+    let mut steps = steps.iter().peekable();
+    while let Some(step) = steps.next() {
+        match step {
+            Step::Copy { src, src_offset, dst, dst_offset, bytes } => {
+                encoder.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, Some(*bytes));
+                continue;
+            }
+            Step::Clear(buffer) => {
+                encoder.clear_buffer(buffer, 0, None);
+                continue;
+            }
+            Step::Dispatch(_) => {}
+        }
+        let mut pass =
+            encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+        let mut current = Some(step);
+        while let Some(Step::Dispatch(d)) = current {
+            let mut entries = vec![wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: params_buf,
+                    offset: d.params_offset,
+                    size: std::num::NonZeroU64::new(d.params_size),
+                }),
+            }];
+            for (j, b) in d.buffers.iter().enumerate() {
+                entries.push(wgpu::BindGroupEntry { binding: j as u32 + 1, resource: b.as_entire_binding() });
+            }
+            let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &d.pipeline.layout,
+                entries: &entries,
+            });
+            pass.set_pipeline(&d.pipeline.pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+            current = steps.next_if(|s| matches!(s, Step::Dispatch(_)));
+        }
     }
 }

@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::gpu::pipeline::PipelineCache;
+use crate::gpu::profile::{DispatchProfile, KernelTime};
 use crate::{Error, Result};
 
 /// How to pick an adapter. Every field can also come from the environment (see [`GpuOptions::from_env`]).
@@ -20,6 +21,9 @@ pub struct GpuOptions {
     pub kernels: Option<KernelProfile>,
     /// Do not use subgroup operations even where the adapter has them (`BABELRL_SUBGROUPS=0`).
     pub disable_subgroups: bool,
+    /// Time every kernel on its own (`BABELRL_PROFILE=1`; see [`Gpu::take_profile`]). Slow: one
+    /// submit and one wait per dispatch.
+    pub profile: bool,
 }
 
 impl GpuOptions {
@@ -37,6 +41,7 @@ impl GpuOptions {
                 _ => None,
             },
             disable_subgroups: std::env::var("BABELRL_SUBGROUPS").is_ok_and(|v| v == "0"),
+            profile: std::env::var("BABELRL_PROFILE").is_ok_and(|v| v == "1"),
         }
     }
 }
@@ -76,6 +81,8 @@ pub struct Gpu {
     pub(crate) pipelines: PipelineCache,
     /// A 16-byte buffer bound where a kernel's optional input is absent.
     pub(crate) dummy: wgpu::Buffer,
+    /// Per-kernel times when profiling (`GpuOptions::profile`).
+    pub(crate) profiler: Option<DispatchProfile>,
     errors: Arc<Mutex<Vec<String>>>,
 }
 
@@ -217,6 +224,7 @@ impl Gpu {
             profile,
             pipelines: PipelineCache::default(),
             dummy,
+            profiler: options.profile.then(DispatchProfile::default),
             errors,
         }))
     }
@@ -238,6 +246,12 @@ impl Gpu {
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
         self.check_errors()
+    }
+
+    /// Per-kernel wall times recorded since the last call, longest first; empty unless the GPU was
+    /// made with `GpuOptions::profile`.
+    pub fn take_profile(&self) -> Vec<KernelTime> {
+        self.profiler.as_ref().map(DispatchProfile::take).unwrap_or_default()
     }
 
     /// Largest buffer the engine may bind as one storage binding.

@@ -5,9 +5,11 @@ pub mod cpu_ref;
 mod device;
 pub mod kernels;
 mod pipeline;
+mod profile;
 pub mod shaders;
 mod tensor;
 
 pub use batch::Batch;
 pub use device::{AdapterSummary, Gpu, GpuOptions, KernelProfile, list_adapters};
+pub use profile::KernelTime;
 pub use tensor::{BlockedWeight16, Tensor, Weight16};

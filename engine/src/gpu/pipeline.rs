@@ -9,6 +9,8 @@ use crate::gpu::shaders::ShaderSource;
 pub(crate) struct Pipeline {
     pub(crate) pipeline: wgpu::ComputePipeline,
     pub(crate) layout: wgpu::BindGroupLayout,
+    /// `shader::entry` and any constants, for errors and profiles.
+    pub(crate) label: String,
 }
 
 /// Cache of compiled shader modules and pipelines, owned by [`crate::gpu::Gpu`].
@@ -55,7 +57,7 @@ impl PipelineCache {
             cache: None,
         });
         let layout = pipeline.get_bind_group_layout(0);
-        let pipeline = Arc::new(Pipeline { pipeline, layout });
+        let pipeline = Arc::new(Pipeline { pipeline, layout, label: key.clone() });
         self.pipelines.lock().unwrap_or_else(|p| p.into_inner()).insert(key, pipeline.clone());
         pipeline
     }

@@ -328,3 +328,42 @@ fn elementwise_grid_folds_past_65535_workgroups() {
     let want = cpu_ref::gelu_forward(&x[n - 2000..]);
     assert_close("gelu tail", &got[n - 2000..], &want, 1e-6, 1e-5);
 }
+
+/// A profiling GPU (`babelrl bench --profile`) runs each step on its own: the same results as the
+/// batched run, and every dispatch, copy and clear counted once under its kernel's name.
+#[test]
+fn profiled_batches_compute_the_same_and_count_every_step() {
+    use babelrl::gpu::{Gpu, GpuOptions};
+    let profiling = Gpu::new(&GpuOptions { profile: true, ..GpuOptions::from_env() }).unwrap();
+    let (t, n, k) = (5, 33, 64);
+    let x = random(t * k, 1.0, 1);
+    let w = to_f16(&random(n * k, 0.5, 2));
+    let run = |g: &Gpu| {
+        let xg = g.upload_f32("x", &x, &[t, k]).unwrap();
+        let wg = g.upload_weight_f16("w", &w, n, k).unwrap();
+        let y = g.zeros("y", &[t, n]).unwrap();
+        let y2 = g.zeros("y2", &[t, n]).unwrap();
+        let mut b = g.batch();
+        b.matmul(&xg, &wg, None, None, &y, t);
+        b.matmul(&xg, &wg, None, Some(&y), &y2, t);
+        b.copy(&y2.buffer, 0, &y.buffer, 0, 4 * (t * n) as u64);
+        b.clear(&y2.buffer);
+        b.submit().unwrap();
+        (g.read_f32(&y).unwrap(), g.read_f32(&y2).unwrap())
+    };
+    profiling.take_profile();
+    let (got, cleared) = run(&profiling);
+    let profile = profiling.take_profile();
+    let (want, _) = run(&gpu());
+    assert_eq!(got, want, "profiled and batched runs compute the same");
+    assert!(cleared.iter().all(|&v| v == 0.0));
+    let calls = |name: &str| profile.iter().find(|p| p.kernel.contains(name)).map_or(0, |p| p.calls);
+    assert_eq!(
+        (calls("matmul.wgsl::matmul_forward"), calls("copy"), calls("clear")),
+        (2, 1, 1),
+        "{profile:?}"
+    );
+    if !GpuOptions::from_env().profile {
+        assert!(gpu().take_profile().is_empty(), "an ordinary GPU records nothing");
+    }
+}

@@ -9,7 +9,7 @@ use babelrl::generate::{
     LOGPROB_PACK_TOKENS, completion_logprobs, completion_logprobs_packed, forward_chunked,
 };
 use babelrl::gpu::cpu_ref::TokenInfo;
-use babelrl::gpu::{Gpu, GpuOptions};
+use babelrl::gpu::{Gpu, GpuOptions, KernelTime};
 use babelrl::model::{Decoder, load_language_model};
 use rand::{Rng, SeedableRng};
 
@@ -33,11 +33,15 @@ pub struct BenchArgs {
     /// Only the GEMM measurements (no prefill or decode).
     #[arg(long, conflicts_with = "no_gemm")]
     gemm_only: bool,
+    /// Time every kernel on its own and print where prefill and decode spend their time (the
+    /// tokens/s figures are then those of the slower, profiled run).
+    #[arg(long, conflicts_with = "gemm_only")]
+    profile: bool,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let path = args.model.unwrap_or_else(crate::default_model);
-    let gpu = Gpu::new(&GpuOptions::from_env())?;
+    let gpu = Gpu::new(&GpuOptions { profile: args.profile, ..GpuOptions::from_env() })?;
     let lm =
         load_language_model(gpu.clone(), &path).with_context(|| format!("loading {}", path.display()))?;
     let model = &lm.decoder;
@@ -49,9 +53,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if !args.gemm_only {
         println!("\n| batch | prefill tokens/s ({} tokens) | decode tokens/s |", args.prompt_tokens);
         println!("|---|---|---|");
+        let mut profiles = Vec::new();
         for &b in &args.batch {
-            let (prefill, decode) = bench_model(model, b, args.prompt_tokens, args.decode_tokens)?;
+            let (prefill, decode, profile) = bench_model(model, b, args.prompt_tokens, args.decode_tokens)?;
             println!("| {b} | {prefill:.1} | {decode:.2} |");
+            profiles.push((b, profile));
+        }
+        if args.profile {
+            for (b, [prefill, decode]) in profiles {
+                print_profile(&format!("prefill, batch {b} × {} tokens", args.prompt_tokens), &prefill, 1);
+                print_profile(&format!("decode, batch {b}, per step"), &decode, args.decode_tokens);
+            }
         }
     }
     if !args.gemm_only {
@@ -83,7 +95,30 @@ fn bench_logprobs(model: &Decoder, prompt: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bench_model(model: &Decoder, batch: usize, prompt: usize, steps: usize) -> anyhow::Result<(f64, f64)> {
+/// Where one phase spent its time, per repetition (`reps` steps), largest first.
+fn print_profile(phase: &str, kernels: &[KernelTime], reps: usize) {
+    let total: f64 = kernels.iter().map(|k| k.total.as_secs_f64()).sum();
+    println!("\n| {phase}: kernel | calls | ms | share |");
+    println!("|---|---|---|---|");
+    for k in kernels {
+        let secs = k.total.as_secs_f64();
+        println!(
+            "| {} | {} | {:.2} | {:.1}% |",
+            k.kernel,
+            k.calls as usize / reps.max(1),
+            1e3 * secs / reps.max(1) as f64,
+            100.0 * secs / total.max(f64::MIN_POSITIVE)
+        );
+    }
+}
+
+/// Prefill and decode tokens/s, and the per-kernel profiles of both phases (empty unless profiling).
+fn bench_model(
+    model: &Decoder,
+    batch: usize,
+    prompt: usize,
+    steps: usize,
+) -> anyhow::Result<(f64, f64, [Vec<KernelTime>; 2])> {
     let vocab = model.config().vocab as u32;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let cache = model.new_cache(batch, prompt + steps + 1)?;
@@ -99,9 +134,11 @@ fn bench_model(model: &Decoder, batch: usize, prompt: usize, steps: usize) -> an
     }
     // Warm up pipelines and buffers once, then time.
     forward_chunked(model, &cache, &tokens, &info, &last)?;
+    model.gpu().take_profile();
     let start = Instant::now();
     let logits = forward_chunked(model, &cache, &tokens, &info, &last)?;
     let prefill = tokens.len() as f64 / start.elapsed().as_secs_f64();
+    let prefill_profile = model.gpu().take_profile();
 
     let mut next: Vec<u32> = logits.iter().map(|row| argmax(row)).collect();
     let start = Instant::now();
@@ -115,7 +152,7 @@ fn bench_model(model: &Decoder, batch: usize, prompt: usize, steps: usize) -> an
         next = flat.chunks(vocab as usize).map(argmax).collect();
     }
     let decode = (batch * steps) as f64 / start.elapsed().as_secs_f64();
-    Ok((prefill, decode))
+    Ok((prefill, decode, [prefill_profile, model.gpu().take_profile()]))
 }
 
 fn argmax(row: &[f32]) -> u32 {
