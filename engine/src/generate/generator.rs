@@ -243,7 +243,8 @@ pub fn completion_logprobs(model: &Decoder, pairs: &[(Vec<u32>, Vec<u32>)]) -> R
 
 /// [`completion_logprobs`] with an explicit KV-cache budget: a pass over n pairs whose longest is L
 /// tokens holds n·L token slots, at most `pack_tokens` (a single pair longer than that gets a pass of
-/// its own). A GRPO group (one prompt, several completions) is typically one pass.
+/// its own). A GRPO group (one prompt, several completions) is typically one pack, and its prompt is
+/// computed once.
 pub fn completion_logprobs_packed(
     model: &Decoder,
     pairs: &[(Vec<u32>, Vec<u32>)],
@@ -263,26 +264,63 @@ pub fn completion_logprobs_packed(
     }
     let mut out = vec![Vec::new(); pairs.len()];
     let todo: Vec<usize> = (0..pairs.len()).filter(|&i| !pairs[i].1.is_empty()).collect();
-    for pack in packs(&todo, |i| pairs[i].0.len() + pairs[i].1.len(), pack_tokens) {
+    // At most one chunk's worth of pairs per pack: phase 1 may want every pair's row in one chunk.
+    let most = PREFILL_CHUNK.min(model.max_logit_rows());
+    for pack in packs(&todo, |i| pairs[i].0.len() + pairs[i].1.len(), pack_tokens, most) {
         let ctx = pack.iter().map(|&i| pairs[i].0.len() + pairs[i].1.len()).max().unwrap_or(1);
         let cache = model.new_cache(pack.len(), ctx)?;
+        // A prompt shared by several pairs of the pack (a GRPO group) runs once, in the slot of its
+        // first pair; its keys and values are then copied into the other pairs' slots.
+        let leader: Vec<usize> = (0..pack.len())
+            .map(|s| (0..s).find(|&f| pairs[pack[f]].0 == pairs[pack[s]].0).unwrap_or(s))
+            .collect();
+
+        // Phase 1: the distinct prompts. The last prompt token's row gives every pair of that prompt
+        // the log-prob of its first completion token.
         let mut tokens = Vec::new();
         let mut info = Vec::new();
-        // For every row whose next token is a completion token: the row, its pair, that token.
+        let mut last_row = vec![0; pack.len()];
+        for (slot, &i) in pack.iter().enumerate() {
+            if leader[slot] != slot {
+                continue;
+            }
+            for (pos, &t) in pairs[i].0.iter().enumerate() {
+                tokens.push(t);
+                info.push(TokenInfo { pos: pos as u32, slot: slot as u32, n_keys: pos as u32 + 1 });
+            }
+            last_row[slot] = tokens.len() - 1;
+        }
+        let want: Vec<usize> = (0..pack.len()).map(|slot| last_row[leader[slot]]).collect();
+        let first: Vec<u32> = pack.iter().map(|&i| pairs[i].1[0]).collect();
+        for_each_chunk(model, &cache, &tokens, &info, &want, |picked, logits| {
+            let chosen: Vec<u32> = picked.iter().map(|&k| first[k]).collect();
+            for (&k, lp) in picked.iter().zip(model.logprobs_of(logits, &chosen)?) {
+                out[pack[k]].push(lp);
+            }
+            Ok(())
+        })?;
+        for slot in 0..pack.len() {
+            let followers: Vec<usize> = (slot + 1..pack.len()).filter(|&s| leader[s] == slot).collect();
+            if !followers.is_empty() {
+                model.copy_cache_prefix(&cache, slot, &followers, pairs[pack[slot]].0.len())?;
+            }
+        }
+
+        // Phase 2: every completion but its last token, each row giving the next token's log-prob.
+        let mut tokens = Vec::new();
+        let mut info = Vec::new();
         let mut want = Vec::new();
         let mut owner = Vec::new();
         let mut targets = Vec::new();
         for (slot, &i) in pack.iter().enumerate() {
             let (prompt, completion) = &pairs[i];
-            let base = tokens.len();
-            for (pos, &t) in prompt.iter().chain(completion).enumerate() {
-                tokens.push(t);
-                info.push(TokenInfo { pos: pos as u32, slot: slot as u32, n_keys: pos as u32 + 1 });
-            }
-            for (j, &t) in completion.iter().enumerate() {
-                want.push(base + prompt.len() - 1 + j);
+            for (j, &t) in completion[..completion.len() - 1].iter().enumerate() {
+                let pos = (prompt.len() + j) as u32;
+                want.push(tokens.len());
                 owner.push(i);
-                targets.push(t);
+                targets.push(completion[j + 1]);
+                tokens.push(t);
+                info.push(TokenInfo { pos, slot: slot as u32, n_keys: pos + 1 });
             }
         }
         for_each_chunk(model, &cache, &tokens, &info, &want, |picked, logits| {
@@ -296,15 +334,15 @@ pub fn completion_logprobs_packed(
     Ok(out)
 }
 
-/// Splits `items` (in order) into runs whose count × longest length stays within `budget`; an item
-/// longer than the budget runs alone.
-fn packs(items: &[usize], len: impl Fn(usize) -> usize, budget: usize) -> Vec<Vec<usize>> {
+/// Splits `items` (in order) into runs of at most `most` items whose count × longest length stays
+/// within `budget`; an item longer than the budget runs alone.
+fn packs(items: &[usize], len: impl Fn(usize) -> usize, budget: usize, most: usize) -> Vec<Vec<usize>> {
     let mut packs: Vec<Vec<usize>> = Vec::new();
     let mut longest = 0;
     for &i in items {
         let l = len(i);
         match packs.last_mut() {
-            Some(p) if (p.len() + 1) * longest.max(l) <= budget => {
+            Some(p) if p.len() < most && (p.len() + 1) * longest.max(l) <= budget => {
                 p.push(i);
                 longest = longest.max(l);
             }
@@ -336,11 +374,13 @@ mod tests {
     #[test]
     fn packs_respect_the_budget_and_keep_order() {
         let lens = [3, 5, 2, 9, 4, 20, 1];
-        let got = packs(&(0..7).collect::<Vec<_>>(), |i| lens[i], 12);
+        let got = packs(&(0..7).collect::<Vec<_>>(), |i| lens[i], 12, 100);
         // 3,5 → 2·5 = 10; +2 → 3·5 = 15 > 12: new pack. 2,9 → 18 > 12: alone each. 20 alone (over).
         assert_eq!(got, vec![vec![0, 1], vec![2], vec![3], vec![4], vec![5], vec![6]]);
-        let got = packs(&[0, 1, 2], |_| 4, 12);
+        let got = packs(&[0, 1, 2], |_| 4, 12, 100);
         assert_eq!(got, vec![vec![0, 1, 2]]);
-        assert!(packs(&[], |_| 1, 4).is_empty());
+        let got = packs(&[0, 1, 2], |_| 4, 12, 2);
+        assert_eq!(got, vec![vec![0, 1], vec![2]], "at most `most` items per pack");
+        assert!(packs(&[], |_| 1, 4, 100).is_empty());
     }
 }

@@ -186,6 +186,38 @@ impl Decoder {
         Ok(KvCache { slots, ctx, k, v })
     }
 
+    /// Copies the keys and values of positions `0..len` of slot `from` into each slot of `to`, so that
+    /// sequences sharing a prefix compute it once.
+    pub fn copy_cache_prefix(&self, cache: &KvCache, from: usize, to: &[usize], len: usize) -> Result<()> {
+        if let Some(&bad) = to.iter().chain([&from]).find(|&&s| s >= cache.slots) {
+            return Err(Error::Input(format!("slot {bad} of a cache with {} slots", cache.slots)));
+        }
+        if len > cache.ctx {
+            return Err(Error::Input(format!("{len} positions of a cache of {}", cache.ctx)));
+        }
+        let (heads, hd) = (self.cfg.n_kv_head, self.cfg.head_dim);
+        let at = |slot: usize, h: usize| (4 * ((slot * heads + h) * cache.ctx * hd)) as u64;
+        let bytes = (4 * len * hd) as u64;
+        if to.is_empty() || bytes == 0 {
+            return Ok(());
+        }
+        // wgpu refuses a copy within one buffer: the prefix goes through a scratch buffer, which each
+        // layer reuses (copies run in order).
+        let scratch = self.gpu.zeros("kv_prefix", &[heads * len * hd])?;
+        let mut b = self.gpu.batch();
+        for layer in cache.k.iter().chain(&cache.v) {
+            for h in 0..heads {
+                b.copy(&layer.buffer, at(from, h), &scratch.buffer, h as u64 * bytes, bytes);
+            }
+            for h in 0..heads {
+                for &dst in to {
+                    b.copy(&scratch.buffer, h as u64 * bytes, &layer.buffer, at(dst, h), bytes);
+                }
+            }
+        }
+        b.submit()
+    }
+
     fn workspace(
         &self,
         tokens: usize,

@@ -88,6 +88,41 @@ fn check_model(dir: &str) {
     }
 }
 
+/// Pairs that share a prompt (a GRPO group) compute it once and copy its keys and values: the same
+/// log-probs as each pair alone, and as transformers for the completions that are its sequences.
+fn check_shared_prompts(dir: &str) {
+    let root = repo_root().join("tests/fixtures").join(dir);
+    let lm = load_language_model(gpu(), &root).unwrap_or_else(|e| panic!("{dir}: {e}"));
+    let bytes = std::fs::read(root.join("expected.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let s0 = ids(&st, "input_ids_0");
+    let s1 = ids(&st, "input_ids_1");
+    assert!(s0.len() >= 4 && s1.len() >= 3, "{dir}: fixture sequences too short");
+    let prompt = s0[..2].to_vec();
+    let pairs = vec![
+        (prompt.clone(), s0[2..].to_vec()),
+        (s1[..1].to_vec(), s1[1..].to_vec()),
+        (prompt.clone(), s1[1..].to_vec()),
+        (prompt.clone(), s0[2..3].to_vec()),
+        (prompt, s0[3..].to_vec()),
+    ];
+    let shared = completion_logprobs(&lm.decoder, &pairs).unwrap();
+    let alone = completion_logprobs_packed(&lm.decoder, &pairs, 1).unwrap();
+    for (i, (a, b)) in shared.iter().zip(&alone).enumerate() {
+        assert_eq!(a.len(), pairs[i].1.len(), "{dir} pair {i}");
+        assert_close(&format!("{dir} shared prompt, pair {i}"), a, b, 2e-5, 0.0);
+    }
+    let want = floats(&st, "token_logprobs_0");
+    assert_close(&format!("{dir} shared prompt vs transformers"), &shared[0], &want[1..], 2e-5, 0.0);
+}
+
+#[test]
+fn shared_prompts_are_computed_once_with_the_same_logprobs() {
+    for dir in ["tiny-qwen2", "tiny-qwen3", "tiny-llama"] {
+        check_shared_prompts(dir);
+    }
+}
+
 #[test]
 fn tiny_qwen2_matches_transformers() {
     check_model("tiny-qwen2");

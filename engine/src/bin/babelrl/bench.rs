@@ -76,7 +76,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// Teacher-forced log-probs of a GRPO-sized group (one prompt, eight completions as long as the
-/// prompt): every pair packed into one pass against one pass per pair.
+/// prompt): the pairs packed together, sharing the prompt's computation, against one pass per pair.
 fn bench_logprobs(model: &Decoder, prompt: usize) -> anyhow::Result<()> {
     let vocab = model.config().vocab as u32;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
@@ -87,7 +87,7 @@ fn bench_logprobs(model: &Decoder, prompt: usize) -> anyhow::Result<()> {
     println!("\n| teacher-forced log-probs, 8 × ({prompt} + {prompt}) tokens | tokens/s |");
     println!("|---|---|");
     completion_logprobs(model, &pairs[..1])?; // warm-up
-    for (how, budget) in [("packed (one pass)", LOGPROB_PACK_TOKENS), ("one pass per pair", 1)] {
+    for (how, budget) in [("packed, prompt computed once", LOGPROB_PACK_TOKENS), ("one pass per pair", 1)] {
         let start = Instant::now();
         completion_logprobs_packed(model, &pairs, budget)?;
         println!("| {how} | {:.1} |", tokens / start.elapsed().as_secs_f64());
