@@ -292,13 +292,7 @@ pub fn completion_logprobs_packed(
         }
         let want: Vec<usize> = (0..pack.len()).map(|slot| last_row[leader[slot]]).collect();
         let first: Vec<u32> = pack.iter().map(|&i| pairs[i].1[0]).collect();
-        for_each_chunk(model, &cache, &tokens, &info, &want, |picked, logits| {
-            let chosen: Vec<u32> = picked.iter().map(|&k| first[k]).collect();
-            for (&k, lp) in picked.iter().zip(model.logprobs_of(logits, &chosen)?) {
-                out[pack[k]].push(lp);
-            }
-            Ok(())
-        })?;
+        score_rows(model, &cache, (&tokens, &info), (&want, &first, &pack), &mut out)?;
         for slot in 0..pack.len() {
             let followers: Vec<usize> = (slot + 1..pack.len()).filter(|&s| leader[s] == slot).collect();
             if !followers.is_empty() {
@@ -323,15 +317,26 @@ pub fn completion_logprobs_packed(
                 info.push(TokenInfo { pos, slot: slot as u32, n_keys: pos + 1 });
             }
         }
-        for_each_chunk(model, &cache, &tokens, &info, &want, |picked, logits| {
-            let chosen: Vec<u32> = picked.iter().map(|&k| targets[k]).collect();
-            for (&k, lp) in picked.iter().zip(model.logprobs_of(logits, &chosen)?) {
-                out[owner[k]].push(lp);
-            }
-            Ok(())
-        })?;
+        score_rows(model, &cache, (&tokens, &info), (&want, &targets, &owner), &mut out)?;
     }
     Ok(out)
+}
+
+/// Runs `tokens` and appends to `out[owner[k]]` the log-prob of `targets[k]` at row `want[k]`.
+fn score_rows(
+    model: &Decoder,
+    cache: &KvCache,
+    (tokens, info): (&[u32], &[TokenInfo]),
+    (want, targets, owner): (&[usize], &[u32], &[usize]),
+    out: &mut [Vec<f32>],
+) -> Result<()> {
+    for_each_chunk(model, cache, tokens, info, want, |picked, logits| {
+        let chosen: Vec<u32> = picked.iter().map(|&k| targets[k]).collect();
+        for (&k, lp) in picked.iter().zip(model.logprobs_of(logits, &chosen)?) {
+            out[owner[k]].push(lp);
+        }
+        Ok(())
+    })
 }
 
 /// Splits `items` (in order) into runs of at most `most` items whose count × longest length stays
