@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# babelrl and its PyTorch peer on the same model, one after the other in the same run.
-# Usage: scripts/bench.sh [babelrl bench options]     (the peer needs torch: see scripts/bench_pytorch.py)
+# babelrl and its PyTorch peer on the same model and the same shapes, one after the other in the same run.
+# Usage: scripts/bench.sh [--model PATH] [--prompt-tokens N] [--decode-tokens N] [--batch 1,8]
+#                         [--no-gemm | --gemm-only] [--profile]
+# Every option goes to both sides (scripts/bench_pytorch.py accepts babelrl bench's options and ignores
+# --profile), so the peer measures exactly the shapes babelrl does. The peer needs torch + transformers:
+# BABELRL_PEER_PYTHON names the interpreter (default: the fixtures venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
@@ -8,7 +12,7 @@ cargo run --release -q -p babelrl --bin babelrl -- bench "$@"
 echo
 PY="${BABELRL_PEER_PYTHON:-/root/.venvs/fixtures/bin/python}"
 if "$PY" -c "import torch, transformers" 2>/dev/null; then
-  "$PY" scripts/bench_pytorch.py
+  "$PY" scripts/bench_pytorch.py "$@"
 else
   echo "peer skipped: no python with torch + transformers at $PY (set BABELRL_PEER_PYTHON)"
 fi

@@ -37,6 +37,29 @@ pub struct BenchArgs {
     /// tokens/s figures are then those of the slower, profiled run).
     #[arg(long, conflicts_with = "gemm_only")]
     profile: bool,
+    /// Also write every figure to this JSON file (`{"meta": {...}, "figures": {"name": value}}`), with
+    /// the same names `scripts/bench_pytorch.py --json` uses, so `scripts/bench_table.py` can put both
+    /// side by side.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// Every figure of one run, by the name the peer's script also uses, in the order measured.
+#[derive(Default)]
+struct Figures(Vec<(String, f64)>);
+
+impl Figures {
+    fn add(&mut self, name: String, value: f64) {
+        self.0.push((name, value));
+    }
+
+    fn write(&self, path: &std::path::Path, meta: serde_json::Value) -> anyhow::Result<()> {
+        let figures: serde_json::Map<String, serde_json::Value> =
+            self.0.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect();
+        let doc = serde_json::json!({ "meta": meta, "figures": figures });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))
+    }
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -50,13 +73,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "adapter: {} ({}, {}); model: {name}",
         gpu.summary.name, gpu.summary.backend, gpu.summary.device_type
     );
+    let mut figures = Figures::default();
+    let p = args.prompt_tokens;
     if !args.gemm_only {
-        println!("\n| batch | prefill tokens/s ({} tokens) | decode tokens/s |", args.prompt_tokens);
+        println!("\n| batch | prefill tokens/s ({p} tokens) | decode tokens/s |");
         println!("|---|---|---|");
         let mut profiles = Vec::new();
         for &b in &args.batch {
             let (prefill, decode, profile) = bench_model(model, b, args.prompt_tokens, args.decode_tokens)?;
             println!("| {b} | {prefill:.1} | {decode:.2} |");
+            figures.add(format!("prefill tokens/s ({p} tokens), batch {b}"), prefill);
+            figures.add(format!("decode tokens/s, batch {b}"), decode);
             profiles.push((b, profile));
         }
         if args.profile {
@@ -67,32 +94,66 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     if !args.gemm_only {
-        bench_logprobs(model, args.prompt_tokens)?;
+        bench_logprobs(model, p, &mut figures)?;
     }
     if !args.no_gemm {
-        bench_gemm(&gpu, model)?;
+        bench_gemm(&gpu, model, &mut figures)?;
+    }
+    if let Some(json) = &args.json {
+        let meta = serde_json::json!({
+            "engine": format!("babelrl {}", env!("CARGO_PKG_VERSION")),
+            "adapter": gpu.summary.name,
+            "backend": gpu.summary.backend,
+            "driver": gpu.summary.driver,
+            "model": name,
+        });
+        figures.write(json, meta)?;
     }
     Ok(())
 }
 
 /// Teacher-forced log-probs of a GRPO-sized group (one prompt, eight completions as long as the
 /// prompt): the pairs packed together, sharing the prompt's computation, against one pass per pair.
-fn bench_logprobs(model: &Decoder, prompt: usize) -> anyhow::Result<()> {
+/// Each row says how many tokens actually ran through the model, and the rate both per token run and
+/// per token of the pairs (the figure a user compares with a peer that runs every token).
+fn bench_logprobs(model: &Decoder, prompt: usize, figures: &mut Figures) -> anyhow::Result<()> {
     let vocab = model.config().vocab as u32;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     let mut draw = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.random_range(0..vocab)).collect() };
     let question = draw(prompt);
     let pairs: Vec<(Vec<u32>, Vec<u32>)> = (0..8).map(|_| (question.clone(), draw(prompt))).collect();
-    let tokens = (pairs.len() * 2 * prompt) as f64;
-    println!("\n| teacher-forced log-probs, 8 × ({prompt} + {prompt}) tokens | tokens/s |");
-    println!("|---|---|");
+    let in_pairs = pairs.len() * 2 * prompt;
+    println!(
+        "\n| teacher-forced log-probs, 8 × ({prompt} + {prompt}) tokens | tokens run | tokens/s run | \
+         tokens/s of the {in_pairs} in the pairs |"
+    );
+    println!("|---|---|---|---|");
     completion_logprobs(model, &pairs[..1])?; // warm-up
     for (how, budget) in [("packed, prompt computed once", LOGPROB_PACK_TOKENS), ("one pass per pair", 1)] {
+        let run = tokens_run(&pairs, budget == LOGPROB_PACK_TOKENS);
         let start = Instant::now();
         completion_logprobs_packed(model, &pairs, budget)?;
-        println!("| {how} | {:.1} |", tokens / start.elapsed().as_secs_f64());
+        let secs = start.elapsed().as_secs_f64();
+        println!("| {how} | {run} | {:.1} | {:.1} |", run as f64 / secs, in_pairs as f64 / secs);
+        let name = format!("teacher-forced log-probs tokens/s, 8 × ({prompt} + {prompt}) tokens");
+        let name = if budget == 1 { format!("{name}, one pass per pair") } else { name };
+        figures.add(name, in_pairs as f64 / secs);
     }
     Ok(())
+}
+
+/// Tokens a teacher-forcing pass runs: every pair's last completion token is never run, and with
+/// `shared` a prompt repeated by later pairs runs only once (as `completion_logprobs_packed` does when
+/// the pairs fit one pack).
+fn tokens_run(pairs: &[(Vec<u32>, Vec<u32>)], shared: bool) -> usize {
+    pairs
+        .iter()
+        .enumerate()
+        .map(|(i, (prompt, completion))| {
+            let repeated = shared && pairs[..i].iter().any(|(p, _)| p == prompt);
+            completion.len().saturating_sub(1) + if repeated { 0 } else { prompt.len() }
+        })
+        .sum()
 }
 
 /// Where one phase spent its time, per repetition (`reps` steps), largest first.
@@ -160,7 +221,7 @@ fn argmax(row: &[f32]) -> u32 {
         as u32
 }
 
-fn bench_gemm(gpu: &Gpu, model: &Decoder) -> anyhow::Result<()> {
+fn bench_gemm(gpu: &Gpu, model: &Decoder, figures: &mut Figures) -> anyhow::Result<()> {
     let c = model.config();
     let shapes = [
         ("qkv", c.qkv_width(), c.hidden),
@@ -194,7 +255,9 @@ fn bench_gemm(gpu: &Gpu, model: &Decoder) -> anyhow::Result<()> {
             let once = run(1)?;
             let reps = ((0.3 / once) as usize).clamp(1, 200);
             let secs = run(reps)?;
-            row.push_str(&format!(" {:.2} |", 2.0 * (t * n * k * reps) as f64 / secs / 1e9));
+            let gflops = 2.0 * (t * n * k * reps) as f64 / secs / 1e9;
+            row.push_str(&format!(" {gflops:.2} |"));
+            figures.add(format!("GEMM GFLOP/s, {name} ({n}×{k}), T={t}"), gflops);
         }
         println!("{row}");
     }
