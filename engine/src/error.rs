@@ -50,8 +50,10 @@ pub enum Error {
     #[error("{}: {message}", path.display())]
     Config { path: PathBuf, message: String },
 
-    /// A plugin failed, misbehaved or was refused.
-    #[error("plugin `{plugin}`: {message}")]
+    /// A plugin failed, misbehaved or was refused. Both fields may carry text the plugin chose (its name
+    /// comes from a file name or a config, its message may quote it); they are shown through
+    /// [`crate::plugin::text::sanitize`], so printing the error cannot act on a terminal.
+    #[error("plugin `{}`: {}", crate::plugin::text::sanitize(plugin), crate::plugin::text::sanitize(message))]
     Plugin { plugin: String, message: String },
 }
 

@@ -12,8 +12,12 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 pub struct PluginLimits {
     /// Wall-clock time the plugin's own code may run per call, in milliseconds. Time spent inside host
-    /// services (`embed`, `reward-model-score`) does not count. Enforced by epoch interruption with a
-    /// 1 ms tick, so a call is stopped within about a millisecond of its deadline.
+    /// services (`embed`, `reward-model-score`) does not count. Enforced by epoch interruption: an epoch
+    /// thread counts elapsed milliseconds (catching up after late wake-ups) and the host re-checks the
+    /// plugin's own time whenever its epoch deadline passes. A busy call is stopped about a millisecond
+    /// after its deadline on an idle machine; on a loaded one, as late as the scheduler runs the epoch
+    /// thread and the plugin's thread: tested to be under 150 ms on a loaded 2-core machine
+    /// (`docs/plugins-host.md`, "Deadlines").
     pub deadline_ms: u64,
     /// Cap on the plugin's linear memory (all memories of the component together), in MiB. A growth past
     /// it fails inside the guest (most guests then abort, which is reported as exceeding the cap).
@@ -27,7 +31,8 @@ pub struct PluginLimits {
     pub max_embed_texts: u32,
     /// Size of what one call returns (scores at 8 bytes each, strings, router state, error messages).
     pub max_output_bytes: u64,
-    /// Bytes of stdout, stderr and `log` messages kept per call; the rest is dropped (and counted).
+    /// Bytes of stdout, stderr and `log` messages kept per call. Past it, each stream still keeps its
+    /// last 4 KiB (so a panic message after a flood reaches the error); the rest is dropped and counted.
     pub max_log_bytes: u64,
 }
 

@@ -1,7 +1,8 @@
 //! Reward and router plugins as sandboxed WebAssembly components (wasmtime component model): limits
 //! per call (deadline, memory, fuel, host calls, output size), no ambient capabilities, host services
 //! (`embed`, `reward-model-score`, `log`) behind [`HostServices`], and errors that name the plugin and
-//! what it did. See `docs/plugins-host.md` for the plugin author's view.
+//! what it did, with whatever text came from the plugin escaped ([`text::sanitize`]). See
+//! `docs/plugins-host.md` for the plugin author's view.
 
 mod capture;
 mod limits;
@@ -12,6 +13,7 @@ mod sample;
 mod sandbox;
 mod services;
 mod set;
+pub mod text;
 
 pub use limits::{Capabilities, PluginLimits};
 pub use reward::RewardPlugin;

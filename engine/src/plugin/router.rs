@@ -13,6 +13,7 @@ use super::limits::{Capabilities, PluginLimits};
 use super::runtime::{World, check_world};
 use super::sandbox::{PluginState, Sandbox, check_output, guest_message};
 use super::services::HostServices;
+use super::text::sanitize;
 use crate::Result;
 
 struct Live {
@@ -143,16 +144,17 @@ impl RouterPlugin {
         check_output(&self.sandbox, "choose", chosen.iter().map(|l| l.len() + 8).sum())?;
         if chosen.len() != request.k as usize {
             return Err(self.sandbox.error(format!(
-                "choose returned {} languages for k = {} (question {:?})",
+                "choose returned {} languages for k = {} (question \"{}\")",
                 chosen.len(),
                 request.k,
-                request.question_id
+                sanitize(&request.question_id)
             )));
         }
         if let Some((i, bad)) = chosen.iter().enumerate().find(|(_, l)| !self.languages.contains(l)) {
             return Err(self.sandbox.error(format!(
-                "choose returned language {bad:?} at position {i}, which is not one of this run's languages ({})",
-                self.languages.join(", ")
+                "choose returned language \"{}\" at position {i}, which is not one of this run's languages ({})",
+                guest_message(bad),
+                sanitize(&self.languages.join(", "))
             )));
         }
         Ok(chosen)

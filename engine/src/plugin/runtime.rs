@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
@@ -12,7 +12,8 @@ use wasmtime::{Config, Engine};
 
 use crate::{Error, Result};
 
-/// Length of one epoch tick: the resolution of plugin deadlines.
+/// Length of one epoch tick: the resolution of plugin deadlines. The epoch counts ticks of wall time
+/// since the ticker started, not wake-ups of the ticker (see [`spawn_ticker`]).
 pub(crate) const TICK: Duration = Duration::from_millis(1);
 
 /// One wasmtime engine with its compiled-component memo. Engines live for the whole process.
@@ -43,12 +44,21 @@ pub(crate) fn runtime(fuel: bool) -> Result<&'static Runtime> {
     Ok(rt)
 }
 
-/// Advances the engine's epoch every [`TICK`] for the life of the process (one thread per engine).
+/// Keeps the engine's epoch equal to the number of [`TICK`]s elapsed since the thread started, waking
+/// about every tick for the life of the process (one thread per engine). A wake-up that comes late (a
+/// loaded machine, timer slack) advances the epoch by every tick it missed: counting wake-ups instead
+/// would make a deadline of N ticks last N late wake-ups, far past N milliseconds.
 fn spawn_ticker(engine: &Engine) {
     let weak = engine.weak();
     let spawned = std::thread::Builder::new().name("babelrl-plugin-epoch".into()).spawn(move || {
+        let start = Instant::now();
+        let mut epoch: u128 = 0;
         while let Some(engine) = weak.upgrade() {
-            engine.increment_epoch();
+            let due = start.elapsed().as_nanos() / TICK.as_nanos();
+            while epoch < due {
+                engine.increment_epoch();
+                epoch += 1;
+            }
             drop(engine);
             std::thread::sleep(TICK);
         }

@@ -10,10 +10,11 @@ use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::reward::babelrl::plugin::{host, types};
-use super::capture::{Captured, LogPipe, Stream, tail};
+use super::capture::{Captured, LogPipe, Stream};
 use super::limits::{Capabilities, PluginLimits};
 use super::runtime::{Name, Runtime, TICK};
 use super::services::HostServices;
+use super::text::sanitize;
 use crate::{Error, Result};
 
 /// Memory cap over all linear memories and tables of one store; remembers the growth it refused.
@@ -128,17 +129,33 @@ impl PluginState {
             return;
         }
         let c = self.captured.lock().unwrap_or_else(|p| p.into_inner());
-        for (stream, bytes) in [("stdout", &c.stdout), ("stderr", &c.stderr)] {
+        let lines = |stream: &str, bytes: &[u8]| {
             for line in String::from_utf8_lossy(bytes).lines().filter(|l| !l.is_empty()) {
-                log::info!(target: "babelrl::plugin", "plugin `{}` {stream}: {line}", self.name);
+                log::info!(target: "babelrl::plugin", "plugin `{}` {stream}: {}", self.name, sanitize(line));
             }
-        }
-        if c.dropped > 0 {
+        };
+        for (stream, captured) in [("stdout", &c.stdout), ("stderr", &c.stderr)] {
+            let (head, skipped, tail) = captured.parts();
+            if skipped == 0 {
+                lines(stream, &[head, &tail].concat());
+                continue;
+            }
+            lines(stream, head);
             log::warn!(
                 target: "babelrl::plugin",
-                "plugin `{}`: {} bytes of output dropped (max_log_bytes = {})",
+                "plugin `{}` {stream}: ... {skipped} bytes dropped (max_log_bytes = {}), the last {} bytes follow",
                 self.name,
-                c.dropped,
+                self.limits.max_log_bytes,
+                tail.len()
+            );
+            lines(stream, &tail);
+        }
+        if c.log_dropped > 0 {
+            log::warn!(
+                target: "babelrl::plugin",
+                "plugin `{}`: {} bytes of log messages dropped (max_log_bytes = {})",
+                self.name,
+                c.log_dropped,
                 self.limits.max_log_bytes
             );
         }
@@ -195,7 +212,7 @@ impl host::Host for PluginState {
 
     fn log(&mut self, level: types::LogLevel, message: String) -> wasmtime::Result<()> {
         self.count_call("log")?;
-        let keep = self.captured.lock().unwrap_or_else(|p| p.into_inner()).admit(message.len());
+        let keep = self.captured.lock().unwrap_or_else(|p| p.into_inner()).admit_log(message.len());
         if keep == 0 {
             return Ok(());
         }
@@ -210,7 +227,7 @@ impl host::Host for PluginState {
             types::LogLevel::Debug => log::Level::Debug,
             types::LogLevel::Trace => log::Level::Trace,
         };
-        log::log!(target: "babelrl::plugin", level, "plugin `{}`: {}", self.name, &message[..end]);
+        log::log!(target: "babelrl::plugin", level, "plugin `{}`: {}", self.name, sanitize(&message[..end]));
         Ok(())
     }
 }
@@ -258,7 +275,9 @@ impl Sandbox {
             message: format!("bad limits: {message}"),
         })?;
         let rt = super::runtime::runtime(limits.fuel.is_some())?;
-        Ok(Sandbox { name: name.into(), limits: limits.clone(), caps: caps.clone(), services, rt })
+        // The name may come from a file name the plugin's author chose: it appears in every log line.
+        let name = sanitize(name).into();
+        Ok(Sandbox { name, limits: limits.clone(), caps: caps.clone(), services, rt })
     }
 
     /// An error naming this plugin.
@@ -386,12 +405,16 @@ impl Sandbox {
             Some(t) => t.to_string(),
             None => format!("{e:#}"),
         };
+        let what = sanitize(&what);
+        // The last of stderr: kept even when the guest spent max_log_bytes before it panicked.
         let stderr = {
             let c = s.captured.lock().unwrap_or_else(|p| p.into_inner());
-            tail(&c.stderr, 400)
+            c.stderr
+                .last(400)
                 .lines()
                 .map(str::trim)
                 .filter(|l| !l.is_empty())
+                .map(sanitize)
                 .collect::<Vec<_>>()
                 .join(" | ")
         };
@@ -427,15 +450,16 @@ pub(crate) fn check_output(sandbox: &Sandbox, what: &str, bytes: usize) -> Resul
     Ok(())
 }
 
-/// A guest-returned error message, shortened so a hostile plugin cannot flood the error path.
+/// A guest-returned error message, shortened so a hostile plugin cannot flood the error path, and with
+/// control characters escaped so it cannot act on a terminal.
 pub(crate) fn guest_message(message: &str) -> String {
     const MAX: usize = 2_000;
     if message.len() <= MAX {
-        return message.to_string();
+        return sanitize(message).into_owned();
     }
     let mut end = MAX;
     while !message.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}... ({} bytes in all)", &message[..end], message.len())
+    format!("{}... ({} bytes in all)", sanitize(&message[..end]), message.len())
 }

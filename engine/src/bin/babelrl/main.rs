@@ -49,7 +49,11 @@ fn main() {
         Command::Plugin(cmd) => plugin_cmd::run(cmd),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        // Errors quote file names and model metadata (plugin text is escaped where it enters an error):
+        // keep their line breaks (GPU validation errors span lines) but no other control character.
+        let message = format!("{e:#}");
+        let lines: Vec<_> = message.split('\n').map(babelrl::plugin::text::sanitize).collect();
+        eprintln!("error: {}", lines.join("\n"));
         std::process::exit(1);
     }
 }

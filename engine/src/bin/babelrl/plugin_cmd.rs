@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use babelrl::plugin::{
     Capabilities, ChooseRequest, NoServices, PluginLimits, RewardPlugin, RouterPlugin, Sample, World,
-    inspect, sample_from_json,
+    inspect, sample_from_json, text::sanitize,
 };
 
 /// Plugin tools.
@@ -84,24 +84,31 @@ pub fn run(cmd: PluginCmd) -> anyhow::Result<()> {
     }
 }
 
+/// The plugin's name, from its file name (which its author may have chosen to attack a terminal).
 fn plugin_name(path: &Path) -> String {
-    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "plugin".into())
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+    stem.map(|s| sanitize(&s).into_owned()).unwrap_or_else(|| "plugin".into())
+}
+
+/// A path as printed: control characters escaped.
+fn shown(path: &Path) -> String {
+    sanitize(&path.display().to_string()).into_owned()
 }
 
 fn check(file: &Path, args: &SandboxArgs, languages: &str) -> anyhow::Result<()> {
     let (config, limits, caps) = args.parse()?;
     let name = plugin_name(file);
-    let size = std::fs::metadata(file).with_context(|| format!("{}", file.display()))?.len();
+    let size = std::fs::metadata(file).with_context(|| shown(file))?.len();
     let t0 = Instant::now();
     let (world, exports) = inspect(file)?;
     let compile = t0.elapsed();
-    println!("plugin      {} ({size} bytes)", file.display());
-    println!("exports     {}", exports.join(", "));
+    println!("plugin      {} ({size} bytes)", shown(file));
+    println!("exports     {}", sanitize(&exports.join(", ")));
     let Some(world) = world else {
         bail!("plugin `{name}`: exports neither the reward world (configure, score) nor the router world");
     };
     println!("world       babelrl:plugin@0.1.0 {}", world.name());
-    println!("compile     {} (or load from {})", ms(compile), babelrl::plugin::cache_dir().display());
+    println!("compile     {} (or load from {})", ms(compile), shown(&babelrl::plugin::cache_dir()));
     let services = Arc::new(NoServices);
     match world {
         World::Reward => {
@@ -123,7 +130,7 @@ fn check(file: &Path, args: &SandboxArgs, languages: &str) -> anyhow::Result<()>
             println!(
                 "configure   ok, {} (instantiate + configure, languages {})",
                 ms(t.elapsed()),
-                langs.join(",")
+                sanitize(&langs.join(","))
             );
             let request = ChooseRequest {
                 question_id: "check-1".into(),
@@ -134,7 +141,11 @@ fn check(file: &Path, args: &SandboxArgs, languages: &str) -> anyhow::Result<()>
             };
             let t = Instant::now();
             let chosen = r.choose(&request)?;
-            println!("sample call choose(k = 4) = {chosen:?} in {}", ms(t.elapsed()));
+            println!(
+                "sample call choose(k = 4) = {} in {}",
+                sanitize(&format!("{chosen:?}")),
+                ms(t.elapsed())
+            );
             let state = r.save_state()?;
             println!("state       {} bytes", state.len());
         }
@@ -160,15 +171,15 @@ fn ms(d: Duration) -> String {
 
 /// Rows of a JSONL file, grouped: consecutive rows with the same group key.
 fn read_groups(data: &Path, group_by: Option<&str>) -> anyhow::Result<Vec<(usize, Vec<Sample>)>> {
-    let file = std::fs::File::open(data).with_context(|| format!("{}", data.display()))?;
+    let file = std::fs::File::open(data).with_context(|| shown(data))?;
     let mut groups: Vec<(usize, Vec<Sample>)> = Vec::new();
     let mut last_key: Option<String> = None;
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("{}", data.display()))?;
+        let line = line.with_context(|| shown(data))?;
         if line.trim().is_empty() {
             continue;
         }
-        let at = format!("{}:{}", data.display(), i + 1);
+        let at = format!("{}:{}", shown(data), i + 1);
         let row: serde_json::Value = serde_json::from_str(&line).with_context(|| at.clone())?;
         let key = match group_by {
             Some(field) => {
@@ -184,7 +195,7 @@ fn read_groups(data: &Path, group_by: Option<&str>) -> anyhow::Result<Vec<(usize
         last_key = Some(key);
     }
     if groups.is_empty() {
-        bail!("{}: no rows", data.display());
+        bail!("{}: no rows", shown(data));
     }
     Ok(groups)
 }
@@ -205,9 +216,9 @@ fn score(
     let mut times = Vec::with_capacity(groups.len());
     for (line, group) in &groups {
         let t = Instant::now();
-        let scores = plugin.score(group).with_context(|| {
-            format!("group of {} rows starting at {}:{line}", group.len(), data.display())
-        })?;
+        let scores = plugin
+            .score(group)
+            .with_context(|| format!("group of {} rows starting at {}:{line}", group.len(), shown(data)))?;
         times.push(t.elapsed());
         for s in &scores {
             n += 1;
@@ -227,7 +238,7 @@ fn score(
     let scored = n - nones;
     let total: Duration = times.iter().sum();
     let slowest = times.iter().max().copied().unwrap_or_default();
-    println!("plugin    {name} ({})", file.display());
+    println!("plugin    {name} ({})", shown(file));
     println!("samples   {n} in {} groups", groups.len());
     println!("scored    {scored} (none: {nones})");
     if scored > 0 {

@@ -1,6 +1,7 @@
 //! A reward plugin that misbehaves on request, for the engine's hostile-plugin suite.
 //!
-//! The first sample's completion picks the behaviour (`!loop`, `!membomb`, `!panic`, ...); any other
+//! The first sample's completion picks the behaviour (`!loop`, `!membomb`, `!panic`, ...) and its prompt
+//! is the behaviour's argument; any other
 //! group is scored well: the number of characters of each completion times the configured `scale`
 //! (`None` for an empty completion). The config JSON `{"configure": "trap"}` / `{"configure": "error"}`
 //! makes `configure` itself fail.
@@ -177,6 +178,22 @@ impl Guest for Hostile {
                 eprintln!("to stderr");
                 host::log(LogLevel::Info, "hello from the log import");
                 Ok(all(&group, n as f32))
+            }
+            // Terminal attacks and lost panics (engine/tests/plugins/sandbox_output.rs): the prompt is the
+            // hostile text, or how many bytes to print before panicking.
+            "!errarg" => Err(arg),
+            "!noise" => {
+                host::log(LogLevel::Warn, &arg);
+                println!("{arg}");
+                eprintln!("{arg}");
+                Err(arg)
+            }
+            "!panicarg" => panic!("{arg}"),
+            "!floodpanic" => {
+                let n: usize = arg.parse().unwrap_or(100_000);
+                println!("{}", "o".repeat(n));
+                eprintln!("{}", "e".repeat(n));
+                panic!("the cause after {n} bytes of output: 7f3a9c")
             }
             _ => Ok(good(&group)),
         }

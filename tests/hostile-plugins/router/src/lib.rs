@@ -1,6 +1,7 @@
 //! A router plugin for the hostile-plugin suite: a tiny count-based router whose `load-state` refuses
 //! garbage (and traps on state starting with 0xFF), and whose `choose` misbehaves on request
-//! (question id `!loop`, `!stranger`, `!count`, `!panic`). Config `{"configure": "trap"}` traps.
+//! (question id `!loop`, `!stranger`, `!count`, `!panic`, `!say:<language>`; state `SAY:<error>` is
+//! refused with that error). Config `{"configure": "trap"}` traps.
 
 use std::cell::RefCell;
 use std::hint::black_box;
@@ -46,6 +47,9 @@ impl Guest for Router {
             "!panic" => panic!("router panic in choose"),
             "!stranger" => return Ok(vec!["xx_Nope".to_string(); request.k as usize]),
             "!count" => return Ok(vec![request.question_language.clone(); request.k as usize + 1]),
+            id if id.starts_with("!say:") => {
+                return Ok(vec![id["!say:".len()..].to_string(); request.k as usize]);
+            }
             _ => {}
         }
         STATE.with(|s| {
@@ -92,6 +96,9 @@ impl Guest for Router {
     fn load_state(state: Vec<u8>) -> Result<(), String> {
         if state.first() == Some(&0xFF) {
             panic!("router state starts with 0xFF");
+        }
+        if let Some(say) = state.strip_prefix(b"SAY:") {
+            return Err(String::from_utf8_lossy(say).into_owned());
         }
         let body = state.strip_prefix(MAGIC).ok_or("state does not start with HRS1")?;
         let text = std::str::from_utf8(body).map_err(|e| format!("state is not UTF-8: {e}"))?;
