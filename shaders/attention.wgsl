@@ -171,7 +171,8 @@ fn attn_values_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
 // attn_dq_backward: dq (T, H, hd) = Σⱼ ds·k over the row's keys.
 // attn_dkv_backward: dk, dv (S, Hkv, C, hd) = Σ over the tokens t of the entry's slot with
 //   n_keys(t) > position, and the heads h of its group, of ds·q and p·dout; every entry is written
-//   (zero where no token attends). The token walk is split into blocks (lavapipe's loop limit).
+//   (zero where no token attends). Walks all T tokens and the group's heads: lavapipe stops an
+//   invocation after about 65536 loop iterations in all, so the host requires T·(1 + H/Hkv) ≤ 60000.
 // The last four use the parameters `pb` (the forward's with the number of cache slots in place of flags)
 // and a 1-D grid over their output elements, folded into y past 65535 workgroups.
 @group(0) @binding(5) var<storage, read> dq_in: array<f32>;              // split backward: (T, H, hd)
@@ -288,8 +289,6 @@ struct BackParams {
 @group(0) @binding(5) var<storage, read_write> dk_out: array<f32>;       // dkv: (S, Hkv, C, hd)
 @group(0) @binding(6) var<storage, read_write> dv_out: array<f32>;       // dkv: (S, Hkv, C, hd)
 
-const TOKEN_BLOCK: u32 = 8192u;
-
 fn flat_id(gid: vec3<u32>) -> u32 { return gid.x + gid.y * 65535u * WG; }
 
 @compute @workgroup_size(WG)
@@ -358,17 +357,14 @@ fn attn_dkv_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let group = pb.n_head / pb.n_kv_head;
     var dk = 0.0;
     var dv = 0.0;
-    for (var tb = 0u; tb < pb.t; tb += TOKEN_BLOCK) {
-        let tend = min(tb + TOKEN_BLOCK, pb.t);
-        for (var t = tb; t < tend; t++) {
-            let info = tok[t];
-            if (info.y != slot || info.z <= pos) { continue; }
-            for (var g = 0u; g < group; g++) {
-                let r = t * pb.n_head + kvh * group + g;
-                let w = pds_kv[r * pb.span + pos];
-                dk += w.y * q[r * hd + i];
-                dv += w.x * dout_kv[r * hd + i];
-            }
+    for (var t = 0u; t < pb.t; t++) {
+        let info = tok[t];
+        if (info.y != slot || info.z <= pos) { continue; }
+        for (var g = 0u; g < group; g++) {
+            let r = t * pb.n_head + kvh * group + g;
+            let w = pds_kv[r * pb.span + pos];
+            dk += w.y * q[r * hd + i];
+            dv += w.x * dout_kv[r * hd + i];
         }
     }
     dk_out[e] = dk;

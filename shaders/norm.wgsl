@@ -59,7 +59,7 @@ fn layer_norm_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
 // rms_norm_backward: dx[r] = inv·(w ⊙ dy[r]) − x[r] · inv³ / D · Σᵢ wᵢ dy[r, i] x[r, i], with inv the saved
 //   1/rms; flags bit 0 adds into dx (the residual stream's gradient) instead of overwriting it. The norm
 //   weight is frozen: no gradient for w. Any row length: also Qwen3's per-head q/k norms (rows of hd).
-// One invocation per row; the row loops have D iterations (D < 16384, lavapipe's loop limit).
+// One invocation per row: 2·D loop iterations, within lavapipe's budget of about 65536 per invocation.
 @group(0) @binding(3) var<storage, read_write> out_rows: array<f32>;     // train forward: (R, D)
 @group(0) @binding(4) var<storage, read_write> inv_rms_out: array<f32>;  // train forward: (R)
 @group(0) @binding(3) var<storage, read> dy: array<f32>;                 // backward: (R, D)

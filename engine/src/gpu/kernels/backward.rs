@@ -5,7 +5,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{AttnParams, MatmulParams, NormParams, grid_1d, groups};
+use super::{AttnParams, NormParams, grid_1d, groups};
 use crate::gpu::shaders::{ATTENTION, ELEMENTWISE, MATMUL, NORM};
 use crate::gpu::{Batch, Tensor, Weight16};
 use crate::{Error, Result};
@@ -32,6 +32,28 @@ struct SwigluParams {
     inter: u32,
     unused: [u32; 2],
 }
+
+/// Parameters of matmul_backward_dx (mirrors `DxParams` in matmul.wgsl): weight rows
+/// `first .. first + n`, read against dY columns `n_off + first ..`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct DxParams {
+    t: u32,
+    n: u32,
+    k: u32,
+    flags: u32,
+    ldy: u32,
+    n_off: u32,
+    first: u32,
+    pad: u32,
+}
+
+/// Weight rows one dX launch walks: lavapipe stops an invocation after about 65536 loop iterations in
+/// all, so a long N (an LM head's vocabulary) is split into launches that add up.
+const DX_ROWS_PER_LAUNCH: usize = 16384;
+
+/// Loop iterations one attention-backward invocation may spend walking tokens (lavapipe's budget).
+const TOKEN_WALK_BUDGET: usize = 60000;
 
 /// Parameters of the attention backward kernels (mirrors `BackParams` in attention.wgsl).
 #[repr(C)]
@@ -166,21 +188,22 @@ impl<'g> Batch<'g> {
         }
         need(k, "dy", dy, &[t, ldy])?;
         need(k, "dx", dx, &[t, cols])?;
-        let params = MatmulParams {
-            t: t as u32,
-            n: n as u32,
-            k: cols as u32,
-            flags: write.flag(),
-            ldy: ldy as u32,
-            n_off: n_off as u32,
-            pad: [0; 2],
-        };
-        let (entry, grid) = if cols % 8 == 0 {
-            ("matmul_backward_dx", [groups(cols / 8), (t as u32).div_ceil(4), 1])
-        } else {
-            ("matmul_backward_dx_scalar", [groups(cols / 2), (t as u32).div_ceil(4), 1])
-        };
-        self.dispatch(&MATMUL, entry, &params, &[&dy.buffer, &w.buffer, &dx.buffer], grid);
+        let entry = if cols % 8 == 0 { "matmul_backward_dx" } else { "matmul_backward_dx_scalar" };
+        let grid = [groups(if cols % 8 == 0 { cols / 8 } else { cols / 2 }), (t as u32).div_ceil(4), 1];
+        for first in (0..n).step_by(DX_ROWS_PER_LAUNCH) {
+            let write = if first == 0 { write } else { GradWrite::Accumulate };
+            let params = DxParams {
+                t: t as u32,
+                n: DX_ROWS_PER_LAUNCH.min(n - first) as u32,
+                k: cols as u32,
+                flags: write.flag(),
+                ldy: ldy as u32,
+                n_off: n_off as u32,
+                first: first as u32,
+                pad: 0,
+            };
+            self.dispatch(&MATMUL, entry, &params, &[&dy.buffer, &w.buffer, &dx.buffer], grid);
+        }
         Ok(())
     }
 
@@ -287,6 +310,16 @@ impl<'g> Batch<'g> {
         let (span, ctx) = (p.span as usize, p.ctx as usize);
         if hkv == 0 || h % hkv != 0 || hd == 0 {
             return Err(fail(k, format!("{h} query heads do not group over {hkv} kv heads of {hd}")));
+        }
+        if t * (1 + h / hkv) > TOKEN_WALK_BUDGET {
+            return Err(fail(
+                k,
+                format!(
+                    "{t} tokens × {} heads per kv head exceed what one pass can walk ({TOKEN_WALK_BUDGET} loop \
+                 iterations per invocation); split the batch into smaller passes",
+                    h / hkv
+                ),
+            ));
         }
         let cache = [slots, hkv, ctx, hd];
         need(k, "tok", b.tok, &[t, 4])?;
