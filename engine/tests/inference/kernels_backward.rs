@@ -339,11 +339,10 @@ fn dx_tolerance(dy: &[f32], w: &[f16], t: usize, n: usize, k: usize) -> Vec<f32>
 
 #[test]
 fn matmul_backward_dx_matches_reference_on_awkward_sizes() {
-    let gpu = gpu();
     // (T, N, K): T not a multiple of 4; K a multiple of 8 (vector path) or only of 2 (scalar);
     // N = 70000 and 40000 (scalar path) need several launches: lavapipe stops an invocation after about
     // 65536 loop iterations in all (one launch walking N = 70000 lost its last rows).
-    for &(t, n, k) in &[
+    for (i, &(t, n, k)) in [
         (1usize, 1usize, 8usize),
         (5, 130, 64),
         (13, 97, 40),
@@ -351,18 +350,44 @@ fn matmul_backward_dx_matches_reference_on_awkward_sizes() {
         (2, 33, 6),
         (2, 70000, 8),
         (2, 40000, 2),
-    ] {
-        let dy = random(t * n, 1.0, (t * n) as u64);
-        let w = to_f16(&random(n * k, 0.5, k as u64));
-        let dyg = gpu.upload_f32("dy", &dy, &[t, n]).unwrap();
-        let wg = gpu.upload_weight_f16("w", &w, n, k).unwrap();
-        let dx = gpu.upload_f32("dx", &random(t * k, 9.0, 1), &[t, k]).unwrap();
-        let mut b = gpu.batch();
-        b.matmul_backward_dx(&dyg, &wg, &dx, t, n, 0, GradWrite::Overwrite).unwrap();
-        b.submit().unwrap();
-        let want = cpu_ref::matmul_backward_dx(&dy, &w, t, n, k);
-        let tol = dx_tolerance(&dy, &w, t, n, k);
-        assert_close_by(&format!("dx t={t} n={n} k={k}"), &gpu.read_f32(&dx).unwrap(), &want, |i| tol[i]);
+    ]
+    .iter()
+    .enumerate()
+    {
+        let write = if i % 2 == 0 { GradWrite::Overwrite } else { GradWrite::Accumulate };
+        check_dx(t, n, k, write, i as u64 * 10);
+    }
+}
+
+/// dX against the reference; the output starts as random values that an overwrite must replace and an
+/// accumulate must add to.
+fn check_dx(t: usize, n: usize, k: usize, write: GradWrite, seed: u64) {
+    let gpu = gpu();
+    let dy = random(t * n, 1.0, seed);
+    let w = to_f16(&random(n * k, 0.5, seed + 1));
+    let prior = random(t * k, 1.0, seed + 2);
+    let dyg = gpu.upload_f32("dy", &dy, &[t, n]).unwrap();
+    let wg = gpu.upload_weight_f16("w", &w, n, k).unwrap();
+    let dx = gpu.upload_f32("dx", &prior, &[t, k]).unwrap();
+    let mut b = gpu.batch();
+    b.matmul_backward_dx(&dyg, &wg, &dx, t, n, 0, write).unwrap();
+    b.submit().unwrap();
+    let mut want = cpu_ref::matmul_backward_dx(&dy, &w, t, n, k);
+    if write == GradWrite::Accumulate {
+        want.iter_mut().zip(&prior).for_each(|(a, b)| *a += b);
+    }
+    let tol = dx_tolerance(&dy, &w, t, n, k);
+    assert_close_by(&format!("dx {write:?} t={t} n={n} k={k}"), &gpu.read_f32(&dx).unwrap(), &want, |i| {
+        tol[i] + 2.0 * f32::EPSILON * prior[i].abs()
+    });
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 12, ..Default::default() })]
+    #[test]
+    fn matmul_backward_dx_matches_reference_on_random_shapes(t in 1usize..20, n in 1usize..150, k2 in 1usize..50, acc: bool) {
+        let write = if acc { GradWrite::Accumulate } else { GradWrite::Overwrite };
+        check_dx(t, n, 2 * k2, write, (t * 1000 + n * 7 + k2) as u64);
     }
 }
 
