@@ -171,7 +171,8 @@ fn attn_values_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
 // attn_dq_backward: dq (T, H, hd) = Σⱼ ds·k over the row's keys.
 // attn_dkv_backward: dk, dv (S, Hkv, C, hd) = Σ over the tokens t of the entry's slot with
 //   n_keys(t) > position, and the heads h of its group, of ds·q and p·dout; every entry is written
-//   (zero where no token attends). Walks all T tokens and the group's heads: lavapipe stops an
+//   (zero where no token attends). Walks the tokens slot_tokens[slot] = [first, end) (any range that
+//   holds the slot's tokens is correct; the tightest is fastest) and the group's heads: lavapipe stops an
 //   invocation after about 65536 loop iterations in all, so the host requires T·(1 + H/Hkv) ≤ 60000.
 // The last four use the parameters `pb` (the forward's with the number of cache slots in place of flags)
 // and a 1-D grid over their output elements, folded into y past 65535 workgroups.
@@ -288,6 +289,7 @@ struct BackParams {
 @group(0) @binding(4) var<storage, read> pds_kv: array<vec2<f32>>;       // dkv: (T, H, L)
 @group(0) @binding(5) var<storage, read_write> dk_out: array<f32>;       // dkv: (S, Hkv, C, hd)
 @group(0) @binding(6) var<storage, read_write> dv_out: array<f32>;       // dkv: (S, Hkv, C, hd)
+@group(0) @binding(7) var<storage, read> slot_tokens: array<vec2<u32>>;  // dkv: (S) token range per slot
 
 fn flat_id(gid: vec3<u32>) -> u32 { return gid.x + gid.y * 65535u * WG; }
 
@@ -357,7 +359,8 @@ fn attn_dkv_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let group = pb.n_head / pb.n_kv_head;
     var dk = 0.0;
     var dv = 0.0;
-    for (var t = 0u; t < pb.t; t++) {
+    let range = slot_tokens[slot];
+    for (var t = range.x; t < min(range.y, pb.t); t++) {
         let info = tok[t];
         if (info.y != slot || info.z <= pos) { continue; }
         for (var g = 0u; g < group; g++) {

@@ -133,6 +133,17 @@ impl TokenInfo {
     pub fn words(tokens: &[TokenInfo]) -> Vec<u32> {
         tokens.iter().flat_map(|i| [i.pos, i.slot, i.n_keys, 0]).collect()
     }
+
+    /// The `slot_tokens` buffer of attention's backward: for each of `slots` cache slots, the range
+    /// [first, end) of token indices that holds every token of that slot ([0, 0) for none).
+    pub fn slot_ranges(tokens: &[TokenInfo], slots: usize) -> Vec<u32> {
+        let mut ranges = vec![[u32::MAX, 0u32]; slots];
+        for (t, info) in tokens.iter().enumerate() {
+            let r = &mut ranges[info.slot as usize];
+            *r = [r[0].min(t as u32), r[1].max(t as u32 + 1)];
+        }
+        ranges.iter().flat_map(|&[a, b]| if b == 0 { [0, 0] } else { [a, b] }).collect()
+    }
 }
 
 /// Attention shapes for the reference.

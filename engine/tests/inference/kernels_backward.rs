@@ -167,6 +167,17 @@ fn two_sequences(n0: u32, n1: u32) -> Vec<TokenInfo> {
     tok
 }
 
+/// The tokens of both slots alternating in the flat batch (a slot's token range then spans the other's).
+fn interleaved(tok: Vec<TokenInfo>) -> Vec<TokenInfo> {
+    let (a, b): (Vec<_>, Vec<_>) = tok.into_iter().partition(|i| i.slot == 0);
+    let mut out = Vec::new();
+    for i in 0..a.len().max(b.len()) {
+        out.extend(a.get(i).copied());
+        out.extend(b.get(i).copied());
+    }
+    out
+}
+
 #[test]
 fn rms_norm_backward_reference_matches_finite_differences() {
     for &(rows, dim) in &[(3usize, 7usize), (2, 16)] {
@@ -430,6 +441,7 @@ fn backward_launches_reject_mis_sized_buffers() {
         AttnParams { t: 30000, n_head: 4, n_kv_head: 2, head_dim: 8, ctx: 8, span: 8, flags: 0, eps: 0.0 };
     let io = AttnBackward {
         tok: &small,
+        slot_tokens: &small,
         q: &small,
         k_cache: &small,
         v_cache: &small,
@@ -508,7 +520,8 @@ fn attention_train_forward_and_backward_match_reference() {
         &[(4usize, 2usize, 16usize, 9u32, 4u32), (3, 1, 8, 5, 2), (2, 2, 64, 1, 1), (6, 2, 12, 20, 11)]
     {
         let s = AttnShape { n_head, n_kv_head, head_dim, ctx: 40 };
-        let tok = two_sequences(n0, n1);
+        // The last case interleaves the two sequences' tokens in the flat batch.
+        let tok = if n0 == 20 { interleaved(two_sequences(n0, n1)) } else { two_sequences(n0, n1) };
         let t = tok.len();
         let q_len = t * n_head * head_dim;
         let cache = 2 * n_kv_head * s.ctx * head_dim;
@@ -524,6 +537,7 @@ fn attention_train_forward_and_backward_match_reference() {
         let span = p.span as usize;
         let up = |name: &str, v: &[f32]| gpu.upload_f32(name, v, &[v.len()]).unwrap();
         let tok_g = gpu.upload_u32("tok", &TokenInfo::words(&tok), &[t, 4]).unwrap();
+        let ranges_g = gpu.upload_u32("slot tokens", &TokenInfo::slot_ranges(&tok, 2), &[2, 2]).unwrap();
         let (q_g, k_g, v_g, dout_g) = (up("q", &q), up("k", &kc), up("v", &vc), up("dout", &dout));
         let scores = gpu.zeros("scores", &[t, n_head, span]).unwrap();
         let out = gpu.zeros("out", &[t, n_head, head_dim]).unwrap();
@@ -538,6 +552,7 @@ fn attention_train_forward_and_backward_match_reference() {
         b.attention_train(&p, &tok_g, &q_g, &k_g, &v_g, &scores, &out, &lse).unwrap();
         let io = AttnBackward {
             tok: &tok_g,
+            slot_tokens: &ranges_g,
             q: &q_g,
             k_cache: &k_g,
             v_cache: &v_g,

@@ -69,11 +69,13 @@ struct AttnBackParams {
     eps: f32,
 }
 
-/// The buffers attention's backward reads and writes. `lse` comes from
-/// [`Batch::attention_softmax_lse`] in the forward; `delta` (T, H) and `pds` (T, H, span, 2) are scratch.
+/// The buffers attention's backward reads and writes. `lse` comes from [`Batch::attention_train`] in
+/// the forward; `delta` (T, H) and `pds` (T, H, span, 2) are scratch. `slot_tokens` (slots, 2) holds, per
+/// cache slot, the range of this pass's tokens in it, [first, end) (`TokenInfo::slot_ranges`).
 /// `dk_cache`, `dv_cache` have the caches' shape and are overwritten whole.
 pub struct AttnBackward<'a> {
     pub tok: &'a Tensor,
+    pub slot_tokens: &'a Tensor,
     pub q: &'a Tensor,
     pub k_cache: &'a Tensor,
     pub v_cache: &'a Tensor,
@@ -323,6 +325,7 @@ impl<'g> Batch<'g> {
         }
         let cache = [slots, hkv, ctx, hd];
         need(k, "tok", b.tok, &[t, 4])?;
+        need(k, "slot_tokens", b.slot_tokens, &[slots, 2])?;
         for (name, x) in [("q", b.q), ("out", b.out), ("dout", b.dout), ("dq", b.dq)] {
             need(k, name, x, &[t, h, hd])?;
         }
@@ -372,6 +375,7 @@ impl<'g> Batch<'g> {
             &b.pds.buffer,
             &b.dk_cache.buffer,
             &b.dv_cache.buffer,
+            &b.slot_tokens.buffer,
         ];
         self.dispatch(a, "attn_dkv_backward", &pb, &dkv_in, grid_1d(cache.iter().product()));
         Ok(())
