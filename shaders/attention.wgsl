@@ -173,7 +173,7 @@ fn attn_values_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
 //   n_keys(t) > position, and the heads h of its group, of ds·q and p·dout; every entry is written
 //   (zero where no token attends). Walks the tokens slot_tokens[slot] = [first, end) (any range that
 //   holds the slot's tokens is correct; the tightest is fastest) and the group's heads: lavapipe stops an
-//   invocation after about 65536 loop iterations in all, so the host requires T·(1 + H/Hkv) ≤ 60000.
+//   invocation after about 65536 loop iterations in all, so the host requires T·(1 + H/Hkv) ≤ 60000; hd % 4 == 0.
 // The last four use the parameters `pb` (the forward's with the number of cache slots in place of flags)
 // and a 1-D grid over their output elements, folded into y past 65535 workgroups.
 @group(0) @binding(5) var<storage, read> dq_in: array<f32>;              // split backward: (T, H, hd)
@@ -281,14 +281,15 @@ struct BackParams {
 @group(0) @binding(7) var<storage, read> delta_in: array<f32>;           // dscores: (T, H)
 @group(0) @binding(8) var<storage, read_write> pds: array<vec2<f32>>;    // dscores: (T, H, L) (p, ds)
 
-@group(0) @binding(2) var<storage, read> k_dq: array<f32>;               // dq: k cache
+@group(0) @binding(2) var<storage, read> k4_dq: array<vec4<f32>>;        // dq: k cache
 @group(0) @binding(3) var<storage, read> pds_dq: array<vec2<f32>>;       // dq: (T, H, L)
-@group(0) @binding(4) var<storage, read_write> dq_out: array<f32>;       // dq: (T, H, hd)
+@group(0) @binding(4) var<storage, read_write> dq4_out: array<vec4<f32>>; // dq: (T, H, hd)
 
-@group(0) @binding(3) var<storage, read> dout_kv: array<f32>;            // dkv: (T, H·hd)
+@group(0) @binding(2) var<storage, read> q4_kv: array<vec4<f32>>;        // dkv: (T, H, hd)
+@group(0) @binding(3) var<storage, read> dout4_kv: array<vec4<f32>>;     // dkv: (T, H·hd)
 @group(0) @binding(4) var<storage, read> pds_kv: array<vec2<f32>>;       // dkv: (T, H, L)
-@group(0) @binding(5) var<storage, read_write> dk_out: array<f32>;       // dkv: (S, Hkv, C, hd)
-@group(0) @binding(6) var<storage, read_write> dv_out: array<f32>;       // dkv: (S, Hkv, C, hd)
+@group(0) @binding(5) var<storage, read_write> dk4_out: array<vec4<f32>>; // dkv: (S, Hkv, C, hd)
+@group(0) @binding(6) var<storage, read_write> dv4_out: array<vec4<f32>>; // dkv: (S, Hkv, C, hd)
 @group(0) @binding(7) var<storage, read> slot_tokens: array<vec2<u32>>;  // dkv: (S) token range per slot
 
 fn flat_id(gid: vec3<u32>) -> u32 { return gid.x + gid.y * 65535u * WG; }
@@ -330,35 +331,37 @@ fn attn_dscores_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     pds[e] = vec2<f32>(pr, pr * (dp - delta_in[r]) * scale);
 }
 
+// Four features per invocation (hd % 4 == 0): each loaded ds serves four.
 @compute @workgroup_size(WG)
 fn attn_dq_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let e = flat_id(gid);
-    let hd = pb.head_dim;
-    if (e >= pb.t * pb.n_head * hd) { return; }
-    let i = e % hd;
-    let r = e / hd;
+    let e4 = flat_id(gid);
+    let hd4 = pb.head_dim / 4u;
+    if (e4 >= pb.t * pb.n_head * hd4) { return; }
+    let i4 = e4 % hd4;
+    let r = e4 / hd4;
     let h = r % pb.n_head;
     let info = tok[r / pb.n_head];
     let kvh = h / (pb.n_head / pb.n_kv_head);
-    let kb = ((info.y * pb.n_kv_head + kvh) * pb.ctx) * hd + i;
+    let kb = ((info.y * pb.n_kv_head + kvh) * pb.ctx) * hd4 + i4;
     let row = r * pb.span;
-    var acc = 0.0;
-    for (var j = 0u; j < info.z; j++) { acc += pds_dq[row + j].y * k_dq[kb + j * hd]; }
-    dq_out[e] = acc;
+    var acc = vec4<f32>(0.0);
+    for (var j = 0u; j < info.z; j++) { acc += pds_dq[row + j].y * k4_dq[kb + j * hd4]; }
+    dq4_out[e4] = acc;
 }
 
+// Four features of one cache entry per invocation (hd % 4 == 0): each loaded (p, ds) serves four.
 @compute @workgroup_size(WG)
 fn attn_dkv_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let e = flat_id(gid);
-    let hd = pb.head_dim;
-    if (e >= pb.slots * pb.n_kv_head * pb.ctx * hd) { return; }
-    let i = e % hd;
-    let pos = (e / hd) % pb.ctx;
-    let kvh = (e / (hd * pb.ctx)) % pb.n_kv_head;
-    let slot = e / (hd * pb.ctx * pb.n_kv_head);
+    let e4 = flat_id(gid);
+    let hd4 = pb.head_dim / 4u;
+    if (e4 >= pb.slots * pb.n_kv_head * pb.ctx * hd4) { return; }
+    let i4 = e4 % hd4;
+    let pos = (e4 / hd4) % pb.ctx;
+    let kvh = (e4 / (hd4 * pb.ctx)) % pb.n_kv_head;
+    let slot = e4 / (hd4 * pb.ctx * pb.n_kv_head);
     let group = pb.n_head / pb.n_kv_head;
-    var dk = 0.0;
-    var dv = 0.0;
+    var dk = vec4<f32>(0.0);
+    var dv = vec4<f32>(0.0);
     let range = slot_tokens[slot];
     for (var t = range.x; t < min(range.y, pb.t); t++) {
         let info = tok[t];
@@ -366,10 +369,10 @@ fn attn_dkv_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
         for (var g = 0u; g < group; g++) {
             let r = t * pb.n_head + kvh * group + g;
             let w = pds_kv[r * pb.span + pos];
-            dk += w.y * q[r * hd + i];
-            dv += w.x * dout_kv[r * hd + i];
+            dk += w.y * q4_kv[r * hd4 + i4];
+            dv += w.x * dout4_kv[r * hd4 + i4];
         }
     }
-    dk_out[e] = dk;
-    dv_out[e] = dv;
+    dk4_out[e4] = dk;
+    dv4_out[e4] = dv;
 }

@@ -310,8 +310,11 @@ impl<'g> Batch<'g> {
         let k = "attention_backward";
         let (t, h, hkv, hd) = (p.t as usize, p.n_head as usize, p.n_kv_head as usize, p.head_dim as usize);
         let (span, ctx) = (p.span as usize, p.ctx as usize);
-        if hkv == 0 || h % hkv != 0 || hd == 0 {
-            return Err(fail(k, format!("{h} query heads do not group over {hkv} kv heads of {hd}")));
+        if hkv == 0 || h % hkv != 0 || hd == 0 || hd % 4 != 0 {
+            return Err(fail(
+                k,
+                format!("{h} query heads over {hkv} kv heads of {hd}: needs H a multiple of Hkv and hd of 4"),
+            ));
         }
         if t * (1 + h / hkv) > TOKEN_WALK_BUDGET {
             return Err(fail(
@@ -367,7 +370,7 @@ impl<'g> Batch<'g> {
         ];
         self.dispatch(a, "attn_dscores_backward", &pb, &ds_in, grid_1d(t * h * span));
         let dq_in = [&b.tok.buffer, &b.k_cache.buffer, &b.pds.buffer, &b.dq.buffer];
-        self.dispatch(a, "attn_dq_backward", &pb, &dq_in, grid_1d(t * h * hd));
+        self.dispatch(a, "attn_dq_backward", &pb, &dq_in, grid_1d(t * h * hd / 4));
         let dkv_in = [
             &b.tok.buffer,
             &b.q.buffer,
@@ -377,7 +380,7 @@ impl<'g> Batch<'g> {
             &b.dv_cache.buffer,
             &b.slot_tokens.buffer,
         ];
-        self.dispatch(a, "attn_dkv_backward", &pb, &dkv_in, grid_1d(cache.iter().product()));
+        self.dispatch(a, "attn_dkv_backward", &pb, &dkv_in, grid_1d(cache.iter().product::<usize>() / 4));
         Ok(())
     }
 }
