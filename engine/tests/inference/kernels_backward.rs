@@ -456,6 +456,9 @@ fn backward_launches_reject_mis_sized_buffers() {
     };
     let err = b.attention_backward(&p, 1, &io).unwrap_err().to_string();
     assert!(err.contains("attention_backward") && err.contains("smaller passes"), "{err}");
+    let odd = AttnParams { t: 2, head_dim: 6, ..p };
+    let err = b.attention_backward(&odd, 1, &io).unwrap_err().to_string();
+    assert!(err.contains("attention_backward") && err.contains("hd of 4"), "{err}");
     assert!(b.is_empty(), "a rejected launch recorded a dispatch");
 }
 
