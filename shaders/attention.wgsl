@@ -9,7 +9,8 @@
 // attn_scores_forward: s (T, H, L) = q·k / sqrt(hd) for keys j < n_keys(t) (−inf after).
 // attn_softmax_forward: in place over each row of s, the first n_keys(t) entries.
 // attn_values_forward: out (T, H·hd) = Σ_j s[t, h, j] · v[slot, h / (H / Hkv), j].
-// No parameter gradients here; the LoRA issue adds the backward entry points.
+// Training: the backward entry points (and the softmax variant saving lse) follow the forward ones below;
+// nothing here has a parameter gradient (the q/k norm weights are frozen).
 
 struct Params {
     t: u32, n_head: u32, n_kv_head: u32, head_dim: u32,
