@@ -9,7 +9,8 @@
 // attn_scores_forward: s (T, H, L) = q·k / sqrt(hd) for keys j < n_keys(t) (−inf after).
 // attn_softmax_forward: in place over each row of s, the first n_keys(t) entries.
 // attn_values_forward: out (T, H·hd) = Σ_j s[t, h, j] · v[slot, h / (H / Hkv), j].
-// No parameter gradients here; the LoRA issue adds the backward entry points.
+// Training: the backward entry points (and the softmax variant saving lse) follow the forward ones below;
+// nothing here has a parameter gradient (the q/k norm weights are frozen).
 
 struct Params {
     t: u32, n_head: u32, n_kv_head: u32, head_dim: u32,
@@ -156,4 +157,223 @@ fn attn_values_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     var acc = 0.0;
     for (var j = 0u; j < info.z; j++) { acc += probs[row + j] * v_in[vb + j * hd]; }
     o[(t * p.n_head + h) * hd + i] = acc;
+}
+
+// Backward (training). Gradients of k and v have the caches' layout (S, Hkv, C, hd): an entry's gradient
+// sums over every token of this pass, in its slot, that attends to it.
+// qkv_split_backward: dqkv (T, (H + 2·Hkv)·hd) from dq (T, H, hd), dk, dv (S, Hkv, C, hd) at each token's
+//   [slot, head, position]: the rotation undone (da = dra·cos + drb·sin, db = drb·cos − dra·sin), then
+//   the per-head RMSNorm's backward with 1/rms recomputed from the saved qkv (the norm weights are
+//   frozen: no gradient for them). Same grid and flags as qkv_split_forward.
+// attn_softmax_lse_forward: attn_softmax_forward that also saves lse (T, H) = log Σⱼ exp(sⱼ), so the
+//   backward recomputes probabilities instead of keeping (T, H, L) of them per layer.
+// attn_delta_backward: delta (T, H) = Σᵢ dout·out per row.
+// attn_dscores_backward: pds (T, H, L) of (p, ds), p = exp(q·k/√hd − lse), ds = p·(dout·v − delta)/√hd.
+// attn_dq_backward: dq (T, H, hd) = Σⱼ ds·k over the row's keys.
+// attn_dkv_backward: dk, dv (S, Hkv, C, hd) = Σ over the tokens t of the entry's slot with
+//   n_keys(t) > position, and the heads h of its group, of ds·q and p·dout; every entry is written
+//   (zero where no token attends). Walks the tokens slot_tokens[slot] = [first, end) (any range that
+//   holds the slot's tokens is correct; the tightest is fastest) and the group's heads: lavapipe stops an
+//   invocation after about 65536 loop iterations in all, so the host requires T·(1 + H/Hkv) ≤ 60000; hd % 4 == 0.
+// The last four use the parameters `pb` (the forward's with the number of cache slots in place of flags)
+// and a 1-D grid over their output elements, folded into y past 65535 workgroups.
+@group(0) @binding(5) var<storage, read> dq_in: array<f32>;              // split backward: (T, H, hd)
+@group(0) @binding(6) var<storage, read> dk_in: array<f32>;              // split backward: (S, Hkv, C, hd)
+@group(0) @binding(7) var<storage, read> dv_in: array<f32>;              // split backward: (S, Hkv, C, hd)
+@group(0) @binding(8) var<storage, read_write> dqkv: array<f32>;         // split backward: (T, (H+2Hkv) hd)
+
+@compute @workgroup_size(WG)
+fn qkv_split_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let heads = p.n_head + 2u * p.n_kv_head;
+    let j = gid.x;
+    let t = gid.y;
+    if (j >= heads || t >= p.t) { return; }
+    let hd = p.head_dim;
+    let half_d = hd / 2u;
+    let info = tok[t];
+    let pos = info.x;
+    let slot = info.y;
+    let src = t * heads * hd + j * hd;
+    let is_q = j < p.n_head;
+    var at: u32;
+    if (is_q) {
+        at = (t * p.n_head + j) * hd;
+    } else if (j < p.n_head + p.n_kv_head) {
+        at = ((slot * p.n_kv_head + (j - p.n_head)) * p.ctx + pos) * hd;
+    } else {
+        at = ((slot * p.n_kv_head + (j - p.n_head - p.n_kv_head)) * p.ctx + pos) * hd;
+        for (var i = 0u; i < hd; i++) { dqkv[src + i] = dv_in[at + i]; }
+        return;
+    }
+    let normed = (p.flags & FLAG_QK_NORM) != 0u;
+    var norm_base = 0u;
+    if (!is_q) { norm_base = hd; }
+    // Pass 1: the gradient before the rotation, times the norm weight (the gradient of x·scale).
+    var dot = 0.0;
+    for (var i = 0u; i < half_d; i++) {
+        var dra: f32;
+        var drb: f32;
+        if (is_q) {
+            dra = dq_in[at + i];
+            drb = dq_in[at + i + half_d];
+        } else {
+            dra = dk_in[at + i];
+            drb = dk_in[at + i + half_d];
+        }
+        var da = dra;
+        var db = drb;
+        if ((p.flags & FLAG_ROPE) != 0u) {
+            let cs = rope[pos * half_d + i];
+            da = dra * cs.x + drb * cs.y;
+            db = drb * cs.x - dra * cs.y;
+        }
+        if (normed) {
+            da *= qk_norm[norm_base + i];
+            db *= qk_norm[norm_base + i + half_d];
+            dot += da * qkv[src + i] + db * qkv[src + i + half_d];
+        }
+        dqkv[src + i] = da;
+        dqkv[src + i + half_d] = db;
+    }
+    if (!normed) { return; }
+    // Pass 2: RMSNorm's backward, dx = s·g − x·s³/hd·Σ g·x with s = 1/rms.
+    var ss = 0.0;
+    for (var i = 0u; i < hd; i++) { ss += qkv[src + i] * qkv[src + i]; }
+    let s = inverseSqrt(ss / f32(hd) + p.eps);
+    let c = dot * s * s * s / f32(hd);
+    for (var i = 0u; i < hd; i++) { dqkv[src + i] = s * dqkv[src + i] - c * qkv[src + i]; }
+}
+
+@group(0) @binding(3) var<storage, read_write> lse_out: array<f32>;      // softmax lse: (T, H)
+
+@compute @workgroup_size(WG)
+fn attn_softmax_lse_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let r = gid.x;
+    if (r >= p.t * p.n_head) { return; }
+    let n = tok[r / p.n_head].z;
+    let row = r * p.span;
+    var m = -3.0e38;
+    for (var j = 0u; j < n; j++) { m = max(m, s_rw[row + j]); }
+    var sum = 0.0;
+    for (var j = 0u; j < n; j++) {
+        let e = exp(s_rw[row + j] - m);
+        s_rw[row + j] = e;
+        sum += e;
+    }
+    let inv = 1.0 / sum;
+    for (var j = 0u; j < n; j++) { s_rw[row + j] *= inv; }
+    for (var j = n; j < p.span; j++) { s_rw[row + j] = 0.0; }
+    lse_out[r] = m + log(sum);
+}
+
+struct BackParams {
+    t: u32, n_head: u32, n_kv_head: u32, head_dim: u32,
+    ctx: u32, span: u32, slots: u32, eps: f32,
+}
+@group(0) @binding(0) var<uniform> pb: BackParams;
+
+@group(0) @binding(1) var<storage, read> dout_d: array<f32>;             // delta: (T, H·hd)
+@group(0) @binding(2) var<storage, read> out_d: array<f32>;              // delta: (T, H·hd)
+@group(0) @binding(3) var<storage, read_write> delta_out: array<f32>;    // delta: (T, H)
+
+@group(0) @binding(4) var<storage, read> v_ds: array<f32>;               // dscores: v cache
+@group(0) @binding(5) var<storage, read> dout_ds: array<f32>;            // dscores: (T, H·hd)
+@group(0) @binding(6) var<storage, read> lse_in: array<f32>;             // dscores: (T, H)
+@group(0) @binding(7) var<storage, read> delta_in: array<f32>;           // dscores: (T, H)
+@group(0) @binding(8) var<storage, read_write> pds: array<vec2<f32>>;    // dscores: (T, H, L) (p, ds)
+
+@group(0) @binding(2) var<storage, read> k4_dq: array<vec4<f32>>;        // dq: k cache
+@group(0) @binding(3) var<storage, read> pds_dq: array<vec2<f32>>;       // dq: (T, H, L)
+@group(0) @binding(4) var<storage, read_write> dq4_out: array<vec4<f32>>; // dq: (T, H, hd)
+
+@group(0) @binding(2) var<storage, read> q4_kv: array<vec4<f32>>;        // dkv: (T, H, hd)
+@group(0) @binding(3) var<storage, read> dout4_kv: array<vec4<f32>>;     // dkv: (T, H·hd)
+@group(0) @binding(4) var<storage, read> pds_kv: array<vec2<f32>>;       // dkv: (T, H, L)
+@group(0) @binding(5) var<storage, read_write> dk4_out: array<vec4<f32>>; // dkv: (S, Hkv, C, hd)
+@group(0) @binding(6) var<storage, read_write> dv4_out: array<vec4<f32>>; // dkv: (S, Hkv, C, hd)
+@group(0) @binding(7) var<storage, read> slot_tokens: array<vec2<u32>>;  // dkv: (S) token range per slot
+
+fn flat_id(gid: vec3<u32>) -> u32 { return gid.x + gid.y * 65535u * WG; }
+
+@compute @workgroup_size(WG)
+fn attn_delta_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let r = flat_id(gid);
+    if (r >= pb.t * pb.n_head) { return; }
+    let base = r * pb.head_dim;
+    var acc = 0.0;
+    for (var i = 0u; i < pb.head_dim; i++) { acc += dout_d[base + i] * out_d[base + i]; }
+    delta_out[r] = acc;
+}
+
+@compute @workgroup_size(WG)
+fn attn_dscores_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let e = flat_id(gid);
+    if (e >= pb.t * pb.n_head * pb.span) { return; }
+    let j = e % pb.span;
+    let r = e / pb.span;
+    let h = r % pb.n_head;
+    let info = tok[r / pb.n_head];
+    if (j >= info.z) {
+        pds[e] = vec2<f32>(0.0);
+        return;
+    }
+    let hd = pb.head_dim;
+    let kvh = h / (pb.n_head / pb.n_kv_head);
+    let kb = ((info.y * pb.n_kv_head + kvh) * pb.ctx + j) * hd;
+    let qb = r * hd;
+    var sdot = 0.0;
+    var dp = 0.0;
+    for (var i = 0u; i < hd; i++) {
+        sdot += q[qb + i] * k_in[kb + i];
+        dp += dout_ds[qb + i] * v_ds[kb + i];
+    }
+    let scale = inverseSqrt(f32(hd));
+    let pr = exp(sdot * scale - lse_in[r]);
+    pds[e] = vec2<f32>(pr, pr * (dp - delta_in[r]) * scale);
+}
+
+// Four features per invocation (hd % 4 == 0): each loaded ds serves four.
+@compute @workgroup_size(WG)
+fn attn_dq_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let e4 = flat_id(gid);
+    let hd4 = pb.head_dim / 4u;
+    if (e4 >= pb.t * pb.n_head * hd4) { return; }
+    let i4 = e4 % hd4;
+    let r = e4 / hd4;
+    let h = r % pb.n_head;
+    let info = tok[r / pb.n_head];
+    let kvh = h / (pb.n_head / pb.n_kv_head);
+    let kb = ((info.y * pb.n_kv_head + kvh) * pb.ctx) * hd4 + i4;
+    let row = r * pb.span;
+    var acc = vec4<f32>(0.0);
+    for (var j = 0u; j < info.z; j++) { acc += pds_dq[row + j].y * k4_dq[kb + j * hd4]; }
+    dq4_out[e4] = acc;
+}
+
+// Four features of one cache entry per invocation (hd % 4 == 0): each loaded (p, ds) serves four.
+@compute @workgroup_size(WG)
+fn attn_dkv_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let e4 = flat_id(gid);
+    let hd4 = pb.head_dim / 4u;
+    if (e4 >= pb.slots * pb.n_kv_head * pb.ctx * hd4) { return; }
+    let i4 = e4 % hd4;
+    let pos = (e4 / hd4) % pb.ctx;
+    let kvh = (e4 / (hd4 * pb.ctx)) % pb.n_kv_head;
+    let slot = e4 / (hd4 * pb.ctx * pb.n_kv_head);
+    let group = pb.n_head / pb.n_kv_head;
+    var dk = vec4<f32>(0.0);
+    var dv = vec4<f32>(0.0);
+    let range = slot_tokens[slot];
+    for (var t = range.x; t < min(range.y, pb.t); t++) {
+        let info = tok[t];
+        if (info.y != slot || info.z <= pos) { continue; }
+        for (var g = 0u; g < group; g++) {
+            let r = t * pb.n_head + kvh * group + g;
+            let w = pds_kv[r * pb.span + pos];
+            dk += w.y * q4_kv[r * hd4 + i4];
+            dv += w.x * dout4_kv[r * hd4 + i4];
+        }
+    }
+    dk4_out[e4] = dk;
+    dv4_out[e4] = dv;
 }

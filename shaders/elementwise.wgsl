@@ -145,3 +145,22 @@ fn embed_rows_add_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     out[t * p.dim + 2u * c] += v.x;
     out[t * p.dim + 2u * c + 1u] += v.y;
 }
+
+// swiglu_backward: from dact (T, I) and the saved gu (T, 2I), dgu (T, 2I) = (d gate, d up):
+//   d gate = dact · u · σ(g) · (1 + g · (1 − σ(g))), d up = dact · silu(g). Writes `out` (binding 3).
+//   Same grid as swiglu_forward.
+@group(0) @binding(2) var<storage, read> dact: array<f32>;           // (T, I)
+
+@compute @workgroup_size(WG)
+fn swiglu_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    let t = gid.y;
+    if (i >= p.dim || t >= p.rows) { return; }
+    let at = t * 2u * p.dim + i;
+    let g = gu[at];
+    let u = gu[at + p.dim];
+    let d = dact[t * p.dim + i];
+    let sg = 1.0 / (1.0 + exp(-g));
+    out[at] = d * u * sg * (1.0 + g * (1.0 - sg));
+    out[at + p.dim] = d * g * sg;
+}

@@ -147,3 +147,76 @@ fn matmul_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
     }
 }
+
+// matmul_backward_dx: the frozen linear's input gradient, dX (T, K) (+)= dY[:, n_off + rows] · W[rows],
+//   W (N, K) the forward's packed f16 weight read down its columns, over the weight rows
+//   first .. first + n, dY (T, ldy). flags bit 0 adds into dX (the host splits a long N into several
+//   launches that add up, and fused projections or a weight in row blocks sum their parts). No gradient
+//   for W (frozen). matmul_backward_dx: 4 rows × 8 columns per invocation, K % 8 == 0;
+//   matmul_backward_dx_scalar: 4 rows × 2 columns, any even K. Grid: x = column group, y = groups of four
+//   rows. lavapipe stops an invocation after about 65536 loop iterations in all (not per loop: nesting
+//   does not help), so the host keeps n ≤ 16384 per launch (an LM head has N = 151936).
+struct DxParams { t: u32, n: u32, k: u32, flags: u32, ldy: u32, n_off: u32, first: u32, pad: u32 }
+@group(0) @binding(0) var<uniform> pd: DxParams;
+@group(0) @binding(1) var<storage, read> dy_rows: array<f32>;         // (T, ldy)
+@group(0) @binding(3) var<storage, read_write> dx_rows: array<f32>;   // (T, K)
+
+fn store_dx(t: u32, col: u32, v: f32) {
+    let at = t * pd.k + col;
+    if ((pd.flags & 1u) != 0u) { dx_rows[at] += v; } else { dx_rows[at] = v; }
+}
+
+@compute @workgroup_size(WG)
+fn matmul_backward_dx(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c8 = gid.x;
+    let t0 = gid.y * 4u;
+    let k8 = pd.k / 8u;
+    if (c8 >= k8 || t0 >= pd.t) { return; }
+    let last = pd.t - 1u;
+    var rows: array<u32, 4>;
+    for (var m = 0u; m < 4u; m++) { rows[m] = min(t0 + m, last) * pd.ldy + pd.n_off; }
+    var lo: array<vec4<f32>, 4>;
+    var hi: array<vec4<f32>, 4>;
+    for (var n = pd.first; n < pd.first + pd.n; n++) {
+        let q = w4[n * k8 + c8];
+        let wa = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
+        let wb = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
+        for (var m = 0u; m < 4u; m++) {
+            let g = dy_rows[rows[m] + n];
+            lo[m] += g * wa;
+            hi[m] += g * wb;
+        }
+    }
+    for (var m = 0u; m < 4u; m++) {
+        let t = t0 + m;
+        if (t < pd.t) {
+            for (var c = 0u; c < 4u; c++) {
+                store_dx(t, 8u * c8 + c, lo[m][c]);
+                store_dx(t, 8u * c8 + 4u + c, hi[m][c]);
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn matmul_backward_dx_scalar(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c2 = gid.x;
+    let t0 = gid.y * 4u;
+    let k2 = pd.k / 2u;
+    if (c2 >= k2 || t0 >= pd.t) { return; }
+    let last = pd.t - 1u;
+    var rows: array<u32, 4>;
+    for (var m = 0u; m < 4u; m++) { rows[m] = min(t0 + m, last) * pd.ldy + pd.n_off; }
+    var acc: array<vec2<f32>, 4>;
+    for (var n = pd.first; n < pd.first + pd.n; n++) {
+        let wv = unpack2x16float(w_at(n * k2 + c2));
+        for (var m = 0u; m < 4u; m++) { acc[m] += dy_rows[rows[m] + n] * wv; }
+    }
+    for (var m = 0u; m < 4u; m++) {
+        let t = t0 + m;
+        if (t < pd.t) {
+            store_dx(t, 2u * c2, acc[m].x);
+            store_dx(t, 2u * c2 + 1u, acc[m].y);
+        }
+    }
+}

@@ -33,6 +33,18 @@ pub fn matmul_forward(
     y
 }
 
+/// dX (T, K) = dY (T, N) · w, w (N, K) given as f16: the frozen linear's input gradient.
+pub fn matmul_backward_dx(dy: &[f32], w: &[f16], t: usize, n: usize, k: usize) -> Vec<f32> {
+    let mut dx = vec![0.0; t * k];
+    for r in 0..t {
+        for c in 0..k {
+            let acc: f64 = (0..n).map(|j| dy[r * n + j] as f64 * w[j * k + c].to_f64()).sum();
+            dx[r * k + c] = acc as f32;
+        }
+    }
+    dx
+}
+
 /// out (R, D) = x[src(r)] / sqrt(mean(x²) + eps) · w, src(r) = rows[r] if given.
 pub fn rms_norm_forward(x: &[f32], w: &[f32], rows_map: Option<&[u32]>, rows: usize, eps: f32) -> Vec<f32> {
     let d = w.len();
@@ -47,6 +59,35 @@ pub fn rms_norm_forward(x: &[f32], w: &[f32], rows_map: Option<&[u32]>, rows: us
         }
     }
     out
+}
+
+/// inv_rms (R) = 1 / sqrt(mean(x[r]²) + eps): what `rms_norm_train_forward` saves for the backward.
+pub fn rms_norm_inv(x: &[f32], rows: usize, dim: usize, eps: f32) -> Vec<f32> {
+    (0..rows)
+        .map(|r| {
+            let ms = x[r * dim..(r + 1) * dim].iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / dim as f64;
+            (1.0 / (ms + eps as f64).sqrt()) as f32
+        })
+        .collect()
+}
+
+/// dx (R, D) of out = x · inv · w: inv·(w ⊙ dy) − x · inv³ / D · Σ w ⊙ dy ⊙ x, inv recomputed in f64.
+/// The frozen weight gets no gradient.
+pub fn rms_norm_backward(x: &[f32], w: &[f32], dy: &[f32], rows: usize, eps: f32) -> Vec<f32> {
+    let d = w.len();
+    let mut dx = vec![0.0; rows * d];
+    for r in 0..rows {
+        let row = &x[r * d..(r + 1) * d];
+        let ms = row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / d as f64;
+        let inv = 1.0 / (ms + eps as f64).sqrt();
+        let g: Vec<f64> = (0..d).map(|i| w[i] as f64 * dy[r * d + i] as f64).collect();
+        let dot: f64 = (0..d).map(|i| g[i] * row[i] as f64).sum();
+        let c = dot * inv.powi(3) / d as f64;
+        for i in 0..d {
+            dx[r * d + i] = (inv * g[i] - c * row[i] as f64) as f32;
+        }
+    }
+    dx
 }
 
 /// out (R, D) = (x − mean) / sqrt(var + eps) · w + b.
@@ -91,6 +132,17 @@ impl TokenInfo {
     /// The `tok` buffer of the attention kernels: (position, slot, key count, 0) per token.
     pub fn words(tokens: &[TokenInfo]) -> Vec<u32> {
         tokens.iter().flat_map(|i| [i.pos, i.slot, i.n_keys, 0]).collect()
+    }
+
+    /// The `slot_tokens` buffer of attention's backward: for each of `slots` cache slots, the range
+    /// [first, end) of token indices that holds every token of that slot ([0, 0) for none).
+    pub fn slot_ranges(tokens: &[TokenInfo], slots: usize) -> Vec<u32> {
+        let mut ranges = vec![[u32::MAX, 0u32]; slots];
+        for (t, info) in tokens.iter().enumerate() {
+            let r = &mut ranges[info.slot as usize];
+            *r = [r[0].min(t as u32), r[1].max(t as u32 + 1)];
+        }
+        ranges.iter().flat_map(|&[a, b]| if b == 0 { [0, 0] } else { [a, b] }).collect()
     }
 }
 
@@ -157,6 +209,73 @@ pub fn qkv_split_forward(
     q
 }
 
+/// Gradients of attention's inputs: dq (T, H, hd) and dk, dv in the caches' layout (S, Hkv, C, hd).
+#[derive(Debug, Clone)]
+pub struct AttnGrads {
+    pub dq: Vec<f32>,
+    pub dk_cache: Vec<f32>,
+    pub dv_cache: Vec<f32>,
+}
+
+/// dqkv (T, (H+2Hkv)·hd) of [`qkv_split_forward`] from the gradients of q and of the cache entries each
+/// token wrote: the rotation undone, then the per-head RMSNorm's backward (frozen norm weights).
+pub fn qkv_split_backward(
+    s: AttnShape,
+    tok: &[TokenInfo],
+    qkv: &[f32],
+    rope: Option<&[[f32; 2]]>,
+    qk_norm: Option<(&[f32], f32)>,
+    grads: &AttnGrads,
+) -> Vec<f32> {
+    let hd = s.head_dim;
+    let half = hd / 2;
+    let heads = s.n_head + 2 * s.n_kv_head;
+    let mut dqkv = vec![0.0; qkv.len()];
+    for (t, info) in tok.iter().enumerate() {
+        let cache_at = |h: usize| ((info.slot as usize * s.n_kv_head + h) * s.ctx + info.pos as usize) * hd;
+        for j in 0..heads {
+            let src = (t * heads + j) * hd;
+            let dy: &[f32] = if j < s.n_head {
+                &grads.dq[(t * s.n_head + j) * hd..][..hd]
+            } else if j < s.n_head + s.n_kv_head {
+                &grads.dk_cache[cache_at(j - s.n_head)..][..hd]
+            } else {
+                let at = cache_at(j - s.n_head - s.n_kv_head);
+                dqkv[src..src + hd].copy_from_slice(&grads.dv_cache[at..at + hd]);
+                continue;
+            };
+            let mut g: Vec<f64> = dy.iter().map(|v| *v as f64).collect();
+            if let Some(table) = rope {
+                g = (0..hd)
+                    .map(|i| {
+                        let [c, sn] = table[info.pos as usize * half + i % half];
+                        let (c, sn) = (c as f64, sn as f64);
+                        if i < half {
+                            dy[i] as f64 * c + dy[i + half] as f64 * sn
+                        } else {
+                            dy[i] as f64 * c - dy[i - half] as f64 * sn
+                        }
+                    })
+                    .collect();
+            }
+            let x = &qkv[src..src + hd];
+            if let Some((w, eps)) = qk_norm {
+                let w = if j < s.n_head { &w[..hd] } else { &w[hd..2 * hd] };
+                let ms = x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / hd as f64;
+                let inv = 1.0 / (ms + eps as f64).sqrt();
+                let gw: Vec<f64> = (0..hd).map(|i| g[i] * w[i] as f64).collect();
+                let dot: f64 = (0..hd).map(|i| gw[i] * x[i] as f64).sum();
+                let c = dot * inv.powi(3) / hd as f64;
+                g = (0..hd).map(|i| inv * gw[i] - c * x[i] as f64).collect();
+            }
+            for i in 0..hd {
+                dqkv[src + i] = g[i] as f32;
+            }
+        }
+    }
+    dqkv
+}
+
 /// out (T, H·hd): softmax(q·kᵀ/√hd over keys 0..n_keys) · v, grouped-query heads.
 pub fn attention_forward(
     s: AttnShape,
@@ -194,6 +313,81 @@ pub fn attention_forward(
     out
 }
 
+/// Scores of one (token, head) row, q·k/√hd over its keys, and the row's cache base, in f64.
+fn attention_row(
+    s: AttnShape,
+    info: TokenInfo,
+    q: &[f32],
+    k_cache: &[f32],
+    t: usize,
+    h: usize,
+) -> (Vec<f64>, usize) {
+    let hd = s.head_dim;
+    let kvh = h / (s.n_head / s.n_kv_head);
+    let base = (info.slot as usize * s.n_kv_head + kvh) * s.ctx;
+    let qv = &q[(t * s.n_head + h) * hd..][..hd];
+    let scores = (0..info.n_keys as usize)
+        .map(|j| {
+            let kv = &k_cache[(base + j) * hd..][..hd];
+            qv.iter().zip(kv).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() / (hd as f64).sqrt()
+        })
+        .collect();
+    (scores, base)
+}
+
+/// lse (T, H) = log Σⱼ exp(q·kⱼ/√hd): what `attn_softmax_lse_forward` saves for the backward.
+pub fn attention_lse(s: AttnShape, tok: &[TokenInfo], q: &[f32], k_cache: &[f32]) -> Vec<f32> {
+    let mut lse = Vec::with_capacity(tok.len() * s.n_head);
+    for (t, info) in tok.iter().enumerate() {
+        for h in 0..s.n_head {
+            let (scores, _) = attention_row(s, *info, q, k_cache, t, h);
+            let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            lse.push((m + scores.iter().map(|x| (x - m).exp()).sum::<f64>().ln()) as f32);
+        }
+    }
+    lse
+}
+
+/// Gradients of [`attention_forward`] given dout (T, H·hd): dq, and dk, dv summed over every token
+/// (and head of the group) that attends to each cache entry; entries no token attends get zero.
+pub fn attention_backward(
+    s: AttnShape,
+    tok: &[TokenInfo],
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    dout: &[f32],
+) -> AttnGrads {
+    let hd = s.head_dim;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let mut dq = vec![0.0f64; q.len()];
+    let mut dk = vec![0.0f64; k_cache.len()];
+    let mut dv = vec![0.0f64; v_cache.len()];
+    for (t, info) in tok.iter().enumerate() {
+        for h in 0..s.n_head {
+            let (scores, base) = attention_row(s, *info, q, k_cache, t, h);
+            let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = scores.iter().map(|x| (x - m).exp()).sum();
+            let row = (t * s.n_head + h) * hd;
+            let probs: Vec<f64> = scores.iter().map(|x| (x - m).exp() / z).collect();
+            let dp: Vec<f64> = (0..probs.len())
+                .map(|j| (0..hd).map(|i| dout[row + i] as f64 * v_cache[(base + j) * hd + i] as f64).sum())
+                .collect();
+            let delta: f64 = probs.iter().zip(&dp).map(|(p, d)| p * d).sum();
+            for (j, p) in probs.iter().enumerate() {
+                let ds = p * (dp[j] - delta) * scale;
+                for i in 0..hd {
+                    dq[row + i] += ds * k_cache[(base + j) * hd + i] as f64;
+                    dk[(base + j) * hd + i] += ds * q[row + i] as f64;
+                    dv[(base + j) * hd + i] += p * dout[row + i] as f64;
+                }
+            }
+        }
+    }
+    let to_f32 = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
+    AttnGrads { dq: to_f32(dq), dk_cache: to_f32(dk), dv_cache: to_f32(dv) }
+}
+
 /// out (T, D) = table[ids[t]] for an f16 table (V, D).
 pub fn embed_rows_forward(ids: &[u32], table: &[f16], dim: usize) -> Vec<f32> {
     ids.iter()
@@ -212,6 +406,21 @@ pub fn swiglu_forward(gu: &[f32], t: usize, inter: usize) -> Vec<f32> {
         }
     }
     out
+}
+
+/// dgu (T, 2I) = (d gate, d up) of act = silu(g) · u: dact · u · σ(g) · (1 + g(1 − σ(g))), dact · silu(g).
+pub fn swiglu_backward(gu: &[f32], dact: &[f32], t: usize, inter: usize) -> Vec<f32> {
+    let mut dgu = vec![0.0; t * 2 * inter];
+    for r in 0..t {
+        for i in 0..inter {
+            let at = r * 2 * inter + i;
+            let (g, u, d) = (gu[at] as f64, gu[at + inter] as f64, dact[r * inter + i] as f64);
+            let sg = 1.0 / (1.0 + (-g).exp());
+            dgu[at] = (d * u * sg * (1.0 + g * (1.0 - sg))) as f32;
+            dgu[at + inter] = (d * g * sg) as f32;
+        }
+    }
+    dgu
 }
 
 /// Exact GELU, x · Φ(x), through libm's erf.

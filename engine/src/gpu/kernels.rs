@@ -7,6 +7,9 @@ use crate::gpu::KernelProfile;
 use crate::gpu::shaders::{ATTENTION, ELEMENTWISE, MATMUL, MATMUL_ROWS_SUBGROUP, MATMUL_WORKGROUP, NORM};
 use crate::gpu::{Batch, BlockedWeight16, Tensor, Weight16};
 
+mod backward;
+pub use backward::{AttnBackward, GradWrite};
+
 /// Workgroup size of every 1-D kernel.
 pub const WG: u32 = 64;
 /// Columns per chunk of the log-prob reduction (`LOGPROB_CHUNK` in elementwise.wgsl).

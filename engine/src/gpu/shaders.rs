@@ -45,4 +45,36 @@ mod tests {
             assert!(!module.entry_points.is_empty(), "{} has no entry point", shader.name);
         }
     }
+
+    /// The training entry points (forward variants that save what a backward needs, and the backwards)
+    /// exist in the file of their forward, so the validation above covers them.
+    #[test]
+    fn backward_entry_points_sit_beside_their_forwards() {
+        let expected: &[(&ShaderSource, &[&str])] = &[
+            (&NORM, &["rms_norm_train_forward", "rms_norm_backward"]),
+            (&ELEMENTWISE, &["swiglu_backward"]),
+            (&MATMUL, &["matmul_backward_dx", "matmul_backward_dx_scalar"]),
+            (
+                &ATTENTION,
+                &[
+                    "qkv_split_backward",
+                    "attn_softmax_lse_forward",
+                    "attn_delta_backward",
+                    "attn_dscores_backward",
+                    "attn_dq_backward",
+                    "attn_dkv_backward",
+                ],
+            ),
+        ];
+        for (shader, entries) in expected {
+            let module = naga::front::wgsl::parse_str(shader.source).expect("parses");
+            for entry in *entries {
+                assert!(
+                    module.entry_points.iter().any(|e| e.name == *entry),
+                    "{} lacks the entry point {entry}",
+                    shader.name
+                );
+            }
+        }
+    }
 }

@@ -17,6 +17,7 @@ mod gguf_decoders;
 mod gguf_quant;
 mod gguf_reader;
 mod kernels;
+mod kernels_backward;
 mod kernels_encoder;
 mod kernels_gpu_family;
 mod tokenizer_chat;

@@ -1,0 +1,386 @@
+//! Typed launches of the backward kernels (and the forward variants that save what a backward needs):
+//! RMSNorm, SwiGLU, the fused q/k/v split with RoPE, attention, and the frozen linear's input gradient.
+//! Unlike the inference launches, every buffer size is checked here and a mismatch is an error: in a
+//! release build wgpu's bounds checks would otherwise clamp the access and return wrong gradients.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{AttnParams, NormParams, grid_1d, groups};
+use crate::gpu::shaders::{ATTENTION, ELEMENTWISE, MATMUL, NORM};
+use crate::gpu::{Batch, Tensor, Weight16};
+use crate::{Error, Result};
+
+/// Whether a backward launch overwrites its gradient output or adds into it (a residual stream's
+/// gradient, or fused projections summing their parts of one input's gradient).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GradWrite {
+    Overwrite,
+    Accumulate,
+}
+
+impl GradWrite {
+    fn flag(self) -> u32 {
+        (self == GradWrite::Accumulate) as u32
+    }
+}
+
+/// Parameters of swiglu_backward (mirrors `Params` in elementwise.wgsl).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct SwigluParams {
+    rows: u32,
+    inter: u32,
+    unused: [u32; 2],
+}
+
+/// Parameters of matmul_backward_dx (mirrors `DxParams` in matmul.wgsl): weight rows
+/// `first .. first + n`, read against dY columns `n_off + first ..`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct DxParams {
+    t: u32,
+    n: u32,
+    k: u32,
+    flags: u32,
+    ldy: u32,
+    n_off: u32,
+    first: u32,
+    pad: u32,
+}
+
+/// Weight rows one dX launch walks: lavapipe stops an invocation after about 65536 loop iterations in
+/// all, so a long N (an LM head's vocabulary) is split into launches that add up.
+const DX_ROWS_PER_LAUNCH: usize = 16384;
+
+/// Loop iterations one attention-backward invocation may spend walking tokens (lavapipe's budget).
+const TOKEN_WALK_BUDGET: usize = 60000;
+
+/// Parameters of the attention backward kernels (mirrors `BackParams` in attention.wgsl).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct AttnBackParams {
+    t: u32,
+    n_head: u32,
+    n_kv_head: u32,
+    head_dim: u32,
+    ctx: u32,
+    span: u32,
+    slots: u32,
+    eps: f32,
+}
+
+/// The buffers attention's backward reads and writes. `lse` comes from [`Batch::attention_train`] in
+/// the forward; `delta` (T, H) and `pds` (T, H, span, 2) are scratch. `slot_tokens` (slots, 2) holds, per
+/// cache slot, the range of this pass's tokens in it, [first, end) (`TokenInfo::slot_ranges`).
+/// `dk_cache`, `dv_cache` have the caches' shape and are overwritten whole.
+pub struct AttnBackward<'a> {
+    pub tok: &'a Tensor,
+    pub slot_tokens: &'a Tensor,
+    pub q: &'a Tensor,
+    pub k_cache: &'a Tensor,
+    pub v_cache: &'a Tensor,
+    pub out: &'a Tensor,
+    pub dout: &'a Tensor,
+    pub lse: &'a Tensor,
+    pub delta: &'a Tensor,
+    pub pds: &'a Tensor,
+    pub dq: &'a Tensor,
+    pub dk_cache: &'a Tensor,
+    pub dv_cache: &'a Tensor,
+}
+
+/// Errors unless `t` holds at least the elements of `shape` (workspaces are sized for the largest pass).
+fn need(kernel: &str, name: &str, t: &Tensor, shape: &[usize]) -> Result<()> {
+    if t.len() < shape.iter().product::<usize>() {
+        return Err(Error::Shape {
+            name: format!("{kernel}: {name}"),
+            expected: shape.to_vec(),
+            found: t.shape.clone(),
+        });
+    }
+    Ok(())
+}
+
+fn fail(kernel: &str, what: String) -> Error {
+    Error::Input(format!("{kernel}: {what}"))
+}
+
+impl<'g> Batch<'g> {
+    /// out (R, D) = rms_norm(x) · w as [`Batch::rms_norm`] (no gather), also saving inv_rms (R) for
+    /// [`Batch::rms_norm_backward`].
+    pub fn rms_norm_train(
+        &mut self,
+        x: &Tensor,
+        w: &Tensor,
+        out: &Tensor,
+        inv_rms: &Tensor,
+        rows: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let (k, dim) = ("rms_norm_train_forward", w.len());
+        need(k, "x", x, &[rows, dim])?;
+        need(k, "out", out, &[rows, dim])?;
+        need(k, "inv_rms", inv_rms, &[rows])?;
+        let params = NormParams { rows: rows as u32, dim: dim as u32, eps, flags: 0 };
+        let buffers = [&x.buffer, &w.buffer, &out.buffer, &inv_rms.buffer];
+        self.dispatch(&NORM, k, &params, &buffers, grid_1d(rows));
+        Ok(())
+    }
+
+    /// dx (R, D) (+)= RMSNorm's input gradient from dy, the saved input x and inv_rms. Rows of any
+    /// length (also Qwen3's per-head q/k norms). The frozen weight gets no gradient.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rms_norm_backward(
+        &mut self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        inv_rms: &Tensor,
+        dx: &Tensor,
+        rows: usize,
+        write: GradWrite,
+    ) -> Result<()> {
+        let (k, dim) = ("rms_norm_backward", w.len());
+        for (name, t) in [("x", x), ("dy", dy), ("dx", dx)] {
+            need(k, name, t, &[rows, dim])?;
+        }
+        need(k, "inv_rms", inv_rms, &[rows])?;
+        let params = NormParams { rows: rows as u32, dim: dim as u32, eps: 0.0, flags: write.flag() };
+        let buffers = [&x.buffer, &w.buffer, &dy.buffer, &inv_rms.buffer, &dx.buffer];
+        self.dispatch(&NORM, k, &params, &buffers, grid_1d(rows));
+        Ok(())
+    }
+
+    /// dgu (T, 2I) = (d gate, d up) of act = silu(gate) · up, from dact (T, I) and the saved gu.
+    pub fn swiglu_backward(
+        &mut self,
+        gu: &Tensor,
+        dact: &Tensor,
+        dgu: &Tensor,
+        t: usize,
+        inter: usize,
+    ) -> Result<()> {
+        let k = "swiglu_backward";
+        need(k, "gu", gu, &[t, 2 * inter])?;
+        need(k, "dact", dact, &[t, inter])?;
+        need(k, "dgu", dgu, &[t, 2 * inter])?;
+        let params = SwigluParams { rows: t as u32, inter: inter as u32, unused: [0; 2] };
+        let grid = [groups(inter), t as u32, 1];
+        self.dispatch(&ELEMENTWISE, k, &params, &[&gu.buffer, &dact.buffer, &dgu.buffer], grid);
+        Ok(())
+    }
+
+    /// dX (T, K) (+)= dY[:, n_off .. n_off + N] · W for a frozen W (N, K), dY of row stride `ldy`: the
+    /// frozen linear's input gradient. For a weight in row blocks, or fused projections that share an
+    /// input, call once per block with [`GradWrite::Accumulate`] after the first.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_backward_dx(
+        &mut self,
+        dy: &Tensor,
+        w: &Weight16,
+        dx: &Tensor,
+        t: usize,
+        ldy: usize,
+        n_off: usize,
+        write: GradWrite,
+    ) -> Result<()> {
+        let (k, n, cols) = ("matmul_backward_dx", w.rows, w.cols);
+        if n_off + n > ldy {
+            return Err(fail(k, format!("columns {n_off}..{} of dY exceed its row stride {ldy}", n_off + n)));
+        }
+        need(k, "dy", dy, &[t, ldy])?;
+        need(k, "dx", dx, &[t, cols])?;
+        let entry = if cols % 8 == 0 { "matmul_backward_dx" } else { "matmul_backward_dx_scalar" };
+        let grid = [groups(if cols % 8 == 0 { cols / 8 } else { cols / 2 }), (t as u32).div_ceil(4), 1];
+        for first in (0..n).step_by(DX_ROWS_PER_LAUNCH) {
+            let write = if first == 0 { write } else { GradWrite::Accumulate };
+            let params = DxParams {
+                t: t as u32,
+                n: DX_ROWS_PER_LAUNCH.min(n - first) as u32,
+                k: cols as u32,
+                flags: write.flag(),
+                ldy: ldy as u32,
+                n_off: n_off as u32,
+                first: first as u32,
+                pad: 0,
+            };
+            self.dispatch(&MATMUL, entry, &params, &[&dy.buffer, &w.buffer, &dx.buffer], grid);
+        }
+        Ok(())
+    }
+
+    /// dqkv (T, (H + 2Hkv)·hd) of [`Batch::qkv_split`] from dq (T, H, hd) and dk, dv in the caches'
+    /// layout, with the saved qkv (the q/k norms' 1/rms is recomputed from it). Same flags as the forward.
+    #[allow(clippy::too_many_arguments)]
+    pub fn qkv_split_backward(
+        &mut self,
+        p: &AttnParams,
+        tok: &Tensor,
+        qkv: &Tensor,
+        rope: &Tensor,
+        qk_norm: Option<&Tensor>,
+        dq: &Tensor,
+        dk_cache: &Tensor,
+        dv_cache: &Tensor,
+        dqkv: &Tensor,
+    ) -> Result<()> {
+        let k = "qkv_split_backward";
+        let (t, hd) = (p.t as usize, p.head_dim as usize);
+        let heads = (p.n_head + 2 * p.n_kv_head) as usize;
+        need(k, "tok", tok, &[t, 4])?;
+        need(k, "qkv", qkv, &[t, heads * hd])?;
+        need(k, "dqkv", dqkv, &[t, heads * hd])?;
+        need(k, "dq", dq, &[t, p.n_head as usize, hd])?;
+        if dk_cache.len() != dv_cache.len() {
+            return Err(fail(
+                k,
+                format!("dk ({}) and dv ({}) differ in size", dk_cache.len(), dv_cache.len()),
+            ));
+        }
+        let gpu = self.gpu_ref();
+        let norm = match qk_norm {
+            Some(n) => {
+                need(k, "qk_norm", n, &[2, hd])?;
+                &n.buffer
+            }
+            None => &gpu.dummy,
+        };
+        let buffers = [
+            &tok.buffer,
+            &qkv.buffer,
+            &rope.buffer,
+            norm,
+            &dq.buffer,
+            &dk_cache.buffer,
+            &dv_cache.buffer,
+            &dqkv.buffer,
+        ];
+        self.dispatch(&ATTENTION, k, p, &buffers, [groups(heads), p.t, 1]);
+        Ok(())
+    }
+
+    /// Attention's forward as [`Batch::attention`], also saving lse (T, H), the log-sum-exp of each score
+    /// row, for [`Batch::attention_backward`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_train(
+        &mut self,
+        p: &AttnParams,
+        tok: &Tensor,
+        q: &Tensor,
+        k_cache: &Tensor,
+        v_cache: &Tensor,
+        scores: &Tensor,
+        out: &Tensor,
+        lse: &Tensor,
+    ) -> Result<()> {
+        let k = "attention_train";
+        let (t, h, hd) = (p.t as usize, p.n_head as usize, p.head_dim as usize);
+        need(k, "scores", scores, &[t, h, p.span as usize])?;
+        need(k, "q", q, &[t, h, hd])?;
+        need(k, "out", out, &[t, h * hd])?;
+        need(k, "lse", lse, &[t, h])?;
+        self.dispatch(
+            &ATTENTION,
+            "attn_scores_forward",
+            p,
+            &[&tok.buffer, &q.buffer, &k_cache.buffer, &scores.buffer],
+            [groups(p.span as usize), p.n_head, p.t],
+        );
+        self.attention_softmax_lse(p, tok, scores, lse);
+        self.dispatch(
+            &ATTENTION,
+            "attn_values_forward",
+            p,
+            &[&tok.buffer, &v_cache.buffer, &scores.buffer, &out.buffer],
+            [groups(hd), p.n_head, p.t],
+        );
+        Ok(())
+    }
+
+    /// Softmax over each score row in place, saving its log-sum-exp into lse (T, H).
+    fn attention_softmax_lse(&mut self, p: &AttnParams, tok: &Tensor, scores: &Tensor, lse: &Tensor) {
+        let rows = (p.t * p.n_head) as usize;
+        let buffers = [&tok.buffer, &scores.buffer, &lse.buffer];
+        self.dispatch(&ATTENTION, "attn_softmax_lse_forward", p, &buffers, [groups(rows), 1, 1]);
+    }
+
+    /// dq, dk, dv of causal grouped-query attention, probabilities recomputed from q, k and the saved
+    /// lse. `slots` is the number of cache slots (dk, dv have shape (slots, Hkv, ctx, hd)).
+    pub fn attention_backward(&mut self, p: &AttnParams, slots: usize, b: &AttnBackward) -> Result<()> {
+        let k = "attention_backward";
+        let (t, h, hkv, hd) = (p.t as usize, p.n_head as usize, p.n_kv_head as usize, p.head_dim as usize);
+        let (span, ctx) = (p.span as usize, p.ctx as usize);
+        if hkv == 0 || h % hkv != 0 || hd == 0 || hd % 4 != 0 {
+            return Err(fail(
+                k,
+                format!("{h} query heads over {hkv} kv heads of {hd}: needs H a multiple of Hkv and hd of 4"),
+            ));
+        }
+        if t * (1 + h / hkv) > TOKEN_WALK_BUDGET {
+            return Err(fail(
+                k,
+                format!(
+                    "{t} tokens × {} heads per kv head exceed what one pass can walk ({TOKEN_WALK_BUDGET} loop \
+                 iterations per invocation); split the batch into smaller passes",
+                    h / hkv
+                ),
+            ));
+        }
+        let cache = [slots, hkv, ctx, hd];
+        need(k, "tok", b.tok, &[t, 4])?;
+        need(k, "slot_tokens", b.slot_tokens, &[slots, 2])?;
+        for (name, x) in [("q", b.q), ("out", b.out), ("dout", b.dout), ("dq", b.dq)] {
+            need(k, name, x, &[t, h, hd])?;
+        }
+        for (name, x) in
+            [("k_cache", b.k_cache), ("v_cache", b.v_cache), ("dk", b.dk_cache), ("dv", b.dv_cache)]
+        {
+            need(k, name, x, &cache)?;
+        }
+        need(k, "lse", b.lse, &[t, h])?;
+        need(k, "delta", b.delta, &[t, h])?;
+        need(k, "pds", b.pds, &[t, h, span, 2])?;
+        let pb = AttnBackParams {
+            t: p.t,
+            n_head: p.n_head,
+            n_kv_head: p.n_kv_head,
+            head_dim: p.head_dim,
+            ctx: p.ctx,
+            span: p.span,
+            slots: slots as u32,
+            eps: p.eps,
+        };
+        let a = &ATTENTION;
+        self.dispatch(
+            a,
+            "attn_delta_backward",
+            &pb,
+            &[&b.dout.buffer, &b.out.buffer, &b.delta.buffer],
+            grid_1d(t * h),
+        );
+        let ds_in = [
+            &b.tok.buffer,
+            &b.q.buffer,
+            &b.k_cache.buffer,
+            &b.v_cache.buffer,
+            &b.dout.buffer,
+            &b.lse.buffer,
+            &b.delta.buffer,
+            &b.pds.buffer,
+        ];
+        self.dispatch(a, "attn_dscores_backward", &pb, &ds_in, grid_1d(t * h * span));
+        let dq_in = [&b.tok.buffer, &b.k_cache.buffer, &b.pds.buffer, &b.dq.buffer];
+        self.dispatch(a, "attn_dq_backward", &pb, &dq_in, grid_1d(t * h * hd / 4));
+        let dkv_in = [
+            &b.tok.buffer,
+            &b.q.buffer,
+            &b.dout.buffer,
+            &b.pds.buffer,
+            &b.dk_cache.buffer,
+            &b.dv_cache.buffer,
+            &b.slot_tokens.buffer,
+        ];
+        self.dispatch(a, "attn_dkv_backward", &pb, &dkv_in, grid_1d(cache.iter().product::<usize>() / 4));
+        Ok(())
+    }
+}
