@@ -19,5 +19,7 @@ mod gguf_reader;
 mod kernels;
 mod kernels_encoder;
 mod kernels_gpu_family;
+mod kernels_lora;
+mod lora_peft;
 mod tokenizer_chat;
 mod tokenizer_gguf;
