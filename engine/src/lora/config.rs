@@ -75,6 +75,9 @@ impl Target {
     }
 }
 
+/// Whether a PEFT config value leaves plain LoRA's computation unchanged.
+type Neutral = fn(&Value) -> bool;
+
 /// Hyper-parameters of a LoRA adapter. The adapted projection computes `W x + scale · B (A x)` with
 /// `scale = alpha / r`, or `alpha / √r` with rsLoRA.
 #[derive(Debug, Clone, PartialEq)]
@@ -169,7 +172,7 @@ impl LoraConfig {
             }
         };
         // Settings that change what the adapter computes: refused unless at their neutral value.
-        let neutral: &[(&str, fn(&Value) -> bool)] = &[
+        let neutral: &[(&str, Neutral)] = &[
             ("use_dora", |x| x == &json!(false)),
             ("fan_in_fan_out", |x| x == &json!(false)),
             ("lora_bias", |x| x == &json!(false)),

@@ -46,6 +46,9 @@ fn parse_tensor_name(name: &str) -> Option<(usize, Target, char)> {
     Some((layer, target, ab))
 }
 
+/// A and B of one (layer, target) as read so far.
+type FoundPair = (Option<Vec<f32>>, Option<Vec<f32>>);
+
 fn to_f32(file: &Path, name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
     Ok(match dtype {
         Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
@@ -85,7 +88,7 @@ impl Adapter {
         let st = SafeTensors::deserialize(&bytes)
             .map_err(|e| Error::format(&path, format!("not a safetensors file: {e}")))?;
         let r = config.r;
-        let mut found: HashMap<(usize, Target), (Option<Vec<f32>>, Option<Vec<f32>>)> = HashMap::new();
+        let mut found: HashMap<(usize, Target), FoundPair> = HashMap::new();
         for (name, view) in st.iter() {
             let Some((layer, target, ab)) = parse_tensor_name(name) else {
                 return Err(Error::format(

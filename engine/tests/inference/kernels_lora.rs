@@ -187,7 +187,7 @@ fn matches_fd(
     for i in 0..want.len() {
         let d = (got[i] as f64 - before[i] as f64 - want[i]).abs();
         let tol = (terms + 4) as f64 * f32::EPSILON as f64 * (mag[i] + before[i].abs() as f64) + 1e-6;
-        if !(d <= tol) {
+        if d > tol || d.is_nan() {
             return Err(format!(
                 "{what}[{i}]: got {} want {} (diff {d:.3e}, tol {tol:.3e})",
                 got[i] as f64 - before[i] as f64,

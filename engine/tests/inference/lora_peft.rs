@@ -268,3 +268,37 @@ fn bad_adapter_folders_are_clear_errors() {
         .to_string();
     assert!(e.contains("adapter_config.json"), "not an adapter folder: {e}");
 }
+
+/// `babelrl generate --adapter DIR` prints what the library generates with that adapter, and a folder
+/// that is no adapter fails with a message naming the missing file.
+#[test]
+fn cli_generate_takes_a_peft_adapter() {
+    let fixtures = repo_root().join("tests/fixtures");
+    let model = fixtures.join("tiny-llama-gguf/tiny-llama.gguf");
+    let lora = fixtures.join("tiny-llama/lora");
+    let run = |adapter: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_babelrl"))
+            .args(["generate", "--prompt", "the quick", "--max-tokens", "8", "--model"])
+            .arg(&model)
+            .arg("--adapter")
+            .arg(adapter)
+            .output()
+            .expect("run the babelrl binary")
+    };
+    let out = run(&lora);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lm = load_language_model(gpu(), &model).unwrap();
+    let adapter = Adapter::load_peft(gpu(), &lora, lm.decoder.config()).unwrap();
+    let tok = lm.tokenizer().unwrap();
+    let prompt = tok.encode("the quick", true).unwrap();
+    let cfg = SamplingConfig { max_new_tokens: 8, ..Default::default() };
+    let want = generate(lm.decoder.with_adapter(&adapter), tok, std::slice::from_ref(&prompt), &cfg, |_| {})
+        .unwrap();
+    let base = generate(&lm.decoder, tok, &[prompt], &cfg, |_| {}).unwrap();
+    assert_ne!(want[0].tokens, base[0].tokens, "the adapter changes this continuation");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{}\n", want[0].text));
+
+    let out = run(&fixtures.join("tiny-qwen2"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("adapter_config.json"), "{err}");
+}
