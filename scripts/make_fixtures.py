@@ -7,6 +7,7 @@ How to run (needs torch, transformers, gguf, numpy, safetensors, tokenizers; CI 
     /root/.venvs/fixtures/bin/python scripts/make_fixtures.py smollm2 encoders  # need scripts/fetch_models.sh first
 Targets:
     tiny      tests/fixtures/tiny-{qwen2,qwen3,llama}/  random seeded decoders + expected.safetensors
+    lora      tests/fixtures/tiny-*/lora/                 PEFT LoRA adapters on them + PEFT's logits (on/off)
     gguf      tests/fixtures/tiny-llama-gguf/            tiny-llama as a llama.cpp-style GGUF (+ expected)
     quant     tests/fixtures/gguf-quant-blocks.safetensors   raw GGML blocks + gguf.quants.dequantize output
     smollm2   tests/fixtures/smollm2-reference.json      SmolLM2 GGUF via transformers (ids, greedy, logprobs)
@@ -442,7 +443,13 @@ def make_encoders():
     run()
 
 
-TARGETS = {"tiny": make_tiny, "gguf": make_gguf, "quant": make_quant, "smollm2": make_smollm2,
+def make_lora():
+    from fixtures_lora import make_lora as run
+
+    run()
+
+
+TARGETS = {"tiny": make_tiny, "lora": make_lora, "gguf": make_gguf, "quant": make_quant, "smollm2": make_smollm2,
            "qwen": make_qwen, "encoders": make_encoders}
 
 
@@ -450,7 +457,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("targets", nargs="+", choices=sorted(TARGETS) + ["all"])
     args = ap.parse_args()
-    order = ["tiny", "gguf", "quant", "smollm2", "qwen", "encoders"]
+    order = ["tiny", "lora", "gguf", "quant", "smollm2", "qwen", "encoders"]
     wanted = [t for t in order if t in TARGETS and ("all" in args.targets or t in args.targets)]
     os.makedirs(FIX, exist_ok=True)
     for t in wanted:

@@ -4,6 +4,7 @@
 pub mod error;
 pub mod generate;
 pub mod gpu;
+pub mod lora;
 pub mod model;
 pub mod plugin;
 pub mod text;

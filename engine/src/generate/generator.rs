@@ -5,7 +5,8 @@ use rand::SeedableRng;
 
 use crate::generate::sampler::{SamplingConfig, sample};
 use crate::gpu::cpu_ref::TokenInfo;
-use crate::model::{Decoder, KvCache};
+use crate::lora::Adapted;
+use crate::model::KvCache;
 use crate::text::Tokenizer;
 use crate::{Error, Result};
 
@@ -50,14 +51,16 @@ struct Active {
 }
 
 /// Runs `tokens` with `info` through the model in chunks; returns the logits rows for `want`
-/// (indices into `tokens`), in that order.
-pub fn forward_chunked(
-    model: &Decoder,
+/// (indices into `tokens`), in that order. `model` is a `&Decoder` (the base) or a decoder with its
+/// adapter switched on or off ([`Adapted`]).
+pub fn forward_chunked<'m>(
+    model: impl Into<Adapted<'m>>,
     cache: &KvCache,
     tokens: &[u32],
     info: &[TokenInfo],
     want: &[usize],
 ) -> Result<Vec<Vec<f32>>> {
+    let model = model.into();
     if tokens.len() != info.len() {
         return Err(Error::Input(format!("{} tokens but {} positions", tokens.len(), info.len())));
     }
@@ -80,7 +83,7 @@ pub fn forward_chunked(
 /// for every chunk holding rows of `want` (token indices), calls `on_rows(picked, logits)` where
 /// `picked` are the indices into `want` whose logits are the rows of `logits`, in order.
 fn for_each_chunk(
-    model: &Decoder,
+    model: Adapted<'_>,
     cache: &KvCache,
     tokens: &[u32],
     info: &[TokenInfo],
@@ -101,13 +104,15 @@ fn for_each_chunk(
 }
 
 /// Generates a completion for each prompt (token ids). `on_chunk` receives text as it is produced.
-pub fn generate(
-    model: &Decoder,
+/// `model` is a `&Decoder` (the base) or `decoder.with_adapter(&adapter)` ([`Adapted`]).
+pub fn generate<'m>(
+    model: impl Into<Adapted<'m>>,
     tokenizer: &Tokenizer,
     prompts: &[Vec<u32>],
     cfg: &SamplingConfig,
     mut on_chunk: impl FnMut(Chunk<'_>),
 ) -> Result<Vec<Completion>> {
+    let model = model.into();
     cfg.validate()?;
     if prompts.is_empty() {
         return Ok(Vec::new());
@@ -236,8 +241,12 @@ pub const LOGPROB_PACK_TOKENS: usize = 8192;
 /// Teacher forcing: the log-probability of every completion token given its prompt and the
 /// completion tokens before it, for a batch of (prompt, completion) pairs. Pairs are packed into as
 /// few forward passes as [`LOGPROB_PACK_TOKENS`] allows; only the log-probs are read back, the
-/// softmax runs on the GPU.
-pub fn completion_logprobs(model: &Decoder, pairs: &[(Vec<u32>, Vec<u32>)]) -> Result<Vec<Vec<f32>>> {
+/// softmax runs on the GPU. `model` is a `&Decoder` (the base) or a decoder with its adapter switched
+/// on or off ([`Adapted`]; off is the reference policy).
+pub fn completion_logprobs<'m>(
+    model: impl Into<Adapted<'m>>,
+    pairs: &[(Vec<u32>, Vec<u32>)],
+) -> Result<Vec<Vec<f32>>> {
     completion_logprobs_packed(model, pairs, LOGPROB_PACK_TOKENS)
 }
 
@@ -245,11 +254,12 @@ pub fn completion_logprobs(model: &Decoder, pairs: &[(Vec<u32>, Vec<u32>)]) -> R
 /// tokens holds n·L token slots, at most `pack_tokens` (a single pair longer than that gets a pass of
 /// its own). A GRPO group (one prompt, several completions) is typically one pack, and its prompt is
 /// computed once.
-pub fn completion_logprobs_packed(
-    model: &Decoder,
+pub fn completion_logprobs_packed<'m>(
+    model: impl Into<Adapted<'m>>,
     pairs: &[(Vec<u32>, Vec<u32>)],
     pack_tokens: usize,
 ) -> Result<Vec<Vec<f32>>> {
+    let model = model.into();
     for (i, (prompt, completion)) in pairs.iter().enumerate() {
         if prompt.is_empty() {
             return Err(Error::Input(format!("pair {i}: empty prompt")));
@@ -324,7 +334,7 @@ pub fn completion_logprobs_packed(
 
 /// Runs `tokens` and appends to `out[owner[k]]` the log-prob of `targets[k]` at row `want[k]`.
 fn score_rows(
-    model: &Decoder,
+    model: Adapted<'_>,
     cache: &KvCache,
     (tokens, info): (&[u32], &[TokenInfo]),
     (want, targets, owner): (&[usize], &[u32], &[usize]),

@@ -471,3 +471,73 @@ pub fn embed_rows_add_forward(out: &mut [f32], ids: &[u32], table: &[f16], first
         }
     }
 }
+
+/// LoRA forward of one projection: y[t, n_off + n] += scale · Σ_j B[n, j] · Σ_i A[j, i] · x[t, i], for
+/// x (T, K), A (R, K), B (N, R) and y (T, ldy); returns u = x · Aᵀ (T, R) as the kernel keeps it.
+#[allow(clippy::too_many_arguments)]
+pub fn lora_forward(
+    y: &mut [f32],
+    x: &[f32],
+    a: &[f32],
+    b: &[f32],
+    scale: f32,
+    (t, k, r, n): (usize, usize, usize, usize),
+    ldy: usize,
+    n_off: usize,
+) -> Vec<f32> {
+    let mut u = vec![0.0f64; t * r];
+    for row in 0..t {
+        for j in 0..r {
+            u[row * r + j] = (0..k).map(|i| x[row * k + i] as f64 * a[j * k + i] as f64).sum();
+        }
+        for c in 0..n {
+            let acc: f64 = (0..r).map(|j| u[row * r + j] * b[c * r + j] as f64).sum();
+            let at = row * ldy + n_off + c;
+            y[at] = (y[at] as f64 + scale as f64 * acc) as f32;
+        }
+    }
+    u.into_iter().map(|v| v as f32).collect()
+}
+
+/// Gradients of one LoRA projection (see `lora_forward`), given dy (T, ldy) of which columns
+/// n_off .. n_off + N are the projection's and u = x · Aᵀ from the forward pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraGrads {
+    /// (T, R) = scale · dy[:, slice] · B.
+    pub du: Vec<f32>,
+    /// (R, K) = duᵀ · x.
+    pub da: Vec<f32>,
+    /// (N, R) = scale · dy[:, slice]ᵀ · u.
+    pub db: Vec<f32>,
+    /// (T, K) = du · A (the adapter's share of dx).
+    pub dx: Vec<f32>,
+}
+
+/// Backward of `lora_forward`, in f64 from the f32 inputs.
+#[allow(clippy::too_many_arguments)]
+pub fn lora_backward(
+    dy: &[f32],
+    x: &[f32],
+    a: &[f32],
+    b: &[f32],
+    u: &[f32],
+    scale: f32,
+    (t, k, r, n): (usize, usize, usize, usize),
+    ldy: usize,
+    n_off: usize,
+) -> LoraGrads {
+    let s = scale as f64;
+    let g = |row: usize, c: usize| dy[row * ldy + n_off + c] as f64;
+    let du: Vec<f64> =
+        (0..t * r).map(|i| s * (0..n).map(|c| g(i / r, c) * b[c * r + i % r] as f64).sum::<f64>()).collect();
+    let da = (0..r * k)
+        .map(|i| (0..t).map(|row| du[row * r + i / k] * x[row * k + i % k] as f64).sum::<f64>() as f32)
+        .collect();
+    let db = (0..n * r)
+        .map(|i| (s * (0..t).map(|row| g(row, i / r) * u[row * r + i % r] as f64).sum::<f64>()) as f32)
+        .collect();
+    let dx = (0..t * k)
+        .map(|i| (0..r).map(|j| du[(i / k) * r + j] * a[j * k + i % k] as f64).sum::<f64>() as f32)
+        .collect();
+    LoraGrads { du: du.into_iter().map(|v| v as f32).collect(), da, db, dx }
+}

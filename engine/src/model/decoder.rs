@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::gpu::cpu_ref::{TokenInfo, rope_table};
 use crate::gpu::kernels::{ATTN_QK_NORM, ATTN_ROPE, AttnParams};
+use crate::gpu::kernels_lora::OutputSlice;
 use crate::gpu::{BlockedWeight16, Gpu, Tensor, Weight16};
+use crate::lora::{Adapter, Target};
 use crate::model::config::DecoderConfig;
 use crate::model::weights::{WeightSource, concat_rows};
 use crate::{Error, Result};
@@ -57,6 +59,8 @@ struct Workspace {
     rows: Tensor,
     normed: Tensor,
     logits: Tensor,
+    /// A x of the adapter's current projection (T, r), when a pass runs with an adapter.
+    lora_u: Option<Tensor>,
 }
 
 /// A decoder-only language model resident on the GPU.
@@ -254,6 +258,7 @@ impl Decoder {
             rows: g.zeros("out_rows", &[r])?,
             normed: g.zeros("final_hidden", &[r, c.hidden])?,
             logits: g.zeros("logits", &[r, c.vocab])?,
+            lora_u: None,
         });
         Ok(guard)
     }
@@ -306,9 +311,9 @@ impl Decoder {
         Ok(())
     }
 
-    /// Runs `tokens` (each with its position, cache slot and key count) through the model, writing
-    /// their keys and values into `cache`, and returns the logits (R, V) of the rows `out_rows`. The
-    /// logits live in the model's workspace: they are valid until the next `forward`.
+    /// Runs `tokens` (each with its position, cache slot and key count) through the base model (no
+    /// adapter), writing their keys and values into `cache`, and returns the logits (R, V) of the rows
+    /// `out_rows`. The logits live in the model's workspace: they are valid until the next `forward`.
     pub fn forward(
         &self,
         cache: &KvCache,
@@ -316,14 +321,38 @@ impl Decoder {
         info: &[TokenInfo],
         out_rows: &[u32],
     ) -> Result<Tensor> {
+        self.forward_with(cache, tokens, info, out_rows, None)
+    }
+
+    /// [`Decoder::forward`] with a LoRA adapter on (`Some`) or off (`None`) for this pass: each
+    /// adapted projection outputs `W x + scale · B (A x)`; the base weights are never changed.
+    pub fn forward_with(
+        &self,
+        cache: &KvCache,
+        tokens: &[u32],
+        info: &[TokenInfo],
+        out_rows: &[u32],
+        adapter: Option<&Adapter>,
+    ) -> Result<Tensor> {
         self.check_step(cache, tokens, info, out_rows)?;
+        if let Some(a) = adapter {
+            a.check_fits(&self.gpu, &self.cfg)?;
+        }
         let c = &self.cfg;
         let t = tokens.len();
         let span = info.iter().map(|i| i.n_keys).max().unwrap_or(1).max(1) as usize;
         let r = out_rows.len();
-        let guard = self.workspace(t, span, r)?;
-        let ws = guard.as_ref().expect("workspace allocated");
+        let mut guard = self.workspace(t, span, r)?;
+        let ws = guard.as_mut().expect("workspace allocated");
         let g = &self.gpu;
+        let rank = adapter.map_or(0, |a| a.config().r);
+        if ws.lora_u.as_ref().is_some_and(|u| u.len() < t * rank) {
+            ws.lora_u = None;
+        }
+        if adapter.is_some() && ws.lora_u.is_none() {
+            ws.lora_u = Some(g.zeros("lora_u", &[t * rank])?);
+        }
+        let ws = &*ws;
         g.write_u32(&ws.ids, tokens);
         let words = TokenInfo::words(info);
         g.write_u32(&ws.tok, &words);
@@ -340,11 +369,29 @@ impl Decoder {
             flags: ATTN_ROPE | if c.qk_norm { ATTN_QK_NORM } else { 0 },
             eps: c.rms_eps,
         };
+        let (qd, kvd, inter) = (c.n_head * c.head_dim, c.n_kv_head * c.head_dim, c.intermediate);
         let mut b = g.batch();
+        // The adapter's term of `target` in layer `l`, added into columns n_off.. of y (row stride ldy).
+        let lora = |b: &mut crate::gpu::Batch<'_>,
+                    l: usize,
+                    target: Target,
+                    x: &Tensor,
+                    y: &Tensor,
+                    ldy: usize,
+                    n_off: usize| {
+            match (adapter, &ws.lora_u) {
+                (Some(a), Some(u)) => a.record_forward(b, l, target, x, u, y, t, OutputSlice { ldy, n_off }),
+                _ => Ok(()),
+            }
+        };
         b.embed_rows_blocked(&ws.ids, &self.embed, &ws.x, t);
         for (l, layer) in self.layers.iter().enumerate() {
             b.rms_norm(&ws.x, &layer.attn_norm, None, &ws.h, t, c.rms_eps);
             b.matmul(&ws.h, &layer.qkv, layer.qkv_bias.as_ref(), None, &ws.qkv, t);
+            let qkv_w = c.qkv_width();
+            lora(&mut b, l, Target::Q, &ws.h, &ws.qkv, qkv_w, 0)?;
+            lora(&mut b, l, Target::K, &ws.h, &ws.qkv, qkv_w, qd)?;
+            lora(&mut b, l, Target::V, &ws.h, &ws.qkv, qkv_w, qd + kvd)?;
             b.qkv_split(
                 &p,
                 &ws.tok,
@@ -357,10 +404,14 @@ impl Decoder {
             );
             b.attention(&p, &ws.tok, &ws.q, &cache.k[l], &cache.v[l], &ws.scores, &ws.attn);
             b.matmul(&ws.attn, &layer.o, None, Some(&ws.x), &ws.x2, t);
+            lora(&mut b, l, Target::O, &ws.attn, &ws.x2, c.hidden, 0)?;
             b.rms_norm(&ws.x2, &layer.mlp_norm, None, &ws.h, t, c.rms_eps);
             b.matmul(&ws.h, &layer.gate_up, None, None, &ws.gu, t);
+            lora(&mut b, l, Target::Gate, &ws.h, &ws.gu, 2 * inter, 0)?;
+            lora(&mut b, l, Target::Up, &ws.h, &ws.gu, 2 * inter, inter)?;
             b.swiglu(&ws.gu, &ws.act, t, c.intermediate);
             b.matmul(&ws.act, &layer.down, None, Some(&ws.x2), &ws.x, t);
+            lora(&mut b, l, Target::Down, &ws.act, &ws.x, c.hidden, 0)?;
         }
         b.rms_norm(&ws.x, &self.final_norm, Some(&ws.rows), &ws.normed, r, c.rms_eps);
         b.matmul_blocked(&ws.normed, self.lm_head.as_ref().unwrap_or(&self.embed), &logits, r);

@@ -16,11 +16,14 @@ fn fixture(name: &str) -> PathBuf {
     repo_root().join("tests/fixtures").join(name)
 }
 
-/// A writable copy of a fixture folder.
+/// A writable copy of a fixture folder's files (not its subfolders, such as `lora/`).
 fn copy_dir(src: &Path) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(src).unwrap() {
         let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            continue;
+        }
         std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
     }
     dir

@@ -16,7 +16,7 @@ use babelrl::model::load_language_model;
 use common::{assert_close, gpu, repo_root};
 use safetensors::{Dtype, SafeTensors};
 
-fn ids(st: &SafeTensors, name: &str) -> Vec<u32> {
+pub fn ids(st: &SafeTensors, name: &str) -> Vec<u32> {
     let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
     match t.dtype() {
         Dtype::I64 => {
@@ -29,7 +29,7 @@ fn ids(st: &SafeTensors, name: &str) -> Vec<u32> {
     }
 }
 
-fn floats(st: &SafeTensors, name: &str) -> Vec<f32> {
+pub fn floats(st: &SafeTensors, name: &str) -> Vec<f32> {
     let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
     assert_eq!(t.dtype(), Dtype::F32, "{name}");
     t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()

@@ -20,5 +20,7 @@ mod kernels;
 mod kernels_backward;
 mod kernels_encoder;
 mod kernels_gpu_family;
+mod kernels_lora;
+mod lora_peft;
 mod tokenizer_chat;
 mod tokenizer_gguf;

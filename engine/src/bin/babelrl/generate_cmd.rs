@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use babelrl::generate::{SamplingConfig, generate};
 use babelrl::gpu::{Gpu, GpuOptions};
+use babelrl::lora::Adapter;
 use babelrl::model::{Encoder, load_language_model};
 use babelrl::text::ChatMessage;
 
@@ -37,12 +38,24 @@ pub struct GenerateArgs {
     /// Stop when the text contains this string (repeatable).
     #[arg(long = "stop")]
     stop: Vec<String>,
+    /// A LoRA adapter folder in PEFT's format (adapter_config.json + adapter_model.safetensors),
+    /// applied on top of the model without merging it.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let path = args.model.unwrap_or_else(crate::default_model);
     let gpu = Gpu::new(&GpuOptions::from_env())?;
-    let lm = load_language_model(gpu, &path).with_context(|| format!("loading {}", path.display()))?;
+    let lm =
+        load_language_model(gpu.clone(), &path).with_context(|| format!("loading {}", path.display()))?;
+    let adapter = match &args.adapter {
+        Some(dir) => Some(
+            Adapter::load_peft(gpu, dir, lm.decoder.config())
+                .with_context(|| format!("loading the LoRA adapter {}", dir.display()))?,
+        ),
+        None => None,
+    };
     let tokenizer = lm.tokenizer()?;
     let (text, add_special) = if args.chat {
         let template = tokenizer
@@ -69,7 +82,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     };
     let start = std::time::Instant::now();
     let mut out = std::io::stdout().lock();
-    let done = generate(&lm.decoder, tokenizer, &[ids], &cfg, |chunk| {
+    let done = generate(lm.decoder.adapted(adapter.as_ref()), tokenizer, &[ids], &cfg, |chunk| {
         let _ = out.write_all(chunk.text.as_bytes());
         let _ = out.flush();
     })?;
@@ -78,11 +91,12 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     writeln!(out)?;
     out.flush()?;
     eprintln!(
-        "[{} tokens in {secs:.2} s, {:.1} tokens/s, finish: {:?}, adapter: {}]",
+        "[{} tokens in {secs:.2} s, {:.1} tokens/s, finish: {:?}, adapter: {}{}]",
         n,
         n as f64 / secs,
         done[0].finish,
-        lm.decoder.gpu().summary.name
+        lm.decoder.gpu().summary.name,
+        args.adapter.as_ref().map_or(String::new(), |d| format!(", LoRA: {}", d.display()))
     );
     Ok(())
 }
