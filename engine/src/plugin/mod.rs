@@ -3,8 +3,11 @@
 //! (`embed`, `reward-model-score`, `log`) behind [`HostServices`], and errors that name the plugin and
 //! what it did. See `docs/plugins-host.md` for the plugin author's view.
 
+mod cache;
 mod capture;
+mod limiter;
 mod limits;
+mod precheck;
 mod reward;
 mod router;
 mod runtime;
@@ -16,7 +19,8 @@ mod set;
 pub use limits::{Capabilities, PluginLimits};
 pub use reward::RewardPlugin;
 pub use router::RouterPlugin;
-pub use runtime::{World, cache_dir, inspect};
+pub use cache::cache_dir;
+pub use runtime::{World, inspect};
 pub use sample::sample_from_json;
 pub use services::{EncoderServices, HostServices, NoServices};
 pub use set::{GroupRewards, OnError, RewardSet, RewardSpec, combine};

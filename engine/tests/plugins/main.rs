@@ -10,3 +10,4 @@ mod guest_builds;
 mod cli;
 mod example_plugins;
 mod hostile;
+mod sandbox_limits;
