@@ -17,6 +17,11 @@ pub(crate) struct CompileLimits {
     /// A function's locals times its body bytes: Cranelift's SSA construction keeps a slot per local
     /// and block, so this product (not either factor) is what makes a function expensive to compile.
     pub(crate) locals_x_body: u64,
+    /// Control-flow blocks (`block`, `loop`, `if`, `try_table`) in one function: the compiler's time
+    /// grows faster than linearly with them.
+    pub(crate) blocks: u64,
+    /// Control-flow blocks over all functions of all core modules.
+    pub(crate) all_blocks: u64,
     /// Bytes of data segments, over all core modules.
     pub(crate) data_bytes: u64,
     /// Core modules plus nested components.
@@ -30,8 +35,10 @@ impl CompileLimits {
     pub(crate) const DEFAULT: CompileLimits = CompileLimits {
         functions: 200_000,
         body_bytes: 1 << 20,
-        locals: 20_000,
-        locals_x_body: 1 << 30,
+        locals: 10_000,
+        locals_x_body: 1 << 25,
+        blocks: 10_000,
+        all_blocks: 1_000_000,
         data_bytes: 64 << 20,
         modules: 100,
         instances: 1_000,
@@ -45,6 +52,8 @@ pub(crate) struct Shape {
     pub(crate) max_body_bytes: u64,
     pub(crate) max_locals: u64,
     pub(crate) max_locals_x_body: u64,
+    pub(crate) max_blocks: u64,
+    pub(crate) all_blocks: u64,
     pub(crate) data_bytes: u64,
     pub(crate) modules: u64,
     pub(crate) instances: u64,
@@ -99,6 +108,23 @@ pub(crate) fn check(bytes: &[u8], limits: &CompileLimits) -> Result<Shape, Strin
                         limits.locals_x_body,
                     ));
                 }
+                let mut blocks = 0u64;
+                let mut ops = body.get_operators_reader().map_err(|e| format!("malformed: {e}"))?;
+                while !ops.eof() {
+                    use wasmparser::Operator::{Block, If, Loop, TryTable};
+                    let op = ops.read().map_err(|e| format!("malformed: {e}"))?;
+                    if matches!(op, Block { .. } | Loop { .. } | If { .. } | TryTable { .. }) {
+                        blocks += 1;
+                    }
+                }
+                s.max_blocks = s.max_blocks.max(blocks);
+                if blocks > limits.blocks {
+                    return Err(over("a function's number of blocks, loops and ifs", blocks, limits.blocks));
+                }
+                s.all_blocks += blocks;
+                if s.all_blocks > limits.all_blocks {
+                    return Err(over("its number of blocks, loops and ifs", s.all_blocks, limits.all_blocks));
+                }
             }
             Payload::DataSection(r) => {
                 for data in r {
@@ -141,6 +167,8 @@ mod tests {
             body_bytes: 0,
             locals: 0,
             locals_x_body: 0,
+            blocks: 0,
+            all_blocks: 0,
             data_bytes: 0,
             modules: 0,
             instances: 0,
@@ -158,9 +186,10 @@ mod tests {
         assert!(err.contains("number of locals (1)"), "{err}");
         let err = check(&module, &CompileLimits { locals: 1, ..loose }).unwrap_err();
         assert!(err.contains("locals × body bytes (1 × "), "{err}");
-        let err = check(&module, &CompileLimits { locals: 1, locals_x_body: 100, ..loose }).unwrap_err();
+        let loose = CompileLimits { locals: 1, locals_x_body: 100, ..loose };
+        let err = check(&module, &loose).unwrap_err();
         assert!(err.contains("data segments' size in bytes (3)"), "{err}");
-        let shape = check(&module, &CompileLimits { locals: 1, locals_x_body: 100, data_bytes: 3, ..loose });
+        let shape = check(&module, &CompileLimits { data_bytes: 3, ..loose });
         assert_eq!(shape.map(|s| (s.functions, s.max_locals, s.data_bytes)), Ok((1, 1, 3)));
         assert!(check(b"\0asm\x0d\0\x01\0\x01\x05", &CompileLimits::DEFAULT).unwrap_err().starts_with("malformed"));
     }

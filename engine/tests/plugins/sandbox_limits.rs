@@ -105,20 +105,27 @@ fn refused_before_compiling(name: &str, bytes: &[u8], limits: &PluginLimits, nee
 #[test]
 fn compile_bombs_are_refused_before_compiling() {
     let limits = PluginLimits::default();
-    // 40,000 locals (under wasmparser's 50,000) read after 20,000 blocks: before the check, compiling
-    // this 0.2 MB file took gigabytes (see docs/plugins-host.md).
+    // 40,000 locals (under wasmparser's 50,000) read after 40,000 blocks: before the check, compiling
+    // this 0.3 MB file would take about 6 GB (see docs/plugins-host.md).
     refused_before_compiling(
         "locals",
-        &bombs::locals_bomb(40_000, 20_000),
+        &bombs::locals_bomb(40_000, 40_000),
         &limits,
-        "a function's number of locals (40000) exceeds the limit of 20000 checked before compiling",
+        "a function's number of locals (40000) exceeds the limit of 10000 checked before compiling",
     );
-    // 15,000 locals, each under the limit, with a 100 KB body: over the locals × body bytes budget.
+    // 5,000 locals (under the limit) read after 20,000 blocks: 0.4 GB to compile before the check.
     refused_before_compiling(
         "product",
-        &bombs::locals_bomb(15_000, 30_000),
+        &bombs::locals_bomb(5_000, 20_000),
         &limits,
-        "a function's locals × body bytes (15000 × ",
+        "a function's locals × body bytes (5000 × ",
+    );
+    // 349,000 empty blocks and 32 locals in a 1 MB function: over 200 s to compile before the check.
+    refused_before_compiling(
+        "blocks",
+        &bombs::locals_bomb(32, 349_000),
+        &limits,
+        "a function's number of blocks, loops and ifs (349000) exceeds the limit of 10000",
     );
     refused_before_compiling(
         "functions",
@@ -152,13 +159,13 @@ fn babelrl(args: &[&str], cache: &Path) -> Output {
 #[test]
 fn the_cli_refuses_a_compile_bomb_without_aborting() {
     let dir = temp("cli-bomb");
-    let path = write(&dir, "bomb.wasm", &bombs::locals_bomb(40_000, 20_000));
+    let path = write(&dir, "bomb.wasm", &bombs::locals_bomb(40_000, 40_000));
     let t0 = Instant::now();
     let out = babelrl(&["plugin", "check", path.to_str().unwrap()], &dir.join("cache"));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("plugin `bomb`: "), "{stderr}");
-    assert!(stderr.contains("exceeds the limit of 20000 checked before compiling"), "{stderr}");
+    assert!(stderr.contains("exceeds the limit of 10000 checked before compiling"), "{stderr}");
     assert!(t0.elapsed() < Duration::from_secs(10), "took {:?}", t0.elapsed());
 }
 
@@ -255,16 +262,20 @@ fn measure_bombs_and_shapes() {
     if let Some(dir) = std::env::var_os("BABELRL_WRITE_BOMBS") {
         let dir = PathBuf::from(dir);
         std::fs::create_dir_all(&dir).unwrap();
-        for (locals, blocks) in [(2_000, 20_000), (5_000, 20_000), (10_000, 20_000), (20_000, 20_000), (40_000, 40_000), (1_000, 300_000), (3_000, 100_000)] {
+        for (locals, blocks) in [(2_000, 20_000), (10_000, 20_000), (40_000, 40_000), (32, 40_000), (1_000, 9_800), (300, 37_000), (0, 40_000), (32, 10_000), (1_000, 9_800)] {
             write(&dir, &format!("locals-{locals}-{blocks}.wasm"), &bombs::locals_bomb(locals, blocks));
         }
         for n in [10_000, 100_000, 200_000] {
             write(&dir, &format!("functions-{n}.wasm"), &bombs::many_functions(n));
         }
+        for (n, blocks) in [(1, 10_000), (100, 10_000), (10, 10_000)] {
+            write(&dir, &format!("blocky-{n}-{blocks}.wasm"), &bombs::blocky_functions(n, blocks));
+        }
     }
     for path in std::env::var("BABELRL_SHAPES").unwrap_or_default().split(':').filter(|p| !p.is_empty()) {
         let bytes = std::fs::read(path).unwrap();
         let (mut functions, mut body, mut locals, mut product, mut modules) = (0u64, 0u64, 0u64, 0u64, 0u64);
+        let (mut blocks, mut all_blocks) = (0u64, 0u64);
         for payload in wasmparser::Parser::new(0).parse_all(&bytes) {
             match payload.unwrap() {
                 wasmparser::Payload::ModuleSection { .. } => modules += 1,
@@ -275,10 +286,18 @@ fn measure_bombs_and_shapes() {
                     body = body.max(size);
                     locals = locals.max(l);
                     product = product.max(size * l);
+                    let mut ops = b.get_operators_reader().unwrap();
+                    let mut n = 0u64;
+                    while !ops.eof() {
+                        use wasmparser::Operator::{Block, If, Loop, TryTable};
+                        n += u64::from(matches!(ops.read().unwrap(), Block { .. } | Loop { .. } | If { .. } | TryTable { .. }));
+                    }
+                    blocks = blocks.max(n);
+                    all_blocks += n;
                 }
                 _ => {}
             }
         }
-        println!("{path}: {} bytes, {modules} modules, {functions} functions, largest body {body} bytes, most locals {locals}, largest locals × body {product}", bytes.len());
+        println!("{path}: {} bytes, {modules} modules, {functions} functions, largest body {body} bytes, most locals {locals}, largest locals × body {product}, most blocks {blocks}, blocks in all {all_blocks}", bytes.len());
     }
 }

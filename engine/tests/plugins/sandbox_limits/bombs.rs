@@ -180,12 +180,21 @@ pub fn locals_bomb(locals: u32, blocks: u32) -> Vec<u8> {
 
 /// `n` functions, each returning a constant.
 pub fn many_functions(n: u32) -> Vec<u8> {
+    blocky_functions(n, 0)
+}
+
+/// `n` functions, each with `blocks` empty blocks, returning a constant.
+pub fn blocky_functions(n: u32, blocks: u32) -> Vec<u8> {
     let mut types = TypeSection::new();
     types.ty().function([], [ValType::I32]);
     let mut funcs = FunctionSection::new();
     let mut code = CodeSection::new();
     let mut body = Function::new([]);
-    body.instructions().i32_const(7).end();
+    let mut f = body.instructions();
+    for _ in 0..blocks {
+        f.block(BlockType::Empty).end();
+    }
+    f.i32_const(7).end();
     for _ in 0..n {
         funcs.function(0);
         code.function(&body);
