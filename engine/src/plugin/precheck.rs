@@ -148,18 +148,6 @@ pub(crate) fn check(bytes: &[u8], limits: &CompileLimits) -> Result<Shape, Strin
 mod tests {
     use super::*;
 
-    /// Not a test: prints the shape of the components listed in `BABELRL_SHAPES` (colon-separated), to
-    /// compare real plugins with the limits (`cargo test -p babelrl --lib shapes -- --ignored`).
-    #[test]
-    #[ignore]
-    fn shapes_of_real_components() {
-        for path in std::env::var("BABELRL_SHAPES").unwrap_or_default().split(':').filter(|p| !p.is_empty()) {
-            let bytes = std::fs::read(path).unwrap();
-            let limits = CompileLimits { locals_x_body: u64::MAX, ..CompileLimits::DEFAULT };
-            println!("{path}: {:?}", check(&bytes, &limits));
-        }
-    }
-
     #[test]
     fn each_limit_is_named_when_passed() {
         let tight = CompileLimits {

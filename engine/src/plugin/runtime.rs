@@ -198,8 +198,12 @@ impl Runtime {
         let component = match cache::read(&self.engine, &key) {
             Some(c) => c,
             None => {
-                precheck::check(bytes, &CompileLimits::DEFAULT)
-                    .map_err(|why| refuse(format!("{} refused: {why}", path.display())))?;
+                precheck::check(bytes, &CompileLimits::DEFAULT).map_err(|why| {
+                    refuse(match why.strip_prefix("malformed: ") {
+                        Some(e) => format!("{} is not a valid component: {e}", path.display()),
+                        None => format!("{} refused: {why}", path.display()),
+                    })
+                })?;
                 let c = Component::new(&self.engine, bytes)
                     .map_err(|e| refuse(format!("{} is not a valid component: {e:#}", path.display())))?;
                 cache::write(&key, &c);
