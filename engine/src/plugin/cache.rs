@@ -129,7 +129,8 @@ pub(crate) fn private_dir(dir: &Path, create: bool) -> Result<(), String> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     if create && !dir.exists() {
         if let Some(parent) = dir.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
         }
         let made = std::fs::DirBuilder::new().mode(0o700).create(dir);
         if let Err(e) = made
@@ -145,7 +146,11 @@ pub(crate) fn private_dir(dir: &Path, create: bool) -> Result<(), String> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     if meta.uid() != me {
-        return Err(format!("{} belongs to user {}, not to the current user {me}", dir.display(), meta.uid()));
+        return Err(format!(
+            "{} belongs to user {}, not to the current user {me}",
+            dir.display(),
+            meta.uid()
+        ));
     }
     let mode = meta.mode() & 0o777;
     if mode & 0o022 != 0 {
@@ -177,7 +182,11 @@ fn private_file(path: &Path) -> Result<(), String> {
         return Err("not a regular file (a symlink?)".into());
     }
     if meta.uid() != me || meta.mode() & 0o022 != 0 {
-        return Err(format!("owned by user {} with mode {:o}; only the current user may write it", meta.uid(), meta.mode() & 0o777));
+        return Err(format!(
+            "owned by user {} with mode {:o}; only the current user may write it",
+            meta.uid(),
+            meta.mode() & 0o777
+        ));
     }
     Ok(())
 }

@@ -16,10 +16,10 @@ mod sandbox;
 mod services;
 mod set;
 
+pub use cache::cache_dir;
 pub use limits::{Capabilities, PluginLimits};
 pub use reward::RewardPlugin;
 pub use router::RouterPlugin;
-pub use cache::cache_dir;
 pub use runtime::{World, inspect};
 pub use sample::sample_from_json;
 pub use services::{EncoderServices, HostServices, NoServices};

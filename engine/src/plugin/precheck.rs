@@ -73,7 +73,11 @@ pub(crate) fn check(bytes: &[u8], limits: &CompileLimits) -> Result<Shape, Strin
             Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => {
                 s.modules += 1;
                 if s.modules > limits.modules {
-                    return Err(over("its number of core modules and nested components", s.modules, limits.modules));
+                    return Err(over(
+                        "its number of core modules and nested components",
+                        s.modules,
+                        limits.modules,
+                    ));
                 }
             }
             Payload::InstanceSection(r) => s.instances += u64::from(r.count()),
@@ -179,7 +183,11 @@ mod tests {
         assert!(err.contains("data segments' size in bytes (3)"), "{err}");
         let shape = check(&module, &CompileLimits { data_bytes: 3, ..loose });
         assert_eq!(shape.map(|s| (s.functions, s.max_locals, s.data_bytes)), Ok((1, 1, 3)));
-        assert!(check(b"\0asm\x0d\0\x01\0\x01\x05", &CompileLimits::DEFAULT).unwrap_err().starts_with("malformed"));
+        assert!(
+            check(b"\0asm\x0d\0\x01\0\x01\x05", &CompileLimits::DEFAULT)
+                .unwrap_err()
+                .starts_with("malformed")
+        );
     }
 
     /// A component with one core module: one function `(local i32) nop`, one memory, data "abc".

@@ -77,7 +77,11 @@ fn a_plugin_may_create_only_so_many_instances_tables_and_memories() {
         ("tables", 3, 50, 0, "table count too high"),
         ("memories", 20, 0, 1, "memory count too high"),
     ] {
-        let path = write(&dir, &format!("{name}.wasm"), &bombs::with_instances(base.clone(), count, tables, memories));
+        let path = write(
+            &dir,
+            &format!("{name}.wasm"),
+            &bombs::with_instances(base.clone(), count, tables, memories),
+        );
         let err = load(&path, name, &limits).err().unwrap_or_else(|| panic!("{name}: loaded")).to_string();
         eprintln!("{name}: {err}");
         assert!(err.starts_with(&format!("plugin `{name}`: instantiation: ")), "{err}");
@@ -139,11 +143,17 @@ fn compile_bombs_are_refused_before_compiling() {
 fn component_files_over_max_component_mib_are_refused_unread() {
     let limits = PluginLimits { max_component_mib: 1, ..Default::default() };
     let big = bombs::padded(bombs::many_functions(1), 1 << 21);
-    refused_before_compiling("big", &big, &limits, "over the cap of 1 MiB on component files (max_component_mib)");
+    refused_before_compiling(
+        "big",
+        &big,
+        &limits,
+        "over the cap of 1 MiB on component files (max_component_mib)",
+    );
     // The same file under the default cap is a valid (if useless) component.
     let dir = temp("big-ok");
     let path = write(&dir, "big.wasm", &big);
-    let (world, _) = inspect(&path, &PluginLimits::default()).expect("a 2 MiB component under the default cap");
+    let (world, _) =
+        inspect(&path, &PluginLimits::default()).expect("a 2 MiB component under the default cap");
     assert_eq!(world, None);
 }
 
@@ -172,7 +182,9 @@ fn the_cli_refuses_a_compile_bomb_without_aborting() {
 /// The cache entry files in `cache/plugins`, by name.
 fn entries(cache: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(cache.join("plugins"))
-        .map(|d| d.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "cwasm")).collect())
+        .map(|d| {
+            d.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "cwasm")).collect()
+        })
         .unwrap_or_default();
     files.sort();
     files
@@ -189,7 +201,10 @@ fn cache_entries_from_another_component_or_modified_are_not_loaded() {
     let Some(g) = guests() else { return };
     let cache = temp("cache");
     let (reward, router) = (g.reward.to_str().unwrap(), g.router.to_str().unwrap());
-    assert!(world_of(&babelrl(&["plugin", "check", reward, "--config", r#"{"scale": 2}"#], &cache)).ends_with("reward"));
+    assert!(
+        world_of(&babelrl(&["plugin", "check", reward, "--config", r#"{"scale": 2}"#], &cache))
+            .ends_with("reward")
+    );
     let reward_entry = entries(&cache).pop().expect("the reward plugin's cache entry");
     assert!(world_of(&babelrl(&["plugin", "check", router], &cache)).ends_with("router"));
     let router_entry = entries(&cache).into_iter().find(|e| *e != reward_entry).expect("the router's entry");
@@ -262,7 +277,17 @@ fn measure_bombs_and_shapes() {
     if let Some(dir) = std::env::var_os("BABELRL_WRITE_BOMBS") {
         let dir = PathBuf::from(dir);
         std::fs::create_dir_all(&dir).unwrap();
-        for (locals, blocks) in [(2_000, 20_000), (10_000, 20_000), (40_000, 40_000), (32, 40_000), (1_000, 9_800), (300, 37_000), (0, 40_000), (32, 10_000), (1_000, 9_800)] {
+        for (locals, blocks) in [
+            (2_000, 20_000),
+            (10_000, 20_000),
+            (40_000, 40_000),
+            (32, 40_000),
+            (1_000, 9_800),
+            (300, 37_000),
+            (0, 40_000),
+            (32, 10_000),
+            (1_000, 9_800),
+        ] {
             write(&dir, &format!("locals-{locals}-{blocks}.wasm"), &bombs::locals_bomb(locals, blocks));
         }
         for n in [10_000, 100_000, 200_000] {
@@ -282,7 +307,8 @@ fn measure_bombs_and_shapes() {
                 wasmparser::Payload::FunctionSection(r) => functions += u64::from(r.count()),
                 wasmparser::Payload::CodeSectionEntry(b) => {
                     let size = b.range().len() as u64;
-                    let l: u64 = b.get_locals_reader().unwrap().into_iter().map(|d| u64::from(d.unwrap().0)).sum();
+                    let l: u64 =
+                        b.get_locals_reader().unwrap().into_iter().map(|d| u64::from(d.unwrap().0)).sum();
                     body = body.max(size);
                     locals = locals.max(l);
                     product = product.max(size * l);
@@ -290,7 +316,10 @@ fn measure_bombs_and_shapes() {
                     let mut n = 0u64;
                     while !ops.eof() {
                         use wasmparser::Operator::{Block, If, Loop, TryTable};
-                        n += u64::from(matches!(ops.read().unwrap(), Block { .. } | Loop { .. } | If { .. } | TryTable { .. }));
+                        n += u64::from(matches!(
+                            ops.read().unwrap(),
+                            Block { .. } | Loop { .. } | If { .. } | TryTable { .. }
+                        ));
                     }
                     blocks = blocks.max(n);
                     all_blocks += n;
@@ -298,6 +327,9 @@ fn measure_bombs_and_shapes() {
                 _ => {}
             }
         }
-        println!("{path}: {} bytes, {modules} modules, {functions} functions, largest body {body} bytes, most locals {locals}, largest locals × body {product}, most blocks {blocks}, blocks in all {all_blocks}", bytes.len());
+        println!(
+            "{path}: {} bytes, {modules} modules, {functions} functions, largest body {body} bytes, most locals {locals}, largest locals × body {product}, most blocks {blocks}, blocks in all {all_blocks}",
+            bytes.len()
+        );
     }
 }

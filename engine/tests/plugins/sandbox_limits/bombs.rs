@@ -5,10 +5,9 @@
 use std::path::Path;
 
 use wasm_encoder::{
-    BlockType, CodeSection, Component, ComponentSection, ConstExpr, CustomSection, ExportKind,
-    ExportSection, Function, FunctionSection, GlobalSection, GlobalType, HeapType, InstanceSection,
-    MemArg, MemorySection, MemoryType, Module, ModuleArg, ModuleSection, RefType, TableSection,
-    TableType, TypeSection, ValType,
+    BlockType, CodeSection, Component, ComponentSection, ConstExpr, CustomSection, ExportKind, ExportSection,
+    Function, FunctionSection, GlobalSection, GlobalType, HeapType, InstanceSection, MemArg, MemorySection,
+    MemoryType, Module, ModuleArg, ModuleSection, RefType, TableSection, TableType, TypeSection, ValType,
 };
 
 /// Where `score`'s return area and its all-`none` score list live in the guest's memory.
