@@ -19,8 +19,10 @@ pub struct PluginLimits {
     /// thread and the plugin's thread: tested to be under 150 ms on a loaded 2-core machine
     /// (`docs/plugins-host.md`, "Deadlines").
     pub deadline_ms: u64,
-    /// Cap on the plugin's linear memory (all memories of the component together), in MiB. A growth past
-    /// it fails inside the guest (most guests then abort, which is reported as exceeding the cap).
+    /// Cap on the plugin's memory in MiB: all linear memories and all tables (16 bytes per element) of
+    /// all its instances together, for the life of an instance (it is not reset between calls). A
+    /// growth past it fails inside the guest (most guests then abort, which is reported as exceeding
+    /// the cap). A plugin may also create at most 100 instances, 100 tables and 16 memories.
     pub memory_mib: u64,
     /// Fuel per call (about one unit per WebAssembly instruction), for runs that must stop at the same
     /// point on every machine. `None` (the default) disables fuel metering, which is faster.
@@ -34,6 +36,10 @@ pub struct PluginLimits {
     /// Bytes of stdout, stderr and `log` messages kept per call. Past it, each stream still keeps its
     /// last 4 KiB (so a panic message after a flood reaches the error); the rest is dropped and counted.
     pub max_log_bytes: u64,
+    /// Cap on the size of the component file, in MiB, checked before it is read (a Rust plugin is
+    /// about 0.2 MiB, a componentize-py one about 18 MiB). Compiling is also bounded by structural limits
+    /// checked before compiling (see docs/plugins-host.md).
+    pub max_component_mib: u64,
 }
 
 impl Default for PluginLimits {
@@ -46,6 +52,7 @@ impl Default for PluginLimits {
             max_embed_texts: 4_096,
             max_output_bytes: 1 << 20,
             max_log_bytes: 64 << 10,
+            max_component_mib: 64,
         }
     }
 }
@@ -62,10 +69,21 @@ impl PluginLimits {
         if self.memory_mib == 0 || self.memory_mib > 65_536 {
             return Err(format!("limits.memory_mib = {} must be between 1 and 65536", self.memory_mib));
         }
+        if self.max_component_mib == 0 || self.max_component_mib > 1024 {
+            return Err(format!(
+                "limits.max_component_mib = {} must be between 1 and 1024",
+                self.max_component_mib
+            ));
+        }
         if self.fuel == Some(0) {
             return Err("limits.fuel must be at least 1 (leave it out to disable fuel)".into());
         }
         Ok(())
+    }
+
+    /// The cap on component files in bytes.
+    pub fn max_component_bytes(&self) -> u64 {
+        self.max_component_mib << 20
     }
 
     /// The memory cap in bytes.

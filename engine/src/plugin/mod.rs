@@ -4,8 +4,11 @@
 //! what it did, with whatever text came from the plugin escaped ([`text::sanitize`]). See
 //! `docs/plugins-host.md` for the plugin author's view.
 
+mod cache;
 mod capture;
+mod limiter;
 mod limits;
+mod precheck;
 mod reward;
 mod router;
 mod runtime;
@@ -15,10 +18,11 @@ mod services;
 mod set;
 pub mod text;
 
+pub use cache::cache_dir;
 pub use limits::{Capabilities, PluginLimits};
 pub use reward::RewardPlugin;
 pub use router::RouterPlugin;
-pub use runtime::{World, cache_dir, inspect};
+pub use runtime::{World, inspect};
 pub use sample::sample_from_json;
 pub use services::{EncoderServices, HostServices, NoServices};
 pub use set::{GroupRewards, OnError, RewardSet, RewardSpec, combine};

@@ -47,7 +47,7 @@ impl RewardPlugin {
         services: Arc<dyn HostServices>,
     ) -> Result<RewardPlugin> {
         let sandbox = Sandbox::new(name, limits, caps, services)?;
-        let component = sandbox.rt.load(path, name)?;
+        let component = sandbox.rt.load(path, name, limits)?;
         check_world(&component, &sandbox.rt.engine, World::Reward, name)?;
         let linker = sandbox.linker()?;
         let pre = linker.instantiate_pre(&component).map_err(|e| {

@@ -48,7 +48,7 @@ impl RouterPlugin {
         if languages.is_empty() {
             return Err(sandbox.error("a router needs at least one language"));
         }
-        let component = sandbox.rt.load(path, name)?;
+        let component = sandbox.rt.load(path, name, limits)?;
         check_world(&component, &sandbox.rt.engine, World::Router, name)?;
         let linker = sandbox.linker()?;
         let pre = linker.instantiate_pre(&component).map_err(|e| {

@@ -2,7 +2,7 @@
 //! and loading components: format checks, world checks and the on-disk cache of compiled code.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -10,6 +10,9 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine};
 
+use super::cache;
+use super::limits::PluginLimits;
+use super::precheck::{self, CompileLimits};
 use crate::{Error, Result};
 
 /// Length of one epoch tick: the resolution of plugin deadlines. The epoch counts ticks of wall time
@@ -109,11 +112,13 @@ pub(crate) fn export_names(component: &Component, engine: &Engine) -> Vec<String
 }
 
 /// The world the component at `path` implements (`None`: neither), and all its export names. Fails,
-/// naming `path`, when the file is unreadable or not a valid component.
-pub fn inspect(path: &Path) -> Result<(Option<World>, Vec<String>)> {
-    let rt = runtime(false)?;
+/// naming `path`, when the file is unreadable, not a valid component, or past `limits`'s
+/// `max_component_mib` or the structural limits checked before compiling.
+pub fn inspect(path: &Path, limits: &PluginLimits) -> Result<(Option<World>, Vec<String>)> {
     let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let component = rt.load(path, &name)?;
+    limits.validate().map_err(|message| Error::Plugin { plugin: name.clone(), message })?;
+    let rt = runtime(false)?;
+    let component = rt.load(path, &name, limits)?;
     let names = export_names(&component, &rt.engine);
     Ok(([World::Reward, World::Router].into_iter().find(|w| w.matches(&names)), names))
 }
@@ -145,9 +150,31 @@ pub(crate) fn check_world(component: &Component, engine: &Engine, want: World, p
 
 impl Runtime {
     /// Reads, checks and compiles the component at `path`, using the in-process memo and the on-disk
-    /// cache (`$BABELRL_CACHE/plugins`) so a component is compiled once per wasmtime version.
-    pub(crate) fn load(&self, path: &Path, plugin: &str) -> Result<Component> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    /// cache (`$BABELRL_CACHE/plugins`, see [`super::cache`]) so a component is compiled once per engine
+    /// build. A file over `max_component_mib` is refused before it is read; one past the structural
+    /// [`CompileLimits`] before it is compiled.
+    pub(crate) fn load(&self, path: &Path, plugin: &str, limits: &PluginLimits) -> Result<Component> {
+        let refuse = |message: String| Error::Plugin { plugin: plugin.into(), message };
+        let cap = limits.max_component_bytes();
+        let too_big = |size: u64| {
+            refuse(format!(
+                "{} is {size} bytes, over the cap of {} MiB on component files (max_component_mib)",
+                path.display(),
+                limits.max_component_mib
+            ))
+        };
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        if size > cap {
+            return Err(too_big(size));
+        }
+        // Read at most one byte past the cap, in case the file grows between the two looks.
+        let mut bytes = Vec::with_capacity(size as usize);
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, cap + 1), &mut bytes)
+            .map_err(|e| Error::io(path, e))?;
+        if bytes.len() as u64 > cap {
+            return Err(too_big(bytes.len() as u64));
+        }
         self.load_bytes(&bytes, path, plugin)
     }
 
@@ -178,12 +205,18 @@ impl Runtime {
         if let Some(c) = self.loaded.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return Ok(c.clone());
         }
-        let component = match self.read_cache(&key) {
+        let component = match cache::read(&self.engine, &key) {
             Some(c) => c,
             None => {
+                precheck::check(bytes, &CompileLimits::DEFAULT).map_err(|why| {
+                    refuse(match why.strip_prefix("malformed: ") {
+                        Some(e) => format!("{} is not a valid component: {e}", path.display()),
+                        None => format!("{} refused: {why}", path.display()),
+                    })
+                })?;
                 let c = Component::new(&self.engine, bytes)
                     .map_err(|e| refuse(format!("{} is not a valid component: {e:#}", path.display())))?;
-                self.write_cache(&key, &c);
+                cache::write(&key, &c);
                 c
             }
         };
@@ -191,10 +224,11 @@ impl Runtime {
         Ok(component)
     }
 
-    /// sha256 of the wasm bytes, the wasmtime version and the engine flavour.
+    /// sha256 of the wasm bytes, the engine's version, wasmtime's compatibility hash and the flavour.
     fn key(&self, bytes: &[u8]) -> [u8; 32] {
         let mut h = Sha256::new();
         h.update(bytes);
+        h.update(concat!("\0babelrl-", env!("CARGO_PKG_VERSION")).as_bytes());
         // The engine's compatibility hash covers the wasmtime version and every codegen setting (fuel
         // metering included), exactly what decides whether compiled code can be reused.
         let mut compat = std::collections::hash_map::DefaultHasher::new();
@@ -204,51 +238,6 @@ impl Runtime {
         h.update(if self.fuel { &b"\0fuel"[..] } else { &b"\0nofuel"[..] });
         h.finalize().into()
     }
-
-    fn read_cache(&self, key: &[u8; 32]) -> Option<Component> {
-        let path = cache_file(key)?;
-        if !path.is_file() {
-            return None;
-        }
-        // SAFETY: the cache directory is as trusted as the engine binary itself: only this engine writes
-        // it (atomically, through a rename), and wasmtime checks the engine version and settings recorded
-        // in the file. A corrupt or stale entry fails that check and is recompiled.
-        match unsafe { Component::deserialize_file(&self.engine, &path) } {
-            Ok(c) => Some(c),
-            Err(e) => {
-                log::warn!("ignoring stale plugin cache entry {}: {e}", path.display());
-                None
-            }
-        }
-    }
-
-    fn write_cache(&self, key: &[u8; 32], component: &Component) {
-        let Some(path) = cache_file(key) else { return };
-        let result = (|| -> std::io::Result<()> {
-            let bytes = component.serialize().map_err(std::io::Error::other)?;
-            let dir = path.parent().expect("cache file has a parent");
-            std::fs::create_dir_all(dir)?;
-            let tmp = dir.join(format!(".{}.{}.tmp", std::process::id(), hex(&key[..8])));
-            std::fs::write(&tmp, bytes)?;
-            std::fs::rename(&tmp, &path)
-        })();
-        if let Err(e) = result {
-            log::warn!("could not cache the compiled plugin at {}: {e}", path.display());
-        }
-    }
-}
-
-/// Where compiled plugins are cached: `$BABELRL_CACHE/plugins` (the engine's cache convention).
-pub fn cache_dir() -> PathBuf {
-    crate::model::cache_dir().join("plugins")
-}
-
-fn cache_file(key: &[u8; 32]) -> Option<PathBuf> {
-    Some(cache_dir().join(format!("{}.cwasm", hex(key))))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Shared, cheaply cloned plugin name used in every error.

@@ -6,50 +6,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
+use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::reward::babelrl::plugin::{host, types};
 use super::capture::{Captured, LogPipe, Stream};
+use super::limiter::{MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES, MemoryCap};
 use super::limits::{Capabilities, PluginLimits};
 use super::runtime::{Name, Runtime, TICK};
 use super::services::HostServices;
 use super::text::sanitize;
 use crate::{Error, Result};
-
-/// Memory cap over all linear memories and tables of one store; remembers the growth it refused.
-pub(crate) struct MemoryCap {
-    max_bytes: usize,
-    used: usize,
-    /// The total size (bytes) a refused growth asked for.
-    pub(crate) refused: Option<usize>,
-}
-
-impl ResourceLimiter for MemoryCap {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let total = self.used - current.min(self.used) + desired;
-        if total > self.max_bytes {
-            self.refused = Some(total);
-            return Ok(false);
-        }
-        self.used = total;
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(desired <= 1 << 20)
-    }
-}
 
 /// Everything a plugin's store holds.
 pub(crate) struct PluginState {
@@ -338,7 +305,7 @@ impl Sandbox {
         let state = PluginState {
             wasi: b.build(),
             table: ResourceTable::new(),
-            memory: MemoryCap { max_bytes: self.limits.memory_bytes(), used: 0, refused: None },
+            memory: MemoryCap::new(self.limits.memory_bytes()),
             name: self.name.clone(),
             services: self.services.clone(),
             limits: self.limits.clone(),
@@ -418,13 +385,14 @@ impl Sandbox {
                 .collect::<Vec<_>>()
                 .join(" | ")
         };
-        let mut message = match s.memory.refused {
-            Some(asked) => format!(
-                "exceeded the memory cap of {} MiB (tried to grow memory to {} MiB), then trapped: {what}",
-                self.limits.memory_mib,
-                asked.div_ceil(1 << 20)
-            ),
+        let mut message = match s.memory.refusal(self.limits.memory_mib) {
+            Some(refusal) if trap.is_some() => format!("{refusal}, then trapped: {what}"),
+            Some(refusal) => format!("{refusal}, then failed: {what}"),
             None if trap.is_some() => format!("trapped: {what}"),
+            None if what.contains("resource limit exceeded") => format!(
+                "failed: {what} (a plugin may create at most {MAX_INSTANCES} instances, {MAX_TABLES} tables \
+                 and {MAX_MEMORIES} memories)"
+            ),
             None => format!("failed: {what}"),
         };
         if !stderr.is_empty() {

@@ -11,3 +11,4 @@ mod cli;
 mod example_plugins;
 mod hostile;
 mod sandbox_output;
+mod sandbox_limits;

@@ -100,7 +100,7 @@ fn check(file: &Path, args: &SandboxArgs, languages: &str) -> anyhow::Result<()>
     let name = plugin_name(file);
     let size = std::fs::metadata(file).with_context(|| shown(file))?.len();
     let t0 = Instant::now();
-    let (world, exports) = inspect(file)?;
+    let (world, exports) = inspect(file, &limits)?;
     let compile = t0.elapsed();
     println!("plugin      {} ({size} bytes)", shown(file));
     println!("exports     {}", sanitize(&exports.join(", ")));
