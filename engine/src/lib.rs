@@ -7,5 +7,6 @@ pub mod gpu;
 pub mod model;
 pub mod plugin;
 pub mod text;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -4,6 +4,7 @@ mod batch;
 pub mod cpu_ref;
 mod device;
 pub mod kernels;
+pub mod kernels_optim;
 mod pipeline;
 mod profile;
 pub mod shaders;

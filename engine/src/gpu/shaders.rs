@@ -20,10 +20,11 @@ shader!(ATTENTION, "attention.wgsl");
 shader!(ELEMENTWISE, "elementwise.wgsl");
 shader!(MATMUL_WORKGROUP, "matmul_workgroup.wgsl");
 shader!(MATMUL_ROWS_SUBGROUP, "matmul_rows_subgroup.wgsl");
+shader!(ADAMW, "adamw.wgsl");
 
 /// All shaders, for validation.
 pub const ALL: &[ShaderSource] =
-    &[MATMUL, NORM, ATTENTION, ELEMENTWISE, MATMUL_WORKGROUP, MATMUL_ROWS_SUBGROUP];
+    &[MATMUL, NORM, ATTENTION, ELEMENTWISE, MATMUL_WORKGROUP, MATMUL_ROWS_SUBGROUP, ADAMW];
 
 #[cfg(test)]
 mod tests {

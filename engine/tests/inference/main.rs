@@ -21,3 +21,4 @@ mod kernels_encoder;
 mod kernels_gpu_family;
 mod tokenizer_chat;
 mod tokenizer_gguf;
+mod train_optim;
