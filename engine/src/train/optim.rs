@@ -146,7 +146,8 @@ impl AdamW {
         let partials: usize =
             params.iter().map(|p| sum_squares_groups(p.len) * SUM_PARTIALS_PER_WORKGROUP).sum();
         let second = sum_squares_groups(partials) * SUM_PARTIALS_PER_WORKGROUP;
-        let partial = [gpu.zeros("grad norm partials", &[partials])?, gpu.zeros("grad norm partials'", &[second])?];
+        let partial =
+            [gpu.zeros("grad norm partials", &[partials])?, gpu.zeros("grad norm partials'", &[second])?];
         let clip = gpu.zeros("grad norm and clip coefficient", &[2])?;
         Ok(Self { config, specs: params, exp_avg, exp_avg_sq, step: 0, partial, clip })
     }
@@ -183,8 +184,10 @@ impl AdamW {
                 self.specs.len()
             )));
         }
-        if !(lr >= 0.0 && lr.is_finite()) || !(grad_scale.is_finite()) {
-            return Err(Error::Input(format!("AdamW step: bad learning rate {lr} or gradient scale {grad_scale}")));
+        if !(lr >= 0.0 && lr.is_finite() && grad_scale.is_finite()) {
+            return Err(Error::Input(format!(
+                "AdamW step: bad learning rate {lr} or gradient scale {grad_scale}"
+            )));
         }
         for (spec, (p, g)) in self.specs.iter().zip(params) {
             for (what, t) in [("parameter", p), ("gradient", g)] {

@@ -54,11 +54,7 @@ impl Schedule {
 
 /// transformers' `TrainingArguments.get_warmup_steps`: `int(w)` if w ≥ 1 else `ceil(total · w)`.
 pub fn resolve_warmup(warmup_steps: f64, total_steps: u64) -> u64 {
-    if warmup_steps >= 1.0 {
-        warmup_steps as u64
-    } else {
-        (total_steps as f64 * warmup_steps).ceil() as u64
-    }
+    if warmup_steps >= 1.0 { warmup_steps as u64 } else { (total_steps as f64 * warmup_steps).ceil() as u64 }
 }
 
 /// The lambda of transformers' schedule `kind` at `step` (`_get_linear_schedule_with_warmup_lr_lambda`,
@@ -87,9 +83,12 @@ pub fn lr_lambda(kind: SchedulerType, step: u64, warmup: u64, total: u64) -> f64
 mod tests {
     use super::*;
 
+    /// (warmup, total, linear, cosine, constant_with_warmup) for steps 0, 1, 2, …
+    type Case = (u64, u64, &'static [f64], &'static [f64], &'static [f64]);
+
     /// Values printed by transformers 5.24 (`transformers.optimization._get_*_lr_lambda`) for
     /// steps 0, 1, 2, … of each (warmup, total) case.
-    const CASES: &[(u64, u64, &[f64], &[f64], &[f64])] = &[
+    const CASES: &[Case] = &[
         (
             3,
             10,

@@ -40,7 +40,7 @@ fn check_norm(sizes: &[usize], grad_scale: f32, max_norm: f32, seed: u64) {
     let refs: Vec<&[f32]> = grads.iter().map(|g| &g[..]).collect();
     let (norm, coef) = cpu_ref::clip_grad_norm(&refs, grad_scale, Some(max_norm));
     let tol = 3.0 * 256.0 * EPS * norm;
-    let what = format!("grad norm of sizes {sizes:?}");
+    let what = format!("grad norm of {} buffers of sizes {:?}…", sizes.len(), &sizes[..sizes.len().min(4)]);
     assert!((got.norm - norm).abs() <= tol, "{what}: got {} want {norm} (tol {tol})", got.norm);
     assert!((got.coef - coef).abs() <= 4.0 * tol / norm.max(1e-30), "{what}: coef {} want {coef}", got.coef);
     eprintln!("{what}: norm {} vs {norm}, coef {} vs {coef}", got.norm, got.coef);
@@ -110,8 +110,14 @@ fn check_adamw_vs_reference(sizes: &[usize], seed: u64) {
         let norm = opt.read_grad_norm(&gpu).unwrap();
         let refs: Vec<&[f32]> = g.iter().map(|x| &x[..]).collect();
         let (want_norm, want_coef) = cpu_ref::clip_grad_norm(&refs, grad_scale, Some(1.0));
-        assert!((norm.norm - want_norm).abs() <= 1e-5 * want_norm, "step {step}: norm {norm:?} vs {want_norm}");
-        assert!((norm.coef - want_coef).abs() <= 1e-5 * want_coef, "step {step}: coef {norm:?} vs {want_coef}");
+        assert!(
+            (norm.norm - want_norm).abs() <= 1e-5 * want_norm,
+            "step {step}: norm {norm:?} vs {want_norm}"
+        );
+        assert!(
+            (norm.coef - want_coef).abs() <= 1e-5 * want_coef,
+            "step {step}: coef {norm:?} vs {want_coef}"
+        );
         for (i, spec) in opt.params().iter().enumerate() {
             let wd = if spec.weight_decay { config.weight_decay } else { 0.0 };
             let s = AdamwScalars::new(lr, 0.9, 0.999, 1e-6, wd, step, grad_scale);
@@ -124,11 +130,10 @@ fn check_adamw_vs_reference(sizes: &[usize], seed: u64) {
             let what = |t: &str| format!("{t} of {} (n={n}) after step {step}", spec.name);
             let got_p = gpu.read_f32(&params[i]).unwrap();
             let s = step as usize;
-            assert_close_by(&what("param"), &got_p, &cpu_p[i], |_| step_tol(s, &cpu_p[i]));
-            assert_close_by(&what("exp_avg"), &state.params[i].exp_avg, &cpu_m[i], |_| step_tol(s, &cpu_m[i]));
-            assert_close_by(&what("exp_avg_sq"), &state.params[i].exp_avg_sq, &cpu_v[i], |_| {
-                step_tol(s, &cpu_v[i])
-            });
+            let (tp, tm, tv) = (step_tol(s, &cpu_p[i]), step_tol(s, &cpu_m[i]), step_tol(s, &cpu_v[i]));
+            assert_close_by(&what("param"), &got_p, &cpu_p[i], |_| tp);
+            assert_close_by(&what("exp_avg"), &state.params[i].exp_avg, &cpu_m[i], |_| tm);
+            assert_close_by(&what("exp_avg_sq"), &state.params[i].exp_avg_sq, &cpu_v[i], |_| tv);
         }
     }
     assert_eq!(opt.step_count(), 3);
@@ -153,8 +158,14 @@ fn optimizer_state_round_trips_and_mismatches_are_errors() {
         ParamSpec { name: "b".into(), len: 3, weight_decay: false },
     ];
     let mut opt = AdamW::new(&gpu, AdamWConfig::default(), specs.clone()).unwrap();
-    let p = [gpu.upload_f32("a", &random(5, 1.0, 1), &[5]).unwrap(), gpu.upload_f32("b", &random(3, 1.0, 2), &[3]).unwrap()];
-    let g = [gpu.upload_f32("ga", &random(5, 1.0, 3), &[5]).unwrap(), gpu.upload_f32("gb", &random(3, 1.0, 4), &[3]).unwrap()];
+    let p = [
+        gpu.upload_f32("a", &random(5, 1.0, 1), &[5]).unwrap(),
+        gpu.upload_f32("b", &random(3, 1.0, 2), &[3]).unwrap(),
+    ];
+    let g = [
+        gpu.upload_f32("ga", &random(5, 1.0, 3), &[5]).unwrap(),
+        gpu.upload_f32("gb", &random(3, 1.0, 4), &[3]).unwrap(),
+    ];
     let mut batch = gpu.batch();
     opt.step(&mut batch, &[(&p[0], &g[0]), (&p[1], &g[1])], 1e-3, 1.0).unwrap();
     batch.submit().unwrap();
@@ -216,9 +227,10 @@ impl Fixture {
 /// step 0's learning rate 0; step 3's gradients are too small to clip). The kernel performs torch's f32
 /// operations in torch's order with the same f32 scalars, so differences come only from the norm's
 /// summation order (a few ε relative, through the clip coefficient) and from WGSL's division and square
-/// root, which need not be correctly rounded: a few ulps per step, bounded by `step_tol`. A wrong
-/// formula (eps inside the square root, a missing bias correction, weight decay after the update)
-/// moves results by orders of magnitude more.
+/// root, which need not be correctly rounded: a few ulps per step (`step_tol` for the moments; for
+/// the parameters, per element, a rounding flip of p plus a few ulps of the step's largest change). A
+/// wrong formula (eps inside the square root, weight decay applied after the update instead of before,
+/// a missing bias correction) fails it.
 #[test]
 fn adamw_clip_and_schedule_match_torch() {
     let path = repo_root().join("tests/fixtures/adamw-reference.safetensors");
@@ -252,11 +264,17 @@ fn adamw_clip_and_schedule_match_torch() {
         })
         .collect();
     let mut opt = AdamW::new(&gpu, opt_config, specs.clone()).unwrap();
-    let params: Vec<_> =
-        specs.iter().map(|s| gpu.upload_f32(&s.name, &fx.f32(&format!("init.{}", s.name)), &[s.len]).unwrap()).collect();
+    let params: Vec<_> = specs
+        .iter()
+        .map(|s| gpu.upload_f32(&s.name, &fx.f32(&format!("init.{}", s.name)), &[s.len]).unwrap())
+        .collect();
     let grads: Vec<_> = specs.iter().map(|s| gpu.zeros(&s.name, &[s.len]).unwrap()).collect();
     let torch_lr = fx.f64("lr");
     let torch_norm = fx.f32("grad_norm");
+    // Parameters: per element, what each step may add — a rounding flip of p (2 ε |p|) and a few ulps of
+    // the tensor's largest change that step (16 ε max |Δp|), so near-zero elements are checked tightly.
+    let mut prev_p: Vec<Vec<f32>> = specs.iter().map(|s| fx.f32(&format!("init.{}", s.name))).collect();
+    let mut tol_p: Vec<Vec<f32>> = specs.iter().map(|s| vec![0.0; s.len]).collect();
     for step in 0..steps {
         // Micro-batch gradients summed (as backward accumulates them), scaled by 1 / accum in the step.
         for (s, g) in specs.iter().zip(&grads) {
@@ -280,7 +298,11 @@ fn adamw_clip_and_schedule_match_torch() {
         batch.submit().unwrap();
         let norm = opt.read_grad_norm(&gpu).unwrap();
         let want = torch_norm[step as usize];
-        assert!((norm.norm - want).abs() <= 16.0 * EPS * want, "grad norm of step {step}: {} vs torch {want}", norm.norm);
+        assert!(
+            (norm.norm - want).abs() <= 16.0 * EPS * want,
+            "grad norm of step {step}: {} vs torch {want}",
+            norm.norm
+        );
         let state = opt.state(&gpu).unwrap();
         let t = step as usize + 1;
         for (i, s) in specs.iter().enumerate() {
@@ -289,9 +311,15 @@ fn adamw_clip_and_schedule_match_torch() {
             let want_m = fx.f32(&format!("step{step}.exp_avg.{}", s.name));
             let want_v = fx.f32(&format!("step{step}.exp_avg_sq.{}", s.name));
             let got_p = gpu.read_f32(&params[i]).unwrap();
-            assert_close_by(&what("param"), &got_p, &want_p, |_| step_tol(t, &want_p));
-            assert_close_by(&what("exp_avg"), &state.params[i].exp_avg, &want_m, |_| step_tol(t, &want_m));
-            assert_close_by(&what("exp_avg_sq"), &state.params[i].exp_avg_sq, &want_v, |_| step_tol(t, &want_v));
+            let change = want_p.iter().zip(&prev_p[i]).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            for (tol, p) in tol_p[i].iter_mut().zip(&want_p) {
+                *tol += 2.0 * EPS * p.abs() + 16.0 * EPS * change;
+            }
+            let (tm, tv) = (step_tol(t, &want_m), step_tol(t, &want_v));
+            assert_close_by(&what("param"), &got_p, &want_p, |j| tol_p[i][j]);
+            prev_p[i] = want_p;
+            assert_close_by(&what("exp_avg"), &state.params[i].exp_avg, &want_m, |_| tm);
+            assert_close_by(&what("exp_avg_sq"), &state.params[i].exp_avg_sq, &want_v, |_| tv);
         }
     }
 }
