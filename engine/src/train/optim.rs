@@ -117,6 +117,78 @@ pub struct AdamWState {
     pub params: Vec<ParamState>,
 }
 
+/// Metadata key of [`AdamWState::to_safetensors`]: the step count.
+const STEP_KEY: &str = "step";
+/// Metadata key of [`AdamWState::to_safetensors`]: the parameter names in order (a JSON list).
+const PARAMS_KEY: &str = "params";
+/// Metadata key and value that mark an optimizer-state file.
+const FORMAT_KEY: &str = "format";
+const FORMAT: &str = "babelrl-adamw-1";
+
+impl AdamWState {
+    /// The state as a safetensors file: f32 tensors `NAME.exp_avg` and `NAME.exp_avg_sq`, the step
+    /// count and the parameter order in the metadata. Exact (no text round trip) and compact.
+    pub fn to_safetensors(&self) -> Result<Vec<u8>> {
+        let mut views = Vec::with_capacity(2 * self.params.len());
+        for p in &self.params {
+            for (what, v) in [("exp_avg", &p.exp_avg), ("exp_avg_sq", &p.exp_avg_sq)] {
+                let view = safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::F32,
+                    vec![v.len()],
+                    bytemuck::cast_slice(v),
+                )
+                .map_err(|e| Error::Input(format!("optimizer state `{}.{what}`: {e}", p.name)))?;
+                views.push((format!("{}.{what}", p.name), view));
+            }
+        }
+        let names: Vec<&str> = self.params.iter().map(|p| p.name.as_str()).collect();
+        let meta = std::collections::HashMap::from([
+            (FORMAT_KEY.to_string(), FORMAT.to_string()),
+            (STEP_KEY.to_string(), self.step.to_string()),
+            (PARAMS_KEY.to_string(), serde_json::to_string(&names).unwrap_or_default()),
+        ]);
+        safetensors::serialize(views, Some(meta))
+            .map_err(|e| Error::Input(format!("serialising the optimizer state: {e}")))
+    }
+
+    /// Reads a file written by [`AdamWState::to_safetensors`]; `path` names it in errors.
+    pub fn from_safetensors(bytes: &[u8], path: &std::path::Path) -> Result<Self> {
+        let bad = |message: String| Error::Format { path: path.to_path_buf(), message };
+        let st = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
+            .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+        let meta = meta.metadata().clone().unwrap_or_default();
+        if meta.get(FORMAT_KEY).map(String::as_str) != Some(FORMAT) {
+            return Err(bad(format!(
+                "not a babelrl optimizer state (metadata `{FORMAT_KEY}` is not `{FORMAT}`)"
+            )));
+        }
+        let step = meta
+            .get(STEP_KEY)
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| bad(format!("metadata `{STEP_KEY}` is missing or not a step count")))?;
+        let names: Vec<String> = meta
+            .get(PARAMS_KEY)
+            .and_then(|s| serde_json::from_str(s).ok())
+            .ok_or_else(|| bad(format!("metadata `{PARAMS_KEY}` is missing or not a list of names")))?;
+        let read = |name: &str| -> Result<Vec<f32>> {
+            let t = st.tensor(name).map_err(|_| bad(format!("tensor `{name}` is missing")))?;
+            if t.dtype() != safetensors::Dtype::F32 {
+                return Err(bad(format!("tensor `{name}` is {:?}, expected F32", t.dtype())));
+            }
+            Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        };
+        let mut params = Vec::with_capacity(names.len());
+        for name in names {
+            let exp_avg = read(&format!("{name}.exp_avg"))?;
+            let exp_avg_sq = read(&format!("{name}.exp_avg_sq"))?;
+            params.push(ParamState { name, exp_avg, exp_avg_sq });
+        }
+        Ok(Self { step, params })
+    }
+}
+
 /// AdamW with its moments on the GPU, for a fixed list of parameters.
 pub struct AdamW {
     config: AdamWConfig,
@@ -314,6 +386,36 @@ mod tests {
             let err = c.validate().unwrap_err().to_string();
             assert!(err.contains(name), "{err}");
         }
+    }
+
+    #[test]
+    fn state_round_trips_through_safetensors_and_bad_files_are_errors() {
+        let state = AdamWState {
+            step: 7,
+            params: vec![
+                ParamState {
+                    name: "z.lora_A".into(),
+                    exp_avg: vec![1.5, -2.0, 1e-30],
+                    exp_avg_sq: vec![0.0, 4.0, 1e-38],
+                },
+                ParamState { name: "a.lora_B".into(), exp_avg: vec![], exp_avg_sq: vec![] },
+            ],
+        };
+        let bytes = state.to_safetensors().unwrap();
+        let path = std::path::Path::new("ckpt/optimizer.safetensors");
+        assert_eq!(AdamWState::from_safetensors(&bytes, path).unwrap(), state);
+        let err = AdamWState::from_safetensors(b"garbage", path).unwrap_err().to_string();
+        assert!(err.contains("ckpt/optimizer.safetensors") && err.contains("not a safetensors"), "{err}");
+        let other = safetensors::serialize(
+            [(
+                "w",
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1], &[0u8; 4]).unwrap(),
+            )],
+            None,
+        )
+        .unwrap();
+        let err = AdamWState::from_safetensors(&other, path).unwrap_err().to_string();
+        assert!(err.contains("not a babelrl optimizer state"), "{err}");
     }
 
     #[test]
