@@ -8,5 +8,6 @@ pub mod lora;
 pub mod model;
 pub mod plugin;
 pub mod text;
+pub mod train;
 
 pub use error::{Error, Result};

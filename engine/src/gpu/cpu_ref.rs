@@ -541,3 +541,42 @@ pub fn lora_backward(
         .collect();
     LoraGrads { du: du.into_iter().map(|v| v as f32).collect(), da, db, dx }
 }
+
+/// Global gradient norm and clip coefficient as `torch.nn.utils.clip_grad_norm_` on the gradients
+/// scaled by `grad_scale`: norm = grad_scale · ‖grads‖₂ (accumulated in f64),
+/// coef = min(max_norm / (norm + 1e-6), 1) in f32, or 1 without `max_norm`. Returns (norm, coef).
+pub fn clip_grad_norm(grads: &[&[f32]], grad_scale: f32, max_norm: Option<f32>) -> (f32, f32) {
+    let sum: f64 = grads.iter().flat_map(|g| g.iter()).map(|&x| (x as f64) * (x as f64)).sum();
+    let norm = (sum.sqrt() * grad_scale as f64) as f32;
+    let coef = max_norm.map_or(1.0, |m| (m / (norm + 1e-6)).min(1.0));
+    (norm, coef)
+}
+
+/// One AdamW update in place, the f32 operations of torch's `_single_tensor_adam` (decoupled weight
+/// decay) in torch's order: g = (grad · grad_scale) · coef; p ·= 1 − lr·wd; m = lerp(m, g, 1 − β1) as
+/// one fused multiply-add (torch's vectorised CPU lerp); v = v·β2 + ((1 − β2)·g)·g;
+/// p += (−lr/bc1 · m) / (sqrt(v)/sqrt(bc2) + eps).
+pub fn adamw_step(
+    param: &mut [f32],
+    grad: &[f32],
+    exp_avg: &mut [f32],
+    exp_avg_sq: &mut [f32],
+    coef: f32,
+    s: &crate::gpu::kernels_optim::AdamwScalars,
+) {
+    for i in 0..param.len() {
+        let g = (grad[i] * s.grad_scale) * coef;
+        let p = param[i] * s.decay;
+        let m0 = exp_avg[i];
+        let m = if s.lerp_weight < 0.5 {
+            s.lerp_weight.mul_add(g - m0, m0)
+        } else {
+            (s.lerp_weight - 1.0).mul_add(g - m0, g)
+        };
+        let v = exp_avg_sq[i] * s.beta2 + (s.one_minus_beta2 * g) * g;
+        let denom = v.sqrt() / s.bc2_sqrt + s.eps;
+        exp_avg[i] = m;
+        exp_avg_sq[i] = v;
+        param[i] = p + (s.neg_step_size * m) / denom;
+    }
+}

@@ -5,6 +5,7 @@ pub mod cpu_ref;
 mod device;
 pub mod kernels;
 pub mod kernels_lora;
+pub mod kernels_optim;
 mod pipeline;
 mod profile;
 pub mod shaders;

@@ -21,10 +21,11 @@ shader!(ELEMENTWISE, "elementwise.wgsl");
 shader!(MATMUL_WORKGROUP, "matmul_workgroup.wgsl");
 shader!(MATMUL_ROWS_SUBGROUP, "matmul_rows_subgroup.wgsl");
 shader!(LORA, "lora.wgsl");
+shader!(ADAMW, "adamw.wgsl");
 
 /// All shaders, for validation.
 pub const ALL: &[ShaderSource] =
-    &[MATMUL, NORM, ATTENTION, ELEMENTWISE, MATMUL_WORKGROUP, MATMUL_ROWS_SUBGROUP, LORA];
+    &[MATMUL, NORM, ATTENTION, ELEMENTWISE, MATMUL_WORKGROUP, MATMUL_ROWS_SUBGROUP, LORA, ADAMW];
 
 #[cfg(test)]
 mod tests {

@@ -24,3 +24,4 @@ mod kernels_lora;
 mod lora_peft;
 mod tokenizer_chat;
 mod tokenizer_gguf;
+mod train_optim;
