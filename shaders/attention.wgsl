@@ -30,10 +30,11 @@ override WG: u32 = 64u;
 const FLAG_QK_NORM: u32 = 1u;
 const FLAG_ROPE: u32 = 2u;
 
+// Grid: x = head j (x + z · num_workgroups.x · WG past the per-dimension limit), y = token.
 @compute @workgroup_size(WG)
-fn qkv_split_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn qkv_split_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let heads = p.n_head + 2u * p.n_kv_head;
-    let j = gid.x;
+    let j = gid.x + gid.z * nwg.x * WG;
     let t = gid.y;
     if (j >= heads || t >= p.t) { return; }
     let hd = p.head_dim;
@@ -121,10 +122,10 @@ fn attn_scores_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     s[row + j] = acc * inverseSqrt(f32(hd));
 }
 
-// One invocation per (token, head) row.
+// One invocation per (token, head) row: r = x + y · num_workgroups.x · WG (y past the per-dimension limit).
 @compute @workgroup_size(WG)
-fn attn_softmax_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let r = gid.x;
+fn attn_softmax_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let r = gid.x + gid.y * nwg.x * WG;
     if (r >= p.t * p.n_head) { return; }
     let n = tok[r / p.n_head].z;
     let row = r * p.span;

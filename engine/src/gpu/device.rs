@@ -24,6 +24,10 @@ pub struct GpuOptions {
     /// Time every kernel on its own (`BABELRL_PROFILE=1`; see [`Gpu::take_profile`]). Slow: one
     /// submit and one wait per dispatch.
     pub profile: bool,
+    /// Fold launch grids as if the adapter allowed at most this many workgroups per grid dimension
+    /// (`BABELRL_MAX_WORKGROUPS`; never above the adapter's own limit): for tests, so that small inputs
+    /// take the folded grids that only huge ones (a 151,936-row LM head) need on a real adapter.
+    pub max_workgroups_per_dimension: Option<u32>,
 }
 
 impl GpuOptions {
@@ -42,6 +46,10 @@ impl GpuOptions {
             },
             disable_subgroups: std::env::var("BABELRL_SUBGROUPS").is_ok_and(|v| v == "0"),
             profile: std::env::var("BABELRL_PROFILE").is_ok_and(|v| v == "1"),
+            max_workgroups_per_dimension: std::env::var("BABELRL_MAX_WORKGROUPS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|&n: &u32| n > 0),
         }
     }
 }
@@ -83,6 +91,9 @@ pub struct Gpu {
     pub(crate) dummy: wgpu::Buffer,
     /// Per-kernel times when profiling (`GpuOptions::profile`).
     pub(crate) profiler: Option<DispatchProfile>,
+    /// Most workgroups a launch puts in one grid dimension (the adapter's limit, or a lower one from
+    /// `GpuOptions::max_workgroups_per_dimension`); larger launches fold (see `kernels::split_groups`).
+    pub(crate) grid_limit: u32,
     errors: Arc<Mutex<Vec<String>>>,
 }
 
@@ -225,6 +236,10 @@ impl Gpu {
             pipelines: PipelineCache::default(),
             dummy,
             profiler: options.profile.then(DispatchProfile::default),
+            grid_limit: options
+                .max_workgroups_per_dimension
+                .unwrap_or(u32::MAX)
+                .clamp(1, limits.max_compute_workgroups_per_dimension.max(1)),
             errors,
         }))
     }

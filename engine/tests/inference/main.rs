@@ -18,6 +18,7 @@ mod gguf_quant;
 mod gguf_reader;
 mod kernels;
 mod kernels_encoder;
+mod kernels_folded_grids;
 mod kernels_gpu_family;
 mod tokenizer_chat;
 mod tokenizer_gguf;
