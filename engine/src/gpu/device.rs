@@ -64,6 +64,14 @@ pub enum KernelProfile {
     Gpu,
 }
 
+/// Workgroups per grid dimension: a launch folds past `fold_at` (the adapter's limit, or a lower one
+/// from `GpuOptions::max_workgroups_per_dimension`), and no dimension may pass `max` (the adapter's).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GridLimit {
+    pub(crate) fold_at: u32,
+    pub(crate) max: u32,
+}
+
 /// What the engine learned about its adapter.
 #[derive(Debug, Clone)]
 pub struct AdapterSummary {
@@ -91,9 +99,8 @@ pub struct Gpu {
     pub(crate) dummy: wgpu::Buffer,
     /// Per-kernel times when profiling (`GpuOptions::profile`).
     pub(crate) profiler: Option<DispatchProfile>,
-    /// Most workgroups a launch puts in one grid dimension (the adapter's limit, or a lower one from
-    /// `GpuOptions::max_workgroups_per_dimension`); larger launches fold (see `kernels::split_groups`).
-    pub(crate) grid_limit: u32,
+    /// Where launches fold their grids (see `kernels::split_groups`).
+    pub(crate) grid_limit: GridLimit,
     errors: Arc<Mutex<Vec<String>>>,
 }
 
@@ -236,10 +243,11 @@ impl Gpu {
             pipelines: PipelineCache::default(),
             dummy,
             profiler: options.profile.then(DispatchProfile::default),
-            grid_limit: options
-                .max_workgroups_per_dimension
-                .unwrap_or(u32::MAX)
-                .clamp(1, limits.max_compute_workgroups_per_dimension.max(1)),
+            grid_limit: {
+                let max = limits.max_compute_workgroups_per_dimension.max(1);
+                let fold_at = options.max_workgroups_per_dimension.unwrap_or(max).clamp(1, max);
+                GridLimit { fold_at, max }
+            },
             errors,
         }))
     }

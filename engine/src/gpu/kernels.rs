@@ -4,6 +4,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::KernelProfile;
+use crate::gpu::device::GridLimit;
 use crate::gpu::shaders::{ATTENTION, ELEMENTWISE, MATMUL, MATMUL_ROWS_SUBGROUP, MATMUL_WORKGROUP, NORM};
 use crate::gpu::{Batch, BlockedWeight16, Tensor, Weight16};
 
@@ -15,18 +16,19 @@ fn groups(n: usize) -> u32 {
     (n as u32).div_ceil(WG)
 }
 
-/// Splits `groups` workgroups into `x · hi ≥ groups` with `x ≤ limit`, as evenly as possible. A launch
-/// whose count along x can pass the per-dimension limit (65535 on most adapters; a 151,936-row LM head
+/// Splits `groups` workgroups into `x · hi ≥ groups` with `x ≤ limit.fold_at`, as evenly as possible
+/// (`hi` at most `limit.max`: a test's lowered `fold_at` may then leave x above it). A launch whose
+/// count along x can pass the per-dimension limit (65535 on most adapters; a 151,936-row LM head
 /// decoded one workgroup per column passes it) puts `hi` in a grid dimension it leaves free, and its
 /// shader rebuilds the index as `wid.x + wid.hi · num_workgroups.x` (times the workgroup size for an
 /// invocation index) and skips indices past the end. Shaders must not assume x = 65535.
-pub fn split_groups(groups: u32, limit: u32) -> (u32, u32) {
-    let hi = groups.div_ceil(limit.max(1)).max(1);
+pub(crate) fn split_groups(groups: u32, limit: GridLimit) -> (u32, u32) {
+    let hi = groups.div_ceil(limit.fold_at.max(1)).clamp(1, limit.max.max(1));
     (groups.div_ceil(hi), hi)
 }
 
 /// A 1-D grid over `n` invocations, folded into y past the limit: index = gid.x + gid.y · nwg.x · WG.
-fn grid_1d(n: usize, limit: u32) -> [u32; 3] {
+fn grid_1d(n: usize, limit: GridLimit) -> [u32; 3] {
     let (x, hi) = split_groups(groups(n), limit);
     [x, hi, 1]
 }
@@ -34,7 +36,7 @@ fn grid_1d(n: usize, limit: u32) -> [u32; 3] {
 /// A grid of `x_groups` workgroups along x by `rows` along y, x folded into z past the limit:
 /// column index = gid.x + gid.z · nwg.x · WG (or wid.x + wid.z · nwg.x per workgroup). `rows` stays
 /// within the limit: at most `MAX_STEP_TOKENS` tokens (or a batch of as many rows) per launch.
-fn grid_rows(x_groups: u32, rows: u32, limit: u32) -> [u32; 3] {
+fn grid_rows(x_groups: u32, rows: u32, limit: GridLimit) -> [u32; 3] {
     let (x, hi) = split_groups(x_groups, limit);
     [x, rows, hi]
 }
