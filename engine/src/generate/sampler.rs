@@ -66,7 +66,8 @@ fn log_softmax(logits: &[f32]) -> Vec<f64> {
     logits.iter().map(|&x| x as f64 - m - z).collect()
 }
 
-/// The tokens sampling may choose, most likely first, with their probabilities (summing to 1), as
+/// The tokens sampling may choose (by id, or most likely first when top-p applies; the vocabulary is
+/// sorted only then) with their probabilities (summing to 1), as
 /// Hugging Face's warpers leave them, in its order: logits divided by the temperature; top-k
 /// (`TopKLogitsWarper`: every token scoring below the k-th largest score is dropped, ties with it are
 /// kept); top-p (`TopPLogitsWarper`: a softmax over the tokens top-k left, so their probabilities are
@@ -82,11 +83,11 @@ pub fn candidates(logits: &[f32], cfg: &SamplingConfig) -> Vec<(u32, f64)> {
         let (_, &mut kth, _) = scores.select_nth_unstable_by(cfg.top_k - 1, |a, b| b.total_cmp(a));
         kept.retain(|&i| scaled[i] >= kth);
     }
-    // Most likely first; equal scores highest id first, the reverse of the ascending order torch.sort
-    // gives them on CPU, so top-p drops tied tokens in the same order as Hugging Face.
-    kept.sort_by(|&a, &b| scaled[b].total_cmp(&scaled[a]).then(b.cmp(&a)));
-    let mut probs = softmax_of(&scaled, &kept);
     if cfg.top_p < 1.0 {
+        // Most likely first; equal scores highest id first, the reverse of the ascending order
+        // torch.sort gives them on CPU, so top-p drops tied tokens in the same order as Hugging Face.
+        kept.sort_by(|&a, &b| scaled[b].total_cmp(&scaled[a]).then(b.cmp(&a)));
+        let probs = softmax_of(&scaled, &kept);
         // Ascending cumulative sums from the least likely end; drop while they stay ≤ 1 − top_p.
         let limit = 1.0 - cfg.top_p as f64;
         let mut cumulative = 0.0;
@@ -99,8 +100,8 @@ pub fn candidates(logits: &[f32], cfg: &SamplingConfig) -> Vec<(u32, f64)> {
             dropped += 1;
         }
         kept.truncate(kept.len() - dropped);
-        probs = softmax_of(&scaled, &kept);
     }
+    let probs = softmax_of(&scaled, &kept);
     kept.into_iter().map(|i| i as u32).zip(probs).collect()
 }
 
