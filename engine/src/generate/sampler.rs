@@ -67,10 +67,9 @@ fn log_softmax(logits: &[f32]) -> Vec<f64> {
 }
 
 /// The tokens sampling may choose (by id, or most likely first when top-p applies; the vocabulary is
-/// sorted only then) with their probabilities (summing to 1), as
-/// Hugging Face's warpers leave them, in its order: logits divided by the temperature; top-k
-/// (`TopKLogitsWarper`: every token scoring below the k-th largest score is dropped, ties with it are
-/// kept); top-p (`TopPLogitsWarper`: a softmax over the tokens top-k left, so their probabilities are
+/// sorted only then) with their probabilities (summing to 1), as Hugging Face's warpers leave them, in
+/// its order: logits divided by the temperature; top-k (`TopKLogitsWarper`: every token scoring below
+/// the k-th largest score is dropped, ties with it are kept); top-p (`TopPLogitsWarper`: a softmax over the tokens top-k left, so their probabilities are
 /// renormalised first; sorted ascending, the tokens whose cumulative probability is ≤ 1 − top_p are
 /// dropped, the most likely token always kept); then a softmax over what is left. Needs a
 /// temperature above 0 (0 is greedy, see [`sample`]).
