@@ -82,10 +82,10 @@ fn clip_coefficient() {
 @group(0) @binding(4) var<storage, read_write> exp_avg_sq: array<f32>;
 @group(0) @binding(5) var<storage, read> clip: array<f32>;            // (norm, coef)
 
-// Grid: x = element % (65535·64), y = element / (65535·64).
+// Grid: element = x + y · num_workgroups.x · WG (y only past the adapter's per-dimension limit).
 @compute @workgroup_size(64)
-fn adamw_step(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let e = gid.x + gid.y * 65535u * WG;
+fn adamw_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = gid.x + gid.y * nwg.x * WG;
     if (e >= ap.n) { return; }
     let g = (grad[e] * ap.grad_scale) * clip[1];
     let p = param[e] * ap.decay;

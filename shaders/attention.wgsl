@@ -31,10 +31,11 @@ override WG: u32 = 64u;
 const FLAG_QK_NORM: u32 = 1u;
 const FLAG_ROPE: u32 = 2u;
 
+// Grid: x = head j (x + z · num_workgroups.x · WG past the per-dimension limit), y = token.
 @compute @workgroup_size(WG)
-fn qkv_split_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn qkv_split_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let heads = p.n_head + 2u * p.n_kv_head;
-    let j = gid.x;
+    let j = gid.x + gid.z * nwg.x * WG;
     let t = gid.y;
     if (j >= heads || t >= p.t) { return; }
     let hd = p.head_dim;
@@ -122,10 +123,10 @@ fn attn_scores_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     s[row + j] = acc * inverseSqrt(f32(hd));
 }
 
-// One invocation per (token, head) row.
+// One invocation per (token, head) row: r = x + y · num_workgroups.x · WG (y past the per-dimension limit).
 @compute @workgroup_size(WG)
-fn attn_softmax_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let r = gid.x;
+fn attn_softmax_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let r = gid.x + gid.y * nwg.x * WG;
     if (r >= p.t * p.n_head) { return; }
     let n = tok[r / p.n_head].z;
     let row = r * p.span;
@@ -176,7 +177,7 @@ fn attn_values_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
 //   holds the slot's tokens is correct; the tightest is fastest) and the group's heads: lavapipe stops an
 //   invocation after about 65536 loop iterations in all, so the host requires T·(1 + H/Hkv) ≤ 60000; hd % 4 == 0.
 // The last four use the parameters `pb` (the forward's with the number of cache slots in place of flags)
-// and a 1-D grid over their output elements, folded into y past 65535 workgroups.
+// and a 1-D grid over their output elements, folded into y past the per-dimension limit (index = x + y · num_workgroups.x · WG).
 @group(0) @binding(5) var<storage, read> dq_in: array<f32>;              // split backward: (T, H, hd)
 @group(0) @binding(6) var<storage, read> dk_in: array<f32>;              // split backward: (S, Hkv, C, hd)
 @group(0) @binding(7) var<storage, read> dv_in: array<f32>;              // split backward: (S, Hkv, C, hd)
@@ -293,11 +294,11 @@ struct BackParams {
 @group(0) @binding(6) var<storage, read_write> dv4_out: array<vec4<f32>>; // dkv: (S, Hkv, C, hd)
 @group(0) @binding(7) var<storage, read> slot_tokens: array<vec2<u32>>;  // dkv: (S) token range per slot
 
-fn flat_id(gid: vec3<u32>) -> u32 { return gid.x + gid.y * 65535u * WG; }
+fn flat_id(gid: vec3<u32>, nwg: vec3<u32>) -> u32 { return gid.x + gid.y * nwg.x * WG; }
 
 @compute @workgroup_size(WG)
-fn attn_delta_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let r = flat_id(gid);
+fn attn_delta_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let r = flat_id(gid, nwg);
     if (r >= pb.t * pb.n_head) { return; }
     let base = r * pb.head_dim;
     var acc = 0.0;
@@ -306,8 +307,8 @@ fn attn_delta_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 @compute @workgroup_size(WG)
-fn attn_dscores_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let e = flat_id(gid);
+fn attn_dscores_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = flat_id(gid, nwg);
     if (e >= pb.t * pb.n_head * pb.span) { return; }
     let j = e % pb.span;
     let r = e / pb.span;
@@ -334,8 +335,8 @@ fn attn_dscores_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 // Four features per invocation (hd % 4 == 0): each loaded ds serves four.
 @compute @workgroup_size(WG)
-fn attn_dq_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let e4 = flat_id(gid);
+fn attn_dq_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e4 = flat_id(gid, nwg);
     let hd4 = pb.head_dim / 4u;
     if (e4 >= pb.t * pb.n_head * hd4) { return; }
     let i4 = e4 % hd4;
@@ -352,8 +353,8 @@ fn attn_dq_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 // Four features of one cache entry per invocation (hd % 4 == 0): each loaded (p, ds) serves four.
 @compute @workgroup_size(WG)
-fn attn_dkv_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let e4 = flat_id(gid);
+fn attn_dkv_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e4 = flat_id(gid, nwg);
     let hd4 = pb.head_dim / 4u;
     if (e4 >= pb.slots * pb.n_kv_head * pb.ctx * hd4) { return; }
     let i4 = e4 % hd4;

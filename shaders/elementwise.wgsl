@@ -6,6 +6,8 @@
 // logprob_{partial,combine}_forward: out[r] = logits[r, target[r]] − logsumexp(logits[r, :]), (R, V).
 // mean_pool_forward: out (B, D) = mean of x rows [start_b, start_b + len_b) (attention-mask pooling).
 // l2_normalize_forward: each row divided by its L2 norm, in place.
+// Grids wider than the adapter's per-dimension limit fold: a 2-D grid's x continues in z (index
+// x + z · num_workgroups.x · WG), a 1-D grid's in y.
 
 struct Params { rows: u32, dim: u32, extra: u32, flags: u32 }
 
@@ -18,8 +20,8 @@ override WG: u32 = 64u;
 
 // Grid: x = column pair, y = row.
 @compute @workgroup_size(WG)
-fn embed_rows_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let c = gid.x;
+fn embed_rows_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let c = gid.x + gid.z * nwg.x * WG;
     let t = gid.y;
     let half_d = p.dim / 2u;
     if (c >= half_d || t >= p.rows) { return; }
@@ -34,8 +36,8 @@ fn embed_rows_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 // Grid: x = feature, y = row.
 @compute @workgroup_size(WG)
-fn swiglu_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let i = gid.x;
+fn swiglu_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.z * nwg.x * WG;
     let t = gid.y;
     if (i >= p.dim || t >= p.rows) { return; }
     let g = gu[t * 2u * p.dim + i];
@@ -53,10 +55,10 @@ fn erf_approx(x: f32) -> f32 {
     return sign(x) * y;
 }
 
-// Grid: x = element % (65535·WG), y = element / (65535·WG).
+// Grid: element = x + y · num_workgroups.x · WG.
 @compute @workgroup_size(WG)
-fn gelu_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let e = gid.x + gid.y * 65535u * WG;
+fn gelu_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = gid.x + gid.y * nwg.x * WG;
     if (e >= p.rows * p.dim) { return; }
     let v = xs[e];
     xs[e] = 0.5 * v * (1.0 + erf_approx(v * 0.70710678118654752));
@@ -75,8 +77,8 @@ const LOGPROB_CHUNK: u32 = 1024u;
 
 // Pass 1. Grid: x = chunk of 1024 columns, y = row. p.extra = number of chunks C.
 @compute @workgroup_size(WG)
-fn logprob_partial_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let c = gid.x;
+fn logprob_partial_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let c = gid.x + gid.z * nwg.x * WG;
     let r = gid.y;
     if (c >= p.extra || r >= p.rows) { return; }
     let base = r * p.dim;
@@ -90,8 +92,8 @@ fn logprob_partial_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 // Pass 2. One invocation per row: out[r] = logits[r, target] − logsumexp over the row's partials.
 @compute @workgroup_size(WG)
-fn logprob_combine_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let r = gid.x;
+fn logprob_combine_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let r = gid.x + gid.y * nwg.x * WG;
     if (r >= p.rows) { return; }
     var m = -3.0e38;
     for (var c = 0u; c < p.extra; c++) { m = max(m, partial_in[r * p.extra + c].x); }
@@ -107,8 +109,8 @@ fn logprob_combine_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 // Grid: x = feature, y = sequence. idx holds (start, len) per sequence.
 @compute @workgroup_size(WG)
-fn mean_pool_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let i = gid.x;
+fn mean_pool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.z * nwg.x * WG;
     let b = gid.y;
     if (i >= p.dim || b >= p.rows) { return; }
     let start = idx[2u * b];
@@ -120,8 +122,8 @@ fn mean_pool_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 // One invocation per row: x[r] /= max(‖x[r]‖, 1e-12), in place (as torch.nn.functional.normalize).
 @compute @workgroup_size(WG)
-fn l2_normalize_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let r = gid.x;
+fn l2_normalize_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let r = gid.x + gid.y * nwg.x * WG;
     if (r >= p.rows) { return; }
     var ss = 0.0;
     for (var i = 0u; i < p.dim; i++) { ss += xs[r * p.dim + i] * xs[r * p.dim + i]; }
@@ -134,8 +136,8 @@ fn l2_normalize_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
 // token-type embeddings of a BERT-family encoder, one gather per table, and lets a vocabulary larger than
 // one storage binding be split into row blocks.
 @compute @workgroup_size(WG)
-fn embed_rows_add_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let c = gid.x;
+fn embed_rows_add_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let c = gid.x + gid.z * nwg.x * WG;
     let t = gid.y;
     let half_d = p.dim / 2u;
     if (c >= half_d || t >= p.rows) { return; }

@@ -29,7 +29,7 @@ override WG: u32 = 64u;
 @group(0) @binding(2) var<storage, read> down_a: array<f32>;        // (R, K)
 @group(0) @binding(3) var<storage, read_write> down_u: array<f32>;  // (T, R)
 
-// Grid: x = groups of WG over T·R (folded into y past 65535 groups).
+// Grid: x = groups of WG over T·R (folded into y past the per-dimension limit).
 @compute @workgroup_size(WG)
 fn lora_down_forward(@builtin(global_invocation_id) gid: vec3<u32>,
                      @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -78,7 +78,7 @@ fn lora_up_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
 @group(0) @binding(2) var<storage, read> bdu_b: array<f32>;         // (N, R)
 @group(0) @binding(3) var<storage, read_write> bdu_du: array<f32>;  // (T, R)
 
-// Grid: x = groups of WG over T·R (folded into y past 65535 groups).
+// Grid: x = groups of WG over T·R (folded into y past the per-dimension limit).
 @compute @workgroup_size(WG)
 fn lora_du_backward(@builtin(global_invocation_id) gid: vec3<u32>,
                     @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -97,7 +97,7 @@ fn lora_du_backward(@builtin(global_invocation_id) gid: vec3<u32>,
 @group(0) @binding(2) var<storage, read> bdb_u: array<f32>;         // (T, R)
 @group(0) @binding(3) var<storage, read_write> bdb_db: array<f32>;  // (N, R)
 
-// Grid: x = groups of WG over N·R (folded into y past 65535 groups).
+// Grid: x = groups of WG over N·R (folded into y past the per-dimension limit).
 @compute @workgroup_size(WG)
 fn lora_db_backward(@builtin(global_invocation_id) gid: vec3<u32>,
                     @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -116,7 +116,7 @@ fn lora_db_backward(@builtin(global_invocation_id) gid: vec3<u32>,
 @group(0) @binding(2) var<storage, read> bda_x: array<f32>;         // (T, K)
 @group(0) @binding(3) var<storage, read_write> bda_da: array<f32>;  // (R, K)
 
-// Grid: x = groups of WG over R·K (folded into y past 65535 groups).
+// Grid: x = groups of WG over R·K (folded into y past the per-dimension limit).
 @compute @workgroup_size(WG)
 fn lora_da_backward(@builtin(global_invocation_id) gid: vec3<u32>,
                     @builtin(num_workgroups) nwg: vec3<u32>) {

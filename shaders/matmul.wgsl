@@ -5,7 +5,8 @@
 // matmul_forward_cols4 (four columns of one row, for T < 4, K % 8 == 0) and matmul_forward_scalar (any
 // even K). No workgroup memory or barriers (fast on CPU adapters such as lavapipe: the 4×4 tile measured
 // 18 GFLOP/s there against 8 for four rows of one column). Rows and columns past the ends are clamped
-// for loads and never stored.
+// for loads and never stored. Every entry point takes its column index as x + z · num_workgroups.x
+// (the host folds grids wider than the adapter's per-dimension limit into z).
 
 // ldy: row stride of y and residual; n_off: first column of y written (a weight split into row blocks
 // writes its slice of the output columns). bias is indexed within the block.
@@ -38,8 +39,8 @@ fn w_at(e: u32) -> u32 { return w4[e >> 2u][e & 3u]; }
 
 // Any even K: scalar loads, two halves at a time.
 @compute @workgroup_size(WG)
-fn matmul_forward_scalar(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let n = gid.x;
+fn matmul_forward_scalar(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let n = gid.x + gid.z * nwg.x * WG;
     let t0 = gid.y * 4u;
     if (n >= p.n || t0 >= p.t) { return; }
     let k2 = p.k / 2u;
@@ -63,10 +64,10 @@ fn unpack8(q: vec4<u32>, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
 
 // For few rows (decoding, T < 4): one invocation computes four consecutive output columns of one row,
 // so each activation vector is read once per four weight rows and no work is spent on clamped rows.
-// K must be a multiple of 8. Grid: x = groups of four columns, y = row.
+// K must be a multiple of 8. Grid: x (and z, past the per-dimension limit) = groups of four columns, y = row.
 @compute @workgroup_size(WG)
-fn matmul_forward_cols4(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let n0 = gid.x * 4u;
+fn matmul_forward_cols4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let n0 = (gid.x + gid.z * nwg.x * WG) * 4u;
     let t = gid.y;
     if (n0 >= p.n || t >= p.t) { return; }
     let k8 = p.k / 8u;
@@ -98,10 +99,10 @@ fn matmul_forward_cols4(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 // For many rows (prefill, batches): a 4×4 register tile, four rows × four columns per invocation, so
 // each loaded weight vector serves four rows and each activation vector four columns. K a multiple of 8.
-// Grid: x = groups of four columns, y = groups of four rows.
+// Grid: x (and z, past the per-dimension limit) = groups of four columns, y = groups of four rows.
 @compute @workgroup_size(WG)
-fn matmul_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let n0 = gid.x * 4u;
+fn matmul_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let n0 = (gid.x + gid.z * nwg.x * WG) * 4u;
     let t0 = gid.y * 4u;
     if (n0 >= p.n || t0 >= p.t) { return; }
     let k8 = p.k / 8u;

@@ -1,7 +1,8 @@
 // matmul_rows_subgroup_forward: y (T, ldy)[:, n_off + n] = x (T, K) · w (N, K)ᵀ (+ bias) (+ residual), for
 // done by subgroupAdd within each subgroup and one workgroup-memory step across subgroups. Only built
 // on adapters with Features::SUBGROUP (naga does not take `enable subgroups;`: the builtins are enough).
-// K must be a multiple of 8. Grid: x = column, y = row.
+// K must be a multiple of 8. Grid: x = column (x + z · num_workgroups.x past the per-dimension limit),
+// y = row.
 
 struct Params { t: u32, n: u32, k: u32, flags: u32, ldy: u32, n_off: u32, pad0: u32, pad1: u32 }
 
@@ -18,10 +19,11 @@ var<workgroup> partial: array<f32, 64>;
 @compute @workgroup_size(64)
 fn matmul_rows_subgroup_forward(
     @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
     @builtin(subgroup_invocation_id) sid: u32,
 ) {
-    let n = wid.x;
+    let n = wid.x + wid.z * nwg.x;
     let t = wid.y;
     let k8 = p.k / 8u;
     var acc = 0.0;

@@ -2,13 +2,14 @@
 //   y (T, ldy)[:, n_off + n] = x (T, K) · w (N, K)ᵀ (+ bias) (+ residual).
 // matmul_rows_wg_forward, for few rows (decoding): one workgroup of 64 invocations per (output column,
 //   row); each invocation accumulates a strided slice of K, then a tree reduction in workgroup memory.
-//   K a multiple of 8. Grid: x = column, y = row.
+//   K a multiple of 8. Grid: x = column (x + z · num_workgroups.x past the per-dimension limit, as a
+//   151,936-row LM head needs), y = row.
 // matmul_tiled_forward, for many rows (prefill, batches): a 64 × 64 output tile per 16 × 16 workgroup.
 //   K is walked in slices of 32 staged through workgroup memory (x as f32, w still packed as f16 pairs,
 //   12 KiB in all), so each loaded weight serves 64 rows and each activation 64 columns; every
 //   invocation keeps a 4 × 4 register tile of rows ly + 16·i and columns lx + 16·j. K a multiple of 32;
 //   rows and columns past the ends are clamped for loads and never stored.
-//   Grid: x = groups of 64 columns, y = groups of 64 rows.
+//   Grid: x (and z past the limit) = groups of 64 columns, y = groups of 64 rows.
 // (The CPU-adapter family in matmul.wgsl avoids workgroup memory and barriers instead; the subgroup
 // variant of the few-row kernel is in matmul_rows_subgroup.wgsl, as it needs the adapter feature.)
 
@@ -25,8 +26,12 @@ const WG: u32 = 64u;
 var<workgroup> partial: array<f32, 64>;
 
 @compute @workgroup_size(64)
-fn matmul_rows_wg_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let n = wid.x;
+fn matmul_rows_wg_forward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let n = wid.x + wid.z * nwg.x;
     let t = wid.y;
     let k8 = p.k / 8u;
     var acc = 0.0;
@@ -68,10 +73,11 @@ fn halves(q: vec4<u32>) -> array<vec4<f32>, 2> {
 @compute @workgroup_size(16, 16)
 fn matmul_tiled_forward(
     @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let n0 = wid.x * TILE;
+    let n0 = (wid.x + wid.z * nwg.x) * TILE;
     let t0 = wid.y * TILE;
     let kx = p.k / 4u;
     let k8 = p.k / 8u;

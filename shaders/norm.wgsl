@@ -5,6 +5,7 @@
 //   each sequence before the LM head), else r.
 // layer_norm_forward: out[r] = (x[r] - mean) / sqrt(var + eps) * w + b, x (R, D), w (D), b (D);
 //   x and out must be different buffers (one is bound read-only, the other read-write).
+// Grid: row = x + y · num_workgroups.x · WG (y only past the adapter's per-dimension limit).
 
 struct Params { rows: u32, dim: u32, eps: f32, flags: u32 }
 
@@ -17,8 +18,8 @@ struct Params { rows: u32, dim: u32, eps: f32, flags: u32 }
 override WG: u32 = 64u;
 
 @compute @workgroup_size(WG)
-fn rms_norm_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let r = gid.x + gid.y * 65535u * WG;
+fn rms_norm_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let r = gid.x + gid.y * nwg.x * WG;
     if (r >= p.rows) { return; }
     var src = r;
     if ((p.flags & 1u) != 0u) { src = aux[r]; }
@@ -36,8 +37,8 @@ fn rms_norm_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 @compute @workgroup_size(WG)
-fn layer_norm_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let r = gid.x + gid.y * 65535u * WG;
+fn layer_norm_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let r = gid.x + gid.y * nwg.x * WG;
     if (r >= p.rows) { return; }
     let base = r * p.dim;
     var mean = 0.0;
@@ -67,8 +68,8 @@ fn layer_norm_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
 @group(0) @binding(5) var<storage, read_write> dx: array<f32>;           // backward: (R, D)
 
 @compute @workgroup_size(WG)
-fn rms_norm_train_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let r = gid.x + gid.y * 65535u * WG;
+fn rms_norm_train_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let r = gid.x + gid.y * nwg.x * WG;
     if (r >= p.rows) { return; }
     let base = r * p.dim;
     var ss = 0.0;
@@ -84,8 +85,8 @@ fn rms_norm_train_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 @compute @workgroup_size(WG)
-fn rms_norm_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let r = gid.x + gid.y * 65535u * WG;
+fn rms_norm_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let r = gid.x + gid.y * nwg.x * WG;
     if (r >= p.rows) { return; }
     let base = r * p.dim;
     let inv = inv_rms[r];

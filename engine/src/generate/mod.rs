@@ -7,4 +7,4 @@ pub use generator::{
     Chunk, Completion, FinishReason, LOGPROB_PACK_TOKENS, PREFILL_CHUNK, completion_logprobs,
     completion_logprobs_packed, forward_chunked, generate,
 };
-pub use sampler::{SamplingConfig, sample};
+pub use sampler::{SamplingConfig, candidates, sample};

@@ -29,12 +29,14 @@ pub struct Batch<'g> {
     gpu: &'g Gpu,
     steps: Vec<Step>,
     params: Vec<u8>,
+    /// A launch that could not be recorded (reported by `submit`, before anything runs).
+    refused: Option<String>,
 }
 
 impl Gpu {
     /// Starts recording a batch of dispatches.
     pub fn batch(&self) -> Batch<'_> {
-        Batch { gpu: self, steps: Vec::new(), params: Vec::new() }
+        Batch { gpu: self, steps: Vec::new(), params: Vec::new(), refused: None }
     }
 }
 
@@ -64,6 +66,26 @@ impl<'g> Batch<'g> {
     ) {
         if groups.contains(&0) {
             return; // nothing to do (an empty input); wgpu accepts it but skip the bind group
+        }
+        if !self.gpu.device.features().contains(shader.features) {
+            self.refused.get_or_insert_with(|| {
+                format!(
+                    "{} / {entry} needs adapter features {:?} the device lacks",
+                    shader.name, shader.features
+                )
+            });
+            return;
+        }
+        let limit = self.gpu.device.limits().max_compute_workgroups_per_dimension;
+        if groups.iter().any(|&g| g > limit) {
+            // A launch that forgot to fold its grid: a clear error instead of wgpu's validation one.
+            self.refused.get_or_insert_with(|| {
+                format!(
+                    "{} / {entry}: grid {groups:?} exceeds the adapter's {limit} workgroups per dimension",
+                    shader.name
+                )
+            });
+            return;
         }
         let pipeline = self.gpu.pipelines.get(&self.gpu.device, shader, entry, constants);
         let align = self.gpu.device.limits().min_uniform_buffer_offset_alignment as usize;
@@ -115,6 +137,9 @@ impl<'g> Batch<'g> {
     /// Encodes everything into one command buffer and submits it. Does not wait (but when the GPU
     /// profiles, every step is submitted, waited for and timed on its own).
     pub fn submit(self) -> Result<()> {
+        if let Some(refused) = self.refused {
+            return Err(crate::Error::Gpu(refused));
+        }
         if self.steps.is_empty() {
             return Ok(());
         }

@@ -24,6 +24,10 @@ pub struct GpuOptions {
     /// Time every kernel on its own (`BABELRL_PROFILE=1`; see [`Gpu::take_profile`]). Slow: one
     /// submit and one wait per dispatch.
     pub profile: bool,
+    /// Fold launch grids as if the adapter allowed at most this many workgroups per grid dimension
+    /// (`BABELRL_MAX_WORKGROUPS`; never above the adapter's own limit): for tests, so that small inputs
+    /// take the folded grids that only huge ones (a 151,936-row LM head) need on a real adapter.
+    pub max_workgroups_per_dimension: Option<u32>,
 }
 
 impl GpuOptions {
@@ -42,6 +46,10 @@ impl GpuOptions {
             },
             disable_subgroups: std::env::var("BABELRL_SUBGROUPS").is_ok_and(|v| v == "0"),
             profile: std::env::var("BABELRL_PROFILE").is_ok_and(|v| v == "1"),
+            max_workgroups_per_dimension: std::env::var("BABELRL_MAX_WORKGROUPS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|&n: &u32| n > 0),
         }
     }
 }
@@ -54,6 +62,14 @@ pub enum KernelProfile {
     Cpu,
     /// A real GPU.
     Gpu,
+}
+
+/// Workgroups per grid dimension: a launch folds past `fold_at` (the adapter's limit, or a lower one
+/// from `GpuOptions::max_workgroups_per_dimension`), and no dimension may pass `max` (the adapter's).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GridLimit {
+    pub(crate) fold_at: u32,
+    pub(crate) max: u32,
 }
 
 /// What the engine learned about its adapter.
@@ -83,6 +99,8 @@ pub struct Gpu {
     pub(crate) dummy: wgpu::Buffer,
     /// Per-kernel times when profiling (`GpuOptions::profile`).
     pub(crate) profiler: Option<DispatchProfile>,
+    /// Where launches fold their grids (see `kernels::split_groups`).
+    pub(crate) grid_limit: GridLimit,
     errors: Arc<Mutex<Vec<String>>>,
 }
 
@@ -225,6 +243,11 @@ impl Gpu {
             pipelines: PipelineCache::default(),
             dummy,
             profiler: options.profile.then(DispatchProfile::default),
+            grid_limit: {
+                let max = limits.max_compute_workgroups_per_dimension.max(1);
+                let fold_at = options.max_workgroups_per_dimension.unwrap_or(max).clamp(1, max);
+                GridLimit { fold_at, max }
+            },
             errors,
         }))
     }

@@ -4,6 +4,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::KernelProfile;
+use crate::gpu::device::GridLimit;
 use crate::gpu::shaders::{ATTENTION, ELEMENTWISE, MATMUL, MATMUL_ROWS_SUBGROUP, MATMUL_WORKGROUP, NORM};
 use crate::gpu::{Batch, BlockedWeight16, Tensor, Weight16};
 
@@ -14,17 +15,33 @@ pub use backward::{AttnBackward, GradWrite};
 pub const WG: u32 = 64;
 /// Columns per chunk of the log-prob reduction (`LOGPROB_CHUNK` in elementwise.wgsl).
 pub const LOGPROB_CHUNK: usize = 1024;
-/// Largest grid dimension wgpu guarantees.
-const MAX_GROUPS: u32 = 65535;
-
 fn groups(n: usize) -> u32 {
     (n as u32).div_ceil(WG)
 }
 
-/// A 1-D grid over `n` invocations, folded into y when it exceeds one dimension.
-fn grid_1d(n: usize) -> [u32; 3] {
-    let g = groups(n);
-    if g <= MAX_GROUPS { [g, 1, 1] } else { [MAX_GROUPS, g.div_ceil(MAX_GROUPS), 1] }
+/// Splits `groups` workgroups into `x · hi ≥ groups` with `x ≤ limit.fold_at`, as evenly as possible
+/// (`hi` at most `limit.max`: a test's lowered `fold_at` may then leave x above it). A launch whose
+/// count along x can pass the per-dimension limit (65535 on most adapters; a 151,936-row LM head
+/// decoded one workgroup per column passes it) puts `hi` in a grid dimension it leaves free, and its
+/// shader rebuilds the index as `wid.x + wid.hi · num_workgroups.x` (times the workgroup size for an
+/// invocation index) and skips indices past the end. Shaders must not assume x = 65535.
+pub(crate) fn split_groups(groups: u32, limit: GridLimit) -> (u32, u32) {
+    let hi = groups.div_ceil(limit.fold_at.max(1)).clamp(1, limit.max.max(1));
+    (groups.div_ceil(hi), hi)
+}
+
+/// A 1-D grid over `n` invocations, folded into y past the limit: index = gid.x + gid.y · nwg.x · WG.
+pub(crate) fn grid_1d(n: usize, limit: GridLimit) -> [u32; 3] {
+    let (x, hi) = split_groups(groups(n), limit);
+    [x, hi, 1]
+}
+
+/// A grid of `x_groups` workgroups along x by `rows` along y, x folded into z past the limit:
+/// column index = gid.x + gid.z · nwg.x · WG (or wid.x + wid.z · nwg.x per workgroup). `rows` stays
+/// within the limit: at most `MAX_STEP_TOKENS` tokens (or a batch of as many rows) per launch.
+fn grid_rows(x_groups: u32, rows: u32, limit: GridLimit) -> [u32; 3] {
+    let (x, hi) = split_groups(x_groups, limit);
+    [x, rows, hi]
 }
 
 #[repr(C)]
@@ -113,26 +130,30 @@ impl<'g> Batch<'g> {
         // CPU adapters, few rows (decoding): four columns per invocation; many rows: a 4×4 tile per
         // invocation. GPUs, few rows: a workgroup per output, reduced with subgroup operations where
         // the adapter has them; many rows: 64×64 tiles staged through workgroup memory.
-        let (shader, entry, grid) = match (k % 8 == 0, t < 4, gpu.profile, gpu.summary.subgroups) {
-            (true, true, KernelProfile::Gpu, true) => {
-                (&MATMUL_ROWS_SUBGROUP, "matmul_rows_subgroup_forward", [n as u32, t as u32, 1])
-            }
-            (true, true, KernelProfile::Gpu, false) => {
-                (&MATMUL_WORKGROUP, "matmul_rows_wg_forward", [n as u32, t as u32, 1])
-            }
-            (true, true, KernelProfile::Cpu, _) => {
-                (&MATMUL, "matmul_forward_cols4", [groups(n.div_ceil(4)), t as u32, 1])
-            }
-            (true, false, KernelProfile::Gpu, _) if k % 32 == 0 => (
-                &MATMUL_WORKGROUP,
-                "matmul_tiled_forward",
-                [n.div_ceil(64) as u32, (t as u32).div_ceil(64), 1],
-            ),
-            (true, false, ..) => {
-                (&MATMUL, "matmul_forward", [groups(n.div_ceil(4)), (t as u32).div_ceil(4), 1])
-            }
-            (false, ..) => (&MATMUL, "matmul_forward_scalar", [groups(n), (t as u32).div_ceil(4), 1]),
-        };
+        // Grid: x = column groups (folded into z past the adapter's limit), y = row groups.
+        let (shader, entry, column_groups, row_groups) =
+            match (k % 8 == 0, t < 4, gpu.profile, gpu.summary.subgroups) {
+                (true, true, KernelProfile::Gpu, true) => {
+                    (&MATMUL_ROWS_SUBGROUP, "matmul_rows_subgroup_forward", n as u32, t as u32)
+                }
+                (true, true, KernelProfile::Gpu, false) => {
+                    (&MATMUL_WORKGROUP, "matmul_rows_wg_forward", n as u32, t as u32)
+                }
+                (true, true, KernelProfile::Cpu, _) => {
+                    (&MATMUL, "matmul_forward_cols4", groups(n.div_ceil(4)), t as u32)
+                }
+                (true, false, KernelProfile::Gpu, _) if k % 32 == 0 => (
+                    &MATMUL_WORKGROUP,
+                    "matmul_tiled_forward",
+                    n.div_ceil(64) as u32,
+                    (t as u32).div_ceil(64),
+                ),
+                (true, false, ..) => {
+                    (&MATMUL, "matmul_forward", groups(n.div_ceil(4)), (t as u32).div_ceil(4))
+                }
+                (false, ..) => (&MATMUL, "matmul_forward_scalar", groups(n), (t as u32).div_ceil(4)),
+            };
+        let grid = grid_rows(column_groups, row_groups, gpu.grid_limit);
         let params = MatmulParams {
             t: t as u32,
             n: n as u32,
@@ -184,19 +205,20 @@ impl<'g> Batch<'g> {
             "rms_norm_forward",
             &params,
             &[&x.buffer, &w.buffer, map, &out.buffer],
-            grid_1d(rows),
+            grid_1d(rows, gpu.grid_limit),
         );
     }
 
     /// out (R, D) = layer_norm(x) · w + b.
     pub fn layer_norm(&mut self, x: &Tensor, w: &Tensor, b: &Tensor, out: &Tensor, rows: usize, eps: f32) {
         let params = NormParams { rows: rows as u32, dim: w.len() as u32, eps, flags: 0 };
+        let grid = grid_1d(rows, self.gpu_ref().grid_limit);
         self.dispatch(
             &NORM,
             "layer_norm_forward",
             &params,
             &[&x.buffer, &w.buffer, &b.buffer, &out.buffer],
-            grid_1d(rows),
+            grid,
         );
     }
 
@@ -221,7 +243,7 @@ impl<'g> Batch<'g> {
             "qkv_split_forward",
             p,
             &[&tok.buffer, &qkv.buffer, &rope.buffer, norm, &q.buffer, &k_cache.buffer, &v_cache.buffer],
-            [groups(heads), p.t, 1],
+            grid_rows(groups(heads), p.t, gpu.grid_limit),
         );
     }
 
@@ -239,6 +261,9 @@ impl<'g> Batch<'g> {
         out: &Tensor,
     ) {
         let (t, h) = (p.t, p.n_head);
+        let limit = self.gpu_ref().grid_limit;
+        // Scores and values use all three dimensions; their x counts stay small (at most
+        // MAX_CONTEXT / 64 = 256 key groups; head_dim / 64), and t ≤ MAX_STEP_TOKENS.
         self.dispatch(
             &ATTENTION,
             "attn_scores_forward",
@@ -251,7 +276,7 @@ impl<'g> Batch<'g> {
             "attn_softmax_forward",
             p,
             &[&tok.buffer, &scores.buffer],
-            [groups((t * h) as usize), 1, 1],
+            grid_1d((t * h) as usize, limit),
         );
         self.dispatch(
             &ATTENTION,
@@ -265,7 +290,7 @@ impl<'g> Batch<'g> {
     /// out (T, D) = table[ids[t]].
     pub fn embed_rows(&mut self, ids: &Tensor, table: &Weight16, out: &Tensor, t: usize) {
         let params = P4 { a: t as u32, b: table.cols as u32, c: table.rows as u32, d: 0 };
-        let grid = [groups(table.cols / 2), t as u32, 1];
+        let grid = grid_rows(groups(table.cols / 2), t as u32, self.gpu_ref().grid_limit);
         self.dispatch(
             &ELEMENTWISE,
             "embed_rows_forward",
@@ -278,14 +303,15 @@ impl<'g> Batch<'g> {
     /// act (T, I) = silu(gu[:, :I]) · gu[:, I:].
     pub fn swiglu(&mut self, gu: &Tensor, act: &Tensor, t: usize, inter: usize) {
         let params = P4 { a: t as u32, b: inter as u32, c: 0, d: 0 };
-        let grid = [groups(inter), t as u32, 1];
+        let grid = grid_rows(groups(inter), t as u32, self.gpu_ref().grid_limit);
         self.dispatch(&ELEMENTWISE, "swiglu_forward", &params, &[&gu.buffer, &act.buffer], grid);
     }
 
     /// x = gelu(x) in place over `rows · dim` elements.
     pub fn gelu(&mut self, x: &Tensor, rows: usize, dim: usize) {
         let params = P4 { a: rows as u32, b: dim as u32, c: 0, d: 0 };
-        self.dispatch(&ELEMENTWISE, "gelu_forward", &params, &[&x.buffer], grid_1d(rows * dim));
+        let grid = grid_1d(rows * dim, self.gpu_ref().grid_limit);
+        self.dispatch(&ELEMENTWISE, "gelu_forward", &params, &[&x.buffer], grid);
     }
 
     /// out[r] = log_softmax(logits[r])[target[r]], in two passes over chunks of 1024 columns.
@@ -302,7 +328,8 @@ impl<'g> Batch<'g> {
         let chunks = vocab.div_ceil(LOGPROB_CHUNK);
         debug_assert!(partial.len() >= rows * chunks * 2, "logprob scratch too small");
         let params = P4 { a: rows as u32, b: vocab as u32, c: chunks as u32, d: 0 };
-        let grid = [groups(chunks), rows as u32, 1];
+        let limit = self.gpu_ref().grid_limit;
+        let grid = grid_rows(groups(chunks), rows as u32, limit);
         self.dispatch(
             &ELEMENTWISE,
             "logprob_partial_forward",
@@ -315,14 +342,15 @@ impl<'g> Batch<'g> {
             "logprob_combine_forward",
             &params,
             &[&targets.buffer, &logits.buffer, &partial.buffer, &out.buffer],
-            [groups(rows), 1, 1],
+            grid_1d(rows, limit),
         );
     }
 
     /// out (B, D) = mean of x over each (start, len) span in `spans`, then L2-normalised per row.
     pub fn mean_pool_l2(&mut self, x: &Tensor, spans: &Tensor, out: &Tensor, batch: usize, dim: usize) {
         let params = P4 { a: batch as u32, b: dim as u32, c: 0, d: 0 };
-        let grid = [groups(dim), batch as u32, 1];
+        let limit = self.gpu_ref().grid_limit;
+        let grid = grid_rows(groups(dim), batch as u32, limit);
         self.dispatch(
             &ELEMENTWISE,
             "mean_pool_forward",
@@ -330,7 +358,7 @@ impl<'g> Batch<'g> {
             &[&spans.buffer, &x.buffer, &out.buffer],
             grid,
         );
-        self.dispatch(&ELEMENTWISE, "l2_normalize_forward", &params, &[&out.buffer], [groups(batch), 1, 1]);
+        self.dispatch(&ELEMENTWISE, "l2_normalize_forward", &params, &[&out.buffer], grid_1d(batch, limit));
     }
 }
 
@@ -352,7 +380,7 @@ impl<'g> Batch<'g> {
     ) {
         debug_assert!(ids.len() >= t && out.len() >= t * table.cols, "embed_rows_add shapes");
         let params = P4 { a: t as u32, b: table.cols as u32, c: table.rows as u32, d: first as u32 };
-        let grid = [groups(table.cols / 2), t as u32, 1];
+        let grid = grid_rows(groups(table.cols / 2), t as u32, self.gpu_ref().grid_limit);
         let buffers = [&ids.buffer, &table.buffer, &out.buffer];
         self.dispatch(&ELEMENTWISE, "embed_rows_add_forward", &params, &buffers, grid);
     }

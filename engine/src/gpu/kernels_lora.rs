@@ -3,6 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::gpu::kernels::grid_1d;
 use crate::gpu::shaders::LORA;
 use crate::gpu::{Batch, Tensor};
 use crate::{Error, Result};
@@ -56,17 +57,6 @@ fn need(op: &str, name: &str, tensor: &Tensor, len: usize) -> Result<()> {
 
 fn to_u32(op: &str, what: &str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::Input(format!("{op}: {what} = {v} does not fit the kernel's u32")))
-}
-
-/// A 1-D grid over `n` invocations, folded into y past 65535 workgroups (the kernels read
-/// `num_workgroups`).
-fn flat(n: usize) -> [u32; 3] {
-    let groups = n.div_ceil(WG);
-    if groups <= MAX_GROUPS {
-        [groups as u32, 1, 1]
-    } else {
-        [MAX_GROUPS as u32, groups.div_ceil(MAX_GROUPS) as u32, 1]
-    }
 }
 
 /// Checks the factors' shapes, the output slice and the sizes every launch has in common, and
@@ -143,7 +133,7 @@ impl<'g> Batch<'g> {
             "lora_down_forward",
             &params,
             &[&x.buffer, &a.buffer, &u.buffer],
-            flat(s.t * s.r),
+            grid_1d(s.t * s.r, self.gpu_ref().grid_limit),
         );
         let grid = [s.n.div_ceil(WG) as u32, s.t as u32, 1];
         self.dispatch(&LORA, "lora_up_forward", &params, &[&u.buffer, &b.buffer, &y.buffer], grid);
@@ -201,21 +191,21 @@ impl<'g> Batch<'g> {
             "lora_du_backward",
             p,
             &[&dy.buffer, &b.buffer, &grads.du.buffer],
-            flat(s.t * s.r),
+            grid_1d(s.t * s.r, self.gpu_ref().grid_limit),
         );
         self.dispatch(
             &LORA,
             "lora_db_backward",
             p,
             &[&dy.buffer, &u.buffer, &grads.db.buffer],
-            flat(s.n * s.r),
+            grid_1d(s.n * s.r, self.gpu_ref().grid_limit),
         );
         self.dispatch(
             &LORA,
             "lora_da_backward",
             p,
             &[&grads.du.buffer, &x.buffer, &grads.da.buffer],
-            flat(s.r * s.k),
+            grid_1d(s.r * s.k, self.gpu_ref().grid_limit),
         );
         if let Some(dx) = grads.dx {
             let grid = [s.k.div_ceil(WG) as u32, s.t as u32, 1];

@@ -4,6 +4,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::gpu::kernels::grid_1d;
 use crate::gpu::shaders::ADAMW;
 use crate::gpu::{Batch, Tensor};
 use crate::{Error, Result};
@@ -12,7 +13,6 @@ use crate::{Error, Result};
 pub const SUM_PER_WORKGROUP: usize = 16384;
 /// Partial sums one workgroup of `sum_squares_partial` writes.
 pub const SUM_PARTIALS_PER_WORKGROUP: usize = 64;
-const WG: usize = 64;
 const MAX_GROUPS: usize = 65535;
 
 /// Parameters of `sum_squares_partial` (mirrors `ReduceParams`).
@@ -202,12 +202,7 @@ impl<'g> Batch<'g> {
             eps: s.eps,
             grad_scale: s.grad_scale,
         };
-        let g = n.div_ceil(WG);
-        let grid = if g <= MAX_GROUPS {
-            [g as u32, 1, 1]
-        } else {
-            [MAX_GROUPS as u32, g.div_ceil(MAX_GROUPS) as u32, 1]
-        };
+        let grid = grid_1d(n, self.gpu_ref().grid_limit);
         self.dispatch(
             &ADAMW,
             "adamw_step",

@@ -1,16 +1,26 @@
-//! Every WGSL source in the engine, embedded at build time from `shaders/`, and the list naga validates.
+//! Every WGSL source in the engine, embedded at build time from `shaders/`, with the adapter features
+//! each needs, and the list naga validates.
 
-/// A WGSL module: a name for caching and errors, and its source.
+/// A WGSL module: a name for caching and errors, its source, and the adapter features it needs.
 #[derive(Debug, Clone, Copy)]
 pub struct ShaderSource {
     pub name: &'static str,
     pub source: &'static str,
+    /// Features the device must have been created with; the kernel family that dispatches the shader
+    /// checks them first. Empty for shaders every adapter runs (no f16 types, no subgroup operations).
+    pub features: wgpu::Features,
 }
 
 macro_rules! shader {
     ($name:ident, $file:literal) => {
-        pub const $name: ShaderSource =
-            ShaderSource { name: $file, source: include_str!(concat!("../../../shaders/", $file)) };
+        shader!($name, $file, wgpu::Features::empty());
+    };
+    ($name:ident, $file:literal, $features:expr) => {
+        pub const $name: ShaderSource = ShaderSource {
+            name: $file,
+            source: include_str!(concat!("../../../shaders/", $file)),
+            features: $features,
+        };
     };
 }
 
@@ -19,9 +29,13 @@ shader!(NORM, "norm.wgsl");
 shader!(ATTENTION, "attention.wgsl");
 shader!(ELEMENTWISE, "elementwise.wgsl");
 shader!(MATMUL_WORKGROUP, "matmul_workgroup.wgsl");
-shader!(MATMUL_ROWS_SUBGROUP, "matmul_rows_subgroup.wgsl");
+shader!(MATMUL_ROWS_SUBGROUP, "matmul_rows_subgroup.wgsl", wgpu::Features::SUBGROUP);
 shader!(LORA, "lora.wgsl");
 shader!(ADAMW, "adamw.wgsl");
+
+/// Downlevel capabilities every shader may use: `unpack2x16float` (naga's SHADER_FLOAT16_IN_FLOAT32, not
+/// the f16 type), which every Vulkan, Metal and DX12 adapter wgpu supports has.
+pub const BASELINE_DOWNLEVEL: wgpu::DownlevelFlags = wgpu::DownlevelFlags::SHADER_F16_IN_F32;
 
 /// All shaders, for validation.
 pub const ALL: &[ShaderSource] =
@@ -31,21 +45,64 @@ pub const ALL: &[ShaderSource] =
 mod tests {
     use super::*;
 
-    /// Parses and validates every shader with naga, as wgpu would, without a GPU.
+    /// Parses and validates `source` as wgpu would on a device created with exactly `features` and only
+    /// the baseline downlevel capabilities, without a GPU.
+    fn validate(name: &str, source: &str, features: wgpu::Features) -> Result<naga::Module, String> {
+        let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string(source))?;
+        let mut validator = wgpu_naga_bridge::create_validator(
+            features,
+            BASELINE_DOWNLEVEL,
+            naga::valid::ValidationFlags::all(),
+        );
+        validator.validate(&module).map_err(|e| format!("{name}: {}", e.emit_to_string(source)))?;
+        Ok(module)
+    }
+
+    /// Each shader validates with only the features its kernel family requests from the adapter, so a
+    /// shader meant for adapters without subgroups or f16 cannot use them unnoticed.
     #[test]
-    fn every_shader_parses_and_validates() {
+    fn every_shader_validates_with_only_the_features_it_declares() {
         for shader in ALL {
-            let module = naga::front::wgsl::parse_str(shader.source)
-                .unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(shader.source)));
-            let mut validator = naga::valid::Validator::new(
-                naga::valid::ValidationFlags::all(),
-                naga::valid::Capabilities::all(),
-            );
-            validator
-                .validate(&module)
-                .unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(shader.source)));
+            let module =
+                validate(shader.name, shader.source, shader.features).unwrap_or_else(|e| panic!("{e}"));
             assert!(!module.entry_points.is_empty(), "{} has no entry point", shader.name);
         }
+        // Only the subgroup variant of the few-row matmul needs an adapter feature.
+        let needing: Vec<_> = ALL.iter().filter(|s| !s.features.is_empty()).map(|s| s.name).collect();
+        assert_eq!(needing, ["matmul_rows_subgroup.wgsl"]);
+    }
+
+    /// The check has teeth: the workgroup-memory matmul (the GPU family without subgroups) with its tree
+    /// reduction swapped for `subgroupAdd` is rejected under its declared features, though it would
+    /// pass with every capability on (the old check).
+    #[test]
+    fn a_subgroup_operation_in_a_shader_without_the_feature_is_rejected() {
+        let reduction = "    partial[lid] = acc;";
+        assert!(MATMUL_WORKGROUP.source.contains(reduction));
+        let mutated = MATMUL_WORKGROUP.source.replace(reduction, "    partial[lid] = subgroupAdd(acc);");
+        let err = validate("mutated", &mutated, MATMUL_WORKGROUP.features)
+            .expect_err("a subgroup operation must need Features::SUBGROUP");
+        assert!(err.to_lowercase().contains("subgroup"), "{err}");
+        validate("mutated", &mutated, wgpu::Features::SUBGROUP).unwrap_or_else(|e| panic!("{e}"));
+        let mut all = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::all(),
+        );
+        let module = naga::front::wgsl::parse_str(&mutated).unwrap();
+        assert!(all.validate(&module).is_ok(), "every capability on lets the mutation through");
+    }
+
+    /// An f16 type needs `Features::SHADER_F16`: the same check catches a core shader using one.
+    #[test]
+    fn an_f16_type_in_a_shader_without_the_feature_is_rejected() {
+        let line = "    var acc = 0.0;";
+        assert!(MATMUL_WORKGROUP.source.contains(line));
+        let mutated = format!(
+            "enable f16;\n{}",
+            MATMUL_WORKGROUP.source.replacen(line, "    var acc = 0.0;\n    let h = f16(acc);", 1)
+        );
+        assert!(validate("mutated", &mutated, MATMUL_WORKGROUP.features).is_err());
+        validate("mutated", &mutated, wgpu::Features::SHADER_F16).unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// The training entry points (forward variants that save what a backward needs, and the backwards)

@@ -21,8 +21,9 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb)
 }
 
-/// Token ids equal the reference's and embeddings match transformers (cosine ≥ 0.9999, |Δ| ≤ 2e-3:
-/// f16 weights against an f32 reference).
+/// Token ids equal the reference's and embeddings match transformers (cosine ≥ 0.999999, |Δ| ≤ 1e-5).
+/// The fixtures' 2-D weights are f16-representable, so this measures kernel error only: 1.5e-7 at most
+/// on lavapipe (it was 2e-3 against unrounded f32 weights).
 fn check_against_expected(name: &str) {
     let dir = fixture(name);
     let enc = Encoder::load(gpu(), &dir).unwrap();
@@ -44,7 +45,7 @@ fn check_against_expected(name: &str) {
         let cos = cosine(emb, &want);
         let max_diff = emb.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         eprintln!("{name} {text:?}: cosine {cos:.6}, max |diff| {max_diff:.2e}");
-        assert!(cos >= 0.9999 && max_diff <= 2e-3, "{name} {text:?}: cosine {cos}, max |diff| {max_diff}");
+        assert!(cos >= 0.999_999 && max_diff <= 1e-5, "{name} {text:?}: cosine {cos}, max |diff| {max_diff}");
         let norm: f32 = emb.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-5, "{name} {text:?}: norm {norm}");
     }

@@ -3,6 +3,7 @@
 
 use crate::common;
 
+use babelrl::gpu::Gpu;
 use babelrl::gpu::cpu_ref::{self, AttnShape, TokenInfo};
 use babelrl::gpu::kernels::{ATTN_QK_NORM, ATTN_ROPE, AttnParams};
 use common::{assert_close, assert_close_by, gpu, random};
@@ -24,8 +25,7 @@ fn matmul_tolerance(x: &[f32], w: &[f16], t: usize, n: usize, k: usize) -> Vec<f
     tol
 }
 
-fn check_matmul(t: usize, n: usize, k: usize, bias: bool, residual: bool, seed: u64) {
-    let gpu = gpu();
+fn check_matmul(gpu: &Gpu, t: usize, n: usize, k: usize, bias: bool, residual: bool, seed: u64) {
     let x = random(t * k, 1.0, seed);
     let w = to_f16(&random(n * k, 0.5, seed + 1));
     let b = random(n, 1.0, seed + 2);
@@ -46,6 +46,10 @@ fn check_matmul(t: usize, n: usize, k: usize, bias: bool, residual: bool, seed: 
 
 #[test]
 fn matmul_matches_reference_on_awkward_sizes() {
+    check_matmul_awkward_sizes(&gpu());
+}
+
+pub(crate) fn check_matmul_awkward_sizes(gpu: &Gpu) {
     // (T, N, K): T below 4 (column-tiled path) or not a multiple of 4, N not a multiple of 4 or 64,
     // K a multiple of 8 (vector paths) or only of 2 (scalar).
     for (i, &(t, n, k)) in [
@@ -63,7 +67,7 @@ fn matmul_matches_reference_on_awkward_sizes() {
     .iter()
     .enumerate()
     {
-        check_matmul(t, n, k, i % 2 == 0, i % 3 == 0, i as u64 * 10);
+        check_matmul(gpu, t, n, k, i % 2 == 0, i % 3 == 0, i as u64 * 10);
     }
 }
 
@@ -71,13 +75,16 @@ proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig { cases: 12, ..Default::default() })]
     #[test]
     fn matmul_matches_reference_on_random_shapes(t in 1usize..20, n in 1usize..150, k2 in 1usize..50, flags in 0u8..4) {
-        check_matmul(t, n, 2 * k2, flags & 1 == 1, flags & 2 == 2, (t * 1000 + n * 7 + k2) as u64);
+        check_matmul(&gpu(), t, n, 2 * k2, flags & 1 == 1, flags & 2 == 2, (t * 1000 + n * 7 + k2) as u64);
     }
 }
 
 #[test]
 fn rms_norm_matches_reference_with_and_without_gather() {
-    let gpu = gpu();
+    check_rms_norm(&gpu());
+}
+
+pub(crate) fn check_rms_norm(gpu: &Gpu) {
     for &(rows, dim) in &[(1usize, 8usize), (67, 64), (5, 576), (130, 33)] {
         let x = random(rows * dim, 2.0, rows as u64);
         let w = random(dim, 1.0, dim as u64);
@@ -104,7 +111,10 @@ fn rms_norm_matches_reference_with_and_without_gather() {
 
 #[test]
 fn layer_norm_matches_reference() {
-    let gpu = gpu();
+    check_layer_norm(&gpu());
+}
+
+pub(crate) fn check_layer_norm(gpu: &Gpu) {
     for &(rows, dim) in &[(1usize, 16usize), (70, 384), (3, 30)] {
         let x: Vec<f32> = random(rows * dim, 3.0, 5).iter().map(|v| v + 0.7).collect();
         let (w, b) = (random(dim, 1.0, 6), random(dim, 1.0, 7));
@@ -126,9 +136,12 @@ fn layer_norm_matches_reference() {
 /// grouped-query heads, per-head RMSNorm and RoPE.
 #[test]
 fn qkv_split_and_attention_match_reference() {
-    let gpu = gpu();
+    check_qkv_split_and_attention(&gpu());
+}
+
+pub(crate) fn check_qkv_split_and_attention(gpu: &Gpu) {
     for &(n_head, n_kv_head, head_dim, qk_norm) in
-        &[(4usize, 2usize, 16usize, true), (3, 1, 8, false), (2, 2, 64, false)]
+        &[(4usize, 2usize, 16usize, true), (3, 1, 8, false), (2, 2, 64, false), (62, 2, 2, false)]
     {
         let s = AttnShape { n_head, n_kv_head, head_dim, ctx: 24 };
         let heads = n_head + 2 * n_kv_head;
@@ -186,7 +199,10 @@ fn qkv_split_and_attention_match_reference() {
 
 #[test]
 fn embed_rows_swiglu_gelu_logprob_and_pooling_match_reference() {
-    let gpu = gpu();
+    check_elementwise(&gpu());
+}
+
+pub(crate) fn check_elementwise(gpu: &Gpu) {
     // Embedding gather.
     let (vocab, dim) = (37usize, 70usize);
     let table = to_f16(&random(vocab * dim, 1.0, 1));
@@ -254,7 +270,10 @@ fn embed_rows_swiglu_gelu_logprob_and_pooling_match_reference() {
 /// gather and matmul as the whole weight, including a last block shorter than the others.
 #[test]
 fn blocked_weights_match_the_whole_weight() {
-    let gpu = gpu();
+    check_blocked_weights(&gpu());
+}
+
+pub(crate) fn check_blocked_weights(gpu: &Gpu) {
     let (vocab, dim, t) = (23usize, 16usize, 5usize);
     let table = random(vocab * dim, 1.0, 31);
     let table16 = to_f16(&table);

@@ -14,7 +14,7 @@ use babelrl::model::load_language_model;
 use common::{assert_close_by, random, repo_root};
 use half::f16;
 
-fn gpu_family(subgroups: bool) -> Arc<Gpu> {
+pub(crate) fn gpu_family(subgroups: bool) -> Arc<Gpu> {
     let options = GpuOptions {
         kernels: Some(KernelProfile::Gpu),
         disable_subgroups: !subgroups,
@@ -23,17 +23,18 @@ fn gpu_family(subgroups: bool) -> Arc<Gpu> {
     Gpu::new(&options).unwrap()
 }
 
-const FEW_ROWS: &[(usize, usize, usize)] = &[(1, 1, 8), (1, 130, 576), (2, 65, 1536), (3, 7, 8 * 70)];
+pub(crate) const FEW_ROWS: &[(usize, usize, usize)] =
+    &[(1, 1, 8), (1, 130, 576), (2, 65, 1536), (3, 7, 8 * 70)];
 // Tiles of 64 × 64 with K slices of 32: partial tiles in both directions, one row, one column, one
 // slice, and K not a multiple of 32 (which falls back to the CPU family's tile).
-const MANY_ROWS: &[(usize, usize, usize)] =
+pub(crate) const MANY_ROWS: &[(usize, usize, usize)] =
     &[(4, 1, 32), (64, 64, 64), (65, 130, 576), (130, 200, 96), (200, 3, 1536), (9, 70, 8 * 37)];
 
 fn check_few_rows(gpu: &Gpu) {
     check_shapes(gpu, FEW_ROWS);
 }
 
-fn check_shapes(gpu: &Gpu, shapes: &[(usize, usize, usize)]) {
+pub(crate) fn check_shapes(gpu: &Gpu, shapes: &[(usize, usize, usize)]) {
     for (i, &(t, n, k)) in shapes.iter().enumerate() {
         let x = random(t * k, 1.0, i as u64);
         let w: Vec<f16> = random(n * k, 0.5, 100 + i as u64).iter().map(|&v| f16::from_f32(v)).collect();
@@ -81,6 +82,20 @@ fn few_row_matmul_with_subgroup_reduction_matches_reference() {
         return;
     }
     check_few_rows(&gpu);
+}
+
+/// The LM head of Qwen2.5/Qwen3 has 151,936 rows, and a real GPU's binding limit lets one block hold
+/// more than 65,535: decoding with one workgroup per output column must fold its grid (x + z) rather
+/// than pass the adapter's 65,535 workgroups per dimension. K is small to keep it quick.
+const WIDE: &[(usize, usize, usize)] = &[(1, 70_000, 8), (2, 65_537, 16)];
+
+#[test]
+fn few_row_matmul_past_65535_output_columns_matches_reference() {
+    check_shapes(&gpu_family(false), WIDE);
+    let gpu = gpu_family(true);
+    if gpu.summary.subgroups {
+        check_shapes(&gpu, WIDE);
+    }
 }
 
 #[test]

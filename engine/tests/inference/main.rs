@@ -19,6 +19,7 @@ mod gguf_reader;
 mod kernels;
 mod kernels_backward;
 mod kernels_encoder;
+mod kernels_folded_grids;
 mod kernels_gpu_family;
 mod kernels_lora;
 mod lora_peft;

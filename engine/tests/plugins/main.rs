@@ -10,5 +10,5 @@ mod guest_builds;
 mod cli;
 mod example_plugins;
 mod hostile;
-mod sandbox_output;
 mod sandbox_limits;
+mod sandbox_output;

@@ -123,7 +123,7 @@ impl<'g> Batch<'g> {
         need(k, "inv_rms", inv_rms, &[rows])?;
         let params = NormParams { rows: rows as u32, dim: dim as u32, eps, flags: 0 };
         let buffers = [&x.buffer, &w.buffer, &out.buffer, &inv_rms.buffer];
-        self.dispatch(&NORM, k, &params, &buffers, grid_1d(rows));
+        self.dispatch(&NORM, k, &params, &buffers, grid_1d(rows, self.gpu_ref().grid_limit));
         Ok(())
     }
 
@@ -147,7 +147,7 @@ impl<'g> Batch<'g> {
         need(k, "inv_rms", inv_rms, &[rows])?;
         let params = NormParams { rows: rows as u32, dim: dim as u32, eps: 0.0, flags: write.flag() };
         let buffers = [&x.buffer, &w.buffer, &dy.buffer, &inv_rms.buffer, &dx.buffer];
-        self.dispatch(&NORM, k, &params, &buffers, grid_1d(rows));
+        self.dispatch(&NORM, k, &params, &buffers, grid_1d(rows, self.gpu_ref().grid_limit));
         Ok(())
     }
 
@@ -356,7 +356,7 @@ impl<'g> Batch<'g> {
             "attn_delta_backward",
             &pb,
             &[&b.dout.buffer, &b.out.buffer, &b.delta.buffer],
-            grid_1d(t * h),
+            grid_1d(t * h, self.gpu_ref().grid_limit),
         );
         let ds_in = [
             &b.tok.buffer,
@@ -368,9 +368,15 @@ impl<'g> Batch<'g> {
             &b.delta.buffer,
             &b.pds.buffer,
         ];
-        self.dispatch(a, "attn_dscores_backward", &pb, &ds_in, grid_1d(t * h * span));
+        self.dispatch(
+            a,
+            "attn_dscores_backward",
+            &pb,
+            &ds_in,
+            grid_1d(t * h * span, self.gpu_ref().grid_limit),
+        );
         let dq_in = [&b.tok.buffer, &b.k_cache.buffer, &b.pds.buffer, &b.dq.buffer];
-        self.dispatch(a, "attn_dq_backward", &pb, &dq_in, grid_1d(t * h * hd / 4));
+        self.dispatch(a, "attn_dq_backward", &pb, &dq_in, grid_1d(t * h * hd / 4, self.gpu_ref().grid_limit));
         let dkv_in = [
             &b.tok.buffer,
             &b.q.buffer,
@@ -380,7 +386,13 @@ impl<'g> Batch<'g> {
             &b.dv_cache.buffer,
             &b.slot_tokens.buffer,
         ];
-        self.dispatch(a, "attn_dkv_backward", &pb, &dkv_in, grid_1d(cache.iter().product::<usize>() / 4));
+        self.dispatch(
+            a,
+            "attn_dkv_backward",
+            &pb,
+            &dkv_in,
+            grid_1d(cache.iter().product::<usize>() / 4, self.gpu_ref().grid_limit),
+        );
         Ok(())
     }
 }
