@@ -42,3 +42,6 @@ echo "== tests"
 (cd plugins/python-word-f1 && python3 -m unittest 2>&1)
 (cd plugins && cargo test --no-fail-fast 2>&1)
 cargo test --workspace --no-fail-fast 2>&1
+# The kernels once more with every grid folded as if the adapter allowed one workgroup per dimension, so
+# the folded indices of every kernel (inference, backward, LoRA, optimizer) are checked on lavapipe too.
+BABELRL_MAX_WORKGROUPS=1 cargo test -p babelrl --test inference --no-fail-fast -- kernels train_optim 2>&1

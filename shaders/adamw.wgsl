@@ -15,7 +15,8 @@
 //     v  = v·β2 + ((1 − β2)·g)·g
 //     p  = p + (−lr/bc1)·m / (sqrt(v)/sqrt(bc2) + eps)    (eps outside the square root)
 //   with bc1 = 1 − β1^t, bc2 = 1 − β2^t at step t (1-based).
-// Every loop runs at most 256 iterations (lavapipe silently truncates loops past 16384).
+// Every loop runs at most 256 iterations (lavapipe silently stops an invocation after about 65536 loop
+// iterations in all).
 
 struct ReduceParams { n: u32, out_offset: u32, square: u32, pad: u32 }
 

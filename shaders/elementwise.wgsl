@@ -71,8 +71,9 @@ fn gelu_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
 @group(0) @binding(3) var<storage, read> partial_in: array<vec2<f32>>;      // (R, C)
 @group(0) @binding(4) var<storage, read_write> lp_out: array<f32>;          // (R)
 
-// Columns per chunk. Every loop stays far below lavapipe's limit of 16384 iterations per loop, which
-// silently truncates longer loops (a vocabulary of 49152 was summed over its first 16384 entries).
+// Columns per chunk. Every invocation stays far below lavapipe's budget of about 65536 loop iterations
+// in all, past which it silently stops (a 49152-iteration max loop followed by a sum left the sum with
+// its first 16384 entries).
 const LOGPROB_CHUNK: u32 = 1024u;
 
 // Pass 1. Grid: x = chunk of 1024 columns, y = row. p.extra = number of chunks C.

@@ -139,7 +139,9 @@ impl TokenInfo {
     pub fn slot_ranges(tokens: &[TokenInfo], slots: usize) -> Vec<u32> {
         let mut ranges = vec![[u32::MAX, 0u32]; slots];
         for (t, info) in tokens.iter().enumerate() {
-            let r = &mut ranges[info.slot as usize];
+            let Some(r) = ranges.get_mut(info.slot as usize) else {
+                panic!("slot_ranges: token {t} is in slot {} of {slots}", info.slot);
+            };
             *r = [r[0].min(t as u32), r[1].max(t as u32 + 1)];
         }
         ranges.iter().flat_map(|&[a, b]| if b == 0 { [0, 0] } else { [a, b] }).collect()

@@ -11,7 +11,8 @@ use crate::{Error, Result};
 /// Workgroup size of the LoRA kernels (`WG` in lora.wgsl).
 const WG: usize = 64;
 /// Largest grid dimension wgpu guarantees.
-const MAX_GROUPS: usize = 65535;
+/// Longest loop one LoRA invocation may walk (see `check_launch`).
+const LOOP_BUDGET: usize = 60000;
 
 /// Parameters of the LoRA kernels (mirrors `Params` in lora.wgsl).
 #[repr(C)]
@@ -83,11 +84,13 @@ fn check_launch(
             out.ldy
         )));
     }
-    let widest = MAX_GROUPS * WG;
-    if s.t > MAX_GROUPS || s.n > widest || s.k > widest {
+    // Each invocation walks one of these lengths in a loop (K in the down projection, N in du, T in dA
+    // and dB), and lavapipe stops an invocation after about 65536 loop iterations in all; rows also
+    // index the grid's y dimension.
+    if s.t > LOOP_BUDGET || s.n > LOOP_BUDGET || s.k > LOOP_BUDGET {
         return Err(Error::Input(format!(
-            "{op}: {} rows, {} outputs, {} inputs in one launch; at most {MAX_GROUPS} rows and {widest} \
-             features",
+            "{op}: {} rows, {} outputs, {} inputs in one launch; at most {LOOP_BUDGET} of each (split \
+             the tokens into several passes)",
             s.t, s.n, s.k
         )));
     }

@@ -321,7 +321,8 @@ impl<'g> Batch<'g> {
                 k,
                 format!(
                     "{t} tokens × {} heads per kv head exceed what one pass can walk ({TOKEN_WALK_BUDGET} loop \
-                 iterations per invocation); split the batch into smaller passes",
+                 iterations per invocation); split the batch into smaller passes of whole sequences (dK and dV \
+                     are overwritten per pass, so one sequence's tokens must stay in one pass)",
                     h / hkv
                 ),
             ));
