@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use babelrl::generate::{SamplingConfig, generate};
 use babelrl::gpu::{Gpu, GpuOptions};
 use babelrl::model::{cache_dir, load_language_model};
-use babelrl::plugin::{NoServices, OnError, RewardSet, RewardSpec, Sample};
+use babelrl::plugin::{NoServices, OnError, RewardSet, Sample, reward_specs_from_toml};
 use babelrl::text::ChatMessage;
 
 /// Used when MGSM is not at hand.
@@ -57,7 +57,7 @@ fn main() -> anyhow::Result<()> {
     // The rewards, as a run config would declare them: the answer's correctness, and a small bonus for
     // answering in the question's language.
     let plugins = root.join("plugins/target/wasm32-wasip2/release");
-    let specs: Vec<RewardSpec> = toml::from_str::<toml::Table>(
+    let specs = reward_specs_from_toml(
         r#"
         [[rewards]]
         name = "exact-match"
@@ -69,9 +69,8 @@ fn main() -> anyhow::Result<()> {
         weight = 0.2
         config = { mode = "gate", threshold = 0.5, no_letters = 0.0 }
         "#,
-    )?["rewards"]
-        .clone()
-        .try_into()?;
+        Path::new("best_of_n run config"),
+    )?;
     if !plugins.join("exact_match.wasm").exists() {
         bail!("no plugins in {}: build them with plugins/build.sh", plugins.display());
     }

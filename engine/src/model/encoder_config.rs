@@ -98,10 +98,11 @@ impl EncoderConfig {
         let position_offset = match arch {
             EncoderArch::Bert => 0,
             EncoderArch::XlmRoberta => {
-                v.get("pad_token_id").and_then(Value::as_u64).unwrap_or(1) as usize + 1
+                let pad = v.get("pad_token_id").and_then(Value::as_u64).unwrap_or(1);
+                usize::try_from(pad).unwrap_or(usize::MAX).saturating_add(1)
             }
         };
-        if max_positions < position_offset + 2 {
+        if max_positions < position_offset.saturating_add(2) {
             return Err(Error::Config {
                 path: path.to_path_buf(),
                 message: format!(

@@ -17,9 +17,9 @@ pub use limits::{Capabilities, PluginLimits};
 pub use reward::RewardPlugin;
 pub use router::RouterPlugin;
 pub use runtime::{World, cache_dir, inspect};
-pub use sample::sample_from_json;
+pub use sample::{read_jsonl, sample_from_json};
 pub use services::{EncoderServices, HostServices, NoServices};
-pub use set::{GroupRewards, OnError, RewardSet, RewardSpec, combine};
+pub use set::{GroupRewards, OnError, RewardSet, RewardSpec, combine, reward_specs_from_toml};
 
 /// Host bindings generated from `sdk/wit/babelrl.wit` (the one definition of the plugin ABI).
 pub(crate) mod bindings {

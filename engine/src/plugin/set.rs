@@ -55,6 +55,42 @@ fn empty_object() -> serde_json::Value {
     serde_json::Value::Object(Default::default())
 }
 
+/// The `[[rewards]]` tables of a TOML run file, each a [`RewardSpec`], checked: at least one, names
+/// unique, weights finite, limits valid ([`PluginLimits::validate`]). `path` is named in every error.
+///
+/// ```
+/// # use babelrl::plugin::reward_specs_from_toml;
+/// let specs = reward_specs_from_toml(
+///     "[[rewards]]\nname = \"em\"\npath = \"exact_match.wasm\"\nlimits = { deadline_ms = 500 }\n",
+///     std::path::Path::new("run.toml"),
+/// )?;
+/// assert_eq!((specs[0].weight, specs[0].limits.deadline_ms), (1.0, 500));
+/// # Ok::<(), babelrl::Error>(())
+/// ```
+pub fn reward_specs_from_toml(text: &str, path: &Path) -> Result<Vec<RewardSpec>> {
+    #[derive(Deserialize)]
+    struct RunRewards {
+        #[serde(default)]
+        rewards: Vec<RewardSpec>,
+    }
+    let bad = |message: String| Error::Config { path: path.to_path_buf(), message };
+    let run: RunRewards = toml::from_str(text).map_err(|e| bad(format!("invalid run file: {e}")))?;
+    if run.rewards.is_empty() {
+        return Err(bad("no [[rewards]] table: a run needs at least one reward plugin".into()));
+    }
+    for (i, spec) in run.rewards.iter().enumerate() {
+        let at = format!("rewards[{i}] (`{}`)", spec.name);
+        if !spec.weight.is_finite() {
+            return Err(bad(format!("{at}: weight {} is not finite", spec.weight)));
+        }
+        if run.rewards[..i].iter().any(|s| s.name == spec.name) {
+            return Err(bad(format!("{at}: two rewards share this name")));
+        }
+        spec.limits.validate().map_err(|m| bad(format!("{at}: {m}")))?;
+    }
+    Ok(run.rewards)
+}
+
 /// The rewards of one group.
 #[derive(Debug)]
 pub struct GroupRewards {
