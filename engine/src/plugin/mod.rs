@@ -19,7 +19,7 @@ pub use router::RouterPlugin;
 pub use runtime::{World, cache_dir, inspect};
 pub use sample::{read_jsonl, sample_from_json};
 pub use services::{EncoderServices, HostServices, NoServices};
-pub use set::{GroupRewards, OnError, RewardSet, RewardSpec, combine, reward_specs_from_toml};
+pub use set::{GroupRewards, OnError, RewardSet, RewardSpec, RunRewards, combine};
 
 /// Host bindings generated from `sdk/wit/babelrl.wit` (the one definition of the plugin ABI).
 pub(crate) mod bindings {

@@ -12,7 +12,7 @@ use babelrl::model::gguf::Gguf;
 use babelrl::model::quant::GgmlType;
 use babelrl::model::weights::{SafetensorsFolder, WeightSource};
 use babelrl::model::{Arch, DecoderConfig, EncoderConfig, EncoderOptions, load_language_model};
-use babelrl::plugin::{read_jsonl, reward_specs_from_toml, sample_from_json};
+use babelrl::plugin::{RunRewards, read_jsonl, sample_from_json};
 use babelrl::text::{ChatMessage, ChatTemplate, Tokenizer};
 use proptest::prelude::*;
 use serde_json::Value;
@@ -37,7 +37,8 @@ const DICT: &[&str] = &[
     "}",
     "[",
     "]",
-    "[[rewards]]",
+    "[[reward]]",
+    "on_error",
     "\"",
     "'",
     ",",
@@ -458,13 +459,15 @@ fn jsonl_data_sets() {
 #[test]
 fn toml_run_files() {
     let seed = r#"
-[[rewards]]
+on_error = "skip"
+
+[[reward]]
 name = "exact-match"
 path = "exact_match.wasm"
 weight = 1.0
 limits = { deadline_ms = 500, memory_mib = 64, fuel = 1000000 }
 
-[[rewards]]
+[[reward]]
 name = "language"
 path = "language_consistency.wasm"
 weight = 0.2
@@ -477,7 +480,7 @@ capabilities = { clock = true, env = ["LANG"] }
         apply(&mut bytes, e, &[], DICT);
         let text = String::from_utf8_lossy(&bytes);
         let mut case = Case::new("fuzz/run.toml");
-        case.step("reward_specs_from_toml", || reward_specs_from_toml(&text, path));
+        case.step("RunRewards::from_toml", || RunRewards::from_toml(&text, path));
         (case, bytes.len())
     });
 }
@@ -544,6 +547,17 @@ fn absurd_layer_count_is_refused_before_allocating() {
     let g = Gguf::from_bytes("layers.gguf", bytes).unwrap();
     let err = DecoderConfig::from_gguf(&g).unwrap_err().to_string();
     assert!(err.contains("layers.gguf") && err.contains("257439"), "{err}");
+}
+
+/// An encoder config.json with 2^32 layers: the loader reserved a 2.7 TB layer table (the process
+/// aborted); found by `BABELRL_FUZZ_SCALE=30 BABELRL_FUZZ_SEED=991`.
+#[test]
+fn encoder_absurd_layer_count_is_refused() {
+    let mut v: Value = serde_json::from_slice(&read(&fixture("tiny-bert/config.json"))).unwrap();
+    v["num_hidden_layers"] = (1u64 << 32).into();
+    let err =
+        EncoderConfig::from_json(&v.to_string(), Path::new("bert/config.json")).unwrap_err().to_string();
+    assert!(err.contains("bert/config.json") && err.contains("num_hidden_layers"), "{err}");
 }
 
 /// An XLM-R config.json with `pad_token_id` = u64::MAX: the position offset `pad + 1` overflowed.
