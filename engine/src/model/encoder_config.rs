@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::model::config::{MAX_DIM, MAX_LAYERS};
 use crate::{Error, Result};
 
 /// Which family the weights belong to; it decides where position ids start.
@@ -36,10 +37,18 @@ pub struct EncoderConfig {
     pub position_offset: usize,
 }
 
+/// A size field: a positive integer up to [`MAX_DIM`] ([`MAX_LAYERS`] for `num_hidden_layers`), so that
+/// no table sized by it before the weights are read can be absurd.
 fn field_usize(v: &Value, path: &Path, key: &str) -> Result<usize> {
-    v.get(key).and_then(Value::as_u64).map(|n| n as usize).filter(|&n| n > 0).ok_or_else(|| Error::Config {
-        path: path.to_path_buf(),
-        message: format!("`{key}` must be a positive integer (found {})", v.get(key).unwrap_or(&Value::Null)),
+    let max = if key == "num_hidden_layers" { MAX_LAYERS } else { MAX_DIM };
+    v.get(key).and_then(Value::as_u64).map(|n| n as usize).filter(|&n| n > 0 && n <= max).ok_or_else(|| {
+        Error::Config {
+            path: path.to_path_buf(),
+            message: format!(
+                "`{key}` must be an integer in 1..={max} (found {})",
+                v.get(key).unwrap_or(&Value::Null)
+            ),
+        }
     })
 }
 
@@ -98,10 +107,11 @@ impl EncoderConfig {
         let position_offset = match arch {
             EncoderArch::Bert => 0,
             EncoderArch::XlmRoberta => {
-                v.get("pad_token_id").and_then(Value::as_u64).unwrap_or(1) as usize + 1
+                let pad = v.get("pad_token_id").and_then(Value::as_u64).unwrap_or(1);
+                usize::try_from(pad).unwrap_or(usize::MAX).saturating_add(1)
             }
         };
-        if max_positions < position_offset + 2 {
+        if max_positions < position_offset.saturating_add(2) {
             return Err(Error::Config {
                 path: path.to_path_buf(),
                 message: format!(
@@ -120,7 +130,8 @@ impl EncoderConfig {
             intermediate,
             vocab: field_usize(&v, path, "vocab_size")?,
             max_positions,
-            type_vocab: v.get("type_vocab_size").and_then(Value::as_u64).unwrap_or(2).max(1) as usize,
+            type_vocab: v.get("type_vocab_size").and_then(Value::as_u64).unwrap_or(2).clamp(1, MAX_DIM as u64)
+                as usize,
             layer_norm_eps,
             position_offset,
         })

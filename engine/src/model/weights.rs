@@ -109,6 +109,11 @@ impl SafetensorsFolder {
         Ok(Some(HostTensor { data, shape: view.shape().to_vec() }))
     }
 
+    /// The shard file that holds tensor `name`, if any does.
+    pub fn file_of(&self, name: &str) -> Option<&Path> {
+        self.index.get(name).map(|&i| self.shards[i].0.as_path())
+    }
+
     /// The folder.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -177,8 +182,14 @@ impl WeightSource {
                 // rotate-half kernel (Hugging Face layout) applies.
                 if *permuted_qk && (g.ends_with("attn_q.weight") || g.ends_with("attn_k.weight")) {
                     let heads = if g.ends_with("attn_q.weight") { *n_head } else { *n_kv_head };
-                    let (rows, cols) = (shape[0], shape.get(1).copied().unwrap_or(1));
-                    data = crate::model::gguf::unpermute_llama_qk(&data, heads, rows, cols)?;
+                    let &[rows, cols] = shape.as_slice() else {
+                        return Err(Error::format(
+                            file.path(),
+                            format!("tensor `{g}` has shape {shape:?}; a q/k projection is a matrix"),
+                        ));
+                    };
+                    data = crate::model::gguf::unpermute_llama_qk(&data, heads, rows, cols)
+                        .map_err(|e| Error::format(file.path(), format!("tensor `{g}`: {e}")))?;
                 }
                 Ok(Some(HostTensor { data, shape }))
             }
@@ -192,7 +203,16 @@ impl WeightSource {
             name: name.to_string(),
         })?;
         if t.shape != shape {
-            return Err(Error::Shape { name: name.to_string(), expected: shape.to_vec(), found: t.shape });
+            let path = match self {
+                WeightSource::Safetensors(s) => s.file_of(name).unwrap_or(s.dir()),
+                WeightSource::Gguf { file, .. } => file.path(),
+            };
+            return Err(Error::TensorShape {
+                path: path.to_path_buf(),
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                found: t.shape,
+            });
         }
         Ok(t)
     }

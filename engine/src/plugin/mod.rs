@@ -23,9 +23,9 @@ pub use limits::{Capabilities, PluginLimits};
 pub use reward::RewardPlugin;
 pub use router::RouterPlugin;
 pub use runtime::{World, inspect};
-pub use sample::sample_from_json;
+pub use sample::{read_jsonl, sample_from_json};
 pub use services::{EncoderServices, HostServices, NoServices};
-pub use set::{GroupRewards, OnError, RewardSet, RewardSpec, combine};
+pub use set::{GroupRewards, OnError, RewardSet, RewardSpec, RunRewards, combine};
 
 /// Host bindings generated from `sdk/wit/babelrl.wit` (the one definition of the plugin ABI).
 pub(crate) mod bindings {

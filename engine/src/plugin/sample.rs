@@ -1,7 +1,39 @@
-//! Building plugin [`Sample`]s from data set rows (JSON objects, as in a JSONL file).
+//! Building plugin [`Sample`]s from data set rows (JSON objects, as in a JSONL file), and reading the
+//! rows of a JSONL file.
+
+use std::io::BufRead;
+use std::path::Path;
 
 use super::Sample;
 use crate::{Error, Result};
+
+/// The rows of a JSONL data set: `(line number, row)` for every non-blank line, in file order. Every
+/// error names the file and the line (`data.jsonl: line 12: ...`): a line that is not UTF-8, not JSON or
+/// not a JSON object.
+pub fn read_jsonl(path: &Path) -> Result<Vec<(usize, serde_json::Value)>> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut rows = Vec::new();
+    let mut reader = std::io::BufReader::new(file);
+    let mut buf = Vec::new();
+    for line_no in 1.. {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf).map_err(|e| Error::io(path, e))? == 0 {
+            break;
+        }
+        let bad = |m: String| Error::format(path, format!("line {line_no}: {m}"));
+        let line = std::str::from_utf8(&buf).map_err(|e| bad(format!("not UTF-8 ({e})")))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        if !row.is_object() {
+            return Err(bad("a row must be a JSON object".into()));
+        }
+        rows.push((line_no, row));
+    }
+    Ok(rows)
+}
 
 /// A sample from a JSON row: `prompt` and `completion` (strings, required), `reference` and `language`
 /// (strings, optional); every other field goes into `fields` as its JSON text. `what` names the row in

@@ -55,6 +55,51 @@ fn empty_object() -> serde_json::Value {
     serde_json::Value::Object(Default::default())
 }
 
+/// The reward part of a TOML run file (`docs/plugins-host.md`): `on_error` and the `[[reward]]` tables.
+/// Other sections of the run file are left to their own readers.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct RunRewards {
+    /// What a failing plugin does to its group (default `fail`).
+    #[serde(default)]
+    pub on_error: OnError,
+    /// The `[[reward]]` tables, in order (`[[rewards]]` is read too).
+    #[serde(default, rename = "reward", alias = "rewards")]
+    pub rewards: Vec<RewardSpec>,
+}
+
+impl RunRewards {
+    /// Parses and checks the reward part of a run file: at least one `[[reward]]`, names unique,
+    /// weights finite, limits valid ([`PluginLimits::validate`]). `path` is named in every error.
+    ///
+    /// ```
+    /// # use babelrl::plugin::RunRewards;
+    /// let run = RunRewards::from_toml(
+    ///     "[[reward]]\nname = \"em\"\npath = \"exact_match.wasm\"\nlimits = { deadline_ms = 500 }\n",
+    ///     std::path::Path::new("run.toml"),
+    /// )?;
+    /// assert_eq!((run.rewards[0].weight, run.rewards[0].limits.deadline_ms), (1.0, 500));
+    /// # Ok::<(), babelrl::Error>(())
+    /// ```
+    pub fn from_toml(text: &str, path: &Path) -> Result<RunRewards> {
+        let bad = |message: String| Error::Config { path: path.to_path_buf(), message };
+        let run: RunRewards = toml::from_str(text).map_err(|e| bad(format!("invalid run file: {e}")))?;
+        if run.rewards.is_empty() {
+            return Err(bad("no [[reward]] table: a run needs at least one reward plugin".into()));
+        }
+        for (i, spec) in run.rewards.iter().enumerate() {
+            let at = format!("reward[{i}] (`{}`)", spec.name);
+            if !spec.weight.is_finite() {
+                return Err(bad(format!("{at}: weight {} is not finite", spec.weight)));
+            }
+            if run.rewards[..i].iter().any(|s| s.name == spec.name) {
+                return Err(bad(format!("{at}: two rewards share this name")));
+            }
+            spec.limits.validate().map_err(|m| bad(format!("{at}: {m}")))?;
+        }
+        Ok(run)
+    }
+}
+
 /// The rewards of one group.
 #[derive(Debug)]
 pub struct GroupRewards {

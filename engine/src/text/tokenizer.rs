@@ -36,6 +36,8 @@ pub struct Tokenizer {
     add_bos: bool,
     add_eos: bool,
     chat_template: Option<String>,
+    /// The file the chat template was read from (named in template errors).
+    chat_template_source: PathBuf,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -51,6 +53,26 @@ impl std::fmt::Debug for Tokenizer {
 
 fn tok_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(format!("{}: {e}", path.display()))
+}
+
+/// Runs a call into the `tokenizers` crate, turning a panic into an error naming the file: a
+/// tokenizer.json that deserializes can still be inconsistent (e.g. a post-processor template naming a
+/// special token it does not define), and the crate then panics while encoding.
+fn guarded<T>(path: &Path, what: &str, f: impl FnOnce() -> tokenizers::Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(|e| tok_err(path, format!("{what}: {e}"))),
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| p.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            Err(tok_err(
+                path,
+                format!("{what}: the tokenizer is inconsistent (`tokenizers` panicked: {msg})"),
+            ))
+        }
+    }
 }
 
 /// A special token in `tokenizer_config.json`: a string or `{"content": "..."}`.
@@ -78,7 +100,8 @@ impl Tokenizer {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let mut inner = tokenizers::Tokenizer::from_str(&text).map_err(|e| tok_err(path, e))?;
+        let mut inner =
+            guarded(path, "not a valid tokenizer.json", || tokenizers::Tokenizer::from_str(&text))?;
         // Some tokenizer.json files pad or truncate to a fixed length (all-MiniLM-L6-v2: 128); callers
         // batch and truncate themselves, so ids are always exactly the text's tokens.
         inner.with_padding(None);
@@ -102,9 +125,13 @@ impl Tokenizer {
             Value::Array(a) => eos_ids.extend(a.iter().filter_map(|v| v.as_u64().map(|v| v as u32))),
             _ => {}
         }
-        let chat_template = match std::fs::read_to_string(dir.join("chat_template.jinja")) {
-            Ok(t) => Some(t),
-            Err(_) => match config.get("chat_template") {
+        let jinja_path = dir.join("chat_template.jinja");
+        let jinja = std::fs::read_to_string(&jinja_path).ok();
+        let chat_template_source =
+            if jinja.is_some() { jinja_path } else { dir.join("tokenizer_config.json") };
+        let chat_template = match jinja {
+            Some(t) => Some(t),
+            None => match config.get("chat_template") {
                 Some(Value::String(s)) => Some(s.clone()),
                 // A list of named templates: take "default".
                 Some(Value::Array(list)) => list
@@ -124,8 +151,10 @@ impl Tokenizer {
             add_bos: false,
             add_eos: false,
             chat_template,
+            chat_template_source,
         };
         t.finish_eos_ids();
+        t.probe()?;
         Ok(t)
     }
 
@@ -133,8 +162,9 @@ impl Tokenizer {
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
         let built = gguf_vocab::build(g)?;
         let text = serde_json::to_string(&built.json).map_err(|e| tok_err(g.path(), e))?;
-        let inner = tokenizers::Tokenizer::from_str(&text)
-            .map_err(|e| tok_err(g.path(), format!("cannot build the tokenizer from GGUF metadata: {e}")))?;
+        let inner = guarded(g.path(), "cannot build the tokenizer from GGUF metadata", || {
+            tokenizers::Tokenizer::from_str(&text)
+        })?;
         let n = g.get_str_array("tokenizer.ggml.tokens")?.len() as u32;
         let id = |key: &str| -> Result<Option<u32>> {
             match g.opt_u32(key)? {
@@ -159,6 +189,7 @@ impl Tokenizer {
             add_bos: built.add_bos,
             add_eos: built.add_eos,
             chat_template: g.opt_str("tokenizer.chat_template")?.map(str::to_string),
+            chat_template_source: g.path().to_path_buf(),
         };
         if t.add_bos && t.bos_id.is_none() {
             return Err(Error::format(
@@ -176,7 +207,14 @@ impl Tokenizer {
         eog.sort_unstable();
         t.eos_ids.extend(eog);
         t.finish_eos_ids();
+        t.probe()?;
         Ok(t)
+    }
+
+    /// Encodes and decodes a short text once, so a tokenizer that cannot work fails when it is loaded.
+    fn probe(&self) -> Result<()> {
+        let ids = self.encode("Probe: a 1 é\n", true)?;
+        self.decode(&ids, false).map(drop)
     }
 
     fn finish_eos_ids(&mut self) {
@@ -188,7 +226,7 @@ impl Tokenizer {
     /// would (`tokenizer.json` post-processor, or `tokenizer.ggml.add_bos_token`). Special-token
     /// texts inside `text` (e.g. `<|im_start|>`) always map to their ids.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, add_special).map_err(|e| tok_err(&self.source, e))?;
+        let enc = guarded(&self.source, "encoding", || self.inner.encode(text, add_special))?;
         let mut ids = enc.get_ids().to_vec();
         if add_special {
             if let Some(b) = self.bos_id.filter(|_| self.add_bos)
@@ -212,7 +250,7 @@ impl Tokenizer {
                 format!("token id {bad} is outside the {size}-token vocabulary"),
             ));
         }
-        self.inner.decode(ids, skip_special).map_err(|e| tok_err(&self.source, e))
+        guarded(&self.source, "decoding", || self.inner.decode(ids, skip_special))
     }
 
     /// One past the largest token id (base vocabulary and added tokens): the embedding rows a model
@@ -257,7 +295,10 @@ impl Tokenizer {
         let Some(src) = self.chat_template() else { return Ok(None) };
         let bos = self.bos_id.and_then(|i| self.id_to_token(i));
         let eos = self.eos_ids.first().and_then(|&i| self.id_to_token(i));
-        ChatTemplate::new(src, bos.as_deref(), eos.as_deref()).map(Some)
+        ChatTemplate::new(src, bos.as_deref(), eos.as_deref()).map(Some).map_err(|e| match e {
+            Error::Template(m) => Error::Template(format!("{}: {m}", self.chat_template_source.display())),
+            other => other,
+        })
     }
 
     /// The wrapped `tokenizers` tokenizer.

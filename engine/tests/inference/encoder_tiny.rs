@@ -141,8 +141,8 @@ fn missing_corrupt_or_mismatched_weights_are_clear_errors() {
     v["intermediate_size"] = Value::from(48);
     std::fs::write(&cfg, v.to_string()).unwrap();
     match load_err(&dir) {
-        Error::Shape { name, .. } => assert_eq!(name, "bert.encoder.layer.0.intermediate.dense.weight"),
-        other => panic!("expected Shape, got {other:?}"),
+        Error::TensorShape { name, .. } => assert_eq!(name, "bert.encoder.layer.0.intermediate.dense.weight"),
+        other => panic!("expected TensorShape, got {other:?}"),
     }
 
     std::fs::remove_file(dir.join("tokenizer.json")).unwrap();

@@ -1,5 +1,6 @@
 //! Dequantization: hand-packed blocks checked against each type's formula, and every type in
-//! `tests/fixtures/gguf-quant-blocks.safetensors` (gguf-py's `dequantize`) checked bit for bit.
+//! `tests/fixtures/gguf-quant-blocks.safetensors` (gguf-py's `dequantize`; for Q8_1, which gguf-py lacks,
+//! numpy after ggml's reference C) checked bit for bit.
 //! Run: `cargo test -p babelrl --test inference gguf_quant::`.
 
 use babelrl::model::quant::{GgmlType, dequantize};
@@ -198,7 +199,7 @@ fn matches_gguf_py_fixture() {
         checked.push(ty_name.to_string());
     }
     checked.sort();
-    for must in ["BF16", "F16", "Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q6_K", "Q8_0"] {
+    for must in ["BF16", "F16", "Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0", "Q8_1"] {
         assert!(checked.iter().any(|c| c == must), "fixture lacks {must}: {checked:?}");
     }
 }

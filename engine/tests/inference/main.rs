@@ -12,6 +12,8 @@ mod decoder_tiny;
 mod encoder_models;
 mod encoder_tiny;
 mod example_programs;
+mod fuzz_loaders;
+mod fuzz_support;
 mod generation;
 mod gguf_decoders;
 mod gguf_quant;

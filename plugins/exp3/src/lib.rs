@@ -155,4 +155,18 @@ mod tests {
         assert!(b.load_state(b"{}").is_err());
         assert!(new(r#"{"gamma": 0}"#, 2).is_err());
     }
+
+    /// Checkpoints corrupted node by node are refused, or leave a router that still works.
+    #[test]
+    fn corrupt_states_are_refused_or_harmless() {
+        let mut r = new("{}", 3).unwrap();
+        simulate_bernoulli(&mut r, &[0.2, 0.5, 0.8], 40, 1).unwrap();
+        let (refused, accepted) = babelrl_sdk::state_check::check_corrupt_states(
+            || new("{}", 3).unwrap(),
+            &arm_names(3),
+            &r.save_state(),
+        );
+        eprintln!("exp3: {refused} corrupt states refused, {accepted} accepted");
+        assert!(refused > accepted);
+    }
 }

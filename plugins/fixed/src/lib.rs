@@ -57,4 +57,13 @@ mod tests {
         r.load_state(&s).unwrap();
         assert!(r.load_state(b"junk").is_err());
     }
+
+    /// Checkpoints corrupted node by node are refused, or leave a router that still works.
+    #[test]
+    fn corrupt_states_are_refused_or_harmless() {
+        let langs = vec!["en".to_string(), "bo".to_string()];
+        let make = || Fixed::new(Config {}, langs.clone()).unwrap();
+        let (refused, _) = babelrl_sdk::state_check::check_corrupt_states(make, &langs, &make().save_state());
+        assert!(refused > 0);
+    }
 }

@@ -146,3 +146,18 @@ fn bias_config() {
     let bad = BTreeMap::from([("xx".to_string(), 1.0)]);
     assert!(Lrpo::new(Config { seed: 0, bias: bad }, vec!["en".into()]).is_err());
 }
+
+/// Checkpoints corrupted node by node are refused, or leave a router that still works.
+#[test]
+fn corrupt_states_are_refused_or_harmless() {
+    let mut r = router(3);
+    let langs = ["en", "zh", "bo"].map(String::from).to_vec();
+    for step in 0..5 {
+        r.choose(&request("math", 4, step)).unwrap();
+        r.update(step, &[fb("math", "zh", 1.0), fb("math", "bo", 0.0), fb("_", "en", 0.5)]).unwrap();
+    }
+    let (refused, accepted) =
+        babelrl_sdk::state_check::check_corrupt_states(|| router(3), &langs, &r.save_state());
+    eprintln!("lrpo-softmax: {refused} corrupt states refused, {accepted} accepted");
+    assert!(refused > accepted);
+}

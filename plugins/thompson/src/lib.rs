@@ -129,6 +129,12 @@ impl Router for Thompson {
         if s.stats.values().flatten().any(|&(n, _)| n < 0.0) {
             return Err("state has a negative count".into());
         }
+        // Beta rewards lie in [0, 1], so 0 ≤ Σr ≤ n; outside it a Beta parameter could reach ≤ 0.
+        if self.c.model == Model::Beta
+            && s.stats.values().flatten().any(|&(n, sum)| !(0.0..=n).contains(&sum))
+        {
+            return Err("state has a reward sum outside [0, count] for the beta model".into());
+        }
         self.state = s;
         Ok(())
     }
@@ -182,5 +188,19 @@ mod tests {
         assert_eq!(b.state, r.state);
         assert!(b.load_state(b"not json").is_err());
         assert!(new(r#"{"sigma": 0}"#, 2).is_err());
+    }
+
+    /// Checkpoints corrupted node by node are refused, or leave a router that still works.
+    #[test]
+    fn corrupt_states_are_refused_or_harmless() {
+        let mut r = new("{}", 3).unwrap();
+        simulate_bernoulli(&mut r, &[0.2, 0.5, 0.8], 40, 1).unwrap();
+        let (refused, accepted) = babelrl_sdk::state_check::check_corrupt_states(
+            || new("{}", 3).unwrap(),
+            &arm_names(3),
+            &r.save_state(),
+        );
+        eprintln!("thompson: {refused} corrupt states refused, {accepted} accepted");
+        assert!(refused > accepted);
     }
 }

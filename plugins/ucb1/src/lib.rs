@@ -43,6 +43,9 @@ pub struct State {
     pub rng: SplitMix64,
 }
 
+/// Most pulls a saved state may count in one topic (2^53: exact in f64, far from overflowing u64).
+const MAX_PULLS: u64 = 1 << 53;
+
 /// The router.
 #[derive(Debug)]
 pub struct Ucb1 {
@@ -70,7 +73,7 @@ impl Router for Ucb1 {
         let stats = self.state.stats.get(&topic_key(request.topic.as_deref())).unwrap_or(&zero);
         let mut pulls: Vec<u64> = stats.iter().map(|s| s.0).collect();
         while out.len() < k {
-            let total: u64 = pulls.iter().sum();
+            let total = pulls.iter().fold(0u64, |t, &p| t.saturating_add(p));
             let index = |i: usize| match pulls[i] {
                 0 => f64::INFINITY,
                 p => {
@@ -82,7 +85,7 @@ impl Router for Ucb1 {
             let best = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let ties: Vec<usize> = (0..n).filter(|&i| scores[i] == best).collect();
             let i = ties[self.state.rng.below(ties.len())];
-            pulls[i] += 1;
+            pulls[i] = pulls[i].saturating_add(1);
             out.push(self.state.languages[i].clone());
         }
         Ok(out)
@@ -96,7 +99,7 @@ impl Router for Ucb1 {
             let Some(i) = self.state.languages.iter().position(|l| *l == fb.language) else { continue };
             let stats =
                 self.state.stats.entry(topic_key(Some(&fb.topic))).or_insert_with(|| vec![(0, 0.0); n]);
-            stats[i].0 += 1;
+            stats[i].0 = stats[i].0.saturating_add(1);
             stats[i].1 += r;
         }
         Ok(())
@@ -110,6 +113,13 @@ impl Router for Ucb1 {
         let s: State = decode_state("ucb1", 1, bytes)?;
         let sums: Vec<Vec<f64>> = s.stats.values().map(|v| v.iter().map(|x| x.1).collect()).collect();
         check_state_rows(&s.languages, &self.state.languages, sums.iter().map(Vec::as_slice))?;
+        // Pull counts stay far below where their sum (ln N of the bonus) could overflow.
+        if s.stats
+            .values()
+            .any(|v| v.iter().try_fold(0u64, |t, x| t.checked_add(x.0)).is_none_or(|t| t > MAX_PULLS))
+        {
+            return Err(format!("state has more than {MAX_PULLS} pulls in one topic"));
+        }
         self.state = s;
         Ok(())
     }
@@ -166,5 +176,19 @@ mod tests {
         assert_eq!(b.state, r.state);
         assert!(b.load_state(b"[1,2]").is_err());
         assert!(new(r#"{"reward_min": 1, "reward_max": 0}"#, 2).is_err());
+    }
+
+    /// Checkpoints corrupted node by node are refused, or leave a router that still works.
+    #[test]
+    fn corrupt_states_are_refused_or_harmless() {
+        let mut r = new("{}", 3).unwrap();
+        simulate_bernoulli(&mut r, &[0.2, 0.5, 0.8], 40, 1).unwrap();
+        let (refused, accepted) = babelrl_sdk::state_check::check_corrupt_states(
+            || new("{}", 3).unwrap(),
+            &arm_names(3),
+            &r.save_state(),
+        );
+        eprintln!("ucb1: {refused} corrupt states refused, {accepted} accepted");
+        assert!(refused > accepted);
     }
 }

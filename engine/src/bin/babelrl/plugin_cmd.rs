@@ -1,6 +1,5 @@
 //! `babelrl plugin check` and `babelrl plugin score`: try a reward or router plugin outside a run.
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use babelrl::plugin::{
     Capabilities, ChooseRequest, NoServices, PluginLimits, RewardPlugin, RouterPlugin, Sample, World,
-    inspect, sample_from_json, text::sanitize,
+    inspect, read_jsonl, sample_from_json, text::sanitize,
 };
 
 /// Plugin tools.
@@ -171,16 +170,10 @@ fn ms(d: Duration) -> String {
 
 /// Rows of a JSONL file, grouped: consecutive rows with the same group key.
 fn read_groups(data: &Path, group_by: Option<&str>) -> anyhow::Result<Vec<(usize, Vec<Sample>)>> {
-    let file = std::fs::File::open(data).with_context(|| shown(data))?;
     let mut groups: Vec<(usize, Vec<Sample>)> = Vec::new();
     let mut last_key: Option<String> = None;
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| shown(data))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let at = format!("{}:{}", shown(data), i + 1);
-        let row: serde_json::Value = serde_json::from_str(&line).with_context(|| at.clone())?;
+    for (line, row) in read_jsonl(data)? {
+        let at = format!("{}:{line}", shown(data));
         let key = match group_by {
             Some(field) => {
                 row.get(field).map(|v| v.to_string()).with_context(|| format!("{at}: no `{field}`"))?
@@ -190,7 +183,7 @@ fn read_groups(data: &Path, group_by: Option<&str>) -> anyhow::Result<Vec<(usize
         let sample = sample_from_json(&row, &at)?;
         match groups.last_mut() {
             Some((_, g)) if last_key.as_ref() == Some(&key) => g.push(sample),
-            _ => groups.push((i + 1, vec![sample])),
+            _ => groups.push((line, vec![sample])),
         }
         last_key = Some(key);
     }
