@@ -317,8 +317,10 @@ impl<'g> Batch<'g> {
         if p.flags & ATTN_ROPE != 0 {
             need(op, "rope", rope, &[p.ctx as usize, hd / 2, 2])?;
         }
-        if let (true, Some(n)) = (p.flags & ATTN_QK_NORM != 0, qk_norm) {
-            need(op, "qk_norm", n, &[2, hd])?;
+        match (p.flags & ATTN_QK_NORM != 0, qk_norm) {
+            (true, Some(n)) => need(op, "qk_norm", n, &[2, hd])?,
+            (true, None) => return Err(fail(op, "ATTN_QK_NORM is set but no `qk_norm` weights were given")),
+            (false, _) => {}
         }
         let gpu = self.gpu_ref();
         let norm = qk_norm.map_or(&gpu.dummy, |n| &n.buffer);

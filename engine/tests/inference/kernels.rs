@@ -401,6 +401,7 @@ fn inference_launches_reject_mis_sized_buffers() {
     let nw = gpu.zeros("norm_w", &[k]).unwrap();
     let two_rows = gpu.zeros("x2", &[2, k]).unwrap();
     let p = AttnParams { t: 1, n_head: 2, n_kv_head: 1, head_dim: 8, ctx: 4, span: 4, flags: 0, eps: 0.0 };
+    let normed = AttnParams { flags: ATTN_QK_NORM, ..p };
     let tok = gpu.zeros("tok", &[1, 4]).unwrap();
     let q = gpu.zeros("q", &[1, 2, 8]).unwrap();
     let cache = gpu.zeros("cache", &[4 * 8]).unwrap();
@@ -424,6 +425,11 @@ fn inference_launches_reject_mis_sized_buffers() {
         ("attention: `k_cache` is [24]", b.attention(&p, &tok, &q, &short_cache, &cache, &scores, &out)),
         ("attention: `scores`", b.attention(&p, &tok, &q, &cache, &cache, &tok, &out)),
         ("qkv_split: `v_cache`", b.qkv_split(&p, &tok, &cache, &cache, None, &q, &cache, &short_cache)),
+        (
+            "qkv_split: `qk_norm` is [3]",
+            b.qkv_split(&normed, &tok, &cache, &cache, Some(&ids), &q, &cache, &cache),
+        ),
+        ("qkv_split: ATTN_QK_NORM", b.qkv_split(&normed, &tok, &cache, &cache, None, &q, &cache, &cache)),
         ("swiglu: `act`", b.swiglu(&gu, &short_y, t, n)),
         ("logprob: `partial` is [3, 1]", b.logprob(&y, &ids, &partial, &ids, t, n)),
         ("embed_rows: `out`", b.embed_rows(&ids, &w, &short_y, t)),
