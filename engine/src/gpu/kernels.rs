@@ -1,9 +1,12 @@
 //! Typed launches of every kernel: parameter blocks, shape checks and grid sizes in one place.
-//! Each function records into a [`Batch`]; nothing runs until the batch is submitted.
+//! Each function records into a [`Batch`]; nothing runs until the batch is submitted. A buffer too
+//! small for the launch is an error naming the kernel and the buffer, and nothing is recorded.
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::Result;
 use crate::gpu::KernelProfile;
+use crate::gpu::check::{fail, need};
 use crate::gpu::device::GridLimit;
 use crate::gpu::shaders::{ATTENTION, ELEMENTWISE, MATMUL, MATMUL_ROWS_SUBGROUP, MATMUL_WORKGROUP, NORM};
 use crate::gpu::{Batch, BlockedWeight16, Tensor, Weight16};
@@ -44,15 +47,38 @@ fn grid_rows(x_groups: u32, rows: u32, limit: GridLimit) -> [u32; 3] {
     [x, rows, hi]
 }
 
+/// Parameters of the elementwise kernels (mirrors `Params` in elementwise.wgsl): `rows` × `dim`, and
+/// per kernel `extra` (a table's row count for the gathers, the chunk count for the log-probs) and
+/// `flags` (the first id of a table's row block for `embed_rows_add_forward`). Built by the
+/// constructors below, one per use, so no kernel gets another's meaning of a field.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-struct P4 {
-    a: u32,
-    b: u32,
-    c: u32,
-    d: u32,
+struct ElementwiseParams {
+    rows: u32,
+    dim: u32,
+    extra: u32,
+    flags: u32,
 }
 
+impl ElementwiseParams {
+    /// `rows` × `dim`, no extra field (swiglu: dim = the intermediate width; gelu; pooling).
+    fn plain(rows: usize, dim: usize) -> Self {
+        Self { rows: rows as u32, dim: dim as u32, extra: 0, flags: 0 }
+    }
+
+    /// A gather of `t` rows from a table of `table_rows` × `dim`, whose ids start at `first_id`.
+    fn gather(t: usize, dim: usize, table_rows: usize, first_id: usize) -> Self {
+        Self { rows: t as u32, dim: dim as u32, extra: table_rows as u32, flags: first_id as u32 }
+    }
+
+    /// Log-probs of `rows` rows of `vocab` logits, reduced over `chunks` chunks.
+    fn logprob(rows: usize, vocab: usize, chunks: usize) -> Self {
+        Self { rows: rows as u32, dim: vocab as u32, extra: chunks as u32, flags: 0 }
+    }
+}
+
+/// Parameters of the forward matmuls (mirrors `Params` in matmul.wgsl, matmul_workgroup.wgsl and
+/// matmul_rows_subgroup.wgsl).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct MatmulParams {
@@ -62,9 +88,11 @@ struct MatmulParams {
     flags: u32,
     ldy: u32,
     n_off: u32,
-    pad: [u32; 2],
+    pad0: u32,
+    pad1: u32,
 }
 
+/// Parameters of the norms (mirrors `Params` in norm.wgsl).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct NormParams {
@@ -105,8 +133,8 @@ impl<'g> Batch<'g> {
         residual: Option<&Tensor>,
         y: &Tensor,
         t: usize,
-    ) {
-        self.matmul_into(x, w, bias, residual, y, t, w.rows, 0);
+    ) -> Result<()> {
+        self.matmul_into(x, w, bias, residual, y, t, w.rows, 0)
     }
 
     /// y[:, n_off .. n_off + N] = x · wᵀ (+ bias) (+ residual[:, n_off ..]), with y and residual of row
@@ -122,9 +150,15 @@ impl<'g> Batch<'g> {
         t: usize,
         ldy: usize,
         n_off: usize,
-    ) {
+    ) -> Result<()> {
         let (n, k) = (w.rows, w.cols);
-        debug_assert!(x.len() >= t * k && y.len() >= t * ldy && n_off + n <= ldy, "matmul shapes");
+        check_matmul(x, w, y, t, ldy, n_off)?;
+        if let Some(b) = bias {
+            need("matmul", "bias", b, &[n])?;
+        }
+        if let Some(r) = residual {
+            need("matmul", "residual", r, &[t, ldy])?;
+        }
         let gpu = self.gpu_ref();
         let flags = bias.is_some() as u32 | (residual.is_some() as u32) << 1;
         // CPU adapters, few rows (decoding): four columns per invocation; many rows: a 4×4 tile per
@@ -161,29 +195,44 @@ impl<'g> Batch<'g> {
             flags,
             ldy: ldy as u32,
             n_off: n_off as u32,
-            pad: [0; 2],
+            pad0: 0,
+            pad1: 0,
         };
         let bias = bias.map_or(&gpu.dummy, |b| &b.buffer);
         let residual = residual.map_or(&gpu.dummy, |r| &r.buffer);
         self.dispatch(shader, entry, &params, &[&x.buffer, &w.buffer, bias, residual, &y.buffer], grid);
+        Ok(())
     }
 
     /// y (T, N) = x (T, K) · wᵀ for a weight stored in row blocks.
-    pub fn matmul_blocked(&mut self, x: &Tensor, w: &BlockedWeight16, y: &Tensor, t: usize) {
+    pub fn matmul_blocked(&mut self, x: &Tensor, w: &BlockedWeight16, y: &Tensor, t: usize) -> Result<()> {
+        // Every block is checked before the first is recorded.
         for (first, block) in &w.blocks {
-            self.matmul_into(x, block, None, None, y, t, w.rows, *first);
+            check_matmul(x, block, y, t, w.rows, *first)?;
         }
+        for (first, block) in &w.blocks {
+            self.matmul_into(x, block, None, None, y, t, w.rows, *first)?;
+        }
+        Ok(())
     }
 
     /// out (T, D) = table[ids[t]] for a table stored in row blocks.
-    pub fn embed_rows_blocked(&mut self, ids: &Tensor, table: &BlockedWeight16, out: &Tensor, t: usize) {
+    pub fn embed_rows_blocked(
+        &mut self,
+        ids: &Tensor,
+        table: &BlockedWeight16,
+        out: &Tensor,
+        t: usize,
+    ) -> Result<()> {
         if let [(0, only)] = &table.blocks[..] {
             return self.embed_rows(ids, only, out, t);
         }
+        check_gather("embed_rows", ids, table.cols, out, t)?;
         self.clear(&out.buffer);
         for (first, block) in &table.blocks {
-            self.embed_rows_add_from(ids, block, *first, out, t);
+            self.embed_rows_add_from(ids, block, *first, out, t)?;
         }
+        Ok(())
     }
 
     /// out (R, D) = rms_norm(x[rows[r]] or x[r]) · w.
@@ -195,8 +244,17 @@ impl<'g> Batch<'g> {
         out: &Tensor,
         rows: usize,
         eps: f32,
-    ) {
-        let dim = w.len();
+    ) -> Result<()> {
+        let (op, dim) = ("rms_norm", w.len());
+        match rows_map {
+            // Gathered rows: the map's entries are the caller's (validated when it was filled).
+            Some(m) => {
+                need(op, "rows_map", m, &[rows])?;
+                need(op, "x", x, &[1, dim])?;
+            }
+            None => need(op, "x", x, &[rows, dim])?,
+        }
+        need(op, "out", out, &[rows, dim])?;
         let gpu = self.gpu_ref();
         let params = NormParams { rows: rows as u32, dim: dim as u32, eps, flags: rows_map.is_some() as u32 };
         let map = rows_map.map_or(&gpu.dummy, |m| &m.buffer);
@@ -207,11 +265,24 @@ impl<'g> Batch<'g> {
             &[&x.buffer, &w.buffer, map, &out.buffer],
             grid_1d(rows, gpu.grid_limit),
         );
+        Ok(())
     }
 
     /// out (R, D) = layer_norm(x) · w + b.
-    pub fn layer_norm(&mut self, x: &Tensor, w: &Tensor, b: &Tensor, out: &Tensor, rows: usize, eps: f32) {
-        let params = NormParams { rows: rows as u32, dim: w.len() as u32, eps, flags: 0 };
+    pub fn layer_norm(
+        &mut self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        out: &Tensor,
+        rows: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let (op, dim) = ("layer_norm", w.len());
+        need(op, "x", x, &[rows, dim])?;
+        need(op, "b", b, &[dim])?;
+        need(op, "out", out, &[rows, dim])?;
+        let params = NormParams { rows: rows as u32, dim: dim as u32, eps, flags: 0 };
         let grid = grid_1d(rows, self.gpu_ref().grid_limit);
         self.dispatch(
             &NORM,
@@ -220,6 +291,7 @@ impl<'g> Batch<'g> {
             &[&x.buffer, &w.buffer, &b.buffer, &out.buffer],
             grid,
         );
+        Ok(())
     }
 
     /// Splits the fused q/k/v projection, normalises and rotates q and k, and stores k, v in the cache.
@@ -234,9 +306,23 @@ impl<'g> Batch<'g> {
         q: &Tensor,
         k_cache: &Tensor,
         v_cache: &Tensor,
-    ) {
-        let gpu = self.gpu_ref();
+    ) -> Result<()> {
+        let op = "qkv_split";
+        let (t, hd) = (p.t as usize, p.head_dim as usize);
         let heads = (p.n_head + 2 * p.n_kv_head) as usize;
+        need(op, "tok", tok, &[t, 4])?;
+        need(op, "qkv", qkv, &[t, heads * hd])?;
+        need(op, "q", q, &[t, p.n_head as usize, hd])?;
+        check_caches(op, p, k_cache, v_cache)?;
+        if p.flags & ATTN_ROPE != 0 {
+            need(op, "rope", rope, &[p.ctx as usize, hd / 2, 2])?;
+        }
+        match (p.flags & ATTN_QK_NORM != 0, qk_norm) {
+            (true, Some(n)) => need(op, "qk_norm", n, &[2, hd])?,
+            (true, None) => return Err(fail(op, "ATTN_QK_NORM is set but no `qk_norm` weights were given")),
+            (false, _) => {}
+        }
+        let gpu = self.gpu_ref();
         let norm = qk_norm.map_or(&gpu.dummy, |n| &n.buffer);
         self.dispatch(
             &ATTENTION,
@@ -245,6 +331,7 @@ impl<'g> Batch<'g> {
             &[&tok.buffer, &qkv.buffer, &rope.buffer, norm, &q.buffer, &k_cache.buffer, &v_cache.buffer],
             grid_rows(groups(heads), p.t, gpu.grid_limit),
         );
+        Ok(())
     }
 
     /// Scaled dot-product attention of q (T, H, hd) over the caches; writes out (T, H·hd).
@@ -259,7 +346,14 @@ impl<'g> Batch<'g> {
         v_cache: &Tensor,
         scores: &Tensor,
         out: &Tensor,
-    ) {
+    ) -> Result<()> {
+        let op = "attention";
+        let (tu, hu, hd) = (p.t as usize, p.n_head as usize, p.head_dim as usize);
+        need(op, "tok", tok, &[tu, 4])?;
+        need(op, "q", q, &[tu, hu, hd])?;
+        check_caches(op, p, k_cache, v_cache)?;
+        need(op, "scores", scores, &[tu, hu, p.span as usize])?;
+        need(op, "out", out, &[tu, hu * hd])?;
         let (t, h) = (p.t, p.n_head);
         let limit = self.gpu_ref().grid_limit;
         // Scores and values use all three dimensions; their x counts stay small (at most
@@ -285,11 +379,13 @@ impl<'g> Batch<'g> {
             &[&tok.buffer, &v_cache.buffer, &scores.buffer, &out.buffer], // v, probs, out
             [groups(p.head_dim as usize), h, t],
         );
+        Ok(())
     }
 
     /// out (T, D) = table[ids[t]].
-    pub fn embed_rows(&mut self, ids: &Tensor, table: &Weight16, out: &Tensor, t: usize) {
-        let params = P4 { a: t as u32, b: table.cols as u32, c: table.rows as u32, d: 0 };
+    pub fn embed_rows(&mut self, ids: &Tensor, table: &Weight16, out: &Tensor, t: usize) -> Result<()> {
+        check_gather("embed_rows", ids, table.cols, out, t)?;
+        let params = ElementwiseParams::gather(t, table.cols, table.rows, 0);
         let grid = grid_rows(groups(table.cols / 2), t as u32, self.gpu_ref().grid_limit);
         self.dispatch(
             &ELEMENTWISE,
@@ -298,20 +394,26 @@ impl<'g> Batch<'g> {
             &[&ids.buffer, &table.buffer, &out.buffer],
             grid,
         );
+        Ok(())
     }
 
     /// act (T, I) = silu(gu[:, :I]) · gu[:, I:].
-    pub fn swiglu(&mut self, gu: &Tensor, act: &Tensor, t: usize, inter: usize) {
-        let params = P4 { a: t as u32, b: inter as u32, c: 0, d: 0 };
+    pub fn swiglu(&mut self, gu: &Tensor, act: &Tensor, t: usize, inter: usize) -> Result<()> {
+        need("swiglu", "gu", gu, &[t, 2 * inter])?;
+        need("swiglu", "act", act, &[t, inter])?;
+        let params = ElementwiseParams::plain(t, inter);
         let grid = grid_rows(groups(inter), t as u32, self.gpu_ref().grid_limit);
         self.dispatch(&ELEMENTWISE, "swiglu_forward", &params, &[&gu.buffer, &act.buffer], grid);
+        Ok(())
     }
 
     /// x = gelu(x) in place over `rows · dim` elements.
-    pub fn gelu(&mut self, x: &Tensor, rows: usize, dim: usize) {
-        let params = P4 { a: rows as u32, b: dim as u32, c: 0, d: 0 };
+    pub fn gelu(&mut self, x: &Tensor, rows: usize, dim: usize) -> Result<()> {
+        need("gelu", "x", x, &[rows, dim])?;
+        let params = ElementwiseParams::plain(rows, dim);
         let grid = grid_1d(rows * dim, self.gpu_ref().grid_limit);
         self.dispatch(&ELEMENTWISE, "gelu_forward", &params, &[&x.buffer], grid);
+        Ok(())
     }
 
     /// out[r] = log_softmax(logits[r])[target[r]], in two passes over chunks of 1024 columns.
@@ -324,10 +426,13 @@ impl<'g> Batch<'g> {
         out: &Tensor,
         rows: usize,
         vocab: usize,
-    ) {
-        let chunks = vocab.div_ceil(LOGPROB_CHUNK);
-        debug_assert!(partial.len() >= rows * chunks * 2, "logprob scratch too small");
-        let params = P4 { a: rows as u32, b: vocab as u32, c: chunks as u32, d: 0 };
+    ) -> Result<()> {
+        let (op, chunks) = ("logprob", vocab.div_ceil(LOGPROB_CHUNK));
+        need(op, "logits", logits, &[rows, vocab])?;
+        need(op, "targets", targets, &[rows])?;
+        need(op, "partial", partial, &[rows, chunks, 2])?;
+        need(op, "out", out, &[rows])?;
+        let params = ElementwiseParams::logprob(rows, vocab, chunks);
         let limit = self.gpu_ref().grid_limit;
         let grid = grid_rows(groups(chunks), rows as u32, limit);
         self.dispatch(
@@ -344,11 +449,23 @@ impl<'g> Batch<'g> {
             &[&targets.buffer, &logits.buffer, &partial.buffer, &out.buffer],
             grid_1d(rows, limit),
         );
+        Ok(())
     }
 
     /// out (B, D) = mean of x over each (start, len) span in `spans`, then L2-normalised per row.
-    pub fn mean_pool_l2(&mut self, x: &Tensor, spans: &Tensor, out: &Tensor, batch: usize, dim: usize) {
-        let params = P4 { a: batch as u32, b: dim as u32, c: 0, d: 0 };
+    pub fn mean_pool_l2(
+        &mut self,
+        x: &Tensor,
+        spans: &Tensor,
+        out: &Tensor,
+        batch: usize,
+        dim: usize,
+    ) -> Result<()> {
+        // The spans' row ranges are the caller's (built from its own token counts).
+        need("mean_pool_l2", "x", x, &[1, dim])?;
+        need("mean_pool_l2", "spans", spans, &[batch, 2])?;
+        need("mean_pool_l2", "out", out, &[batch, dim])?;
+        let params = ElementwiseParams::plain(batch, dim);
         let limit = self.gpu_ref().grid_limit;
         let grid = grid_rows(groups(dim), batch as u32, limit);
         self.dispatch(
@@ -359,13 +476,14 @@ impl<'g> Batch<'g> {
             grid,
         );
         self.dispatch(&ELEMENTWISE, "l2_normalize_forward", &params, &[&out.buffer], grid_1d(batch, limit));
+        Ok(())
     }
 }
 
 impl<'g> Batch<'g> {
     /// out (T, D) += table[ids[t]]: an accumulating gather (BERT's word + position + token-type sum).
-    pub fn embed_rows_add(&mut self, ids: &Tensor, table: &Weight16, out: &Tensor, t: usize) {
-        self.embed_rows_add_from(ids, table, 0, out, t);
+    pub fn embed_rows_add(&mut self, ids: &Tensor, table: &Weight16, out: &Tensor, t: usize) -> Result<()> {
+        self.embed_rows_add_from(ids, table, 0, out, t)
     }
 
     /// out[t] += table[ids[t] − first] for the tokens whose id lies in `first .. first + table.rows`;
@@ -377,11 +495,48 @@ impl<'g> Batch<'g> {
         first: usize,
         out: &Tensor,
         t: usize,
-    ) {
-        debug_assert!(ids.len() >= t && out.len() >= t * table.cols, "embed_rows_add shapes");
-        let params = P4 { a: t as u32, b: table.cols as u32, c: table.rows as u32, d: first as u32 };
+    ) -> Result<()> {
+        check_gather("embed_rows_add", ids, table.cols, out, t)?;
+        let params = ElementwiseParams::gather(t, table.cols, table.rows, first);
         let grid = grid_rows(groups(table.cols / 2), t as u32, self.gpu_ref().grid_limit);
         let buffers = [&ids.buffer, &table.buffer, &out.buffer];
         self.dispatch(&ELEMENTWISE, "embed_rows_add_forward", &params, &buffers, grid);
+        Ok(())
     }
+}
+
+/// The sizes one matmul launch (or one row block of one) reads and writes: x (T, K), y (T, ldy) and
+/// the block's columns within y's row.
+fn check_matmul(x: &Tensor, w: &Weight16, y: &Tensor, t: usize, ldy: usize, n_off: usize) -> Result<()> {
+    let (n, k) = (w.rows, w.cols);
+    need("matmul", "x", x, &[t, k])?;
+    need("matmul", "y", y, &[t, ldy])?;
+    if n_off + n > ldy {
+        return Err(fail(
+            "matmul",
+            format!("columns {n_off}..{} of `y` exceed its row stride {ldy}", n_off + n),
+        ));
+    }
+    Ok(())
+}
+
+/// The sizes a row gather reads and writes: ids (T), out (T, D).
+fn check_gather(op: &str, ids: &Tensor, dim: usize, out: &Tensor, t: usize) -> Result<()> {
+    need(op, "ids", ids, &[t])?;
+    need(op, "out", out, &[t, dim])
+}
+
+/// The caches hold at least one slot of (Hkv, ctx, hd) each, and the same number of slots (which slot
+/// each token writes is read from `tok` on the GPU).
+fn check_caches(op: &str, p: &AttnParams, k_cache: &Tensor, v_cache: &Tensor) -> Result<()> {
+    let slot = [p.n_kv_head as usize, p.ctx as usize, p.head_dim as usize];
+    need(op, "k_cache", k_cache, &slot)?;
+    need(op, "v_cache", v_cache, &slot)?;
+    if k_cache.len() != v_cache.len() {
+        return Err(fail(
+            op,
+            format!("`k_cache` ({}) and `v_cache` ({}) differ in size", k_cache.len(), v_cache.len()),
+        ));
+    }
+    Ok(())
 }

@@ -3,6 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::gpu::check::{need, to_u32};
 use crate::gpu::kernels::grid_1d;
 use crate::gpu::shaders::LORA;
 use crate::gpu::{Batch, Tensor};
@@ -43,21 +44,6 @@ pub struct LoraShape {
     pub k: usize,
     pub r: usize,
     pub n: usize,
-}
-
-fn need(op: &str, name: &str, tensor: &Tensor, len: usize) -> Result<()> {
-    if tensor.len() < len {
-        return Err(Error::Input(format!(
-            "{op}: `{name}` holds {} elements ({:?}); the launch needs {len}",
-            tensor.len(),
-            tensor.shape
-        )));
-    }
-    Ok(())
-}
-
-fn to_u32(op: &str, what: &str, v: usize) -> Result<u32> {
-    u32::try_from(v).map_err(|_| Error::Input(format!("{op}: {what} = {v} does not fit the kernel's u32")))
 }
 
 /// Checks the factors' shapes, the output slice and the sizes every launch has in common, and
@@ -128,9 +114,9 @@ impl<'g> Batch<'g> {
     ) -> Result<()> {
         let op = "lora_forward";
         let params = check_launch(op, a, b, s, out, scale)?;
-        need(op, "x", x, s.t * s.k)?;
-        need(op, "u", u, s.t * s.r)?;
-        need(op, "y", y, s.t * out.ldy)?;
+        need(op, "x", x, &[s.t, s.k])?;
+        need(op, "u", u, &[s.t, s.r])?;
+        need(op, "y", y, &[s.t, out.ldy])?;
         self.dispatch(
             &LORA,
             "lora_down_forward",
@@ -176,10 +162,10 @@ impl<'g> Batch<'g> {
     ) -> Result<()> {
         let op = "lora_backward";
         let p = &check_launch(op, a, b, s, out, scale)?;
-        need(op, "x", x, s.t * s.k)?;
-        need(op, "u", u, s.t * s.r)?;
-        need(op, "dy", dy, s.t * out.ldy)?;
-        need(op, "du", grads.du, s.t * s.r)?;
+        need(op, "x", x, &[s.t, s.k])?;
+        need(op, "u", u, &[s.t, s.r])?;
+        need(op, "dy", dy, &[s.t, out.ldy])?;
+        need(op, "du", grads.du, &[s.t, s.r])?;
         if grads.da.shape != [s.r, s.k] || grads.db.shape != [s.n, s.r] {
             return Err(Error::Input(format!(
                 "{op}: dA is {:?} and dB {:?}; expected dA [{}, {}] and dB [{}, {}]",
@@ -187,7 +173,7 @@ impl<'g> Batch<'g> {
             )));
         }
         if let Some(dx) = grads.dx {
-            need(op, "dx", dx, s.t * s.k)?;
+            need(op, "dx", dx, &[s.t, s.k])?;
         }
         self.dispatch(
             &LORA,

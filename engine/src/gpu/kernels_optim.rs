@@ -4,6 +4,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::gpu::check::need;
 use crate::gpu::kernels::grid_1d;
 use crate::gpu::shaders::ADAMW;
 use crate::gpu::{Batch, Tensor};
@@ -103,17 +104,6 @@ pub fn sum_squares_groups(n: usize) -> usize {
     n.div_ceil(SUM_PER_WORKGROUP).max(1)
 }
 
-fn buffer_words(t: &Tensor) -> usize {
-    (t.buffer.size() / 4) as usize
-}
-
-fn need(what: &str, t: &Tensor, len: usize) -> Result<()> {
-    if t.len() < len || buffer_words(t) < len {
-        return Err(Error::Shape { name: what.into(), expected: vec![len], found: t.shape.clone() });
-    }
-    Ok(())
-}
-
 impl<'g> Batch<'g> {
     /// Writes the partial sums of squares (`square`) or plain sums of `x[..n]` into
     /// `partial[out_offset .. out_offset + 64·sum_squares_groups(n)]`.
@@ -125,7 +115,7 @@ impl<'g> Batch<'g> {
         partial: &Tensor,
         out_offset: usize,
     ) -> Result<()> {
-        need("sum_squares_partial input", x, n)?;
+        need("sum_squares_partial", "input", x, &[n])?;
         let groups = sum_squares_groups(n);
         if groups > MAX_GROUPS {
             return Err(Error::Input(format!(
@@ -133,7 +123,7 @@ impl<'g> Batch<'g> {
                 MAX_GROUPS * SUM_PER_WORKGROUP
             )));
         }
-        need("sum_squares_partial output", partial, out_offset + groups * SUM_PARTIALS_PER_WORKGROUP)?;
+        need("sum_squares_partial", "output", partial, &[out_offset + groups * SUM_PARTIALS_PER_WORKGROUP])?;
         let params =
             ReduceParams { n: n as u32, out_offset: out_offset as u32, square: square as u32, pad: 0 };
         self.dispatch(
@@ -161,8 +151,8 @@ impl<'g> Batch<'g> {
                 "clip_coefficient sums at most {SUM_PARTIALS_PER_WORKGROUP} partials, got {count}"
             )));
         }
-        need("clip_coefficient partials", sums, count)?;
-        need("clip_coefficient output", clip, 2)?;
+        need("clip_coefficient", "partials", sums, &[count])?;
+        need("clip_coefficient", "output", clip, &[2])?;
         let params = ClipParams {
             count: count as u32,
             clip: max_norm.is_some() as u32,
@@ -185,10 +175,10 @@ impl<'g> Batch<'g> {
         scalars: &AdamwScalars,
     ) -> Result<()> {
         let n = param.len();
-        need("adamw gradient", grad, n)?;
-        need("adamw exp_avg", exp_avg, n)?;
-        need("adamw exp_avg_sq", exp_avg_sq, n)?;
-        need("adamw clip coefficient", clip, 2)?;
+        need("adamw", "gradient", grad, &[n])?;
+        need("adamw", "exp_avg", exp_avg, &[n])?;
+        need("adamw", "exp_avg_sq", exp_avg_sq, &[n])?;
+        need("adamw", "clip coefficient", clip, &[2])?;
         let s = scalars;
         let params = AdamwParams {
             n: n as u32,

@@ -1,6 +1,7 @@
 //! The GPU runtime: adapter and device, buffers, cached pipelines, batched kernel launches, readback.
 
 mod batch;
+mod check;
 pub mod cpu_ref;
 mod device;
 pub mod kernels;

@@ -384,10 +384,10 @@ impl Decoder {
                 _ => Ok(()),
             }
         };
-        b.embed_rows_blocked(&ws.ids, &self.embed, &ws.x, t);
+        b.embed_rows_blocked(&ws.ids, &self.embed, &ws.x, t)?;
         for (l, layer) in self.layers.iter().enumerate() {
-            b.rms_norm(&ws.x, &layer.attn_norm, None, &ws.h, t, c.rms_eps);
-            b.matmul(&ws.h, &layer.qkv, layer.qkv_bias.as_ref(), None, &ws.qkv, t);
+            b.rms_norm(&ws.x, &layer.attn_norm, None, &ws.h, t, c.rms_eps)?;
+            b.matmul(&ws.h, &layer.qkv, layer.qkv_bias.as_ref(), None, &ws.qkv, t)?;
             let qkv_w = c.qkv_width();
             lora(&mut b, l, Target::Q, &ws.h, &ws.qkv, qkv_w, 0)?;
             lora(&mut b, l, Target::K, &ws.h, &ws.qkv, qkv_w, qd)?;
@@ -401,20 +401,20 @@ impl Decoder {
                 &ws.q,
                 &cache.k[l],
                 &cache.v[l],
-            );
-            b.attention(&p, &ws.tok, &ws.q, &cache.k[l], &cache.v[l], &ws.scores, &ws.attn);
-            b.matmul(&ws.attn, &layer.o, None, Some(&ws.x), &ws.x2, t);
+            )?;
+            b.attention(&p, &ws.tok, &ws.q, &cache.k[l], &cache.v[l], &ws.scores, &ws.attn)?;
+            b.matmul(&ws.attn, &layer.o, None, Some(&ws.x), &ws.x2, t)?;
             lora(&mut b, l, Target::O, &ws.attn, &ws.x2, c.hidden, 0)?;
-            b.rms_norm(&ws.x2, &layer.mlp_norm, None, &ws.h, t, c.rms_eps);
-            b.matmul(&ws.h, &layer.gate_up, None, None, &ws.gu, t);
+            b.rms_norm(&ws.x2, &layer.mlp_norm, None, &ws.h, t, c.rms_eps)?;
+            b.matmul(&ws.h, &layer.gate_up, None, None, &ws.gu, t)?;
             lora(&mut b, l, Target::Gate, &ws.h, &ws.gu, 2 * inter, 0)?;
             lora(&mut b, l, Target::Up, &ws.h, &ws.gu, 2 * inter, inter)?;
-            b.swiglu(&ws.gu, &ws.act, t, c.intermediate);
-            b.matmul(&ws.act, &layer.down, None, Some(&ws.x2), &ws.x, t);
+            b.swiglu(&ws.gu, &ws.act, t, c.intermediate)?;
+            b.matmul(&ws.act, &layer.down, None, Some(&ws.x2), &ws.x, t)?;
             lora(&mut b, l, Target::Down, &ws.act, &ws.x, c.hidden, 0)?;
         }
-        b.rms_norm(&ws.x, &self.final_norm, Some(&ws.rows), &ws.normed, r, c.rms_eps);
-        b.matmul_blocked(&ws.normed, self.lm_head.as_ref().unwrap_or(&self.embed), &logits, r);
+        b.rms_norm(&ws.x, &self.final_norm, Some(&ws.rows), &ws.normed, r, c.rms_eps)?;
+        b.matmul_blocked(&ws.normed, self.lm_head.as_ref().unwrap_or(&self.embed), &logits, r)?;
         b.submit()?;
         Ok(logits)
     }
@@ -440,7 +440,7 @@ impl Decoder {
         let chunks = self.cfg.vocab.div_ceil(crate::gpu::kernels::LOGPROB_CHUNK);
         let partial = self.gpu.zeros("logprob_partial", &[rows, chunks, 2])?;
         let mut b = self.gpu.batch();
-        b.logprob(logits, &tg, &partial, &out, rows, self.cfg.vocab);
+        b.logprob(logits, &tg, &partial, &out, rows, self.cfg.vocab)?;
         b.submit()?;
         self.gpu.read_words(&out.buffer, 0, rows)
     }

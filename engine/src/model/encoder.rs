@@ -328,24 +328,24 @@ impl Encoder {
         };
         let eps = c.layer_norm_eps;
         let mut b = g.batch();
-        b.embed_rows(&pos_ids, &self.position, &x2, t);
+        b.embed_rows(&pos_ids, &self.position, &x2, t)?;
         for (first, block) in &self.word.blocks {
-            b.embed_rows_add_from(&ids, block, *first, &x2, t);
+            b.embed_rows_add_from(&ids, block, *first, &x2, t)?;
         }
-        b.embed_rows_add(&type_ids, &self.token_type, &x2, t);
-        b.layer_norm(&x2, &self.embed_norm.0, &self.embed_norm.1, &x, t, eps);
+        b.embed_rows_add(&type_ids, &self.token_type, &x2, t)?;
+        b.layer_norm(&x2, &self.embed_norm.0, &self.embed_norm.1, &x, t, eps)?;
         for l in &self.layers {
-            b.matmul(&x, &l.qkv, Some(&l.qkv_bias), None, &qkv, t);
-            b.qkv_split(&p, &tok, &qkv, &self.no_rope, None, &q, &k_cache, &v_cache);
-            b.attention(&p, &tok, &q, &k_cache, &v_cache, &scores, &attn);
-            b.matmul(&attn, &l.o, Some(&l.o_bias), Some(&x), &x2, t);
-            b.layer_norm(&x2, &l.attn_norm.0, &l.attn_norm.1, &x, t, eps);
-            b.matmul(&x, &l.up, Some(&l.up_bias), None, &inter, t);
-            b.gelu(&inter, t, c.intermediate);
-            b.matmul(&inter, &l.down, Some(&l.down_bias), Some(&x), &x2, t);
-            b.layer_norm(&x2, &l.out_norm.0, &l.out_norm.1, &x, t, eps);
+            b.matmul(&x, &l.qkv, Some(&l.qkv_bias), None, &qkv, t)?;
+            b.qkv_split(&p, &tok, &qkv, &self.no_rope, None, &q, &k_cache, &v_cache)?;
+            b.attention(&p, &tok, &q, &k_cache, &v_cache, &scores, &attn)?;
+            b.matmul(&attn, &l.o, Some(&l.o_bias), Some(&x), &x2, t)?;
+            b.layer_norm(&x2, &l.attn_norm.0, &l.attn_norm.1, &x, t, eps)?;
+            b.matmul(&x, &l.up, Some(&l.up_bias), None, &inter, t)?;
+            b.gelu(&inter, t, c.intermediate)?;
+            b.matmul(&inter, &l.down, Some(&l.down_bias), Some(&x), &x2, t)?;
+            b.layer_norm(&x2, &l.out_norm.0, &l.out_norm.1, &x, t, eps)?;
         }
-        b.mean_pool_l2(&x, &spans, &pooled, n, d);
+        b.mean_pool_l2(&x, &spans, &pooled, n, d)?;
         b.submit()?;
         let flat = g.read_f32(&pooled)?;
         Ok(flat.chunks_exact(d).map(<[f32]>::to_vec).collect())

@@ -37,7 +37,7 @@ fn check_matmul(gpu: &Gpu, t: usize, n: usize, k: usize, bias: bool, residual: b
     let rg = gpu.upload_f32("r", &res, &[t, n]).unwrap();
     let y = gpu.zeros("y", &[t, n]).unwrap();
     let mut batch = gpu.batch();
-    batch.matmul(&xg, &wg, bias.then_some(&bg), residual.then_some(&rg), &y, t);
+    batch.matmul(&xg, &wg, bias.then_some(&bg), residual.then_some(&rg), &y, t).unwrap();
     batch.submit().unwrap();
     let got = gpu.read_f32(&y).unwrap();
     let tol = matmul_tolerance(&x, &w, t, n, k);
@@ -92,7 +92,7 @@ pub(crate) fn check_rms_norm(gpu: &Gpu) {
         let wg = gpu.upload_f32("w", &w, &[dim]).unwrap();
         let out = gpu.zeros("out", &[rows, dim]).unwrap();
         let mut b = gpu.batch();
-        b.rms_norm(&xg, &wg, None, &out, rows, 1e-5);
+        b.rms_norm(&xg, &wg, None, &out, rows, 1e-5).unwrap();
         b.submit().unwrap();
         let want = cpu_ref::rms_norm_forward(&x, &w, None, rows, 1e-5);
         assert_close("rms_norm", &gpu.read_f32(&out).unwrap(), &want, 1e-6, 1e-5);
@@ -102,7 +102,7 @@ pub(crate) fn check_rms_norm(gpu: &Gpu) {
         let mg = gpu.upload_u32("map", &map, &[2]).unwrap();
         let out2 = gpu.zeros("out2", &[2, dim]).unwrap();
         let mut b = gpu.batch();
-        b.rms_norm(&xg, &wg, Some(&mg), &out2, 2, 1e-5);
+        b.rms_norm(&xg, &wg, Some(&mg), &out2, 2, 1e-5).unwrap();
         b.submit().unwrap();
         let want = cpu_ref::rms_norm_forward(&x, &w, Some(&map), 2, 1e-5);
         assert_close("rms_norm gather", &gpu.read_f32(&out2).unwrap(), &want, 1e-6, 1e-5);
@@ -125,7 +125,7 @@ pub(crate) fn check_layer_norm(gpu: &Gpu) {
         );
         let out = gpu.zeros("out", &[rows, dim]).unwrap();
         let mut batch = gpu.batch();
-        batch.layer_norm(&xg, &wg, &bg, &out, rows, 1e-12);
+        batch.layer_norm(&xg, &wg, &bg, &out, rows, 1e-12).unwrap();
         batch.submit().unwrap();
         let want = cpu_ref::layer_norm_forward(&x, &w, &b, rows, 1e-12);
         assert_close("layer_norm", &gpu.read_f32(&out).unwrap(), &want, 1e-5, 1e-5);
@@ -186,8 +186,8 @@ pub(crate) fn check_qkv_split_and_attention(gpu: &Gpu) {
                 eps: 1e-6,
             };
             let mut b = gpu.batch();
-            b.qkv_split(&p, &tok_gpu, &qkv_gpu, &rope_gpu, Some(&norm_gpu), &q_gpu, &k_gpu, &v_gpu);
-            b.attention(&p, &tok_gpu, &q_gpu, &k_gpu, &v_gpu, &scores, &out);
+            b.qkv_split(&p, &tok_gpu, &qkv_gpu, &rope_gpu, Some(&norm_gpu), &q_gpu, &k_gpu, &v_gpu).unwrap();
+            b.attention(&p, &tok_gpu, &q_gpu, &k_gpu, &v_gpu, &scores, &out).unwrap();
             b.submit().unwrap();
             assert_close("q", &gpu.read_f32(&q_gpu).unwrap(), &q_ref, 1e-5, 1e-5);
             assert_close("k cache", &gpu.read_f32(&k_gpu).unwrap(), &kc, 1e-5, 1e-5);
@@ -234,11 +234,11 @@ pub(crate) fn check_elementwise(gpu: &Gpu) {
     let pooled = gpu.zeros("pooled", &[2, 66]).unwrap();
 
     let mut b = gpu.batch();
-    b.embed_rows(&idg, &tg, &out, 5);
-    b.swiglu(&gug, &act, 3, 67);
-    b.gelu(&gxg, 1, 131);
-    b.logprob(&lg, &tgg, &partial, &lp, 3, vocab);
-    b.mean_pool_l2(&pxg, &sg, &pooled, 2, 66);
+    b.embed_rows(&idg, &tg, &out, 5).unwrap();
+    b.swiglu(&gug, &act, 3, 67).unwrap();
+    b.gelu(&gxg, 1, 131).unwrap();
+    b.logprob(&lg, &tgg, &partial, &lp, 3, vocab).unwrap();
+    b.mean_pool_l2(&pxg, &sg, &pooled, 2, 66).unwrap();
     b.submit().unwrap();
 
     assert_close(
@@ -286,8 +286,8 @@ pub(crate) fn check_blocked_weights(gpu: &Gpu) {
     let rows = gpu.upload_f32("stale", &vec![9.0; t * dim], &[t, dim]).unwrap(); // must be overwritten
     let logits = gpu.zeros("logits", &[t, vocab]).unwrap();
     let mut b = gpu.batch();
-    b.embed_rows_blocked(&idg, &blocked, &rows, t);
-    b.matmul_blocked(&xg, &blocked, &logits, t);
+    b.embed_rows_blocked(&idg, &blocked, &rows, t).unwrap();
+    b.matmul_blocked(&xg, &blocked, &logits, t).unwrap();
     b.submit().unwrap();
     let want_rows = cpu_ref::embed_rows_forward(&ids, &table16, dim);
     assert_close("blocked embed_rows", &gpu.read_f32(&rows).unwrap(), &want_rows, 0.0, 0.0);
@@ -328,7 +328,7 @@ fn attention_over_the_longest_context_matches_reference() {
     let scores = gpu.zeros("scores", &[1, 2, ctx]).unwrap();
     let out = gpu.zeros("out", &[1, 16]).unwrap();
     let mut b = gpu.batch();
-    b.attention(&p, &tok_gpu, &q_gpu, &k_gpu, &v_gpu, &scores, &out);
+    b.attention(&p, &tok_gpu, &q_gpu, &k_gpu, &v_gpu, &scores, &out).unwrap();
     b.submit().unwrap();
     assert_close("attention over 16384 keys", &gpu.read_f32(&out).unwrap(), &want, 1e-4, 1e-4);
 }
@@ -341,7 +341,7 @@ fn elementwise_grid_folds_past_65535_workgroups() {
     let x = random(n, 3.0, 44);
     let xg = gpu.upload_f32("x", &x, &[n]).unwrap();
     let mut b = gpu.batch();
-    b.gelu(&xg, 1, n);
+    b.gelu(&xg, 1, n).unwrap();
     b.submit().unwrap();
     let got = gpu.read_f32(&xg).unwrap();
     let want = cpu_ref::gelu_forward(&x[n - 2000..]);
@@ -363,8 +363,8 @@ fn profiled_batches_compute_the_same_and_count_every_step() {
         let y = g.zeros("y", &[t, n]).unwrap();
         let y2 = g.zeros("y2", &[t, n]).unwrap();
         let mut b = g.batch();
-        b.matmul(&xg, &wg, None, None, &y, t);
-        b.matmul(&xg, &wg, None, Some(&y), &y2, t);
+        b.matmul(&xg, &wg, None, None, &y, t).unwrap();
+        b.matmul(&xg, &wg, None, Some(&y), &y2, t).unwrap();
         b.copy(&y2.buffer, 0, &y.buffer, 0, 4 * (t * n) as u64);
         b.clear(&y2.buffer);
         b.submit().unwrap();
@@ -385,4 +385,61 @@ fn profiled_batches_compute_the_same_and_count_every_step() {
     if !GpuOptions::from_env().profile {
         assert!(gpu().take_profile().is_empty(), "an ordinary GPU records nothing");
     }
+}
+
+/// A buffer too small for an inference launch is an error naming the kernel, the buffer and the
+/// shape it needs, and nothing is recorded (in a release build wgpu would clamp the access instead and
+/// return wrong numbers).
+#[test]
+fn inference_launches_reject_mis_sized_buffers() {
+    let gpu = gpu();
+    let (t, n, k) = (3, 8, 16);
+    let x = gpu.zeros("x", &[t, k]).unwrap();
+    let w = gpu.upload_weight_f16("w", &to_f16(&random(n * k, 1.0, 1)), n, k).unwrap();
+    let short_y = gpu.zeros("y", &[t, n - 1]).unwrap();
+    let y = gpu.zeros("y", &[t, n]).unwrap();
+    let nw = gpu.zeros("norm_w", &[k]).unwrap();
+    let two_rows = gpu.zeros("x2", &[2, k]).unwrap();
+    let p = AttnParams { t: 1, n_head: 2, n_kv_head: 1, head_dim: 8, ctx: 4, span: 4, flags: 0, eps: 0.0 };
+    let normed = AttnParams { flags: ATTN_QK_NORM, ..p };
+    let tok = gpu.zeros("tok", &[1, 4]).unwrap();
+    let q = gpu.zeros("q", &[1, 2, 8]).unwrap();
+    let cache = gpu.zeros("cache", &[4 * 8]).unwrap();
+    let short_cache = gpu.zeros("short_cache", &[3 * 8]).unwrap();
+    let scores = gpu.zeros("scores", &[1, 2, 4]).unwrap();
+    let out = gpu.zeros("out", &[1, 16]).unwrap();
+    let gu = gpu.zeros("gu", &[t, 2 * n]).unwrap();
+    let partial = gpu.zeros("partial", &[t, 1]).unwrap();
+    let ids = gpu.zeros("ids", &[t]).unwrap();
+    let one_id = gpu.zeros("one_id", &[1]).unwrap();
+
+    let mut b = gpu.batch();
+    let cases = [
+        ("matmul: `y` is [3, 7]", b.matmul(&x, &w, None, None, &short_y, t)),
+        ("matmul: `x` is [2, 16]", b.matmul(&two_rows, &w, None, None, &y, t)),
+        ("matmul: `residual`", b.matmul(&x, &w, None, Some(&short_y), &y, t)),
+        ("matmul: columns 2..10", b.matmul_into(&x, &w, None, None, &y, t, n, 2)),
+        ("rms_norm: `x` is [2, 16]", b.rms_norm(&two_rows, &nw, None, &x, t, 1e-5)),
+        ("rms_norm: `out`", b.rms_norm(&x, &nw, None, &two_rows, t, 1e-5)),
+        ("layer_norm: `b`", b.layer_norm(&x, &nw, &ids, &x, t, 1e-5)),
+        ("attention: `k_cache` is [24]", b.attention(&p, &tok, &q, &short_cache, &cache, &scores, &out)),
+        ("attention: `scores`", b.attention(&p, &tok, &q, &cache, &cache, &tok, &out)),
+        ("qkv_split: `v_cache`", b.qkv_split(&p, &tok, &cache, &cache, None, &q, &cache, &short_cache)),
+        (
+            "qkv_split: `qk_norm` is [3]",
+            b.qkv_split(&normed, &tok, &cache, &cache, Some(&ids), &q, &cache, &cache),
+        ),
+        ("qkv_split: ATTN_QK_NORM", b.qkv_split(&normed, &tok, &cache, &cache, None, &q, &cache, &cache)),
+        ("swiglu: `act`", b.swiglu(&gu, &short_y, t, n)),
+        ("logprob: `partial` is [3, 1]", b.logprob(&y, &ids, &partial, &ids, t, n)),
+        ("embed_rows: `out`", b.embed_rows(&ids, &w, &short_y, t)),
+        ("embed_rows_add: `ids`", b.embed_rows_add(&one_id, &w, &x, t)),
+        ("gelu: `x`", b.gelu(&short_y, t, n)),
+        ("mean_pool_l2: `spans`", b.mean_pool_l2(&x, &ids, &y, t, n)),
+    ];
+    for (says, got) in cases {
+        let e = got.expect_err(says).to_string();
+        assert!(e.contains(says), "want {says:?} in: {e}");
+    }
+    assert!(b.is_empty(), "a refused launch recorded a dispatch");
 }

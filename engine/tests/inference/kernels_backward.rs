@@ -433,10 +433,10 @@ fn backward_launches_reject_mis_sized_buffers() {
     let err = b.matmul_backward_dx(&small, &w, &dx, 3, 4, 2, GradWrite::Overwrite).unwrap_err().to_string();
     assert!(err.contains("matmul_backward_dx") && err.contains("stride"), "{err}");
     let err = b.matmul_backward_dx(&small, &w, &dx, 4, 4, 0, GradWrite::Overwrite).unwrap_err().to_string();
-    assert!(err.contains("matmul_backward_dx: dy"), "{err}");
+    assert!(err.contains("matmul_backward_dx: `dy`"), "{err}");
     let wn = gpu.zeros("w", &[5]).unwrap();
     let err = b.rms_norm_backward(&small, &wn, &small, &small, &dx, 4, GradWrite::Overwrite).unwrap_err();
-    assert!(err.to_string().contains("rms_norm_backward: x"), "{err}");
+    assert!(err.to_string().contains("rms_norm_backward: `x`"), "{err}");
     let p =
         AttnParams { t: 30000, n_head: 4, n_kv_head: 2, head_dim: 8, ctx: 8, span: 8, flags: 0, eps: 0.0 };
     let io = AttnBackward {

@@ -32,8 +32,8 @@ fn embed_rows_add_accumulates_gathers_like_reference() {
         let wg = gpu.upload_weight_f16("word", &word, vocab, dim).unwrap();
         let pg = gpu.upload_weight_f16("pos", &pos, t, dim).unwrap();
         let mut b = gpu.batch();
-        b.embed_rows_add(&idg, &wg, &out, t);
-        b.embed_rows_add(&pidg, &pg, &out, t);
+        b.embed_rows_add(&idg, &wg, &out, t).unwrap();
+        b.embed_rows_add(&pidg, &pg, &out, t).unwrap();
         b.submit().unwrap();
         let got = gpu.read_f32(&out).unwrap();
         // Two f32 additions of exactly representable f16 values: rounding only, ≤ 2 ulp of the result.
@@ -61,8 +61,8 @@ fn embed_rows_then_add_equals_sum_of_gathers() {
     let ag = gpu.upload_weight_f16("a", &a, vocab, dim).unwrap();
     let bg = gpu.upload_weight_f16("b", &bt, 2, dim).unwrap();
     let mut b = gpu.batch();
-    b.embed_rows(&idg, &ag, &out, t);
-    b.embed_rows_add(&zg, &bg, &out, t);
+    b.embed_rows(&idg, &ag, &out, t).unwrap();
+    b.embed_rows_add(&zg, &bg, &out, t).unwrap();
     b.submit().unwrap();
     assert_close("embed_rows + embed_rows_add", &gpu.read_f32(&out).unwrap(), &want, 0.0, 0.0);
 }
@@ -83,7 +83,7 @@ fn embed_rows_add_from_row_blocks_equals_whole_table() {
     for (first, rows) in [(0usize, 9usize), (9, 9), (18, 5)] {
         let block = &table[first * dim..(first + rows) * dim];
         let bg = gpu.upload_weight_f16("block", block, rows, dim).unwrap();
-        b.embed_rows_add_from(&idg, &bg, first, &out, t);
+        b.embed_rows_add_from(&idg, &bg, first, &out, t).unwrap();
         if first == 9 {
             cpu_ref::embed_rows_add_forward(&mut want_block, &ids, block, first, dim);
         }

@@ -37,9 +37,9 @@ fn check_wide_gathers_logprobs_and_pooling(gpu: &Gpu) {
     let rows = gpu.zeros("rows", &[3, dim]).unwrap();
     let summed = gpu.zeros("summed", &[3, dim]).unwrap();
     let mut b = gpu.batch();
-    b.embed_rows(&idg, &tg, &rows, 3);
-    b.embed_rows_add(&idg, &tg, &summed, 3);
-    b.embed_rows_add(&idg, &tg, &summed, 3);
+    b.embed_rows(&idg, &tg, &rows, 3).unwrap();
+    b.embed_rows_add(&idg, &tg, &summed, 3).unwrap();
+    b.embed_rows_add(&idg, &tg, &summed, 3).unwrap();
     b.submit().unwrap();
     let want = cpu_ref::embed_rows_forward(&ids, &table, dim);
     assert_close("wide embed_rows", &gpu.read_f32(&rows).unwrap(), &want, 0.0, 0.0);
@@ -54,7 +54,7 @@ fn check_wide_gathers_logprobs_and_pooling(gpu: &Gpu) {
         let partial = gpu.zeros("partial", &[rows, vocab.div_ceil(1024), 2]).unwrap();
         let lp = gpu.zeros("lp", &[rows]).unwrap();
         let mut b = gpu.batch();
-        b.logprob(&lg, &tgg, &partial, &lp, rows, vocab);
+        b.logprob(&lg, &tgg, &partial, &lp, rows, vocab).unwrap();
         b.submit().unwrap();
         let want = cpu_ref::logprob_forward(&logits, &targets, vocab);
         assert_close(&format!("logprob {rows}×{vocab}"), &gpu.read_f32(&lp).unwrap(), &want, 1e-4, 1e-5);
@@ -68,7 +68,7 @@ fn check_wide_gathers_logprobs_and_pooling(gpu: &Gpu) {
     let sg = gpu.upload_u32("spans", &words, &[batch, 2]).unwrap();
     let pooled = gpu.zeros("pooled", &[batch, dim]).unwrap();
     let mut b = gpu.batch();
-    b.mean_pool_l2(&xg, &sg, &pooled, batch, dim);
+    b.mean_pool_l2(&xg, &sg, &pooled, batch, dim).unwrap();
     b.submit().unwrap();
     let want = cpu_ref::mean_pool_l2_forward(&x, &spans, dim);
     assert_close("wide mean_pool_l2", &gpu.read_f32(&pooled).unwrap(), &want, 1e-6, 1e-5);

@@ -47,7 +47,7 @@ pub(crate) fn check_shapes(gpu: &Gpu, shapes: &[(usize, usize, usize)]) {
         let rg = gpu.upload_f32("r", &r, &[t, n]).unwrap();
         let y = gpu.zeros("y", &[t, n]).unwrap();
         let mut batch = gpu.batch();
-        batch.matmul(&xg, &wg, Some(&bg), Some(&rg), &y, t);
+        batch.matmul(&xg, &wg, Some(&bg), Some(&rg), &y, t).unwrap();
         batch.submit().unwrap();
         // Same bound as kernels.rs: γ_K · Σ|xᵢwᵢ| for f32 accumulation in another order.
         let tol: Vec<f32> = (0..t * n)
@@ -117,7 +117,7 @@ fn tiled_matmul_writes_its_row_block_of_the_output() {
     let rg = gpu.upload_f32("r", &r, &[t, ldy]).unwrap();
     let y = gpu.upload_f32("y", &vec![-7.0; t * ldy], &[t, ldy]).unwrap();
     let mut batch = gpu.batch();
-    batch.matmul_into(&xg, &wg, None, Some(&rg), &y, t, ldy, n_off);
+    batch.matmul_into(&xg, &wg, None, Some(&rg), &y, t, ldy, n_off).unwrap();
     batch.submit().unwrap();
     let got = gpu.read_f32(&y).unwrap();
     let want: Vec<f32> = (0..t * ldy)

@@ -245,7 +245,7 @@ fn bench_gemm(gpu: &Gpu, model: &Decoder, figures: &mut Figures) -> anyhow::Resu
                 let start = Instant::now();
                 let mut b = gpu.batch();
                 for _ in 0..reps {
-                    b.matmul(&x, &w, None, None, &y, t);
+                    b.matmul(&x, &w, None, None, &y, t)?;
                 }
                 b.submit()?;
                 gpu.wait()?;

@@ -5,10 +5,11 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{AttnParams, NormParams, grid_1d, groups};
+use super::{AttnParams, ElementwiseParams, NormParams, grid_1d, groups};
+use crate::Result;
+use crate::gpu::check::{fail, need};
 use crate::gpu::shaders::{ATTENTION, ELEMENTWISE, MATMUL, NORM};
 use crate::gpu::{Batch, Tensor, Weight16};
-use crate::{Error, Result};
 
 /// Whether a backward launch overwrites its gradient output or adds into it (a residual stream's
 /// gradient, or fused projections summing their parts of one input's gradient).
@@ -22,15 +23,6 @@ impl GradWrite {
     fn flag(self) -> u32 {
         (self == GradWrite::Accumulate) as u32
     }
-}
-
-/// Parameters of swiglu_backward (mirrors `Params` in elementwise.wgsl).
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct SwigluParams {
-    rows: u32,
-    inter: u32,
-    unused: [u32; 2],
 }
 
 /// Parameters of matmul_backward_dx (mirrors `DxParams` in matmul.wgsl): weight rows
@@ -87,22 +79,6 @@ pub struct AttnBackward<'a> {
     pub dq: &'a Tensor,
     pub dk_cache: &'a Tensor,
     pub dv_cache: &'a Tensor,
-}
-
-/// Errors unless `t` holds at least the elements of `shape` (workspaces are sized for the largest pass).
-fn need(kernel: &str, name: &str, t: &Tensor, shape: &[usize]) -> Result<()> {
-    if t.len() < shape.iter().product::<usize>() {
-        return Err(Error::Shape {
-            name: format!("{kernel}: {name}"),
-            expected: shape.to_vec(),
-            found: t.shape.clone(),
-        });
-    }
-    Ok(())
-}
-
-fn fail(kernel: &str, what: String) -> Error {
-    Error::Input(format!("{kernel}: {what}"))
 }
 
 impl<'g> Batch<'g> {
@@ -164,7 +140,7 @@ impl<'g> Batch<'g> {
         need(k, "gu", gu, &[t, 2 * inter])?;
         need(k, "dact", dact, &[t, inter])?;
         need(k, "dgu", dgu, &[t, 2 * inter])?;
-        let params = SwigluParams { rows: t as u32, inter: inter as u32, unused: [0; 2] };
+        let params = ElementwiseParams::plain(t, inter);
         let grid = [groups(inter), t as u32, 1];
         self.dispatch(&ELEMENTWISE, k, &params, &[&gu.buffer, &dact.buffer, &dgu.buffer], grid);
         Ok(())
