@@ -165,18 +165,22 @@ fn attn_values_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
 // qkv_split_backward: dqkv (T, (H + 2·Hkv)·hd) from dq (T, H, hd), dk, dv (S, Hkv, C, hd) at each token's
 //   [slot, head, position]: the rotation undone (da = dra·cos + drb·sin, db = drb·cos − dra·sin), then
 //   the per-head RMSNorm's backward with 1/rms recomputed from the saved qkv (the norm weights are
-//   frozen: no gradient for them). Same grid and flags as qkv_split_forward.
+//   frozen: no gradient for them). Same grid (x = head folded into z, y = token) and flags as
+//   qkv_split_forward.
 // attn_softmax_lse_forward: attn_softmax_forward that also saves lse (T, H) = log Σⱼ exp(sⱼ), so the
-//   backward recomputes probabilities instead of keeping (T, H, L) of them per layer.
+//   backward recomputes probabilities instead of keeping (T, H, L) of them per layer. Same grid as
+//   attn_softmax_forward: one invocation per row, folded into y past the per-dimension limit.
 // attn_delta_backward: delta (T, H) = Σᵢ dout·out per row.
 // attn_dscores_backward: pds (T, H, L) of (p, ds), p = exp(q·k/√hd − lse), ds = p·(dout·v − delta)/√hd.
 // attn_dq_backward: dq (T, H, hd) = Σⱼ ds·k over the row's keys.
-// attn_dkv_backward: dk, dv (S, Hkv, C, hd) = Σ over the tokens t of the entry's slot with
-//   n_keys(t) > position, and the heads h of its group, of ds·q and p·dout; every entry is written
-//   (zero where no token attends). Walks the tokens slot_tokens[slot] = [first, end) (any range that
+// attn_dkv_backward: dk, dv (S, Hkv, C, hd) = (or += with pb.flags & DKV_ACCUMULATE) Σ over the tokens t
+//   of the entry's slot with n_keys(t) > position, and the heads h of its group, of ds·q and p·dout;
+//   every entry is written (zero or unchanged where no token attends). Accumulating lets one
+//   sequence's tokens run in several passes over the same caches, and their gradients add up. Walks the tokens slot_tokens[slot] = [first, end) (any range that
 //   holds the slot's tokens is correct; the tightest is fastest) and the group's heads: lavapipe stops an
 //   invocation after about 65536 loop iterations in all, so the host requires T·(1 + H/Hkv) ≤ 60000; hd % 4 == 0.
-// The last four use the parameters `pb` (the forward's with the number of cache slots in place of flags)
+// The last four use the parameters `pb` (the forward's with the number of cache slots in place of the
+// forward's flags, and the backward's own flags in place of eps)
 // and a 1-D grid over their output elements, folded into y past the per-dimension limit (index = x + y · num_workgroups.x · WG).
 @group(0) @binding(5) var<storage, read> dq_in: array<f32>;              // split backward: (T, H, hd)
 @group(0) @binding(6) var<storage, read> dk_in: array<f32>;              // split backward: (S, Hkv, C, hd)
@@ -184,9 +188,9 @@ fn attn_values_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
 @group(0) @binding(8) var<storage, read_write> dqkv: array<f32>;         // split backward: (T, (H+2Hkv) hd)
 
 @compute @workgroup_size(WG)
-fn qkv_split_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn qkv_split_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let heads = p.n_head + 2u * p.n_kv_head;
-    let j = gid.x;
+    let j = gid.x + gid.z * nwg.x * WG;
     let t = gid.y;
     if (j >= heads || t >= p.t) { return; }
     let hd = p.head_dim;
@@ -248,8 +252,8 @@ fn qkv_split_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
 @group(0) @binding(3) var<storage, read_write> lse_out: array<f32>;      // softmax lse: (T, H)
 
 @compute @workgroup_size(WG)
-fn attn_softmax_lse_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let r = gid.x;
+fn attn_softmax_lse_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let r = gid.x + gid.y * nwg.x * WG;
     if (r >= p.t * p.n_head) { return; }
     let n = tok[r / p.n_head].z;
     let row = r * p.span;
@@ -269,9 +273,11 @@ fn attn_softmax_lse_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 struct BackParams {
     t: u32, n_head: u32, n_kv_head: u32, head_dim: u32,
-    ctx: u32, span: u32, slots: u32, eps: f32,
+    ctx: u32, span: u32, slots: u32, flags: u32,
 }
 @group(0) @binding(0) var<uniform> pb: BackParams;
+
+const DKV_ACCUMULATE: u32 = 1u;
 
 @group(0) @binding(1) var<storage, read> dout_d: array<f32>;             // delta: (T, H·hd)
 @group(0) @binding(2) var<storage, read> out_d: array<f32>;              // delta: (T, H·hd)
@@ -374,6 +380,10 @@ fn attn_dkv_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
             dk += w.y * q4_kv[r * hd4 + i4];
             dv += w.x * dout4_kv[r * hd4 + i4];
         }
+    }
+    if ((pb.flags & DKV_ACCUMULATE) != 0u) {
+        dk += dk4_out[e4];
+        dv += dv4_out[e4];
     }
     dk4_out[e4] = dk;
     dv4_out[e4] = dv;

@@ -4,7 +4,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::check::need;
+use crate::gpu::check::{need, to_u32};
 use crate::gpu::kernels::grid_1d;
 use crate::gpu::shaders::ADAMW;
 use crate::gpu::{Batch, Tensor};
@@ -124,15 +124,15 @@ impl<'g> Batch<'g> {
             )));
         }
         need("sum_squares_partial", "output", partial, &[out_offset + groups * SUM_PARTIALS_PER_WORKGROUP])?;
-        let params =
-            ReduceParams { n: n as u32, out_offset: out_offset as u32, square: square as u32, pad: 0 };
-        self.dispatch(
-            &ADAMW,
-            "sum_squares_partial",
-            &params,
-            &[&x.buffer, &partial.buffer],
-            [groups as u32, 1, 1],
-        );
+        let k = "sum_squares_partial";
+        let params = ReduceParams {
+            n: to_u32(k, "elements", n)?,
+            out_offset: to_u32(k, "output offset", out_offset)?,
+            square: square as u32,
+            pad: 0,
+        };
+        let grid = [to_u32(k, "workgroups", groups)?, 1, 1];
+        self.dispatch(&ADAMW, k, &params, &[&x.buffer, &partial.buffer], grid);
         Ok(())
     }
 
@@ -154,7 +154,7 @@ impl<'g> Batch<'g> {
         need("clip_coefficient", "partials", sums, &[count])?;
         need("clip_coefficient", "output", clip, &[2])?;
         let params = ClipParams {
-            count: count as u32,
+            count: to_u32("clip_coefficient", "partials", count)?,
             clip: max_norm.is_some() as u32,
             max_norm: max_norm.unwrap_or(0.0),
             grad_scale,
@@ -181,7 +181,7 @@ impl<'g> Batch<'g> {
         need("adamw", "clip coefficient", clip, &[2])?;
         let s = scalars;
         let params = AdamwParams {
-            n: n as u32,
+            n: to_u32("adamw", "elements", n)?,
             pad: [0; 3],
             decay: s.decay,
             lerp_weight: s.lerp_weight,

@@ -454,10 +454,10 @@ fn backward_launches_reject_mis_sized_buffers() {
         dk_cache: &small,
         dv_cache: &small,
     };
-    let err = b.attention_backward(&p, 1, &io).unwrap_err().to_string();
+    let err = b.attention_backward(&p, 1, &io, GradWrite::Overwrite).unwrap_err().to_string();
     assert!(err.contains("attention_backward") && err.contains("smaller passes"), "{err}");
     let odd = AttnParams { t: 2, head_dim: 6, ..p };
-    let err = b.attention_backward(&odd, 1, &io).unwrap_err().to_string();
+    let err = b.attention_backward(&odd, 1, &io, GradWrite::Overwrite).unwrap_err().to_string();
     assert!(err.contains("attention_backward") && err.contains("hd of 4"), "{err}");
     assert!(b.is_empty(), "a rejected launch recorded a dispatch");
 }
@@ -568,7 +568,7 @@ fn attention_train_forward_and_backward_match_reference() {
             dk_cache: &dk,
             dv_cache: &dv,
         };
-        b.attention_backward(&p, 2, &io).unwrap();
+        b.attention_backward(&p, 2, &io, GradWrite::Overwrite).unwrap();
         b.submit().unwrap();
         let what = format!("attention H={n_head} Hkv={n_kv_head} hd={head_dim} T={t}");
         assert_close(&format!("{what} out"), &gpu.read_f32(&out).unwrap(), &out_ref, 1e-5, 1e-4);
@@ -576,5 +576,106 @@ fn attention_train_forward_and_backward_match_reference() {
         assert_close(&format!("{what} dq"), &gpu.read_f32(&dq).unwrap(), &want.dq, 1e-5, 1e-4);
         assert_close(&format!("{what} dk"), &gpu.read_f32(&dk).unwrap(), &want.dk_cache, 1e-5, 1e-4);
         assert_close(&format!("{what} dv"), &gpu.read_f32(&dv).unwrap(), &want.dv_cache, 1e-5, 1e-4);
+    }
+}
+
+/// One pass's share of the tokens: its rows of q and dout, and the buffers its forward and backward
+/// write.
+struct AttnPass {
+    p: AttnParams,
+    tok: babelrl::gpu::Tensor,
+    ranges: babelrl::gpu::Tensor,
+    q: babelrl::gpu::Tensor,
+    dout: babelrl::gpu::Tensor,
+    scores: babelrl::gpu::Tensor,
+    out: babelrl::gpu::Tensor,
+    lse: babelrl::gpu::Tensor,
+    delta: babelrl::gpu::Tensor,
+    pds: babelrl::gpu::Tensor,
+    dq: babelrl::gpu::Tensor,
+}
+
+fn attn_pass(gpu: &babelrl::gpu::Gpu, s: AttnShape, tok: &[TokenInfo], q: &[f32], dout: &[f32]) -> AttnPass {
+    let (t, h, hd) = (tok.len(), s.n_head, s.head_dim);
+    let p = attn_params(s, tok, 0);
+    let span = p.span as usize;
+    AttnPass {
+        p,
+        tok: gpu.upload_u32("tok", &TokenInfo::words(tok), &[t, 4]).unwrap(),
+        ranges: gpu.upload_u32("slot tokens", &TokenInfo::slot_ranges(tok, 2), &[2, 2]).unwrap(),
+        q: gpu.upload_f32("q", q, &[t, h, hd]).unwrap(),
+        dout: gpu.upload_f32("dout", dout, &[t, h, hd]).unwrap(),
+        scores: gpu.zeros("scores", &[t, h, span]).unwrap(),
+        out: gpu.zeros("out", &[t, h, hd]).unwrap(),
+        lse: gpu.zeros("lse", &[t, h]).unwrap(),
+        delta: gpu.zeros("delta", &[t, h]).unwrap(),
+        pds: gpu.zeros("pds", &[t, h, span, 2]).unwrap(),
+        dq: gpu.zeros("dq", &[t, h, hd]).unwrap(),
+    }
+}
+
+/// A sequence's tokens split over two backward passes (as the walk budget's error tells a caller to do)
+/// give the one-pass gradients when dK and dV accumulate: both passes adding into a buffer that already
+/// holds a gradient, and a first pass overwriting garbage followed by an accumulating one.
+#[test]
+fn attention_backward_split_inside_a_sequence_accumulates_dk_dv() {
+    let gpu = gpu();
+    let s = AttnShape { n_head: 4, n_kv_head: 2, head_dim: 16, ctx: 40 };
+    // Both slots' tokens alternate, so the split at the middle cuts through both sequences.
+    let tok = interleaved(two_sequences(13, 6));
+    let (t, hd) = (tok.len(), s.head_dim);
+    let row = s.n_head * hd;
+    let cache = 2 * s.n_kv_head * s.ctx * hd;
+    let (q, kc, vc) = (random(t * row, 1.5, 31), random(cache, 1.5, 32), random(cache, 1.0, 33));
+    let dout = random(t * row, 1.0, 34);
+    let want = cpu_ref::attention_backward(s, &tok, &q, &kc, &vc, &dout);
+    let k_g = gpu.upload_f32("k", &kc, &[cache]).unwrap();
+    let v_g = gpu.upload_f32("v", &vc, &[cache]).unwrap();
+    let cut = t / 2;
+    let prior_k = random(cache, 1.0, 35);
+    let prior_v = random(cache, 1.0, 36);
+    let garbage = random(cache, 9.0, 37);
+    let cases = [
+        ("accumulate, accumulate onto a gradient", [GradWrite::Accumulate, GradWrite::Accumulate], true),
+        ("overwrite garbage, accumulate", [GradWrite::Overwrite, GradWrite::Accumulate], false),
+    ];
+    for (name, writes, onto_prior) in cases {
+        let passes = [
+            attn_pass(&gpu, s, &tok[..cut], &q[..cut * row], &dout[..cut * row]),
+            attn_pass(&gpu, s, &tok[cut..], &q[cut * row..], &dout[cut * row..]),
+        ];
+        let (init_k, init_v) = if onto_prior { (&prior_k, &prior_v) } else { (&garbage, &garbage) };
+        let dk = gpu.upload_f32("dk", init_k, &[cache]).unwrap();
+        let dv = gpu.upload_f32("dv", init_v, &[cache]).unwrap();
+        let mut b = gpu.batch();
+        for (pass, write) in passes.iter().zip(writes) {
+            b.attention_train(&pass.p, &pass.tok, &pass.q, &k_g, &v_g, &pass.scores, &pass.out, &pass.lse)
+                .unwrap();
+            let io = AttnBackward {
+                tok: &pass.tok,
+                slot_tokens: &pass.ranges,
+                q: &pass.q,
+                k_cache: &k_g,
+                v_cache: &v_g,
+                out: &pass.out,
+                dout: &pass.dout,
+                lse: &pass.lse,
+                delta: &pass.delta,
+                pds: &pass.pds,
+                dq: &pass.dq,
+                dk_cache: &dk,
+                dv_cache: &dv,
+            };
+            b.attention_backward(&pass.p, 2, &io, write).unwrap();
+        }
+        b.submit().unwrap();
+        let plus = |a: &[f32], prior: &[f32]| -> Vec<f32> {
+            if onto_prior { a.iter().zip(prior).map(|(x, y)| x + y).collect() } else { a.to_vec() }
+        };
+        let dq = [gpu.read_f32(&passes[0].dq).unwrap(), gpu.read_f32(&passes[1].dq).unwrap()].concat();
+        assert_close(&format!("{name}: dq"), &dq, &want.dq, 1e-5, 1e-4);
+        let (want_k, want_v) = (plus(&want.dk_cache, &prior_k), plus(&want.dv_cache, &prior_v));
+        assert_close(&format!("{name}: dk"), &gpu.read_f32(&dk).unwrap(), &want_k, 1e-5, 1e-4);
+        assert_close(&format!("{name}: dv"), &gpu.read_f32(&dv).unwrap(), &want_v, 1e-5, 1e-4);
     }
 }

@@ -5,9 +5,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{AttnParams, ElementwiseParams, NormParams, grid_1d, groups};
+use super::{AttnParams, ElementwiseParams, NormParams, grid_1d, grid_rows, groups};
 use crate::Result;
-use crate::gpu::check::{fail, need};
+use crate::gpu::check::{fail, need, to_u32};
 use crate::gpu::shaders::{ATTENTION, ELEMENTWISE, MATMUL, NORM};
 use crate::gpu::{Batch, Tensor, Weight16};
 
@@ -47,7 +47,8 @@ const DX_ROWS_PER_LAUNCH: usize = 16384;
 /// Loop iterations one attention-backward invocation may spend walking tokens (lavapipe's budget).
 const TOKEN_WALK_BUDGET: usize = 60000;
 
-/// Parameters of the attention backward kernels (mirrors `BackParams` in attention.wgsl).
+/// Parameters of the attention backward kernels (mirrors `BackParams` in attention.wgsl). `flags` holds
+/// [`GradWrite::flag`] for dK and dV (`DKV_ACCUMULATE`).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct AttnBackParams {
@@ -58,13 +59,14 @@ struct AttnBackParams {
     ctx: u32,
     span: u32,
     slots: u32,
-    eps: f32,
+    flags: u32,
 }
 
 /// The buffers attention's backward reads and writes. `lse` comes from [`Batch::attention_train`] in
 /// the forward; `delta` (T, H) and `pds` (T, H, span, 2) are scratch. `slot_tokens` (slots, 2) holds, per
 /// cache slot, the range of this pass's tokens in it, [first, end) (`TokenInfo::slot_ranges`).
-/// `dk_cache`, `dv_cache` have the caches' shape and are overwritten whole.
+/// `dk_cache`, `dv_cache` have the caches' shape; [`Batch::attention_backward`]'s [`GradWrite`] says
+/// whether they are overwritten whole or added into.
 pub struct AttnBackward<'a> {
     pub tok: &'a Tensor,
     pub slot_tokens: &'a Tensor,
@@ -97,7 +99,8 @@ impl<'g> Batch<'g> {
         need(k, "x", x, &[rows, dim])?;
         need(k, "out", out, &[rows, dim])?;
         need(k, "inv_rms", inv_rms, &[rows])?;
-        let params = NormParams { rows: rows as u32, dim: dim as u32, eps, flags: 0 };
+        let params =
+            NormParams { rows: to_u32(k, "rows", rows)?, dim: to_u32(k, "dim", dim)?, eps, flags: 0 };
         let buffers = [&x.buffer, &w.buffer, &out.buffer, &inv_rms.buffer];
         self.dispatch(&NORM, k, &params, &buffers, grid_1d(rows, self.gpu_ref().grid_limit));
         Ok(())
@@ -121,7 +124,12 @@ impl<'g> Batch<'g> {
             need(k, name, t, &[rows, dim])?;
         }
         need(k, "inv_rms", inv_rms, &[rows])?;
-        let params = NormParams { rows: rows as u32, dim: dim as u32, eps: 0.0, flags: write.flag() };
+        let params = NormParams {
+            rows: to_u32(k, "rows", rows)?,
+            dim: to_u32(k, "dim", dim)?,
+            eps: 0.0,
+            flags: write.flag(),
+        };
         let buffers = [&x.buffer, &w.buffer, &dy.buffer, &inv_rms.buffer, &dx.buffer];
         self.dispatch(&NORM, k, &params, &buffers, grid_1d(rows, self.gpu_ref().grid_limit));
         Ok(())
@@ -141,7 +149,7 @@ impl<'g> Batch<'g> {
         need(k, "dact", dact, &[t, inter])?;
         need(k, "dgu", dgu, &[t, 2 * inter])?;
         let params = ElementwiseParams::plain(t, inter);
-        let grid = [groups(inter), t as u32, 1];
+        let grid = [groups(inter), to_u32(k, "tokens", t)?, 1];
         self.dispatch(&ELEMENTWISE, k, &params, &[&gu.buffer, &dact.buffer, &dgu.buffer], grid);
         Ok(())
     }
@@ -167,17 +175,20 @@ impl<'g> Batch<'g> {
         need(k, "dy", dy, &[t, ldy])?;
         need(k, "dx", dx, &[t, cols])?;
         let entry = if cols % 8 == 0 { "matmul_backward_dx" } else { "matmul_backward_dx_scalar" };
-        let grid = [groups(if cols % 8 == 0 { cols / 8 } else { cols / 2 }), (t as u32).div_ceil(4), 1];
+        let t32 = to_u32(k, "tokens", t)?;
+        let grid = [groups(if cols % 8 == 0 { cols / 8 } else { cols / 2 }), t32.div_ceil(4), 1];
+        let (k32, ldy32, n_off32) =
+            (to_u32(k, "K", cols)?, to_u32(k, "ldy", ldy)?, to_u32(k, "n_off", n_off)?);
         for first in (0..n).step_by(DX_ROWS_PER_LAUNCH) {
             let write = if first == 0 { write } else { GradWrite::Accumulate };
             let params = DxParams {
-                t: t as u32,
-                n: DX_ROWS_PER_LAUNCH.min(n - first) as u32,
-                k: cols as u32,
+                t: t32,
+                n: to_u32(k, "rows", DX_ROWS_PER_LAUNCH.min(n - first))?,
+                k: k32,
                 flags: write.flag(),
-                ldy: ldy as u32,
-                n_off: n_off as u32,
-                first: first as u32,
+                ldy: ldy32,
+                n_off: n_off32,
+                first: to_u32(k, "first row", first)?,
                 pad: 0,
             };
             self.dispatch(&MATMUL, entry, &params, &[&dy.buffer, &w.buffer, &dx.buffer], grid);
@@ -186,7 +197,8 @@ impl<'g> Batch<'g> {
     }
 
     /// dqkv (T, (H + 2Hkv)·hd) of [`Batch::qkv_split`] from dq (T, H, hd) and dk, dv in the caches'
-    /// layout, with the saved qkv (the q/k norms' 1/rms is recomputed from it). Same flags as the forward.
+    /// layout, with the saved qkv (the q/k norms' 1/rms is recomputed from it). Same flags and grid as
+    /// the forward (heads along x, folded into z past the limit; tokens along y).
     #[allow(clippy::too_many_arguments)]
     pub fn qkv_split_backward(
         &mut self,
@@ -202,7 +214,7 @@ impl<'g> Batch<'g> {
     ) -> Result<()> {
         let k = "qkv_split_backward";
         let (t, hd) = (p.t as usize, p.head_dim as usize);
-        let heads = (p.n_head + 2 * p.n_kv_head) as usize;
+        let heads = p.n_head as usize + 2 * p.n_kv_head as usize;
         need(k, "tok", tok, &[t, 4])?;
         need(k, "qkv", qkv, &[t, heads * hd])?;
         need(k, "dqkv", dqkv, &[t, heads * hd])?;
@@ -231,7 +243,8 @@ impl<'g> Batch<'g> {
             &dv_cache.buffer,
             &dqkv.buffer,
         ];
-        self.dispatch(&ATTENTION, k, p, &buffers, [groups(heads), p.t, 1]);
+        let grid = grid_rows(groups(heads), p.t, gpu.grid_limit);
+        self.dispatch(&ATTENTION, k, p, &buffers, grid);
         Ok(())
     }
 
@@ -262,7 +275,7 @@ impl<'g> Batch<'g> {
             &[&tok.buffer, &q.buffer, &k_cache.buffer, &scores.buffer],
             [groups(p.span as usize), p.n_head, p.t],
         );
-        self.attention_softmax_lse(p, tok, scores, lse);
+        self.attention_softmax_lse(p, tok, scores, lse)?;
         self.dispatch(
             &ATTENTION,
             "attn_values_forward",
@@ -273,16 +286,48 @@ impl<'g> Batch<'g> {
         Ok(())
     }
 
-    /// Softmax over each score row in place, saving its log-sum-exp into lse (T, H).
-    fn attention_softmax_lse(&mut self, p: &AttnParams, tok: &Tensor, scores: &Tensor, lse: &Tensor) {
-        let rows = (p.t * p.n_head) as usize;
+    /// Softmax over each score row in place, saving its log-sum-exp into lse (T, H). One invocation per
+    /// row on a 1-D grid folded past the per-dimension limit, as `attn_softmax_forward`.
+    fn attention_softmax_lse(
+        &mut self,
+        p: &AttnParams,
+        tok: &Tensor,
+        scores: &Tensor,
+        lse: &Tensor,
+    ) -> Result<()> {
+        let rows = p.t as usize * p.n_head as usize;
+        to_u32("attention_train", "rows (tokens × heads)", rows)?;
         let buffers = [&tok.buffer, &scores.buffer, &lse.buffer];
-        self.dispatch(&ATTENTION, "attn_softmax_lse_forward", p, &buffers, [groups(rows), 1, 1]);
+        let grid = grid_1d(rows, self.gpu_ref().grid_limit);
+        self.dispatch(&ATTENTION, "attn_softmax_lse_forward", p, &buffers, grid);
+        Ok(())
     }
 
     /// dq, dk, dv of causal grouped-query attention, probabilities recomputed from q, k and the saved
-    /// lse. `slots` is the number of cache slots (dk, dv have shape (slots, Hkv, ctx, hd)).
-    pub fn attention_backward(&mut self, p: &AttnParams, slots: usize, b: &AttnBackward) -> Result<()> {
+    /// lse. `slots` is the number of cache slots (dk, dv have shape (slots, Hkv, ctx, hd)). dq is
+    /// overwritten (one row per token of the pass); `dkv_write` says whether dk and dv are overwritten
+    /// whole (entries no token of the pass attends to become zero) or added into.
+    ///
+    /// With [`GradWrite::Accumulate`], the tokens of one sequence may be split over several passes (the
+    /// caches holding the whole sequence's keys and values, each pass with its own q, out, dout, lse and
+    /// dq rows): zero dk and dv once, or overwrite in the first pass, and the passes add up to the
+    /// gradient of one pass over all the tokens.
+    ///
+    /// Shared prompts: dk and dv are per slot, in the caches' layout, and an entry's gradient sums only
+    /// the tokens of its own slot. When a prompt shared by several sequences ran once in a leader's slot
+    /// and its keys and values were copied into the followers' slots (`copy_cache_prefix`), each
+    /// follower's gradient for those prompt positions lands in the follower's own slot, where no prompt
+    /// token of the pass reads it back. Before [`Batch::qkv_split_backward`], the caller must add, for
+    /// every follower, layer and kv head h, the follower's entries `[follower, h, 0 .. prompt_len, ..]`
+    /// of dk and dv into the leader's `[leader, h, 0 .. prompt_len, ..]` (contiguous runs of
+    /// prompt_len · hd floats), or the LoRA gradients of k and v lose every follower's share.
+    pub fn attention_backward(
+        &mut self,
+        p: &AttnParams,
+        slots: usize,
+        b: &AttnBackward,
+        dkv_write: GradWrite,
+    ) -> Result<()> {
         let k = "attention_backward";
         let (t, h, hkv, hd) = (p.t as usize, p.n_head as usize, p.n_kv_head as usize, p.head_dim as usize);
         let (span, ctx) = (p.span as usize, p.ctx as usize);
@@ -297,8 +342,9 @@ impl<'g> Batch<'g> {
                 k,
                 format!(
                     "{t} tokens × {} heads per kv head exceed what one pass can walk ({TOKEN_WALK_BUDGET} loop \
-                 iterations per invocation); split the batch into smaller passes of whole sequences (dK and dV \
-                     are overwritten per pass, so one sequence's tokens must stay in one pass)",
+                     iterations per invocation); split the batch into smaller passes: with \
+                     GradWrite::Accumulate for dK and dV the passes add up, so a pass may hold part of a \
+                     sequence's tokens (the caches holding all of its keys and values)",
                     h / hkv
                 ),
             ));
@@ -317,6 +363,9 @@ impl<'g> Batch<'g> {
         need(k, "lse", b.lse, &[t, h])?;
         need(k, "delta", b.delta, &[t, h])?;
         need(k, "pds", b.pds, &[t, h, span, 2])?;
+        // The shaders index these flat in u32.
+        to_u32(k, "score entries (T · H · span · 2)", t * h * span * 2)?;
+        to_u32(k, "cache entries (slots · Hkv · ctx · hd)", cache.iter().product())?;
         let pb = AttnBackParams {
             t: p.t,
             n_head: p.n_head,
@@ -324,8 +373,8 @@ impl<'g> Batch<'g> {
             head_dim: p.head_dim,
             ctx: p.ctx,
             span: p.span,
-            slots: slots as u32,
-            eps: p.eps,
+            slots: to_u32(k, "slots", slots)?,
+            flags: dkv_write.flag(),
         };
         let a = &ATTENTION;
         self.dispatch(
