@@ -7,6 +7,7 @@
 
 use crate::common;
 use crate::kernels;
+use crate::kernels_backward;
 use crate::kernels_gpu_family::{FEW_ROWS, MANY_ROWS, check_shapes};
 
 use std::sync::Arc;
@@ -97,4 +98,11 @@ fn gpu_family_kernels_match_reference_with_every_grid_folded() {
     // The few-row matmul both with and without subgroup operations.
     check_shapes(&gpu, FEW_ROWS);
     check_shapes(&folded(KernelProfile::Gpu, false), FEW_ROWS);
+}
+
+#[test]
+fn backward_kernels_match_reference_with_every_grid_folded() {
+    let gpu = folded(KernelProfile::Cpu, false);
+    kernels_backward::check_qkv_split_backward(&gpu);
+    kernels_backward::check_attention_train_and_backward(&gpu);
 }
