@@ -187,19 +187,28 @@ impl Adapter {
     }
 }
 
-/// Writes `bytes` to `path` through `path.tmp`: written, fsynced, renamed over `path`, and the folder
-/// fsynced, so readers see the old contents or the new, never a torn file.
+/// Writes `bytes` to `path` through a temporary file beside it (named by process and call, so two
+/// writers never share one): written, fsynced, renamed over `path`, and the folder fsynced, so readers
+/// see the old contents or the new, never a torn file. The temporary file is removed on failure.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut tmp = PathBuf::from(path);
-    tmp.as_mut_os_string().push(".tmp");
+    tmp.as_mut_os_string().push(format!(".tmp-{}-{call}", std::process::id()));
     fn io(p: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
         move |e| Error::io(p, e)
     }
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io(path))?;
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(io(path))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         // Persist the rename; opening a folder for fsync is not possible everywhere (Windows): best effort.
         if let Ok(d) = std::fs::File::open(parent) {
@@ -212,6 +221,30 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn atomic_writes_never_share_a_temporary_file_and_leave_none_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.bin");
+        let writers: Vec<_> = (0..8u8)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || write_atomic(&path, &vec![i; 1 << 16]))
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap().unwrap();
+        }
+        let got = std::fs::read(&path).unwrap();
+        assert!(got.len() == 1 << 16 && got.iter().all(|&b| b == got[0]), "a torn or mixed file");
+        // A rename that fails (the target is a folder) is an error naming it, and the temporary goes.
+        let folder = dir.path().join("sub");
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::write(folder.join("x"), b"x").unwrap();
+        assert!(write_atomic(&folder, b"data").is_err());
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left.len(), 2, "only f.bin and sub/ remain: {left:?}");
+    }
 
     #[test]
     fn tensor_names_parse_back() {
