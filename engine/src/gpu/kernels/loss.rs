@@ -52,7 +52,7 @@ fn check_common(
     t: usize,
 ) -> Result<(u32, u32, u32)> {
     let d = w.cols;
-    if d == 0 || d % 8 != 0 {
+    if d == 0 || !d.is_multiple_of(8) {
         return Err(fail(op, format!("hidden size {d} must be a positive multiple of 8")));
     }
     if w.blocks.iter().any(|(_, b)| b.cols != d) {
@@ -61,6 +61,7 @@ fn check_common(
     need(op, "h", h, &[t, d])?;
     need(op, "targets", targets, &[t])?;
     need(op, "scratch", scratch, &[t, xent_chunk_cols(w.rows)])?;
+    to_u32(op, "rows × chunk columns", t * xent_chunk_cols(w.rows))?;
     Ok((to_u32(op, "rows", t)?, to_u32(op, "hidden size", d)?, to_u32(op, "vocabulary", w.rows)?))
 }
 
