@@ -9,6 +9,12 @@
 // Backward, per chunk: the logits recomputed by xent_logits_chunk, xent_dlogits_backward turns them in
 // place into g_t · (exp(logit − lse_t) − 1[v = y_t]) (0 on ignored rows), and xent_dh_backward adds
 // that chunk · W[r0 .. r0 + C] into dh (T, D). W is frozen: no gradient.
+// Forward and backward in one walk (when g is known before the forward, as for a mean cross-entropy):
+// per chunk the logits, the online update (which also saves the factor exp(old max − new max) that
+// rescales what earlier chunks summed), xent_exp_forward turns the chunk into exp(logit − running max),
+// and xent_dh_online_forward sets dh_t = dh_t · factor_t + chunk · W_chunk; at the end
+// xent_finish_grad_backward scales dh_t by g_t / Σ_t (zero on ignored rows) and, per row block,
+// xent_target_row_backward subtracts g_t · w_{y_t}.
 // D must be a multiple of 8 (vector loads). lavapipe stops an invocation after about 65536 loop
 // iterations in all, so the host keeps C ≤ 4096 (the longest loops walk a chunk: 2C and C·4).
 // Grids: the (T, C) kernels' x (chunk columns in fours, or hidden columns in eights) folds into z
@@ -27,7 +33,9 @@ struct Params { t: u32, d: u32, c: u32, r0: u32, v0: u32, vocab: u32, flags: u32
 @group(0) @binding(2) var<storage, read> in2: array<f32>;             // online: chunk (T, C); finish: stats; dlogits: lse (T)
 @group(0) @binding(3) var<storage, read_write> out3: array<f32>;      // logits chunk / stats (T, 4) / lse (T) / dh (T, D)
 @group(0) @binding(3) var<storage, read> grad: array<f32>;            // dlogits: g (T)
-@group(0) @binding(4) var<storage, read_write> out4: array<f32>;      // finish: nll (T); dlogits: the chunk, in place
+@group(0) @binding(2) var<storage, read_write> out2: array<f32>;      // exp: the chunk, in place
+@group(0) @binding(4) var<storage, read_write> out4: array<f32>;      // finish: nll (T); dlogits: the chunk, in place; finish_grad, target_row: dh
+@group(0) @binding(4) var<storage, read> in4: array<f32>;             // dh_online: stats (T, 4)
 
 override WG: u32 = 64u;
 
@@ -98,6 +106,7 @@ fn xent_online_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(n
     let mn = max(m0, m);
     out3[at + 1u] = out3[at + 1u] * exp(m0 - mn) + s * exp(m - mn);
     out3[at] = mn;
+    out3[at + 3u] = exp(m0 - mn);
     if (hit) { out3[at + 2u] = tl; }
 }
 
@@ -137,29 +146,92 @@ fn store_dh(at: u32, v: f32) {
 fn xent_dh_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let c8 = gid.x + gid.z * nwg.x * WG;
     let t0 = gid.y * 4u;
+    if (c8 >= p.d / 8u || t0 >= p.t) { return; }
+    let tile = chunk_times_w(c8, t0);
+    for (var m = 0u; m < 4u; m++) {
+        let t = t0 + m;
+        if (t < p.t) {
+            for (var c = 0u; c < 4u; c++) {
+                store_dh(t * p.d + 8u * c8 + c, tile.lo[m][c]);
+                store_dh(t * p.d + 8u * c8 + 4u + c, tile.hi[m][c]);
+            }
+        }
+    }
+}
+
+// Eight hidden columns (8 · c8 ..) of four rows (t0 ..) of the chunk in `dl` times W[r0 .. r0 + c].
+struct Tile { lo: array<vec4<f32>, 4>, hi: array<vec4<f32>, 4> }
+
+fn chunk_times_w(c8: u32, t0: u32) -> Tile {
     let k8 = p.d / 8u;
-    if (c8 >= k8 || t0 >= p.t) { return; }
     var rows: array<u32, 4>;
     for (var m = 0u; m < 4u; m++) { rows[m] = min(t0 + m, p.t - 1u) * p.c; }
-    var lo: array<vec4<f32>, 4>;
-    var hi: array<vec4<f32>, 4>;
+    var tile: Tile;
     for (var j = 0u; j < p.c; j++) {
         let q = w4[(p.r0 + j) * k8 + c8];
         let wa = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
         let wb = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
         for (var m = 0u; m < 4u; m++) {
             let g = dl[rows[m] + j];
-            lo[m] += g * wa;
-            hi[m] += g * wb;
+            tile.lo[m] += g * wa;
+            tile.hi[m] += g * wb;
         }
     }
+    return tile;
+}
+
+// Grid: 1-D over the chunk's T · C elements: logits → exp(logit − the row's running max), in place.
+@compute @workgroup_size(WG)
+fn xent_exp_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if (i >= p.t * p.c) { return; }
+    out2[i] = exp(out2[i] - dl[4u * (i / p.c)]);
+}
+
+// dh (T, D) = dh · factor_t + exp'd chunk · W[r0 .. r0 + C] (flags bit 0: the first chunk, dh = the
+// product). Grid as xent_dh_backward.
+@compute @workgroup_size(WG)
+fn xent_dh_online_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let c8 = gid.x + gid.z * nwg.x * WG;
+    let t0 = gid.y * 4u;
+    if (c8 >= p.d / 8u || t0 >= p.t) { return; }
+    let tile = chunk_times_w(c8, t0);
     for (var m = 0u; m < 4u; m++) {
         let t = t0 + m;
         if (t < p.t) {
+            let factor = select(in4[4u * t + 3u], 0.0, (p.flags & 1u) != 0u);
             for (var c = 0u; c < 4u; c++) {
-                store_dh(t * p.d + 8u * c8 + c, lo[m][c]);
-                store_dh(t * p.d + 8u * c8 + 4u + c, hi[m][c]);
+                let a = t * p.d + 8u * c8 + c;
+                let b = a + 4u;
+                out3[a] = select(out3[a] * factor, 0.0, factor == 0.0) + tile.lo[m][c];
+                out3[b] = select(out3[b] * factor, 0.0, factor == 0.0) + tile.hi[m][c];
             }
         }
     }
+}
+
+// Grid: 1-D over T · D: dh_t = g_t · dh_t / Σ_t (the softmax part), 0 on ignored rows.
+@compute @workgroup_size(WG)
+fn xent_finish_grad_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if (i >= p.t * p.d) { return; }
+    let t = i / p.d;
+    out4[i] = select(0.0, grad[t] * out4[i] / in2[4u * t + 1u], targets[t] < p.vocab);
+}
+
+// Grid: 1-D over T · D/2: dh_t −= g_t · w_{y_t} for the rows whose target lies in this row block
+// (vocabulary ids v0 .. v0 + c).
+@compute @workgroup_size(WG)
+fn xent_target_row_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    let half_d = p.d / 2u;
+    if (i >= p.t * half_d) { return; }
+    let t = i / half_d;
+    let y = targets[t];
+    if (y < p.v0 || y - p.v0 >= p.c) { return; }
+    let e = (y - p.v0) * half_d + i % half_d;
+    let w = unpack2x16float(w4[e >> 2u][e & 3u]);
+    let at = t * p.d + 2u * (i % half_d);
+    out4[at] -= grad[t] * w.x;
+    out4[at + 1u] -= grad[t] * w.y;
 }

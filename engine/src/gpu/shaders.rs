@@ -131,6 +131,10 @@ mod tests {
                     "xent_finish_forward",
                     "xent_dlogits_backward",
                     "xent_dh_backward",
+                    "xent_exp_forward",
+                    "xent_dh_online_forward",
+                    "xent_finish_grad_backward",
+                    "xent_target_row_backward",
                 ],
             ),
             (

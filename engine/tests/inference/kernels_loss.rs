@@ -134,11 +134,30 @@ fn check(t: usize, vocab: usize, dim: usize, per_block: usize, write: GradWrite,
     b.lm_head_cross_entropy_backward(&hg, &wg, &yg, &lse, &gg, &scratch, &dh, t, write).unwrap();
     b.submit().unwrap();
 
+    // The one-walk variant, into fresh outputs.
+    let (lse1, nll1, dh1) = (
+        gpu.zeros("lse", &[t]).unwrap(),
+        gpu.zeros("nll", &[t]).unwrap(),
+        gpu.zeros("dh", &[t, dim]).unwrap(),
+    );
+    let mut b = gpu.batch();
+    b.lm_head_cross_entropy_with_grad(&hg, &wg, &yg, &gg, &scratch, &stats, &lse1, &nll1, &dh1, t).unwrap();
+    b.submit().unwrap();
+
     let what = format!("T {t} V {vocab} D {dim} ({} blocks, {write:?})", wg.blocks.len());
     let (want_lse, want_nll) = cpu_ref::cross_entropy_forward(&h, &w, &y, dim);
     assert_close(&format!("lse {what}"), &gpu.read_f32(&lse).unwrap(), &want_lse, 1e-4, 1e-5);
     assert_close(&format!("nll {what}"), &gpu.read_f32(&nll).unwrap(), &want_nll, 1e-4, 1e-5);
-    let mut want = cpu_ref::cross_entropy_backward(&h, &w, &y, &g, dim);
+    let want = cpu_ref::cross_entropy_backward(&h, &w, &y, &g, dim);
+    let one_walk = format!("{what}, one walk");
+    assert_close(&format!("lse {one_walk}"), &gpu.read_f32(&lse1).unwrap(), &want_lse, 1e-4, 1e-5);
+    assert_close(&format!("nll {one_walk}"), &gpu.read_f32(&nll1).unwrap(), &want_nll, 1e-4, 1e-5);
+    let got1 = gpu.read_f32(&dh1).unwrap();
+    assert_close(&format!("dh {one_walk}"), &got1, &want, 1e-5, 1e-4);
+    for r in ignored.iter().copied().chain((t > 1).then_some(t - 1)) {
+        assert!(got1[r * dim..(r + 1) * dim].iter().all(|&v| v == 0.0), "{one_walk}: masked row {r}");
+    }
+    let mut want = want;
     if write == GradWrite::Accumulate {
         want.iter_mut().zip(&prior).for_each(|(a, b)| *a += b);
     }
