@@ -62,6 +62,7 @@ fn check_common(
     need(op, "targets", targets, &[t])?;
     need(op, "scratch", scratch, &[t, xent_chunk_cols(w.rows)])?;
     to_u32(op, "rows × chunk columns", t * xent_chunk_cols(w.rows))?;
+    to_u32(op, "rows × hidden size", t * d)?;
     Ok((to_u32(op, "rows", t)?, to_u32(op, "hidden size", d)?, to_u32(op, "vocabulary", w.rows)?))
 }
 
@@ -215,7 +216,6 @@ impl<'g> Batch<'g> {
         need(op, "lse", lse, &[t])?;
         need(op, "nll", nll, &[t])?;
         need(op, "dh", dh, &[t, w.cols])?;
-        to_u32(op, "rows × hidden size", t * w.cols)?;
         if t == 0 {
             return Ok(());
         }
