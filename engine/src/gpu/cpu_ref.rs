@@ -446,6 +446,56 @@ pub fn logprob_forward(logits: &[f32], targets: &[u32], vocab: usize) -> Vec<f32
         .collect()
 }
 
+/// Logits of one row h (D) against every row of w (V, D) given as f16, in f64.
+fn lm_head_row(h: &[f32], w: &[f16], dim: usize) -> Vec<f64> {
+    w.chunks(dim).map(|wv| wv.iter().zip(h).map(|(a, b)| a.to_f64() * *b as f64).sum()).collect()
+}
+
+fn log_sum_exp(logits: &[f64]) -> f64 {
+    let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    m + logits.iter().map(|l| (l - m).exp()).sum::<f64>().ln()
+}
+
+/// The LM head's cross-entropy per row of h (T, D) against w (V, D) given as f16: (lse, nll) with
+/// lse_t = log Σ_v exp(h_t · w_v) and nll_t = lse_t − h_t · w_{y_t}; nll_t = 0 for a target ≥ V (ignored).
+pub fn cross_entropy_forward(h: &[f32], w: &[f16], targets: &[u32], dim: usize) -> (Vec<f32>, Vec<f32>) {
+    let vocab = w.len() / dim;
+    let mut lse = Vec::with_capacity(targets.len());
+    let mut nll = Vec::with_capacity(targets.len());
+    for (t, &y) in targets.iter().enumerate() {
+        let logits = lm_head_row(&h[t * dim..(t + 1) * dim], w, dim);
+        let z = log_sum_exp(&logits);
+        lse.push(z as f32);
+        nll.push(if (y as usize) < vocab { (z - logits[y as usize]) as f32 } else { 0.0 });
+    }
+    (lse, nll)
+}
+
+/// dh (T, D) = Σ_v g_t · (softmax(h_t · wᵀ)_v − 1[v = y_t]) · w_v: the gradient of Σ_t g_t · nll_t; zero
+/// rows for a target ≥ V.
+pub fn cross_entropy_backward(h: &[f32], w: &[f16], targets: &[u32], grad: &[f32], dim: usize) -> Vec<f32> {
+    let vocab = w.len() / dim;
+    let mut dh = vec![0.0; targets.len() * dim];
+    for (t, &y) in targets.iter().enumerate() {
+        if y as usize >= vocab {
+            continue;
+        }
+        let logits = lm_head_row(&h[t * dim..(t + 1) * dim], w, dim);
+        let z = log_sum_exp(&logits);
+        let mut acc = vec![0.0f64; dim];
+        for (v, l) in logits.iter().enumerate() {
+            let d = (l - z).exp() - (v == y as usize) as u8 as f64;
+            for (a, wv) in acc.iter_mut().zip(&w[v * dim..(v + 1) * dim]) {
+                *a += d * wv.to_f64();
+            }
+        }
+        for (o, a) in dh[t * dim..(t + 1) * dim].iter_mut().zip(acc) {
+            *o = (a * grad[t] as f64) as f32;
+        }
+    }
+    dh
+}
+
 /// out (B, D): mean of rows [start, start + len) per span, L2-normalised.
 pub fn mean_pool_l2_forward(x: &[f32], spans: &[(u32, u32)], dim: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(spans.len() * dim);

@@ -12,7 +12,9 @@ use crate::gpu::shaders::{ATTENTION, ELEMENTWISE, MATMUL, MATMUL_ROWS_SUBGROUP, 
 use crate::gpu::{Batch, BlockedWeight16, Tensor, Weight16};
 
 mod backward;
+mod loss;
 pub use backward::{AttnBackward, GradWrite};
+pub use loss::{XENT_CHUNK, XENT_IGNORE, xent_chunk_cols};
 
 /// Workgroup size of every 1-D kernel.
 pub const WG: u32 = 64;

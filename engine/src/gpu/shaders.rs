@@ -32,14 +32,24 @@ shader!(MATMUL_WORKGROUP, "matmul_workgroup.wgsl");
 shader!(MATMUL_ROWS_SUBGROUP, "matmul_rows_subgroup.wgsl", wgpu::Features::SUBGROUP);
 shader!(LORA, "lora.wgsl");
 shader!(ADAMW, "adamw.wgsl");
+shader!(CROSS_ENTROPY, "cross_entropy.wgsl");
 
 /// Downlevel capabilities every shader may use: `unpack2x16float` (naga's SHADER_FLOAT16_IN_FLOAT32, not
 /// the f16 type), which every Vulkan, Metal and DX12 adapter wgpu supports has.
 pub const BASELINE_DOWNLEVEL: wgpu::DownlevelFlags = wgpu::DownlevelFlags::SHADER_F16_IN_F32;
 
 /// All shaders, for validation.
-pub const ALL: &[ShaderSource] =
-    &[MATMUL, NORM, ATTENTION, ELEMENTWISE, MATMUL_WORKGROUP, MATMUL_ROWS_SUBGROUP, LORA, ADAMW];
+pub const ALL: &[ShaderSource] = &[
+    MATMUL,
+    NORM,
+    ATTENTION,
+    ELEMENTWISE,
+    MATMUL_WORKGROUP,
+    MATMUL_ROWS_SUBGROUP,
+    LORA,
+    ADAMW,
+    CROSS_ENTROPY,
+];
 
 #[cfg(test)]
 mod tests {
@@ -113,6 +123,20 @@ mod tests {
             (&NORM, &["rms_norm_train_forward", "rms_norm_backward"]),
             (&ELEMENTWISE, &["swiglu_backward"]),
             (&MATMUL, &["matmul_backward_dx", "matmul_backward_dx_scalar"]),
+            (
+                &CROSS_ENTROPY,
+                &[
+                    "xent_logits_chunk",
+                    "xent_online_forward",
+                    "xent_finish_forward",
+                    "xent_dlogits_backward",
+                    "xent_dh_backward",
+                    "xent_exp_forward",
+                    "xent_dh_online_forward",
+                    "xent_finish_grad_backward",
+                    "xent_target_row_backward",
+                ],
+            ),
             (
                 &ATTENTION,
                 &[

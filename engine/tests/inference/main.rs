@@ -24,6 +24,7 @@ mod kernels_encoder;
 mod kernels_folded_grids;
 mod kernels_gpu_family;
 mod kernels_lora;
+mod kernels_loss;
 mod lora_peft;
 mod tokenizer_chat;
 mod tokenizer_gguf;
