@@ -272,7 +272,7 @@ fn a_cache_directory_others_can_write_is_not_used() {
 /// them by hand) and prints the shape of the components listed in `$BABELRL_SHAPES` (colon-separated),
 /// the figures behind the limits in docs/plugins-host.md. Run with `-- --ignored measure`.
 #[test]
-#[ignore]
+#[ignore = "measurement, not a check: prints the compile cost of the bombs and the shapes of the example plugins"]
 fn measure_bombs_and_shapes() {
     if let Some(dir) = std::env::var_os("BABELRL_WRITE_BOMBS") {
         let dir = PathBuf::from(dir);
