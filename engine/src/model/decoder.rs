@@ -54,11 +54,10 @@ struct Workspace {
     gu: Tensor,
     act: Tensor,
     scores: Tensor,
-    /// Output rows: capacity, row map, final hidden states and logits (valid until the next forward).
+    /// Output rows: capacity, row map and final hidden states (the logits are each pass's own).
     rows_cap: usize,
     rows: Tensor,
     normed: Tensor,
-    logits: Tensor,
     /// A x of the adapter's current projection (T, r), when a pass runs with an adapter.
     lora_u: Option<Tensor>,
 }
@@ -257,7 +256,6 @@ impl Decoder {
             rows_cap: r,
             rows: g.zeros("out_rows", &[r])?,
             normed: g.zeros("final_hidden", &[r, c.hidden])?,
-            logits: g.zeros("logits", &[r, c.vocab])?,
             lora_u: None,
         });
         Ok(guard)
@@ -313,7 +311,8 @@ impl Decoder {
 
     /// Runs `tokens` (each with its position, cache slot and key count) through the base model (no
     /// adapter), writing their keys and values into `cache`, and returns the logits (R, V) of the rows
-    /// `out_rows`. The logits live in the model's workspace: they are valid until the next `forward`.
+    /// `out_rows`. The logits are the pass's own (a later pass does not change them); everything else
+    /// the pass computes lives in the model's workspace.
     pub fn forward(
         &self,
         cache: &KvCache,
@@ -357,7 +356,9 @@ impl Decoder {
         let words = TokenInfo::words(info);
         g.write_u32(&ws.tok, &words);
         g.write_u32(&ws.rows, out_rows);
-        let logits = Tensor { buffer: ws.logits.buffer.clone(), shape: vec![r, c.vocab] };
+        // Each pass's logits in a buffer of their own: GRPO interleaves policy, reference (adapter
+        // off) and reward-model passes, and a later pass must not change an earlier pass's outputs.
+        let logits = self.gpu.zeros("logits", &[r, c.vocab])?;
 
         let p = AttnParams {
             t: t as u32,

@@ -75,6 +75,31 @@ fn peft_adapters_give_peft_logits_on_and_base_logits_off() {
 
 /// Generation with a PEFT adapter gives PEFT's greedy tokens (and the base's with it switched off),
 /// for two prompts in one batch. tiny-llama-gguf holds tiny-llama's weights with a tokenizer.
+/// GRPO interleaves the policy (adapter on) and the reference (adapter off) on one decoder: the logits
+/// of a pass stay as they were when a later pass runs (they used to live in the shared workspace, so
+/// reading the policy's logits after the reference pass gave the reference's).
+#[test]
+fn a_later_pass_does_not_change_an_earlier_passs_logits() {
+    let (lm, lora, bytes) = fixture("tiny-qwen2");
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let model = &lm.decoder;
+    let adapter = Adapter::load_peft(gpu(), &lora, model.config()).unwrap();
+    let seq = ids(&st, "input_ids_0");
+    let info: Vec<TokenInfo> =
+        (0..seq.len() as u32).map(|pos| TokenInfo { pos, slot: 0, n_keys: pos + 1 }).collect();
+    let rows: Vec<u32> = (0..seq.len() as u32).collect();
+    let run = |adapter: Option<&Adapter>| {
+        let cache = model.new_cache(1, seq.len()).unwrap();
+        model.forward_with(&cache, &seq, &info, &rows, adapter).unwrap()
+    };
+    let policy = run(Some(&adapter));
+    let policy_then = model.read_logits(&policy).unwrap();
+    let reference = run(None);
+    let policy_now = model.read_logits(&policy).unwrap();
+    assert_eq!(policy_now, policy_then, "the reference pass overwrote the policy pass's logits");
+    assert_ne!(model.read_logits(&reference).unwrap(), policy_now, "the adapter changes the logits");
+}
+
 #[test]
 fn generation_with_a_peft_adapter_follows_peft_greedy() {
     let fixtures = repo_root().join("tests/fixtures");
