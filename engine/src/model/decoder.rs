@@ -75,6 +75,13 @@ pub struct Decoder {
     workspace: Mutex<Option<Workspace>>,
 }
 
+/// What a pass ends with: the LM head's logits, or the final-normed hidden states for another head.
+#[derive(Clone, Copy)]
+enum Output {
+    Logits,
+    Hidden,
+}
+
 impl Decoder {
     /// Uploads the weights of `source` (checked against `cfg`) to the GPU at 16 bits.
     pub fn load(gpu: Arc<Gpu>, source: &WeightSource, cfg: DecoderConfig) -> Result<Decoder> {
@@ -333,6 +340,32 @@ impl Decoder {
         out_rows: &[u32],
         adapter: Option<&Adapter>,
     ) -> Result<Tensor> {
+        self.pass(cache, tokens, info, out_rows, adapter, Output::Logits)
+    }
+
+    /// [`Decoder::forward_with`] stopped before the LM head: the final-normed hidden states (R, hidden)
+    /// of the rows `out_rows`, in a tensor of their own. This is where a head other than the LM head
+    /// sits, such as a reward model's scalar head `Linear(hidden, 1)` on each sequence's last token.
+    pub fn forward_hidden(
+        &self,
+        cache: &KvCache,
+        tokens: &[u32],
+        info: &[TokenInfo],
+        out_rows: &[u32],
+        adapter: Option<&Adapter>,
+    ) -> Result<Tensor> {
+        self.pass(cache, tokens, info, out_rows, adapter, Output::Hidden)
+    }
+
+    fn pass(
+        &self,
+        cache: &KvCache,
+        tokens: &[u32],
+        info: &[TokenInfo],
+        out_rows: &[u32],
+        adapter: Option<&Adapter>,
+        output: Output,
+    ) -> Result<Tensor> {
         self.check_step(cache, tokens, info, out_rows)?;
         if let Some(a) = adapter {
             a.check_fits(&self.gpu, &self.cfg)?;
@@ -356,9 +389,12 @@ impl Decoder {
         let words = TokenInfo::words(info);
         g.write_u32(&ws.tok, &words);
         g.write_u32(&ws.rows, out_rows);
-        // Each pass's logits in a buffer of their own: GRPO interleaves policy, reference (adapter
+        // Each pass's output in a buffer of its own: GRPO interleaves policy, reference (adapter
         // off) and reward-model passes, and a later pass must not change an earlier pass's outputs.
-        let logits = self.gpu.zeros("logits", &[r, c.vocab])?;
+        let out = match output {
+            Output::Logits => self.gpu.zeros("logits", &[r, c.vocab])?,
+            Output::Hidden => self.gpu.zeros("final_hidden", &[r, c.hidden])?,
+        };
 
         let p = AttnParams {
             t: t as u32,
@@ -414,10 +450,15 @@ impl Decoder {
             b.matmul(&ws.act, &layer.down, None, Some(&ws.x2), &ws.x, t)?;
             lora(&mut b, l, Target::Down, &ws.act, &ws.x, c.hidden, 0)?;
         }
-        b.rms_norm(&ws.x, &self.final_norm, Some(&ws.rows), &ws.normed, r, c.rms_eps)?;
-        b.matmul_blocked(&ws.normed, self.lm_head.as_ref().unwrap_or(&self.embed), &logits, r)?;
+        match output {
+            Output::Hidden => b.rms_norm(&ws.x, &self.final_norm, Some(&ws.rows), &out, r, c.rms_eps)?,
+            Output::Logits => {
+                b.rms_norm(&ws.x, &self.final_norm, Some(&ws.rows), &ws.normed, r, c.rms_eps)?;
+                b.matmul_blocked(&ws.normed, self.lm_head.as_ref().unwrap_or(&self.embed), &out, r)?;
+            }
+        }
         b.submit()?;
-        Ok(logits)
+        Ok(out)
     }
 
     /// Log-probabilities (R) of `targets[r]` under the logits rows, computed on the GPU; only R floats

@@ -137,3 +137,38 @@ fn tiny_qwen3_matches_transformers() {
 fn tiny_llama_matches_transformers() {
     check_model("tiny-llama");
 }
+
+/// `forward_hidden` stops before the LM head (where a reward model's scalar head goes): its rows,
+/// multiplied by tiny-qwen2's LM head on the CPU, give transformers' logits, and only the rows asked
+/// for come back, in the order asked.
+#[test]
+fn hidden_states_before_the_lm_head_give_transformers_logits() {
+    let root = repo_root().join("tests/fixtures/tiny-qwen2");
+    let lm = load_language_model(gpu(), &root).unwrap();
+    let model = &lm.decoder;
+    let (vocab, hidden) = (model.config().vocab, model.config().hidden);
+    let expected = std::fs::read(root.join("expected.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&expected).unwrap();
+    let weights = std::fs::read(root.join("model.safetensors")).unwrap();
+    let head = floats(&SafeTensors::deserialize(&weights).unwrap(), "lm_head.weight");
+    let seq = ids(&st, "input_ids_0");
+    let want = floats(&st, "logits_0");
+    let info: Vec<TokenInfo> =
+        (0..seq.len() as u32).map(|pos| TokenInfo { pos, slot: 0, n_keys: pos + 1 }).collect();
+    let rows: Vec<u32> = vec![seq.len() as u32 - 1, 0, 2];
+    let cache = model.new_cache(1, seq.len()).unwrap();
+    let out = model.forward_hidden(&cache, &seq, &info, &rows, None).unwrap();
+    assert_eq!(out.shape, [rows.len(), hidden]);
+    let h = model.read_logits(&out).unwrap();
+    for (i, &row) in rows.iter().enumerate() {
+        let got: Vec<f32> = (0..vocab)
+            .map(|v| {
+                let w = &head[v * hidden..(v + 1) * hidden];
+                h[i * hidden..(i + 1) * hidden].iter().zip(w).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>()
+                    as f32
+            })
+            .collect();
+        let at = row as usize * vocab;
+        assert_close(&format!("hidden row {row} · lm_head"), &got, &want[at..at + vocab], 2e-5, 0.0);
+    }
+}
