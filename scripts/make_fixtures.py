@@ -8,6 +8,7 @@ How to run (needs torch, transformers, gguf, numpy, safetensors, tokenizers; CI 
 Targets:
     tiny      tests/fixtures/tiny-{qwen2,qwen3,llama}/  random seeded decoders + expected.safetensors
     lora      tests/fixtures/tiny-*/lora/                 PEFT LoRA adapters on them + PEFT's logits (on/off)
+    train     tests/fixtures/tiny-*/lora/train-expected.safetensors   SFT loss, LoRA gradients, 3 AdamW steps
     gguf      tests/fixtures/tiny-llama-gguf/            tiny-llama as a llama.cpp-style GGUF (+ expected)
     quant     tests/fixtures/gguf-quant-blocks.safetensors   raw GGML blocks + gguf.quants.dequantize output
               (Q5_K, Q4_K, Q6_K: random blocks gguf-py dequantizes; Q8_1: numpy, as gguf-py has no Q8_1)
@@ -479,7 +480,13 @@ def make_lora():
     run()
 
 
-TARGETS = {"tiny": make_tiny, "lora": make_lora, "gguf": make_gguf, "quant": make_quant, "smollm2": make_smollm2,
+def make_train():
+    from fixtures_train import make_train as run
+
+    run()
+
+
+TARGETS = {"tiny": make_tiny, "lora": make_lora, "train": make_train, "gguf": make_gguf, "quant": make_quant, "smollm2": make_smollm2,
            "qwen": make_qwen, "encoders": make_encoders}
 
 
@@ -487,7 +494,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("targets", nargs="+", choices=sorted(TARGETS) + ["all"])
     args = ap.parse_args()
-    order = ["tiny", "lora", "gguf", "quant", "smollm2", "qwen", "encoders"]
+    order = ["tiny", "lora", "train", "gguf", "quant", "smollm2", "qwen", "encoders"]
     wanted = [t for t in order if t in TARGETS and ("all" in args.targets or t in args.targets)]
     os.makedirs(FIX, exist_ok=True)
     for t in wanted:
