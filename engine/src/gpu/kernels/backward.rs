@@ -492,9 +492,9 @@ impl<'g> Batch<'g> {
                 ),
             ));
         }
-        let mut seen = vec![false; slots];
-        seen[leader] = true;
-        if let Some(&dup) = followers.iter().find(|&&f| std::mem::replace(&mut seen[f], true)) {
+        let mut sorted: Vec<usize> = followers.iter().copied().chain([leader]).collect();
+        sorted.sort_unstable();
+        if let Some(dup) = sorted.windows(2).find_map(|w| (w[0] == w[1]).then_some(w[0])) {
             return Err(fail(
                 k,
                 format!("slot {dup} is listed twice (or is the leader {leader}) among the followers"),
