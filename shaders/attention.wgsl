@@ -179,6 +179,10 @@ fn attn_values_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
 //   sequence's tokens run in several passes over the same caches, and their gradients add up. Walks the tokens slot_tokens[slot] = [first, end) (any range that
 //   holds the slot's tokens is correct; the tightest is fastest) and the group's heads: lavapipe stops an
 //   invocation after about 65536 loop iterations in all, so the host requires T·(1 + H/Hkv) ≤ 60000; hd % 4 == 0.
+// shared_prompt_grad_backward: g[leader, h, 0..len, :] += Σ_f g[followers[f], h, 0..len, :] for one dK or dV
+//   buffer (S, Hkv, C, hd) of a prompt computed once in the leader's slot and copied into the followers';
+//   the followers' entries are read, never changed. Its own parameters `sp` and a 1-D grid over
+//   Hkv·len·hd, folded as the others; one loop iteration per follower (the host allows at most 1024).
 // The last four use the parameters `pb` (the forward's with the number of cache slots in place of the
 // forward's flags, and the backward's own flags in place of eps)
 // and a 1-D grid over their output elements, folded into y past the per-dimension limit (index = x + y · num_workgroups.x · WG).
@@ -387,4 +391,29 @@ fn attn_dkv_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
     }
     dk4_out[e4] = dk;
     dv4_out[e4] = dv;
+}
+
+struct SharedPromptParams {
+    n_kv_head: u32, ctx: u32, head_dim: u32, len: u32,
+    leader: u32, n_followers: u32, pad0: u32, pad1: u32,
+}
+@group(0) @binding(0) var<uniform> sp: SharedPromptParams;
+@group(0) @binding(1) var<storage, read> followers: array<u32>;          // shared prompt: follower slots
+@group(0) @binding(2) var<storage, read_write> grad_kv: array<f32>;      // shared prompt: (S, Hkv, C, hd)
+
+@compute @workgroup_size(WG)
+fn shared_prompt_grad_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = flat_id(gid, nwg);
+    let run = sp.len * sp.head_dim;
+    if (e >= sp.n_kv_head * run) { return; }
+    let h = e / run;
+    let within = e % run;
+    let slot_stride = sp.n_kv_head * sp.ctx * sp.head_dim;
+    let head_base = h * sp.ctx * sp.head_dim + within;
+    var acc = 0.0;
+    for (var f = 0u; f < sp.n_followers; f++) {
+        acc += grad_kv[followers[f] * slot_stride + head_base];
+    }
+    let at = sp.leader * slot_stride + head_base;
+    grad_kv[at] = grad_kv[at] + acc;
 }

@@ -390,6 +390,26 @@ pub fn attention_backward(
     AttnGrads { dq: to_f32(dq), dk_cache: to_f32(dk), dv_cache: to_f32(dv) }
 }
 
+/// What `shared_prompt_grad_backward` does to one dK or dV buffer (S, Hkv, ctx, hd):
+/// `grad[leader, h, 0 .. len, :] += Σ_f grad[f, h, 0 .. len, :]` (summed in f64), followers unchanged.
+pub fn shared_prompt_grad_into_leader(
+    grad: &mut [f32],
+    s: AttnShape,
+    leader: usize,
+    followers: &[usize],
+    len: usize,
+) {
+    let hd = s.head_dim;
+    let at = |slot: usize, h: usize| (slot * s.n_kv_head + h) * s.ctx * hd;
+    for h in 0..s.n_kv_head {
+        for i in 0..len * hd {
+            let sum: f64 = followers.iter().map(|&f| grad[at(f, h) + i] as f64).sum();
+            let x = &mut grad[at(leader, h) + i];
+            *x = (*x as f64 + sum) as f32;
+        }
+    }
+}
+
 /// out (T, D) = table[ids[t]] for an f16 table (V, D).
 pub fn embed_rows_forward(ids: &[u32], table: &[f16], dim: usize) -> Vec<f32> {
     ids.iter()

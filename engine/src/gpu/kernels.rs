@@ -13,7 +13,7 @@ use crate::gpu::{Batch, BlockedWeight16, Tensor, Weight16};
 
 mod backward;
 mod loss;
-pub use backward::{AttnBackward, GradWrite};
+pub use backward::{AttnBackward, GradWrite, KvCacheShape, MAX_PROMPT_FOLLOWERS, SharedPrompt};
 pub use loss::{XENT_CHUNK, XENT_IGNORE, xent_chunk_cols};
 
 /// Workgroup size of every 1-D kernel.

@@ -6,7 +6,10 @@ use crate::common::{assert_close, assert_close_by, gpu, random};
 
 use babelrl::gpu::Gpu;
 use babelrl::gpu::cpu_ref::{self, AttnGrads, AttnShape, TokenInfo};
-use babelrl::gpu::kernels::{ATTN_QK_NORM, ATTN_ROPE, AttnBackward, AttnParams, GradWrite};
+use babelrl::gpu::kernels::{
+    ATTN_QK_NORM, ATTN_ROPE, AttnBackward, AttnParams, GradWrite, KvCacheShape, MAX_PROMPT_FOLLOWERS,
+    SharedPrompt,
+};
 use half::f16;
 
 fn to_f16(v: &[f32]) -> Vec<f16> {
@@ -691,5 +694,222 @@ fn attention_backward_split_inside_a_sequence_accumulates_dk_dv() {
         let (want_k, want_v) = (plus(&want.dk_cache, &prior_k), plus(&want.dv_cache, &prior_v));
         assert_close(&format!("{name}: dk"), &gpu.read_f32(&dk).unwrap(), &want_k, 1e-5, 1e-4);
         assert_close(&format!("{name}: dv"), &gpu.read_f32(&dv).unwrap(), &want_v, 1e-5, 1e-4);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Shared prompts: the followers' dK / dV summed into the leader
+
+#[test]
+fn shared_prompt_grad_matches_reference() {
+    check_shared_prompt_grad(&gpu());
+}
+
+/// The summing kernel against `cpu_ref` on a buffer of garbage (every entry it must leave alone is
+/// compared too): runs of len · hd that do not divide the workgroup, several followers in any order, a
+/// leader that is not slot 0. The first case's 2,412 entries take 38 workgroups, which fold under a
+/// lowered grid limit (`kernels_folded_grids.rs`).
+pub(crate) fn check_shared_prompt_grad(gpu: &Gpu) {
+    let shape = |slots, n_kv_head, ctx, head_dim| KvCacheShape { slots, n_kv_head, ctx, head_dim };
+    let many = [39, 0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 20, 30, 31, 32, 33, 34, 35, 36, 37, 38];
+    let cases = [
+        (shape(6, 3, 70, 12), SharedPrompt { leader: 2, followers: &[0, 5, 3], len: 67 }),
+        (shape(5, 1, 9, 4), SharedPrompt { leader: 4, followers: &[1], len: 1 }),
+        (shape(3, 2, 33, 8), SharedPrompt { leader: 1, followers: &[2, 0], len: 33 }),
+        (shape(40, 2, 5, 4), SharedPrompt { leader: 7, followers: &many, len: 3 }),
+    ];
+    for (i, &(cache, prompt)) in cases.iter().enumerate() {
+        let KvCacheShape { slots, n_kv_head, ctx, head_dim } = cache;
+        let SharedPrompt { leader, followers, len } = prompt;
+        let n = slots * n_kv_head * ctx * head_dim;
+        let before = random(n, 3.0, 50 + i as u64);
+        let mut want = before.clone();
+        let s = AttnShape { n_head: n_kv_head, n_kv_head, head_dim, ctx };
+        cpu_ref::shared_prompt_grad_into_leader(&mut want, s, leader, followers, len);
+        assert_ne!(want, before, "case {i}: the reference changed nothing, the check would be empty");
+        let g = gpu.upload_f32("dk", &before, &[slots, n_kv_head, ctx, head_dim]).unwrap();
+        let mut b = gpu.batch();
+        b.sum_shared_prompt_grad_into_leader(&g, cache, prompt).unwrap();
+        b.submit().unwrap();
+        let what = format!(
+            "shared prompt case {i}: {slots} slots, Hkv={n_kv_head}, ctx={ctx}, hd={head_dim}, len={len}"
+        );
+        assert_close(&what, &gpu.read_f32(&g).unwrap(), &want, 1e-6, 1e-6);
+    }
+}
+
+#[test]
+fn shared_prompt_grad_rejects_bad_launches() {
+    let gpu = gpu();
+    let cache = KvCacheShape { slots: 4, n_kv_head: 2, ctx: 6, head_dim: 4 };
+    let g = gpu.zeros("dk", &[4, 2, 6, 4]).unwrap();
+    let small = gpu.zeros("small", &[4, 2, 5, 4]).unwrap();
+    let many: Vec<usize> = (1..=MAX_PROMPT_FOLLOWERS + 1).collect();
+    let big = KvCacheShape { slots: MAX_PROMPT_FOLLOWERS + 2, n_kv_head: 1, ctx: 1, head_dim: 4 };
+    let gbig = gpu.zeros("dk", &[big.slots, 1, 1, 4]).unwrap();
+    let mut b = gpu.batch();
+    let mut err =
+        |t: &babelrl::gpu::Tensor, c: KvCacheShape, leader: usize, followers: &[usize], len: usize| {
+            b.sum_shared_prompt_grad_into_leader(t, c, SharedPrompt { leader, followers, len })
+                .unwrap_err()
+                .to_string()
+        };
+    let e = err(&g, cache, 0, &[1, 4], 3);
+    assert!(e.contains("shared_prompt_grad_backward") && e.contains("slot 4 of a cache with 4 slots"), "{e}");
+    let e = err(&g, cache, 4, &[1], 3);
+    assert!(e.contains("slot 4"), "{e}");
+    let e = err(&g, cache, 0, &[1, 2], 7);
+    assert!(e.contains("7 positions in a cache of 6"), "{e}");
+    let e = err(&g, cache, 1, &[2, 1], 3);
+    assert!(e.contains("slot 1 is listed twice (or is the leader"), "{e}");
+    let e = err(&g, cache, 0, &[2, 3, 2], 3);
+    assert!(e.contains("slot 2 is listed twice"), "{e}");
+    let e = err(&small, cache, 0, &[1], 3);
+    assert!(e.contains("shared_prompt_grad_backward: `grad`"), "{e}");
+    let e = err(&gbig, big, 0, &many, 1);
+    assert!(e.contains("at most 1024"), "{e}");
+    assert!(b.is_empty(), "a rejected launch recorded a dispatch");
+}
+
+/// End to end at the kernel level: four sequences share a prompt of P tokens, computed once in slot 0,
+/// its keys and values copied into slots 1..3 at the same positions; each then has its own completion.
+/// Attention's backward over the shared batch followed by the summing must give, at the leader's
+/// prompt positions, the sum over the four sequences of what a reference computes for the four
+/// sequences run separately, each with the whole prompt in its own slot (the prompt rows' upstream
+/// gradient in the shared pass is the sum of the four sequences' ones, as the layer above delivers it
+/// once its own summing has run). Without the summing the leader holds only its own share: that fails.
+#[test]
+fn shared_prompt_grad_sums_every_sequence_into_the_leader() {
+    let gpu = gpu();
+    let s = AttnShape { n_head: 4, n_kv_head: 2, head_dim: 8, ctx: 16 };
+    let (hd, row) = (s.head_dim, s.n_head * s.head_dim);
+    let (prompt, completions) = (5usize, [3usize, 4, 2, 5]);
+    let slots = completions.len();
+    let cache_len = slots * s.n_kv_head * s.ctx * hd;
+    // The caches: every slot holds the same prompt keys and values (copied), and its own completion's.
+    let (mut kc, mut vc) = (random(cache_len, 1.5, 61), random(cache_len, 1.0, 62));
+    let run = s.ctx * hd;
+    for slot in 1..slots {
+        for h in 0..s.n_kv_head {
+            let (src, dst) = (h * run, (slot * s.n_kv_head + h) * run);
+            kc.copy_within(src..src + prompt * hd, dst);
+            vc.copy_within(src..src + prompt * hd, dst);
+        }
+    }
+    let q_prompt = random(prompt * row, 1.5, 63);
+    // Separate sequences: each slot runs the whole prompt (the same queries) and its completion.
+    let (mut tok_sep, mut q_sep, mut dout_sep) = (Vec::new(), Vec::new(), Vec::new());
+    // Shared: the prompt's rows once in slot 0 (upstream gradient summed over the sequences), then
+    // each slot's completion.
+    let (mut tok_sh, mut q_sh, mut dout_sh) = (Vec::new(), Vec::new(), Vec::new());
+    let mut dout_prompt_sum = vec![0.0f32; prompt * row];
+    for (slot, &c) in completions.iter().enumerate() {
+        let dout_prompt = random(prompt * row, 1.0, 70 + slot as u64);
+        for (acc, d) in dout_prompt_sum.iter_mut().zip(&dout_prompt) {
+            *acc += d;
+        }
+        let (q_c, dout_c) = (random(c * row, 1.5, 80 + slot as u64), random(c * row, 1.0, 90 + slot as u64));
+        let slot32 = slot as u32;
+        let tokens = |from: usize, to: usize| {
+            (from as u32..to as u32).map(move |p| TokenInfo { pos: p, slot: slot32, n_keys: p + 1 })
+        };
+        tok_sep.extend(tokens(0, prompt + c));
+        q_sep.extend_from_slice(&q_prompt);
+        q_sep.extend_from_slice(&q_c);
+        dout_sep.extend_from_slice(&dout_prompt);
+        dout_sep.extend_from_slice(&dout_c);
+        tok_sh.extend(tokens(if slot == 0 { 0 } else { prompt }, prompt + c));
+        q_sh.extend_from_slice(&q_c);
+        dout_sh.extend_from_slice(&dout_c);
+    }
+    // The shared pass's rows: slot 0's prompt, then its completion, then the followers' completions.
+    let (q_sh, dout_sh) = ([&q_prompt[..], &q_sh].concat(), [&dout_prompt_sum[..], &dout_sh].concat());
+    let want = cpu_ref::attention_backward(s, &tok_sep, &q_sep, &kc, &vc, &dout_sep);
+
+    let t = tok_sh.len();
+    let p = attn_params(s, &tok_sh, 0);
+    let span = p.span as usize;
+    let up = |name: &str, v: &[f32]| gpu.upload_f32(name, v, &[v.len()]).unwrap();
+    let tok_g = gpu.upload_u32("tok", &TokenInfo::words(&tok_sh), &[t, 4]).unwrap();
+    let ranges_g =
+        gpu.upload_u32("slot tokens", &TokenInfo::slot_ranges(&tok_sh, slots), &[slots, 2]).unwrap();
+    let (q_g, k_g, v_g, dout_g) = (up("q", &q_sh), up("k", &kc), up("v", &vc), up("dout", &dout_sh));
+    let scores = gpu.zeros("scores", &[t, s.n_head, span]).unwrap();
+    let out = gpu.zeros("out", &[t, s.n_head, hd]).unwrap();
+    let lse = gpu.zeros("lse", &[t, s.n_head]).unwrap();
+    let delta = gpu.zeros("delta", &[t, s.n_head]).unwrap();
+    let pds = gpu.zeros("pds", &[t, s.n_head, span, 2]).unwrap();
+    let dq = gpu.zeros("dq", &[t, s.n_head, hd]).unwrap();
+    let cache = KvCacheShape { slots, n_kv_head: s.n_kv_head, ctx: s.ctx, head_dim: hd };
+    let followers = [1usize, 2, 3];
+    let run_shared = |sum: bool| -> (Vec<f32>, Vec<f32>) {
+        let dk = up("dk", &random(cache_len, 9.0, 1));
+        let dv = up("dv", &random(cache_len, 9.0, 2));
+        let mut b = gpu.batch();
+        b.attention_train(&p, &tok_g, &q_g, &k_g, &v_g, &scores, &out, &lse).unwrap();
+        let io = AttnBackward {
+            tok: &tok_g,
+            slot_tokens: &ranges_g,
+            q: &q_g,
+            k_cache: &k_g,
+            v_cache: &v_g,
+            out: &out,
+            dout: &dout_g,
+            lse: &lse,
+            delta: &delta,
+            pds: &pds,
+            dq: &dq,
+            dk_cache: &dk,
+            dv_cache: &dv,
+        };
+        b.attention_backward(&p, slots, &io, GradWrite::Overwrite).unwrap();
+        if sum {
+            for g in [&dk, &dv] {
+                let prompt_of = SharedPrompt { leader: 0, followers: &followers, len: prompt };
+                b.sum_shared_prompt_grad_into_leader(g, cache, prompt_of).unwrap();
+            }
+        }
+        b.submit().unwrap();
+        (gpu.read_f32(&dk).unwrap(), gpu.read_f32(&dv).unwrap())
+    };
+    // The leader's prompt entries: the sum over the separate sequences; every slot's completion
+    // entries: that sequence's own.
+    let at = |slot: usize, h: usize, pos: usize| ((slot * s.n_kv_head + h) * s.ctx + pos) * hd;
+    let prompt_sum = |g: &[f32]| -> Vec<f32> {
+        let mut v = Vec::new();
+        for h in 0..s.n_kv_head {
+            for i in 0..prompt * hd {
+                v.push((0..slots).map(|slot| g[at(slot, h, 0) + i] as f64).sum::<f64>() as f32);
+            }
+        }
+        v
+    };
+    let leader_prompt = |g: &[f32]| -> Vec<f32> {
+        (0..s.n_kv_head).flat_map(|h| g[at(0, h, 0)..at(0, h, prompt)].to_vec()).collect()
+    };
+    let completion_entries = |g: &[f32]| -> Vec<f32> {
+        let mut v = Vec::new();
+        for (slot, &c) in completions.iter().enumerate() {
+            for h in 0..s.n_kv_head {
+                v.extend_from_slice(&g[at(slot, h, prompt)..at(slot, h, prompt + c)]);
+            }
+        }
+        v
+    };
+    let (want_k, want_v) = (prompt_sum(&want.dk_cache), prompt_sum(&want.dv_cache));
+    let (dk, dv) = run_shared(true);
+    assert_close("leader's prompt dK", &leader_prompt(&dk), &want_k, 1e-5, 1e-4);
+    assert_close("leader's prompt dV", &leader_prompt(&dv), &want_v, 1e-5, 1e-4);
+    let what = "completions' dK";
+    assert_close(what, &completion_entries(&dk), &completion_entries(&want.dk_cache), 1e-5, 1e-4);
+    let what = "completions' dV";
+    assert_close(what, &completion_entries(&dv), &completion_entries(&want.dv_cache), 1e-5, 1e-4);
+
+    // Skipping the summing loses the followers' share of the prompt's gradient.
+    let (dk, dv) = run_shared(false);
+    for (name, got, want) in [("dK", leader_prompt(&dk), &want_k), ("dV", leader_prompt(&dv), &want_v)] {
+        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let worst = got.iter().zip(want.iter()).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(worst > 0.05 * scale, "prompt {name} without the summing: off by only {worst} of {scale}");
     }
 }

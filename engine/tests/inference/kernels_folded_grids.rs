@@ -105,4 +105,5 @@ fn backward_kernels_match_reference_with_every_grid_folded() {
     let gpu = folded(KernelProfile::Cpu, false);
     kernels_backward::check_qkv_split_backward(&gpu);
     kernels_backward::check_attention_train_and_backward(&gpu);
+    kernels_backward::check_shared_prompt_grad(&gpu);
 }

@@ -47,6 +47,40 @@ const DX_ROWS_PER_LAUNCH: usize = 16384;
 /// Loop iterations one attention-backward invocation may spend walking tokens (lavapipe's budget).
 const TOKEN_WALK_BUDGET: usize = 60000;
 
+/// Followers one shared-prompt summing may add (one loop iteration each, far inside lavapipe's budget).
+pub const MAX_PROMPT_FOLLOWERS: usize = 1024;
+
+/// A prompt computed once in the `leader`'s cache slot and copied into the `followers`' slots
+/// (`Decoder::copy_cache_prefix`), over cache positions `0 .. len`.
+#[derive(Debug, Clone, Copy)]
+pub struct SharedPrompt<'a> {
+    pub leader: usize,
+    pub followers: &'a [usize],
+    pub len: usize,
+}
+
+/// The shape of a KV cache (and of its dK / dV): (slots, Hkv, ctx, hd).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvCacheShape {
+    pub slots: usize,
+    pub n_kv_head: usize,
+    pub ctx: usize,
+    pub head_dim: usize,
+}
+
+/// Parameters of shared_prompt_grad_backward (mirrors `SharedPromptParams` in attention.wgsl).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct SharedPromptParams {
+    n_kv_head: u32,
+    ctx: u32,
+    head_dim: u32,
+    len: u32,
+    leader: u32,
+    n_followers: u32,
+    pad: [u32; 2],
+}
+
 /// Parameters of the attention backward kernels (mirrors `BackParams` in attention.wgsl). `flags` holds
 /// [`GradWrite::flag`] for dK and dV (`DKV_ACCUMULATE`).
 #[repr(C)]
@@ -320,7 +354,8 @@ impl<'g> Batch<'g> {
     /// token of the pass reads it back. Before [`Batch::qkv_split_backward`], the caller must add, for
     /// every follower, layer and kv head h, the follower's entries `[follower, h, 0 .. prompt_len, ..]`
     /// of dk and dv into the leader's `[leader, h, 0 .. prompt_len, ..]` (contiguous runs of
-    /// prompt_len · hd floats), or the LoRA gradients of k and v lose every follower's share.
+    /// prompt_len · hd floats), or the LoRA gradients of k and v lose every follower's share:
+    /// [`Batch::sum_shared_prompt_grad_into_leader`] does that for one dK or dV buffer.
     pub fn attention_backward(
         &mut self,
         p: &AttnParams,
@@ -419,6 +454,72 @@ impl<'g> Batch<'g> {
             &dkv_in,
             grid_1d(cache.iter().product::<usize>() / 4, self.gpu_ref().grid_limit),
         );
+        Ok(())
+    }
+
+    /// Adds the followers' share of a shared prompt's gradient into its leader: for one dK or dV
+    /// buffer of shape `cache` (call it for every layer's dK and dV), `grad[leader, h, 0 .. len, :] +=
+    /// Σ_f grad[f, h, 0 .. len, :]` over the followers f and kv heads h. Nothing else changes: the
+    /// followers' own entries keep their values (they are no longer needed; a caller that reads the
+    /// followers' slots afterwards must not count them twice). Run it after the last
+    /// [`Batch::attention_backward`] of the layer and before [`Batch::qkv_split_backward`], whose
+    /// prompt tokens live in the leader's slot only; without it the k and v LoRA gradients lose every
+    /// follower's share. Errors (recording nothing) on a slot outside the cache, a follower equal to
+    /// the leader or listed twice, `len` past the context, more than [`MAX_PROMPT_FOLLOWERS`]
+    /// followers, or a mis-sized buffer.
+    pub fn sum_shared_prompt_grad_into_leader(
+        &mut self,
+        grad: &Tensor,
+        cache: KvCacheShape,
+        prompt: SharedPrompt,
+    ) -> Result<()> {
+        let k = "shared_prompt_grad_backward";
+        let KvCacheShape { slots, n_kv_head, ctx, head_dim } = cache;
+        let SharedPrompt { leader, followers, len } = prompt;
+        if let Some(&bad) = followers.iter().chain([&leader]).find(|&&s| s >= slots) {
+            return Err(fail(k, format!("slot {bad} of a cache with {slots} slots")));
+        }
+        if len > ctx {
+            return Err(fail(k, format!("a prompt of {len} positions in a cache of {ctx}")));
+        }
+        if followers.len() > MAX_PROMPT_FOLLOWERS {
+            return Err(fail(
+                k,
+                format!(
+                    "{} followers of one prompt; at most {MAX_PROMPT_FOLLOWERS} per launch (split the \
+                     followers over several launches: their sums add up)",
+                    followers.len()
+                ),
+            ));
+        }
+        let mut sorted: Vec<usize> = followers.iter().copied().chain([leader]).collect();
+        sorted.sort_unstable();
+        if let Some(dup) = sorted.windows(2).find_map(|w| (w[0] == w[1]).then_some(w[0])) {
+            return Err(fail(
+                k,
+                format!("slot {dup} is listed twice (or is the leader {leader}) among the followers"),
+            ));
+        }
+        need(k, "grad", grad, &[slots, n_kv_head, ctx, head_dim])?;
+        to_u32(k, "cache entries (slots · Hkv · ctx · hd)", slots * n_kv_head * ctx * head_dim)?;
+        let n = n_kv_head * len * head_dim;
+        if followers.is_empty() || n == 0 {
+            return Ok(());
+        }
+        let params = SharedPromptParams {
+            n_kv_head: to_u32(k, "n_kv_head", n_kv_head)?,
+            ctx: to_u32(k, "ctx", ctx)?,
+            head_dim: to_u32(k, "head_dim", head_dim)?,
+            len: to_u32(k, "len", len)?,
+            leader: to_u32(k, "leader", leader)?,
+            n_followers: to_u32(k, "followers", followers.len())?,
+            pad: [0; 2],
+        };
+        let words = followers.iter().map(|&f| to_u32(k, "follower", f)).collect::<Result<Vec<u32>>>()?;
+        let gpu = self.gpu_ref();
+        let list = gpu.upload_u32("prompt followers", &words, &[words.len()])?;
+        let grid = grid_1d(n, gpu.grid_limit);
+        self.dispatch(&ATTENTION, k, &params, &[&list.buffer, &grad.buffer], grid);
         Ok(())
     }
 }
