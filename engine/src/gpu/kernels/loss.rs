@@ -42,6 +42,18 @@ struct XentParams {
     pad: u32,
 }
 
+impl XentParams {
+    /// The parameters of one vocabulary chunk (see `chunks`), with `flags` as the kernel reads them.
+    fn chunk(t: u32, d: u32, vocab: u32, (r0, c, v0): (usize, usize, usize), flags: bool) -> XentParams {
+        XentParams { t, d, c: c as u32, r0: r0 as u32, v0: v0 as u32, vocab, flags: flags as u32, pad: 0 }
+    }
+
+    /// The parameters of the per-row kernels, which walk no chunk.
+    fn rows(t: u32, d: u32, vocab: u32) -> XentParams {
+        XentParams::chunk(t, d, vocab, (0, 0, 0), false)
+    }
+}
+
 /// The sizes both directions share, checked before anything is recorded; returns (t, d, vocab) as u32.
 fn check_common(
     op: &str,
@@ -57,6 +69,9 @@ fn check_common(
     }
     if w.blocks.iter().any(|(_, b)| b.cols != d) {
         return Err(fail(op, "the weight's row blocks differ in width"));
+    }
+    if w.rows == 0 {
+        return Err(fail(op, "the LM head has no rows (a softmax needs a vocabulary)"));
     }
     need(op, "h", h, &[t, d])?;
     need(op, "targets", targets, &[t])?;
@@ -111,26 +126,17 @@ impl<'g> Batch<'g> {
         need(op, "stats", stats, &[t, 4])?;
         need(op, "lse", lse, &[t])?;
         need(op, "nll", nll, &[t])?;
-        if t == 0 || vocab == 0 {
+        if t == 0 {
             return Ok(());
         }
         let limit = self.gpu_ref().grid_limit;
         for (i, (block, r0, c, v0)) in chunks(w).enumerate() {
-            let p = XentParams {
-                t: tu,
-                d,
-                c: c as u32,
-                r0: r0 as u32,
-                v0: v0 as u32,
-                vocab,
-                flags: (i == 0) as u32,
-                pad: 0,
-            };
+            let p = XentParams::chunk(tu, d, vocab, (r0, c, v0), i == 0);
             self.xent_logits(&p, h, block, scratch);
             let buffers = [&targets.buffer, &scratch.buffer, &stats.buffer];
             self.dispatch(&CROSS_ENTROPY, "xent_online_forward", &p, &buffers, grid_1d(t, limit));
         }
-        let p = XentParams { t: tu, d, c: 0, r0: 0, v0: 0, vocab, flags: 0, pad: 0 };
+        let p = XentParams::rows(tu, d, vocab);
         let buffers = [&targets.buffer, &stats.buffer, &lse.buffer, &nll.buffer];
         self.dispatch(&CROSS_ENTROPY, "xent_finish_forward", &p, &buffers, grid_1d(t, limit));
         Ok(())
@@ -161,26 +167,11 @@ impl<'g> Batch<'g> {
         if t == 0 {
             return Ok(());
         }
-        if vocab == 0 {
-            if write == GradWrite::Overwrite {
-                self.clear(&dh.buffer);
-            }
-            return Ok(());
-        }
         let limit = self.gpu_ref().grid_limit;
         let dh_grid = grid_rows(groups(w.cols / 8), tu.div_ceil(4), limit);
         for (i, (block, r0, c, v0)) in chunks(w).enumerate() {
             let accumulate = i > 0 || write == GradWrite::Accumulate;
-            let p = XentParams {
-                t: tu,
-                d,
-                c: c as u32,
-                r0: r0 as u32,
-                v0: v0 as u32,
-                vocab,
-                flags: accumulate as u32,
-                pad: 0,
-            };
+            let p = XentParams::chunk(tu, d, vocab, (r0, c, v0), accumulate);
             self.xent_logits(&p, h, block, scratch);
             let buffers = [&targets.buffer, &lse.buffer, &grad.buffer, &scratch.buffer];
             self.dispatch(&CROSS_ENTROPY, "xent_dlogits_backward", &p, &buffers, grid_1d(t * c, limit));
@@ -219,22 +210,10 @@ impl<'g> Batch<'g> {
         if t == 0 {
             return Ok(());
         }
-        if vocab == 0 {
-            return Err(fail(op, "the LM head has no rows"));
-        }
         let limit = self.gpu_ref().grid_limit;
         let dh_grid = grid_rows(groups(w.cols / 8), tu.div_ceil(4), limit);
         for (i, (block, r0, c, v0)) in chunks(w).enumerate() {
-            let p = XentParams {
-                t: tu,
-                d,
-                c: c as u32,
-                r0: r0 as u32,
-                v0: v0 as u32,
-                vocab,
-                flags: (i == 0) as u32,
-                pad: 0,
-            };
+            let p = XentParams::chunk(tu, d, vocab, (r0, c, v0), i == 0);
             self.xent_logits(&p, h, block, scratch);
             let buffers = [&targets.buffer, &scratch.buffer, &stats.buffer];
             self.dispatch(&CROSS_ENTROPY, "xent_online_forward", &p, &buffers, grid_1d(t, limit));
@@ -243,7 +222,7 @@ impl<'g> Batch<'g> {
             let buffers = [&scratch.buffer, &block.buffer, &dh.buffer, &stats.buffer];
             self.dispatch(&CROSS_ENTROPY, "xent_dh_online_forward", &p, &buffers, dh_grid);
         }
-        let p = XentParams { t: tu, d, c: 0, r0: 0, v0: 0, vocab, flags: 0, pad: 0 };
+        let p = XentParams::rows(tu, d, vocab);
         let buffers = [&targets.buffer, &stats.buffer, &lse.buffer, &nll.buffer];
         self.dispatch(&CROSS_ENTROPY, "xent_finish_forward", &p, &buffers, grid_1d(t, limit));
         let buffers = [&targets.buffer, &stats.buffer, &grad.buffer, &dh.buffer];
