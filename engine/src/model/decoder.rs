@@ -12,6 +12,8 @@ use crate::model::config::DecoderConfig;
 use crate::model::weights::{WeightSource, concat_rows};
 use crate::{Error, Result};
 
+mod train;
+
 /// Longest context the kernels support: their per-invocation loops over keys must stay under 16384
 /// iterations, where lavapipe silently stops loops.
 pub const MAX_CONTEXT: usize = 16384;

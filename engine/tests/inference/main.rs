@@ -28,4 +28,5 @@ mod kernels_loss;
 mod lora_peft;
 mod tokenizer_chat;
 mod tokenizer_gguf;
+mod train_lora;
 mod train_optim;

@@ -1,0 +1,385 @@
+//! The decoder's training forward and backward for a flat batch of sequences with a LoRA adapter: the
+//! forward saves what the backward reads ([`Activations`]); the backward walks the layers in reverse,
+//! adding each adapted projection's dA and dB into [`LoraGrads`]. The frozen weights get no gradient.
+//!
+//! Per layer (x the residual stream, h a norm's output; LoRA terms added inside each projection):
+//! `h = norm(x); qkv = h·Wqkvᵀ; q, k, v = split(qkv) (+ q/k norms, RoPE); a = attention(q, k, v);
+//!  x' = x + a·Woᵀ; h' = norm(x'); gu = h'·Wguᵀ; m = silu(g)·u; x'' = x' + m·Wdownᵀ`.
+//! Then `z = norm(x_L)` and the LM head with a chunked cross-entropy per row.
+
+use crate::gpu::cpu_ref::TokenInfo;
+use crate::gpu::kernels::{ATTN_QK_NORM, ATTN_ROPE, AttnBackward, AttnParams, GradWrite};
+use crate::gpu::kernels_lora::{LoraGradBuffers, LoraShape, OutputSlice};
+use crate::gpu::{Batch, Tensor};
+use crate::lora::{Adapter, Target};
+use crate::model::{Decoder, KvCache};
+use crate::train::activations::{Activations, Gradients, LastPass, LayerActivations, TrainShape};
+use crate::train::batch::TrainBatch;
+use crate::train::lora_grads::LoraGrads;
+use crate::{Error, Result};
+
+use super::Layer;
+
+impl KvCache {
+    /// Bytes of GPU memory the cache holds.
+    pub fn bytes(&self) -> u64 {
+        self.k.iter().chain(&self.v).map(|t| t.buffer.size()).sum()
+    }
+}
+
+impl Decoder {
+    /// Activations for training passes of up to `shape` with `adapter` (its rank and targets);
+    /// `checkpointing` keeps only each layer's input and recomputes the rest inside the backward.
+    pub fn train_activations(
+        &self,
+        shape: TrainShape,
+        adapter: &Adapter,
+        checkpointing: bool,
+    ) -> Result<Activations> {
+        adapter.check_fits(&self.gpu, &self.cfg)?;
+        let cache = self.new_cache(shape.slots, shape.span)?;
+        let cfg = adapter.config();
+        Activations::new(&self.gpu, &self.cfg, cache, shape, cfg.r, &cfg.targets, checkpointing)
+    }
+
+    /// Backward scratch for passes of up to `shape`.
+    pub fn train_gradients(&self, shape: TrainShape, adapter: &Adapter) -> Result<Gradients> {
+        Gradients::new(&self.gpu, &self.cfg, shape, adapter.config().r)
+    }
+
+    /// The training forward of `batch` with `adapter` on: fills `acts` (their shape must hold the
+    /// batch's) and each row's log-sum-exp and nll (`acts.nll`, the cross-entropy of the row's target).
+    /// With `token_grad` (T) given — the upstream gradient of each row's nll, known before the forward
+    /// for a mean cross-entropy — the LM head's gradient is computed in the same walk over the
+    /// vocabulary and [`Decoder::train_backward`] is then called with `None`.
+    pub fn train_forward(
+        &self,
+        acts: &mut Activations,
+        batch: &TrainBatch,
+        adapter: &Adapter,
+        token_grad: Option<&[f32]>,
+    ) -> Result<()> {
+        adapter.check_fits(&self.gpu, &self.cfg)?;
+        let t = batch.len();
+        let shape = TrainShape { tokens: t, slots: batch.slots, span: batch.span };
+        if !acts.shape.holds(&shape) {
+            return Err(Error::Input(format!(
+                "training forward: a batch of {shape:?} does not fit activations allocated for {:?}",
+                acts.shape
+            )));
+        }
+        if batch.tokens.len() != batch.info.len() || batch.targets.len() != t {
+            return Err(Error::Input(
+                "training forward: tokens, positions and targets differ in length".into(),
+            ));
+        }
+        self.check_step(&acts.cache, &batch.tokens, &batch.info, &[])?;
+        if let Some(g) = token_grad
+            && g.len() != t
+        {
+            return Err(Error::Input(format!("training forward: {} token gradients for {t} rows", g.len())));
+        }
+        let g = &self.gpu;
+        g.write_u32(&acts.ids, &batch.tokens);
+        g.write_u32(&acts.tok, &TokenInfo::words(&batch.info));
+        g.write_u32(&acts.slot_tokens, &TokenInfo::slot_ranges(&batch.info, acts.cache.slots));
+        g.write_u32(&acts.targets, &batch.targets);
+        if let Some(grad) = token_grad {
+            g.write_f32(&acts.token_grad, grad);
+        }
+        let p = self.attn_params(t, &acts.cache, batch.span);
+        let c = &self.cfg;
+        let mut b = g.batch();
+        b.embed_rows_blocked(&acts.ids, &self.embed, &acts.layer_inputs[0], t)?;
+        for l in 0..self.layers.len() {
+            let saved = if acts.checkpointing { 0 } else { l };
+            self.layer_forward(&mut b, &p, acts, saved, l, adapter)?;
+        }
+        let x_last = &acts.layer_inputs[self.layers.len()];
+        b.rms_norm_train(x_last, &self.final_norm, &acts.normed, &acts.inv_rms_final, t, c.rms_eps)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        let a = &*acts;
+        if token_grad.is_some() {
+            b.lm_head_cross_entropy_with_grad(
+                &a.normed,
+                head,
+                &a.targets,
+                &a.token_grad,
+                &a.xent_scratch,
+                &a.xent_stats,
+                &a.lse,
+                &a.nll,
+                &a.dnormed,
+                t,
+            )?;
+        } else {
+            b.lm_head_cross_entropy(
+                &a.normed,
+                head,
+                &a.targets,
+                &a.xent_scratch,
+                &a.xent_stats,
+                &a.lse,
+                &a.nll,
+                t,
+            )?;
+        }
+        b.submit()?;
+        acts.last = Some(LastPass {
+            tokens: t,
+            span: batch.span,
+            slots: batch.slots,
+            head_grad: token_grad.is_some(),
+        });
+        Ok(())
+    }
+
+    /// The backward of the last [`Decoder::train_forward`] on `acts`: adds every LoRA gradient into
+    /// `grads` (zero them first for a new accumulation). `token_grad` (T) is the upstream gradient of
+    /// each row's nll, required unless the forward was given it.
+    pub fn train_backward(
+        &self,
+        acts: &Activations,
+        scratch: &Gradients,
+        adapter: &Adapter,
+        grads: &LoraGrads,
+        token_grad: Option<&[f32]>,
+    ) -> Result<()> {
+        let Some(last) = acts.last else {
+            return Err(Error::Input("training backward: no forward pass to go back through".into()));
+        };
+        let t = last.tokens;
+        let g = &self.gpu;
+        let p = self.attn_params(t, &acts.cache, last.span);
+        let mut b = g.batch();
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        match (token_grad, last.head_grad) {
+            (Some(grad), false) => {
+                if grad.len() != t {
+                    return Err(Error::Input(format!(
+                        "training backward: {} token gradients for {t} rows",
+                        grad.len()
+                    )));
+                }
+                g.write_f32(&acts.token_grad, grad);
+                b.lm_head_cross_entropy_backward(
+                    &acts.normed,
+                    head,
+                    &acts.targets,
+                    &acts.lse,
+                    &acts.token_grad,
+                    &acts.xent_scratch,
+                    &acts.dnormed,
+                    t,
+                    GradWrite::Overwrite,
+                )?;
+            }
+            (None, true) => {}
+            (Some(_), true) => {
+                return Err(Error::Input(
+                    "training backward: the forward already took the token gradients; pass None".into(),
+                ));
+            }
+            (None, false) => {
+                return Err(Error::Input(
+                    "training backward: token gradients are needed (the forward was run without them)".into(),
+                ));
+            }
+        }
+        let x_last = &acts.layer_inputs[self.layers.len()];
+        b.rms_norm_backward(
+            x_last,
+            &self.final_norm,
+            &acts.dnormed,
+            &acts.inv_rms_final,
+            &scratch.dres,
+            t,
+            GradWrite::Overwrite,
+        )?;
+        for l in (0..self.layers.len()).rev() {
+            let saved = if acts.checkpointing {
+                self.layer_forward(&mut b, &p, acts, 0, l, adapter)?;
+                0
+            } else {
+                l
+            };
+            self.layer_backward(&mut b, &p, acts, saved, l, scratch, adapter, grads, last.slots)?;
+        }
+        b.submit()
+    }
+
+    fn attn_params(&self, t: usize, cache: &KvCache, span: usize) -> AttnParams {
+        let c = &self.cfg;
+        AttnParams {
+            t: t as u32,
+            n_head: c.n_head as u32,
+            n_kv_head: c.n_kv_head as u32,
+            head_dim: c.head_dim as u32,
+            ctx: cache.ctx as u32,
+            span: span as u32,
+            flags: ATTN_ROPE | if c.qk_norm { ATTN_QK_NORM } else { 0 },
+            eps: c.rms_eps,
+        }
+    }
+
+    /// Layer `l`'s training forward from `acts.layer_inputs[l]` into `acts.layer_inputs[l + 1]`, saving
+    /// into `acts.layers[saved]`.
+    fn layer_forward(
+        &self,
+        b: &mut Batch<'_>,
+        p: &AttnParams,
+        acts: &Activations,
+        saved: usize,
+        l: usize,
+        adapter: &Adapter,
+    ) -> Result<()> {
+        let c = &self.cfg;
+        let t = p.t as usize;
+        let layer: &Layer = &self.layers[l];
+        let s: &LayerActivations = &acts.layers[saved];
+        let (x_in, x_out) = (&acts.layer_inputs[l], &acts.layer_inputs[l + 1]);
+        let (qd, kvd, inter) = (c.n_head * c.head_dim, c.n_kv_head * c.head_dim, c.intermediate);
+        let lora = |b: &mut Batch<'_>, target: Target, x: &Tensor, y: &Tensor, ldy: usize, n_off: usize| {
+            let Some(u) = &s.lora_u[target.index()] else { return Ok(()) };
+            adapter.record_forward(b, l, target, x, u, y, t, OutputSlice { ldy, n_off })
+        };
+        b.rms_norm_train(x_in, &layer.attn_norm, &s.h_attn, &s.inv_rms_attn, t, c.rms_eps)?;
+        b.matmul(&s.h_attn, &layer.qkv, layer.qkv_bias.as_ref(), None, &s.qkv, t)?;
+        let qkv_w = c.qkv_width();
+        lora(b, Target::Q, &s.h_attn, &s.qkv, qkv_w, 0)?;
+        lora(b, Target::K, &s.h_attn, &s.qkv, qkv_w, qd)?;
+        lora(b, Target::V, &s.h_attn, &s.qkv, qkv_w, qd + kvd)?;
+        let (k_cache, v_cache) = (&acts.cache.k[l], &acts.cache.v[l]);
+        b.qkv_split(p, &acts.tok, &s.qkv, &self.rope, layer.qk_norm.as_ref(), &s.q, k_cache, v_cache)?;
+        b.attention_train(p, &acts.tok, &s.q, k_cache, v_cache, &acts.scores, &s.attn, &s.lse)?;
+        b.matmul(&s.attn, &layer.o, None, Some(x_in), &s.x_mid, t)?;
+        lora(b, Target::O, &s.attn, &s.x_mid, c.hidden, 0)?;
+        b.rms_norm_train(&s.x_mid, &layer.mlp_norm, &s.h_mlp, &s.inv_rms_mlp, t, c.rms_eps)?;
+        b.matmul(&s.h_mlp, &layer.gate_up, None, None, &s.gu, t)?;
+        lora(b, Target::Gate, &s.h_mlp, &s.gu, 2 * inter, 0)?;
+        lora(b, Target::Up, &s.h_mlp, &s.gu, 2 * inter, inter)?;
+        b.swiglu(&s.gu, &s.act, t, inter)?;
+        b.matmul(&s.act, &layer.down, None, Some(&s.x_mid), x_out, t)?;
+        lora(b, Target::Down, &s.act, x_out, c.hidden, 0)?;
+        Ok(())
+    }
+
+    /// Layer `l`'s backward: `scratch.dres` holds the gradient of the layer's output and is left holding
+    /// that of its input (not computed for layer 0, whose input is the frozen embedding's).
+    #[allow(clippy::too_many_arguments)]
+    fn layer_backward(
+        &self,
+        b: &mut Batch<'_>,
+        p: &AttnParams,
+        acts: &Activations,
+        saved: usize,
+        l: usize,
+        g: &Gradients,
+        adapter: &Adapter,
+        grads: &LoraGrads,
+        slots: usize,
+    ) -> Result<()> {
+        let c = &self.cfg;
+        let t = p.t as usize;
+        let layer = &self.layers[l];
+        let s = &acts.layers[saved];
+        let (qd, kvd, inter, d) = (c.n_head * c.head_dim, c.n_kv_head * c.head_dim, c.intermediate, c.hidden);
+        let scale = adapter.config().scale();
+        let r = adapter.config().r;
+        // The adapter's backward of `target`: dy's columns n_off.. (row stride ldy), the input x; adds
+        // dA, dB and (when given) dx.
+        let lora = |b: &mut Batch<'_>,
+                    target: Target,
+                    dy: &Tensor,
+                    x: &Tensor,
+                    dx: Option<&Tensor>,
+                    ldy: usize,
+                    n_off: usize| {
+            let (Some(pair), Some(u), Some(pg)) =
+                (adapter.pair(l, target), &s.lora_u[target.index()], grads.pair(l, target))
+            else {
+                return Ok(());
+            };
+            let (n, k) = target.shape(c);
+            let bufs = LoraGradBuffers { du: &g.du, da: &pg.da, db: &pg.db, dx };
+            b.lora_backward(
+                dy,
+                x,
+                &pair.a,
+                &pair.b,
+                u,
+                scale,
+                bufs,
+                LoraShape { t, k, r, n },
+                OutputSlice { ldy, n_off },
+            )
+        };
+        // MLP: x'' = x' + m·Wdownᵀ, m = silu(g)·u, gu = h'·Wguᵀ, h' = norm(x').
+        b.matmul_backward_dx(&g.dres, &layer.down, &g.dact, t, d, 0, GradWrite::Overwrite)?;
+        lora(b, Target::Down, &g.dres, &s.act, Some(&g.dact), d, 0)?;
+        b.swiglu_backward(&s.gu, &g.dact, &g.dgu, t, inter)?;
+        b.matmul_backward_dx(&g.dgu, &layer.gate_up, &g.dh, t, 2 * inter, 0, GradWrite::Overwrite)?;
+        lora(b, Target::Gate, &g.dgu, &s.h_mlp, Some(&g.dh), 2 * inter, 0)?;
+        lora(b, Target::Up, &g.dgu, &s.h_mlp, Some(&g.dh), 2 * inter, inter)?;
+        b.rms_norm_backward(
+            &s.x_mid,
+            &layer.mlp_norm,
+            &g.dh,
+            &s.inv_rms_mlp,
+            &g.dres,
+            t,
+            GradWrite::Accumulate,
+        )?;
+        // Attention: x' = x + a·Woᵀ.
+        b.matmul_backward_dx(&g.dres, &layer.o, &g.dattn, t, d, 0, GradWrite::Overwrite)?;
+        lora(b, Target::O, &g.dres, &s.attn, Some(&g.dattn), d, 0)?;
+        let back = AttnBackward {
+            tok: &acts.tok,
+            slot_tokens: &acts.slot_tokens,
+            q: &s.q,
+            k_cache: &acts.cache.k[l],
+            v_cache: &acts.cache.v[l],
+            out: &s.attn,
+            dout: &g.dattn,
+            lse: &s.lse,
+            delta: &g.delta,
+            pds: &g.pds,
+            dq: &g.dq,
+            dk_cache: &g.dk,
+            dv_cache: &g.dv,
+        };
+        b.attention_backward(p, slots, &back, GradWrite::Overwrite)?;
+        b.qkv_split_backward(
+            p,
+            &acts.tok,
+            &s.qkv,
+            &self.rope,
+            layer.qk_norm.as_ref(),
+            &g.dq,
+            &g.dk,
+            &g.dv,
+            &g.dqkv,
+        )?;
+        // The first layer's input is the frozen embedding's output: no input gradient needed.
+        let dh = (l > 0).then_some(&g.dh);
+        if let Some(dh) = dh {
+            b.matmul_backward_dx(&g.dqkv, &layer.qkv, dh, t, c.qkv_width(), 0, GradWrite::Overwrite)?;
+        }
+        let qkv_w = c.qkv_width();
+        lora(b, Target::Q, &g.dqkv, &s.h_attn, dh, qkv_w, 0)?;
+        lora(b, Target::K, &g.dqkv, &s.h_attn, dh, qkv_w, qd)?;
+        lora(b, Target::V, &g.dqkv, &s.h_attn, dh, qkv_w, qd + kvd)?;
+        if let Some(dh) = dh {
+            b.rms_norm_backward(
+                &acts.layer_inputs[l],
+                &layer.attn_norm,
+                dh,
+                &s.inv_rms_attn,
+                &g.dres,
+                t,
+                GradWrite::Accumulate,
+            )?;
+        }
+        Ok(())
+    }
+}
