@@ -130,6 +130,11 @@ impl Adapter {
         self.pairs.len()
     }
 
+    /// Bytes of GPU memory the factors hold.
+    pub fn bytes(&self) -> u64 {
+        self.pairs.iter().flatten().flatten().map(|p| p.a.buffer.size() + p.b.buffer.size()).sum()
+    }
+
     /// A and B of `target` in `layer`, if adapted.
     pub fn pair(&self, layer: usize, target: Target) -> Option<&LoraPair> {
         self.pairs.get(layer)?[target.index()].as_ref()

@@ -232,6 +232,12 @@ impl AdamW {
         &self.specs
     }
 
+    /// Bytes of GPU memory the moments and the norm's scratch hold.
+    pub fn bytes(&self) -> u64 {
+        let all = self.exp_avg.iter().chain(&self.exp_avg_sq).chain(&self.partial).chain([&self.clip]);
+        all.map(|t| t.buffer.size()).sum()
+    }
+
     /// Optimizer steps recorded so far (torch's `state[p]["step"]`).
     pub fn step_count(&self) -> u64 {
         self.step

@@ -13,6 +13,8 @@ use babelrl::gpu::{Gpu, GpuOptions, KernelTime};
 use babelrl::model::{Decoder, load_language_model};
 use rand::{Rng, SeedableRng};
 
+use crate::bench_train::{TrainBench, bench_train};
+
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// A GGUF file or a Hugging Face folder (default: SmolLM2-135M-Instruct from the model cache).
@@ -42,14 +44,30 @@ pub struct BenchArgs {
     /// side by side.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Also measure SFT training: LoRA r = 16 on all seven projections, with and without gradient
+    /// checkpointing, against the forward pass of the same tokens.
+    #[arg(long)]
+    train: bool,
+    /// Only the training measurement.
+    #[arg(long, conflicts_with_all = ["gemm_only", "profile"])]
+    train_only: bool,
+    /// Sequences per training step.
+    #[arg(long, default_value_t = 8)]
+    train_batch: usize,
+    /// Tokens per training sequence.
+    #[arg(long, default_value_t = 256)]
+    train_tokens: usize,
+    /// Training steps measured (after one warm-up step).
+    #[arg(long, default_value_t = 2)]
+    train_steps: usize,
 }
 
 /// Every figure of one run, by the name the peer's script also uses, in the order measured.
 #[derive(Default)]
-struct Figures(Vec<(String, f64)>);
+pub struct Figures(Vec<(String, f64)>);
 
 impl Figures {
-    fn add(&mut self, name: String, value: f64) {
+    pub fn add(&mut self, name: String, value: f64) {
         self.0.push((name, value));
     }
 
@@ -75,7 +93,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
     let mut figures = Figures::default();
     let p = args.prompt_tokens;
-    if !args.gemm_only {
+    if !args.gemm_only && !args.train_only {
         println!("\n| batch | prefill tokens/s ({p} tokens) | decode tokens/s |");
         println!("|---|---|---|");
         let mut profiles = Vec::new();
@@ -93,11 +111,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
         }
     }
-    if !args.gemm_only {
+    if !args.gemm_only && !args.train_only {
         bench_logprobs(model, p, &mut figures)?;
     }
-    if !args.no_gemm {
+    if !args.no_gemm && !args.train_only {
         bench_gemm(&gpu, model, &mut figures)?;
+    }
+    if args.train || args.train_only {
+        let shape =
+            TrainBench { batch: args.train_batch, tokens: args.train_tokens, steps: args.train_steps };
+        bench_train(model, &shape, &mut figures)?;
     }
     if let Some(json) = &args.json {
         let meta = serde_json::json!({

@@ -1,0 +1,257 @@
+//! Supervised fine-tuning of a LoRA adapter: mean cross-entropy over the completion tokens of each
+//! optimizer step (all its micro-batches together, as transformers' `num_items_in_batch`), AdamW with a
+//! schedule and clipping, a deterministic data order (a seeded permutation per epoch), and the state a
+//! checkpoint needs to continue bit for bit (the adapter, the optimizer, the examples seen).
+
+use std::time::Instant;
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+
+use crate::lora::Adapter;
+use crate::model::Decoder;
+use crate::train::{
+    Activations, AdamW, AdamWConfig, AdamWState, Gradients, LoraGrads, Schedule, TrainBatch, TrainSequence,
+    TrainShape,
+};
+use crate::{Error, Result};
+
+/// How an SFT run walks its data.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SftOptions {
+    /// Sequences per micro-batch (one forward and backward).
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub gradient_accumulation_steps: usize,
+    /// Seed of the data order (and of LoRA dropout's masks).
+    pub seed: u64,
+    /// Permute the data each epoch (else file order).
+    pub shuffle: bool,
+    /// Keep only each layer's input in the forward and recompute the rest in the backward.
+    pub gradient_checkpointing: bool,
+}
+
+impl Default for SftOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 8,
+            gradient_accumulation_steps: 1,
+            seed: 0,
+            shuffle: true,
+            gradient_checkpointing: false,
+        }
+    }
+}
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct StepMetrics {
+    /// Optimizer steps done, this one included (1-based).
+    pub step: u64,
+    /// Mean cross-entropy over the step's completion tokens (before the update).
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
+    /// Learning rate the step used.
+    pub lr: f64,
+    /// Tokens run through the model (prompts and completions).
+    pub tokens: usize,
+    /// Completion tokens the loss averaged over.
+    pub completion_tokens: usize,
+    /// Wall time of the step.
+    pub seconds: f64,
+    /// Epochs done (examples seen / data set size).
+    pub epoch: f64,
+}
+
+/// GPU memory of a training run by kind, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct MemoryReport {
+    /// The frozen base model (16-bit weights, norms, RoPE table).
+    pub weights: u64,
+    /// Saved activations (KV cache included) and the backward's scratch.
+    pub activations: u64,
+    /// The adapter, its gradients and the optimizer's moments.
+    pub lora_and_optimizer: u64,
+}
+
+/// An SFT run in progress.
+pub struct SftTrainer<'m> {
+    decoder: &'m Decoder,
+    adapter: Adapter,
+    grads: LoraGrads,
+    optim: AdamW,
+    schedule: Schedule,
+    data: Vec<TrainSequence>,
+    options: SftOptions,
+    examples_seen: u64,
+    /// The permutation of the epoch being walked: (epoch, order).
+    order: Option<(u64, Vec<usize>)>,
+    buffers: Option<(Activations, Gradients)>,
+}
+
+impl<'m> SftTrainer<'m> {
+    /// A run training `adapter` on `data` (each sequence must fit the model's context and have a
+    /// completion: checked here, naming the example).
+    pub fn new(
+        decoder: &'m Decoder,
+        adapter: Adapter,
+        data: Vec<TrainSequence>,
+        optim: AdamWConfig,
+        schedule: Schedule,
+        options: SftOptions,
+    ) -> Result<Self> {
+        if data.is_empty() {
+            return Err(Error::Input("SFT: the data set is empty".into()));
+        }
+        if options.batch_size == 0 || options.gradient_accumulation_steps == 0 {
+            return Err(Error::Input(
+                "SFT: batch_size and gradient_accumulation_steps must be at least 1".into(),
+            ));
+        }
+        for (i, s) in data.iter().enumerate() {
+            TrainBatch::new(std::slice::from_ref(s), decoder.config().vocab, decoder.max_context())
+                .map_err(|e| Error::Input(format!("SFT example {i}: {e}")))?;
+        }
+        let grads = LoraGrads::new(decoder.gpu(), &adapter)?;
+        let optim = AdamW::new(decoder.gpu(), optim, LoraGrads::param_specs(&adapter))?;
+        Ok(Self {
+            decoder,
+            adapter,
+            grads,
+            optim,
+            schedule,
+            data,
+            options,
+            examples_seen: 0,
+            order: None,
+            buffers: None,
+        })
+    }
+
+    /// The adapter being trained.
+    pub fn adapter(&self) -> &Adapter {
+        &self.adapter
+    }
+
+    /// Optimizer steps done.
+    pub fn step_count(&self) -> u64 {
+        self.optim.step_count()
+    }
+
+    /// Examples drawn so far (the position in the data order).
+    pub fn examples_seen(&self) -> u64 {
+        self.examples_seen
+    }
+
+    /// The schedule the run follows.
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    /// The optimizer's state, downloaded (for a checkpoint).
+    pub fn optimizer_state(&self) -> Result<AdamWState> {
+        self.optim.state(self.decoder.gpu())
+    }
+
+    /// Continues from a checkpoint: the optimizer's state and the examples seen (the adapter was
+    /// given to [`SftTrainer::new`]). Nothing changes on an error.
+    pub fn restore(&mut self, optimizer: &AdamWState, examples_seen: u64) -> Result<()> {
+        self.optim.load_state(self.decoder.gpu(), optimizer)?;
+        self.examples_seen = examples_seen;
+        Ok(())
+    }
+
+    /// GPU memory by kind, with the activations as allocated so far (after the first step: the
+    /// largest batch's).
+    pub fn memory(&self) -> MemoryReport {
+        let activations = self.buffers.as_ref().map_or(0, |(a, g)| a.bytes() + g.bytes());
+        MemoryReport {
+            weights: self.decoder.weight_bytes(),
+            activations,
+            lora_and_optimizer: self.adapter.bytes() + self.grads.bytes() + self.optim.bytes(),
+        }
+    }
+
+    /// The index of the example at position `k` of the data order.
+    fn example_at(&mut self, k: u64) -> usize {
+        let n = self.data.len() as u64;
+        let epoch = k / n;
+        if self.order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            let mut order: Vec<usize> = (0..self.data.len()).collect();
+            if self.options.shuffle {
+                let seed = self.options.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+            }
+            self.order = Some((epoch, order));
+        }
+        self.order.as_ref().expect("order set above").1[(k % n) as usize]
+    }
+
+    /// Activations and scratch that hold a pass of `shape` (grown to the largest seen).
+    fn buffers_for(&mut self, shape: TrainShape) -> Result<()> {
+        if self.buffers.as_ref().is_some_and(|(a, _)| a.shape.holds(&shape)) {
+            return Ok(());
+        }
+        let old = self.buffers.take().map(|(a, _)| a.shape).unwrap_or(shape);
+        let grown = TrainShape {
+            tokens: shape.tokens.max(old.tokens),
+            slots: shape.slots.max(old.slots),
+            span: shape.span.max(old.span),
+        };
+        let acts =
+            self.decoder.train_activations(grown, &self.adapter, self.options.gradient_checkpointing)?;
+        let scratch = self.decoder.train_gradients(grown, &self.adapter)?;
+        self.buffers = Some((acts, scratch));
+        Ok(())
+    }
+
+    /// One optimizer step: `gradient_accumulation_steps` micro-batches of `batch_size` examples in the
+    /// data order, their gradients summed, then clipping and the AdamW update at the schedule's rate.
+    pub fn step(&mut self) -> Result<StepMetrics> {
+        let start = Instant::now();
+        let o = self.options;
+        let mut micro = Vec::with_capacity(o.gradient_accumulation_steps);
+        for _ in 0..o.gradient_accumulation_steps {
+            let mut seqs = Vec::with_capacity(o.batch_size);
+            for _ in 0..o.batch_size {
+                let i = self.example_at(self.examples_seen);
+                self.examples_seen += 1;
+                seqs.push(self.data[i].clone());
+            }
+            let cfg = self.decoder.config();
+            micro.push(TrainBatch::new(&seqs, cfg.vocab, self.decoder.max_context())?);
+        }
+        let denominator: usize = micro.iter().map(|b| b.completion_tokens).sum();
+        let gpu = self.decoder.gpu().clone();
+        let mut zero = gpu.batch();
+        self.grads.zero(&mut zero);
+        zero.submit()?;
+        let mut loss_sum = 0.0f64;
+        for batch in &micro {
+            self.buffers_for(TrainShape { tokens: batch.len(), slots: batch.slots, span: batch.span })?;
+            let (acts, scratch) = self.buffers.as_mut().expect("allocated above");
+            let grad = batch.mean_grad(denominator);
+            self.decoder.train_forward(acts, batch, &self.adapter, Some(&grad))?;
+            self.decoder.train_backward(acts, scratch, &self.adapter, &self.grads, None)?;
+            let nll = gpu.read_words::<f32>(&acts.nll.buffer, 0, batch.len())?;
+            loss_sum += nll.iter().map(|&v| v as f64).sum::<f64>();
+        }
+        let step = self.optim.step_count();
+        let lr = self.schedule.lr(self.optim.config().learning_rate, step);
+        let mut b = gpu.batch();
+        self.optim.step(&mut b, &self.grads.with_params(&self.adapter), lr, 1.0)?;
+        b.submit()?;
+        let grad_norm = self.optim.read_grad_norm(&gpu)?.norm;
+        Ok(StepMetrics {
+            step: step + 1,
+            loss: loss_sum / denominator as f64,
+            grad_norm,
+            lr,
+            tokens: micro.iter().map(|b| b.len()).sum(),
+            completion_tokens: denominator,
+            seconds: start.elapsed().as_secs_f64(),
+            epoch: self.examples_seen as f64 / self.data.len() as f64,
+        })
+    }
+}
