@@ -121,7 +121,7 @@ pub fn rope_table(positions: usize, head_dim: usize, theta: f32) -> Vec<[f32; 2]
 }
 
 /// Per-token routing for attention: (position, cache slot, number of keys attended).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenInfo {
     pub pos: u32,
     pub slot: u32,
