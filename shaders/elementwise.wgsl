@@ -6,6 +6,7 @@
 // logprob_{partial,combine}_forward: out[r] = logits[r, target[r]] − logsumexp(logits[r, :]), (R, V).
 // mean_pool_forward: out (B, D) = mean of x rows [start_b, start_b + len_b) (attention-mask pooling).
 // l2_normalize_forward: each row divided by its L2 norm, in place.
+// dropout_{forward,backward}: out = keep(i) ? x · s : 0, dx += keep(i) ? dy · s : 0 (LoRA's input dropout).
 // Grids wider than the adapter's per-dimension limit fold: a 2-D grid's x continues in z (index
 // x + z · num_workgroups.x · WG), a 1-D grid's in y.
 
@@ -166,4 +167,58 @@ fn swiglu_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let sg = 1.0 / (1.0 + exp(-g));
     out[at] = d * u * sg * (1.0 + g * (1.0 - sg));
     out[at + p.dim] = d * g * sg;
+}
+
+// Dropout of LoRA's input, PEFT's `lora_B(lora_A(dropout(x)))`: a mask drawn per element from a counter-based
+// hash, so the backward recomputes the forward's mask from the same seed instead of storing it.
+//   pcg(v): the PCG hash of Jarzynski & Olano, "Hash Functions for GPU Rendering" (JCGT 2020), a bijection
+//     on u32 (wrapping arithmetic): state = v · 747796405 + 2891336453;
+//     word = ((state >> ((state >> 28) + 4)) ^ state) · 277803737; pcg = (word >> 22) ^ word.
+//   h(i) = pcg(pcg(pcg(i) ^ seed_lo) ^ seed_hi): i is hashed before a seed word enters, so two seeds give
+//     unrelated masks rather than shifted or permuted copies of one another.
+//   keep(i) = (h(i) >> 8) >= threshold, threshold = u32(p · 2^24) (host-computed): p = 0 keeps everything,
+//     and P(keep) = 1 − threshold / 2^24.
+//   s = 1 / (1 − p), rounded to f32 once on the host (torch's fused dropout multiplies by it too): a
+//     product is correctly rounded in WGSL where a quotient need not be, so cpu_ref matches bit for bit.
+// dropout_forward: out[i] = keep(i) ? x[i] · s : 0. dropout_backward: dx[i] += keep(i) ? dy[i] · s : 0
+// (accumulates: x also feeds the frozen linear, whose input gradient lands in dx as well).
+// Grid: element = x + y · num_workgroups.x · WG.
+struct DropoutParams {
+    n: u32,
+    seed_lo: u32,
+    seed_hi: u32,
+    threshold: u32, // u32(p · 2^24)
+    scale: f32,     // 1 / (1 − p)
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> dp: DropoutParams;
+@group(0) @binding(1) var<storage, read> drop_in: array<f32>;        // (n) x (forward) / dy (backward)
+@group(0) @binding(2) var<storage, read_write> drop_out: array<f32>; // (n) out (forward) / dx (backward)
+
+fn pcg_hash(v: u32) -> u32 {
+    let state = v * 747796405u + 2891336453u;
+    let word = ((state >> ((state >> 28u) + 4u)) ^ state) * 277803737u;
+    return (word >> 22u) ^ word;
+}
+
+fn dropout_keep(i: u32) -> bool {
+    let h = pcg_hash(pcg_hash(pcg_hash(i) ^ dp.seed_lo) ^ dp.seed_hi);
+    return (h >> 8u) >= dp.threshold;
+}
+
+@compute @workgroup_size(WG)
+fn dropout_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if (i >= dp.n) { return; }
+    drop_out[i] = select(0.0, drop_in[i] * dp.scale, dropout_keep(i));
+}
+
+@compute @workgroup_size(WG)
+fn dropout_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if (i >= dp.n) { return; }
+    if (dropout_keep(i)) { drop_out[i] += drop_in[i] * dp.scale; }
 }

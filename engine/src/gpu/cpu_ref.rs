@@ -121,7 +121,7 @@ pub fn rope_table(positions: usize, head_dim: usize, theta: f32) -> Vec<[f32; 2]
 }
 
 /// Per-token routing for attention: (position, cache slot, number of keys attended).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenInfo {
     pub pos: u32,
     pub slot: u32,
@@ -612,6 +612,36 @@ pub fn lora_backward(
         .map(|i| (0..r).map(|j| du[(i / k) * r + j] * a[j * k + i % k] as f64).sum::<f64>() as f32)
         .collect();
     LoraGrads { du: du.into_iter().map(|v| v as f32).collect(), da, db, dx }
+}
+
+/// The PCG hash of Jarzynski & Olano, "Hash Functions for GPU Rendering" (JCGT 2020), in wrapping u32
+/// arithmetic: state = v · 747796405 + 2891336453; word = ((state >> ((state >> 28) + 4)) ^ state) ·
+/// 277803737; (word >> 22) ^ word.
+fn pcg_hash(v: u32) -> u32 {
+    let state = v.wrapping_mul(747_796_405).wrapping_add(2_891_336_453);
+    let word = ((state >> ((state >> 28) + 4)) ^ state).wrapping_mul(277_803_737);
+    (word >> 22) ^ word
+}
+
+/// Whether LoRA's input dropout with probability `p` and mask `seed` keeps element `i`: with
+/// h = pcg(pcg(pcg(i) ^ seed_lo) ^ seed_hi) over the seed's low and high 32 bits, keep when
+/// h >> 8 (24 bits) ≥ u32(p · 2²⁴). p = 0 keeps every element.
+pub fn dropout_keep(seed: u64, i: u32, p: f32) -> bool {
+    let h = pcg_hash(pcg_hash(pcg_hash(i) ^ seed as u32) ^ (seed >> 32) as u32);
+    (h >> 8) >= (p * 16_777_216.0) as u32
+}
+
+/// out[i] = x[i] · s where [`dropout_keep`] keeps element i, else 0, with s = 1 / (1 − p) rounded to f32
+/// (torch's scaling; p in [0, 1)).
+pub fn dropout_forward(x: &[f32], p: f32, seed: u64) -> Vec<f32> {
+    let s = 1.0 / (1.0 - p);
+    (0..x.len()).map(|i| if dropout_keep(seed, i as u32, p) { x[i] * s } else { 0.0 }).collect()
+}
+
+/// The gradient of [`dropout_forward`] with the same mask: dy[i] · s where element i was kept, else 0
+/// (the kernel adds this into dx).
+pub fn dropout_backward(dy: &[f32], p: f32, seed: u64) -> Vec<f32> {
+    dropout_forward(dy, p, seed)
 }
 
 /// Global gradient norm and clip coefficient as `torch.nn.utils.clip_grad_norm_` on the gradients

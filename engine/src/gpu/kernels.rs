@@ -12,8 +12,10 @@ use crate::gpu::shaders::{ATTENTION, ELEMENTWISE, MATMUL, MATMUL_ROWS_SUBGROUP, 
 use crate::gpu::{Batch, BlockedWeight16, Tensor, Weight16};
 
 mod backward;
+mod dropout;
 mod loss;
 pub use backward::{AttnBackward, GradWrite, KvCacheShape, MAX_PROMPT_FOLLOWERS, SharedPrompt};
+pub use dropout::dropout_seed;
 pub use loss::{XENT_CHUNK, XENT_IGNORE, xent_chunk_cols};
 
 /// Workgroup size of every 1-D kernel.

@@ -121,7 +121,7 @@ mod tests {
     fn backward_entry_points_sit_beside_their_forwards() {
         let expected: &[(&ShaderSource, &[&str])] = &[
             (&NORM, &["rms_norm_train_forward", "rms_norm_backward"]),
-            (&ELEMENTWISE, &["swiglu_backward"]),
+            (&ELEMENTWISE, &["swiglu_backward", "dropout_forward", "dropout_backward"]),
             (&MATMUL, &["matmul_backward_dx", "matmul_backward_dx_scalar"]),
             (
                 &CROSS_ENTROPY,

@@ -8,6 +8,7 @@
 use crate::common;
 use crate::kernels;
 use crate::kernels_backward;
+use crate::kernels_dropout;
 use crate::kernels_gpu_family::{FEW_ROWS, MANY_ROWS, check_shapes};
 
 use std::sync::Arc;
@@ -106,4 +107,5 @@ fn backward_kernels_match_reference_with_every_grid_folded() {
     kernels_backward::check_qkv_split_backward(&gpu);
     kernels_backward::check_attention_train_and_backward(&gpu);
     kernels_backward::check_shared_prompt_grad(&gpu);
+    kernels_dropout::check_dropout(&gpu);
 }

@@ -20,6 +20,7 @@ mod gguf_quant;
 mod gguf_reader;
 mod kernels;
 mod kernels_backward;
+mod kernels_dropout;
 mod kernels_encoder;
 mod kernels_folded_grids;
 mod kernels_gpu_family;
