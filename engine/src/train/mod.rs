@@ -1,16 +1,28 @@
-//! Training: the optimizer (AdamW on the GPU, global-norm clipping, gradient-accumulation scaling) and
-//! learning-rate schedules. Objectives, checkpoints and the run loop build on these.
+//! Training: the optimizer (AdamW on the GPU, global-norm clipping, gradient-accumulation scaling),
+//! learning-rate schedules, the run file, SFT data and checkpoints. Objectives and the run loop build
+//! on these.
 
 pub mod activations;
 pub mod batch;
 pub mod lora_grads;
+pub mod checkpoint;
+pub mod data;
 pub mod optim;
+pub mod run_file;
 pub mod schedule;
 pub mod sft;
 
 pub use activations::{Activations, Gradients, TrainShape};
 pub use batch::{TrainBatch, TrainSequence};
 pub use lora_grads::LoraGrads;
+pub use checkpoint::{
+    CHECKPOINT_FORMAT, Checkpoint, TrainerState, latest_checkpoint, load_checkpoint, prune_checkpoints,
+    save_checkpoint,
+};
+pub use data::{SftExample, load_sft_jsonl};
 pub use optim::{AdamW, AdamWConfig, AdamWState, GradNorm, ParamSpec, ParamState};
+pub use run_file::{
+    LoraSection, ModelSection, OutputSection, RunFile, ScheduleSection, SftSection, TrainLength,
+};
 pub use schedule::{Schedule, SchedulerType};
 pub use sft::{MemoryReport, SftOptions, SftTrainer, StepMetrics};

@@ -29,5 +29,7 @@ mod kernels_loss;
 mod lora_peft;
 mod tokenizer_chat;
 mod tokenizer_gguf;
+mod train_checkpoint;
+mod train_data;
 mod train_lora;
 mod train_optim;

@@ -1,0 +1,385 @@
+//! The run file of `babelrl train RUN.toml`: `[model]`, `[lora]`, `[optimizer]`, `[schedule]`, `[sft]`
+//! and `[output]`, read strictly (an unknown key is an error naming it and the file), relative paths
+//! resolved against the run file's folder, every range checked with an error naming `[section] key`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::lora::{LoraConfig, Target};
+use crate::train::{AdamWConfig, Schedule, SchedulerType};
+use crate::{Error, Result};
+
+/// A run file, validated, with every path resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunFile {
+    /// The run file itself (as given).
+    pub path: PathBuf,
+    /// SHA-256 of the run file's text, lowercase hex (checkpoints record it).
+    pub sha256: String,
+    pub model: ModelSection,
+    pub lora: LoraSection,
+    pub optimizer: AdamWConfig,
+    pub schedule: ScheduleSection,
+    /// `None` when the file has no `[sft]` section; [`RunFile::sft`] makes that an error.
+    pub sft: Option<SftSection>,
+    pub output: OutputSection,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ModelSection {
+    /// A GGUF file or a Hugging Face model folder; `None` for the default model.
+    pub path: Option<PathBuf>,
+}
+
+/// `[lora]`: a fresh adapter's options, or the adapter folder to start from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraSection {
+    /// Rank (16).
+    pub r: usize,
+    /// PEFT's `lora_alpha` (32).
+    pub alpha: f64,
+    /// `lora_dropout` (0).
+    pub dropout: f64,
+    /// Scale by alpha / √r (false).
+    pub use_rslora: bool,
+    /// Adapted projections in [`Target::ALL`] order (all seven).
+    pub targets: Vec<Target>,
+    /// A PEFT adapter folder to start from instead of a fresh initialisation; its
+    /// `adapter_config.json` then sets every option above (the file may not set them too).
+    pub init_from: Option<PathBuf>,
+    /// Seed of a fresh adapter's A matrices (0).
+    pub seed: u64,
+}
+
+/// `[schedule]`: transformers' `lr_scheduler_type` and `warmup_steps`.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScheduleSection {
+    /// `linear` (transformers' default), `cosine`, `constant` or `constant_with_warmup`.
+    pub lr_scheduler_type: SchedulerType,
+    /// At least 1: a number of optimizer steps; below 1: a ratio of the total (0).
+    pub warmup_steps: f64,
+}
+
+/// How long an SFT run trains: `max_steps` or `epochs` in `[sft]`, exactly one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TrainLength {
+    /// Optimizer steps.
+    MaxSteps(u64),
+    /// Passes over the data (transformers' `num_train_epochs`; may be fractional).
+    Epochs(f64),
+}
+
+/// `[sft]`: supervised fine-tuning from a JSONL file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SftSection {
+    /// The JSONL data (see [`crate::train::data`]).
+    pub data: PathBuf,
+    pub length: TrainLength,
+    /// Sequences per micro-batch (8).
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step (1).
+    pub gradient_accumulation_steps: usize,
+    /// Most tokens of one sequence, prompt and completion together; longer examples are errors
+    /// (TRL's default, 1024).
+    pub max_length: usize,
+    /// Seed of the data order (0).
+    pub seed: u64,
+    /// Shuffle the examples each epoch (true).
+    pub shuffle: bool,
+    /// Keep only each layer's input in the forward pass and recompute in the backward (false).
+    pub gradient_checkpointing: bool,
+}
+
+impl SftSection {
+    /// Optimizer steps of the run over `examples` examples, as transformers counts them:
+    /// ⌈⌈examples / batch_size⌉ / gradient_accumulation_steps⌉ steps per epoch (at least 1), and
+    /// ⌈epochs · that⌉ for an `epochs` run.
+    pub fn total_steps(&self, examples: usize) -> u64 {
+        match self.length {
+            TrainLength::MaxSteps(n) => n,
+            TrainLength::Epochs(e) => {
+                let batches = examples.div_ceil(self.batch_size) as u64;
+                let per_epoch = batches.div_ceil(self.gradient_accumulation_steps as u64).max(1);
+                (e * per_epoch as f64).ceil() as u64
+            }
+        }
+    }
+}
+
+/// `[output]`: where checkpoints and metrics go and how often.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputSection {
+    /// The run's folder (`runs/<run file stem>` beside the run file by default).
+    pub dir: PathBuf,
+    /// Save a checkpoint every N optimizer steps, 0 = only at the end (50).
+    pub save_steps: u64,
+    /// Keep the newest N checkpoints, 0 = keep all (2).
+    pub save_total_limit: usize,
+    /// Write a metrics line every N optimizer steps (1).
+    pub logging_steps: u64,
+}
+
+// The file as written. Options stay `None` when absent, so defaults and conflicts are decided below.
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRunFile {
+    #[serde(default)]
+    model: RawModel,
+    #[serde(default)]
+    lora: RawLora,
+    #[serde(default)]
+    optimizer: AdamWConfig,
+    #[serde(default)]
+    schedule: ScheduleSection,
+    sft: Option<RawSft>,
+    #[serde(default)]
+    output: RawOutput,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    path: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLora {
+    r: Option<usize>,
+    alpha: Option<f64>,
+    dropout: Option<f64>,
+    use_rslora: Option<bool>,
+    target_modules: Option<TargetModules>,
+    init_from: Option<PathBuf>,
+    seed: Option<u64>,
+}
+
+/// `target_modules`: a list of module names or PEFT's `"all-linear"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TargetModules {
+    One(String),
+    List(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSft {
+    data: Option<PathBuf>,
+    max_steps: Option<u64>,
+    epochs: Option<f64>,
+    batch_size: Option<usize>,
+    gradient_accumulation_steps: Option<usize>,
+    max_length: Option<usize>,
+    seed: Option<u64>,
+    shuffle: Option<bool>,
+    gradient_checkpointing: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawOutput {
+    dir: Option<PathBuf>,
+    save_steps: Option<u64>,
+    save_total_limit: Option<usize>,
+    logging_steps: Option<u64>,
+}
+
+impl RunFile {
+    /// Reads and validates the run file at `path`.
+    pub fn load(path: &Path) -> Result<RunFile> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses and validates `text`, the contents of the run file at `path` (relative paths in it are
+    /// resolved against `path`'s folder; errors name `path`).
+    pub fn from_toml(text: &str, path: &Path) -> Result<RunFile> {
+        let err = |message: String| Error::Config { path: path.to_path_buf(), message };
+        let raw: RawRunFile = toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_string()))?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let at_least = |section: &str, key: &str, v: u64, min: u64| -> Result<()> {
+            if v < min {
+                Err(err(format!("[{section}] {key} = {v}: must be at least {min}")))
+            } else {
+                Ok(())
+            }
+        };
+
+        let l = raw.lora;
+        if l.init_from.is_some() {
+            let set = [
+                ("r", l.r.is_some()),
+                ("alpha", l.alpha.is_some()),
+                ("dropout", l.dropout.is_some()),
+                ("use_rslora", l.use_rslora.is_some()),
+                ("target_modules", l.target_modules.is_some()),
+                ("seed", l.seed.is_some()),
+            ];
+            if let Some((key, _)) = set.iter().find(|(_, given)| *given) {
+                return Err(err(format!(
+                    "[lora] {key}: with init_from, the adapter's adapter_config.json sets every LoRA \
+                     option; remove `{key}` (or init_from, to start a fresh adapter)"
+                )));
+            }
+        }
+        let targets = match l.target_modules {
+            None => Target::ALL.to_vec(),
+            Some(TargetModules::One(s)) if s == "all-linear" => Target::ALL.to_vec(),
+            Some(TargetModules::One(s)) => {
+                return Err(err(format!(
+                    "[lora] target_modules = \"{s}\": give a list of module names (q_proj, k_proj, v_proj, \
+                     o_proj, gate_proj, up_proj, down_proj) or \"all-linear\""
+                )));
+            }
+            Some(TargetModules::List(names)) => {
+                let mut targets = Vec::with_capacity(names.len());
+                for name in &names {
+                    targets.push(Target::parse(name).ok_or_else(|| {
+                        err(format!(
+                            "[lora] target_modules: unknown module `{name}`; babelrl adapts q_proj, k_proj, \
+                             v_proj, o_proj, gate_proj, up_proj and down_proj"
+                        ))
+                    })?);
+                }
+                if targets.is_empty() {
+                    return Err(err("[lora] target_modules is empty: name at least one module".into()));
+                }
+                targets.sort();
+                targets.dedup();
+                targets
+            }
+        };
+        let lora = LoraSection {
+            r: l.r.unwrap_or(16),
+            alpha: l.alpha.unwrap_or(32.0),
+            dropout: l.dropout.unwrap_or(0.0),
+            use_rslora: l.use_rslora.unwrap_or(false),
+            targets,
+            init_from: l.init_from.map(resolve),
+            seed: l.seed.unwrap_or(0),
+        };
+        at_least("lora", "r", lora.r as u64, 1)?;
+        if !lora.alpha.is_finite() {
+            return Err(err(format!("[lora] alpha = {}: must be a finite number", lora.alpha)));
+        }
+        if !(0.0..1.0).contains(&lora.dropout) {
+            return Err(err(format!("[lora] dropout = {}: must lie in [0, 1)", lora.dropout)));
+        }
+
+        raw.optimizer.validate().map_err(|e| err(format!("[optimizer] {e}")))?;
+        let w = raw.schedule.warmup_steps;
+        if !(w >= 0.0 && w.is_finite()) {
+            return Err(err(format!(
+                "[schedule] warmup_steps = {w}: must be a number of steps (≥ 1) or a ratio in [0, 1)"
+            )));
+        }
+
+        let sft = match raw.sft {
+            None => None,
+            Some(s) => {
+                let data = s.data.ok_or_else(|| {
+                    err("[sft] data is missing: name the JSONL file of training examples".into())
+                })?;
+                let length = match (s.max_steps, s.epochs) {
+                    (Some(_), Some(_)) => {
+                        return Err(err(
+                            "[sft] max_steps and epochs are both set: give exactly one of them".into()
+                        ));
+                    }
+                    (None, None) => {
+                        return Err(err(
+                            "[sft] needs max_steps (optimizer steps) or epochs (passes over the data)".into(),
+                        ));
+                    }
+                    (Some(n), None) => {
+                        at_least("sft", "max_steps", n, 1)?;
+                        TrainLength::MaxSteps(n)
+                    }
+                    (None, Some(e)) => {
+                        if !(e > 0.0 && e.is_finite()) {
+                            return Err(err(format!("[sft] epochs = {e}: must be a number above 0")));
+                        }
+                        TrainLength::Epochs(e)
+                    }
+                };
+                let sft = SftSection {
+                    data: resolve(data),
+                    length,
+                    batch_size: s.batch_size.unwrap_or(8),
+                    gradient_accumulation_steps: s.gradient_accumulation_steps.unwrap_or(1),
+                    max_length: s.max_length.unwrap_or(1024),
+                    seed: s.seed.unwrap_or(0),
+                    shuffle: s.shuffle.unwrap_or(true),
+                    gradient_checkpointing: s.gradient_checkpointing.unwrap_or(false),
+                };
+                at_least("sft", "batch_size", sft.batch_size as u64, 1)?;
+                at_least("sft", "gradient_accumulation_steps", sft.gradient_accumulation_steps as u64, 1)?;
+                at_least("sft", "max_length", sft.max_length as u64, 2)?;
+                Some(sft)
+            }
+        };
+
+        let o = raw.output;
+        let dir = o.dir.unwrap_or_else(|| {
+            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+            Path::new("runs").join(stem.unwrap_or_else(|| "run".into()))
+        });
+        let output = OutputSection {
+            dir: resolve(dir),
+            save_steps: o.save_steps.unwrap_or(50),
+            save_total_limit: o.save_total_limit.unwrap_or(2),
+            logging_steps: o.logging_steps.unwrap_or(1),
+        };
+        at_least("output", "logging_steps", output.logging_steps, 1)?;
+
+        let sha256 = Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        Ok(RunFile {
+            path: path.to_path_buf(),
+            sha256,
+            model: ModelSection { path: raw.model.path.map(resolve) },
+            lora,
+            optimizer: raw.optimizer,
+            schedule: raw.schedule,
+            sft,
+            output,
+        })
+    }
+
+    /// The `[sft]` section, or an error saying the file lacks one.
+    pub fn sft(&self) -> Result<&SftSection> {
+        self.sft.as_ref().ok_or_else(|| Error::Config {
+            path: self.path.clone(),
+            message: "no [sft] section: an SFT run needs [sft] with at least `data` and `max_steps` \
+                      (or `epochs`)"
+                .into(),
+        })
+    }
+
+    /// The LoRA config of a fresh adapter (with `init_from`, the adapter folder's config is used
+    /// instead: [`crate::lora::Adapter::load_peft`] reads it).
+    pub fn lora_config(&self) -> Result<LoraConfig> {
+        let l = &self.lora;
+        let err = |e: Error| Error::Config { path: self.path.clone(), message: format!("[lora] {e}") };
+        let mut cfg = LoraConfig::new(l.r, l.alpha, &l.targets).map_err(err)?;
+        cfg.use_rslora = l.use_rslora;
+        cfg.dropout = l.dropout;
+        cfg.validate().map_err(err)?;
+        Ok(cfg)
+    }
+
+    /// The learning-rate schedule over `total_steps` optimizer steps.
+    pub fn schedule(&self, total_steps: u64) -> Result<Schedule> {
+        Schedule::new(self.schedule.lr_scheduler_type, self.schedule.warmup_steps, total_steps)
+            .map_err(|e| Error::Config { path: self.path.clone(), message: format!("[schedule] {e}") })
+    }
+}
+
+#[cfg(test)]
+mod tests;

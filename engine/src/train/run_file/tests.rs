@@ -1,0 +1,258 @@
+//! Tests of the run file: defaults, every key, unknown keys named with the file, path resolution,
+//! the range checks and the conversions to the library's types.
+
+use super::*;
+
+const PATH: &str = "/work/runs/sft_french.toml";
+
+fn parse(text: &str) -> Result<RunFile> {
+    RunFile::from_toml(text, Path::new(PATH))
+}
+
+fn error(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn an_sft_file_with_only_the_required_keys_takes_the_defaults() {
+    let rf = parse("[sft]\ndata = \"train.jsonl\"\nmax_steps = 10\n").unwrap();
+    assert_eq!(rf.model, ModelSection { path: None });
+    assert_eq!(
+        rf.lora,
+        LoraSection {
+            r: 16,
+            alpha: 32.0,
+            dropout: 0.0,
+            use_rslora: false,
+            targets: Target::ALL.to_vec(),
+            init_from: None,
+            seed: 0
+        }
+    );
+    assert_eq!(rf.optimizer, AdamWConfig::default());
+    assert_eq!(rf.schedule, ScheduleSection { lr_scheduler_type: SchedulerType::Linear, warmup_steps: 0.0 });
+    let sft = rf.sft().unwrap();
+    assert_eq!(
+        *sft,
+        SftSection {
+            data: PathBuf::from("/work/runs/train.jsonl"),
+            length: TrainLength::MaxSteps(10),
+            batch_size: 8,
+            gradient_accumulation_steps: 1,
+            max_length: 1024,
+            seed: 0,
+            shuffle: true,
+            gradient_checkpointing: false,
+        }
+    );
+    assert_eq!(
+        rf.output,
+        OutputSection {
+            dir: PathBuf::from("/work/runs/runs/sft_french"),
+            save_steps: 50,
+            save_total_limit: 2,
+            logging_steps: 1
+        }
+    );
+    assert_eq!(rf.path, Path::new(PATH));
+    assert_eq!(rf.sha256.len(), 64);
+    assert_ne!(rf.sha256, parse("[sft]\ndata = \"train.jsonl\"\nmax_steps = 11\n").unwrap().sha256);
+}
+
+const FULL: &str = r#"
+[model]
+path = "../models/SmolLM2.gguf"
+[lora]
+r = 8
+alpha = 16.5
+dropout = 0.05
+use_rslora = true
+target_modules = ["v_proj", "q", "mlp.down_proj", "q_proj"]
+seed = 3
+[optimizer]
+learning_rate = 2e-4
+adam_beta1 = 0.8
+adam_beta2 = 0.99
+adam_epsilon = 1e-6
+weight_decay = 0.01
+max_grad_norm = 0.5
+[schedule]
+lr_scheduler_type = "cosine"
+warmup_steps = 0.1
+[sft]
+data = "/data/train.jsonl"
+epochs = 2.5
+batch_size = 4
+gradient_accumulation_steps = 3
+max_length = 256
+seed = 9
+shuffle = false
+gradient_checkpointing = true
+[output]
+dir = "out"
+save_steps = 0
+save_total_limit = 0
+logging_steps = 5
+"#;
+
+#[test]
+fn every_section_and_key_is_read() {
+    let rf = parse(FULL).unwrap();
+    assert_eq!(rf.model.path, Some(PathBuf::from("/work/runs/../models/SmolLM2.gguf")));
+    assert_eq!(
+        rf.lora,
+        LoraSection {
+            r: 8,
+            alpha: 16.5,
+            dropout: 0.05,
+            use_rslora: true,
+            targets: vec![Target::Q, Target::V, Target::Down],
+            init_from: None,
+            seed: 3
+        }
+    );
+    let want = AdamWConfig {
+        learning_rate: 2e-4,
+        adam_beta1: 0.8,
+        adam_beta2: 0.99,
+        adam_epsilon: 1e-6,
+        weight_decay: 0.01,
+        max_grad_norm: 0.5,
+    };
+    assert_eq!(rf.optimizer, want);
+    assert_eq!(rf.schedule, ScheduleSection { lr_scheduler_type: SchedulerType::Cosine, warmup_steps: 0.1 });
+    let sft = rf.sft().unwrap();
+    assert_eq!(
+        *sft,
+        SftSection {
+            data: PathBuf::from("/data/train.jsonl"),
+            length: TrainLength::Epochs(2.5),
+            batch_size: 4,
+            gradient_accumulation_steps: 3,
+            max_length: 256,
+            seed: 9,
+            shuffle: false,
+            gradient_checkpointing: true,
+        }
+    );
+    assert_eq!(
+        rf.output,
+        OutputSection {
+            dir: PathBuf::from("/work/runs/out"),
+            save_steps: 0,
+            save_total_limit: 0,
+            logging_steps: 5
+        }
+    );
+    let cfg = rf.lora_config().unwrap();
+    assert_eq!((cfg.r, cfg.alpha, cfg.dropout, cfg.use_rslora), (8, 16.5, 0.05, true));
+    assert_eq!(cfg.targets, [Target::Q, Target::V, Target::Down]);
+    // 10 examples in batches of 4: 3 batches, 1 optimizer step per epoch (3 accumulated); 2.5 epochs.
+    assert_eq!(sft.total_steps(10), 3);
+    // 100 examples: 25 batches, ⌈25 / 3⌉ = 9 steps per epoch; ⌈2.5 · 9⌉ = 23.
+    assert_eq!(sft.total_steps(100), 23);
+    let s = rf.schedule(23).unwrap();
+    assert_eq!((s.kind, s.warmup_steps, s.total_steps), (SchedulerType::Cosine, 3, 23));
+}
+
+#[test]
+fn an_unknown_key_in_any_section_is_named_with_the_file() {
+    let cases = [
+        ("[model]\npaht = \"m\"\n", "paht"),
+        ("[lora]\nrank = 4\n", "rank"),
+        ("[optimizer]\nlr = 1e-4\n", "lr"),
+        ("[schedule]\nwarmup_ratio = 0.1\n", "warmup_ratio"),
+        ("[sft]\ndata = \"d\"\nmax_steps = 1\nnum_train_epochs = 1\n", "num_train_epochs"),
+        ("[output]\noutput_dir = \"o\"\n", "output_dir"),
+        ("[grpo]\nbeta = 0.1\n", "grpo"),
+        ("top_level = 1\n", "top_level"),
+    ];
+    for (text, key) in cases {
+        let e = error(text);
+        assert!(e.contains(&format!("unknown field `{key}`")) && e.contains(PATH), "{key}: {e}");
+    }
+}
+
+#[test]
+fn relative_paths_resolve_against_the_run_files_folder() {
+    let text = "[model]\npath = \"m.gguf\"\n[lora]\ninit_from = \"../adapters/a\"\n\
+                [sft]\ndata = \"d/train.jsonl\"\nmax_steps = 1\n";
+    let rf = RunFile::from_toml(text, Path::new("exp/run.toml")).unwrap();
+    assert_eq!(rf.model.path.unwrap(), Path::new("exp/m.gguf"));
+    assert_eq!(rf.lora.init_from.unwrap(), Path::new("exp/../adapters/a"));
+    assert_eq!(rf.sft.unwrap().data, Path::new("exp/d/train.jsonl"));
+    assert_eq!(rf.output.dir, Path::new("exp/runs/run"));
+    // A run file in the current folder: paths stay relative to it.
+    let rf = RunFile::from_toml("[output]\ndir = \"o\"", Path::new("run.toml")).unwrap();
+    assert_eq!(rf.output.dir, Path::new("o"));
+    // load reads the file and resolves against its folder.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.toml");
+    std::fs::write(&path, "[sft]\ndata = \"t.jsonl\"\nmax_steps = 2\n").unwrap();
+    assert_eq!(RunFile::load(&path).unwrap().sft().unwrap().data, dir.path().join("t.jsonl"));
+    let e = RunFile::load(&dir.path().join("absent.toml")).unwrap_err().to_string();
+    assert!(e.contains("absent.toml"), "{e}");
+}
+
+#[test]
+fn the_length_of_an_sft_run_is_max_steps_or_epochs_exactly_one() {
+    let e = error("[sft]\ndata = \"d\"\nmax_steps = 5\nepochs = 1\n");
+    assert!(e.contains("max_steps and epochs are both set") && e.contains(PATH), "{e}");
+    let e = error("[sft]\ndata = \"d\"\n");
+    assert!(e.contains("[sft] needs max_steps") && e.contains(PATH), "{e}");
+    let e = error("[sft]\nmax_steps = 5\n");
+    assert!(e.contains("[sft] data is missing"), "{e}");
+    let e = parse("[lora]\nr = 4\n").unwrap().sft().unwrap_err().to_string();
+    assert!(e.contains("no [sft] section") && e.contains(PATH), "{e}");
+    // max_steps ignores the data size; epochs of an empty data set still make one step.
+    let rf = parse("[sft]\ndata = \"d\"\nmax_steps = 7\n").unwrap();
+    assert_eq!(rf.sft().unwrap().total_steps(1000), 7);
+    let rf = parse("[sft]\ndata = \"d\"\nepochs = 1\n").unwrap();
+    assert_eq!(rf.sft().unwrap().total_steps(0), 1);
+    assert_eq!(rf.sft().unwrap().total_steps(17), 3);
+}
+
+#[test]
+fn out_of_range_values_are_named_by_section_and_key() {
+    let sft = |extra: &str| format!("[sft]\ndata = \"d\"\nmax_steps = 1\n{extra}\n");
+    let cases = [
+        (sft("batch_size = 0"), "[sft] batch_size = 0"),
+        (sft("gradient_accumulation_steps = 0"), "[sft] gradient_accumulation_steps = 0"),
+        (sft("max_length = 1"), "[sft] max_length = 1"),
+        ("[sft]\ndata = \"d\"\nmax_steps = 0\n".into(), "[sft] max_steps = 0"),
+        ("[sft]\ndata = \"d\"\nepochs = 0.0\n".into(), "[sft] epochs = 0"),
+        ("[sft]\ndata = \"d\"\nepochs = nan\n".into(), "[sft] epochs = NaN"),
+        ("[lora]\nr = 0\n".into(), "[lora] r = 0"),
+        ("[lora]\nalpha = inf\n".into(), "[lora] alpha = inf"),
+        ("[lora]\ndropout = 1.0\n".into(), "[lora] dropout = 1"),
+        ("[lora]\ntarget_modules = [\"lm_head\"]\n".into(), "unknown module `lm_head`"),
+        ("[lora]\ntarget_modules = []\n".into(), "[lora] target_modules is empty"),
+        ("[lora]\ntarget_modules = \".*proj\"\n".into(), "[lora] target_modules = \".*proj\""),
+        ("[optimizer]\nadam_beta1 = 1.0\n".into(), "[optimizer] optimizer option `adam_beta1`"),
+        ("[schedule]\nwarmup_steps = -1.0\n".into(), "[schedule] warmup_steps = -1"),
+        ("[schedule]\nlr_scheduler_type = \"polynomial\"\n".into(), "polynomial"),
+        ("[output]\nlogging_steps = 0\n".into(), "[output] logging_steps = 0"),
+        ("[lora]\nr = -1\n".into(), "r = -1"),
+        ("[sft]\ndata = 3\nmax_steps = 1\n".into(), "data = 3"),
+    ];
+    for (text, says) in cases {
+        let e = error(&text);
+        assert!(e.contains(says) && e.contains(PATH), "{text:?}: {e}");
+    }
+}
+
+#[test]
+fn init_from_excludes_the_options_it_decides() {
+    let rf = parse("[lora]\ninit_from = \"/adapters/fr\"\n").unwrap();
+    assert_eq!(rf.lora.init_from, Some(PathBuf::from("/adapters/fr")));
+    for key in
+        ["r = 4", "alpha = 8.0", "dropout = 0.1", "use_rslora = true", "target_modules = [\"q\"]", "seed = 1"]
+    {
+        let e = error(&format!("[lora]\ninit_from = \"a\"\n{key}\n"));
+        let name = key.split(' ').next().unwrap();
+        assert!(e.contains(&format!("[lora] {name}: with init_from")), "{key}: {e}");
+    }
+    // "all-linear" is all seven projections.
+    let rf = parse("[lora]\ntarget_modules = \"all-linear\"\n").unwrap();
+    assert_eq!(rf.lora_config().unwrap().targets, Target::ALL);
+}
