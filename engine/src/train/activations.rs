@@ -95,6 +95,9 @@ pub struct Activations {
     /// (T, D) gradient of the final-normed hidden states (written by the forward when the upstream
     /// gradient is known before it).
     pub dnormed: Tensor,
+    /// (T, max(D, H·hd, I)) the LoRA input after dropout (only with `lora_dropout` > 0; its masks are
+    /// recomputed from their seeds in the backward instead of being saved).
+    pub dropped: Option<Tensor>,
     /// The last forward pass recorded into these activations (what its backward needs to know).
     pub last: Option<LastPass>,
 }
@@ -106,6 +109,8 @@ pub struct LastPass {
     pub span: usize,
     pub slots: usize,
     pub head_grad: bool,
+    /// Seed of the pass's LoRA dropout masks.
+    pub dropout_seed: u64,
 }
 
 /// Scratch of the backward walk, reused by every layer.
@@ -132,6 +137,13 @@ pub struct Gradients {
     pub pds: Tensor,
     /// (T, r) the LoRA backward's du.
     pub du: Tensor,
+    /// (T, max(D, H·hd, I)) a LoRA input gradient before dropout's backward (with dropout only).
+    pub ddropped: Option<Tensor>,
+}
+
+/// The widest input of an adapted projection: the hidden size, the attention output or the MLP's.
+pub fn widest_input(c: &DecoderConfig) -> usize {
+    c.hidden.max(c.n_head * c.head_dim).max(c.intermediate)
 }
 
 fn layer(
@@ -175,6 +187,7 @@ impl Activations {
         rank: usize,
         targets: &[Target],
         checkpointing: bool,
+        dropout: bool,
     ) -> Result<Activations> {
         let TrainShape { tokens: t, slots, span } = shape;
         let d = c.hidden;
@@ -201,6 +214,10 @@ impl Activations {
             xent_scratch: z("act.xent_scratch", &[t, xent_chunk_cols(c.vocab)])?,
             scores: z("act.scores", &[t, c.n_head, span])?,
             dnormed: z("act.dnormed", &[t, d])?,
+            dropped: match dropout {
+                true => Some(z("act.lora_dropped", &[t, widest_input(c)])?),
+                false => None,
+            },
             last: None,
         })
     }
@@ -223,6 +240,7 @@ impl Activations {
             &self.dnormed,
         ];
         all.extend(&self.layer_inputs);
+        all.extend(&self.dropped);
         for l in &self.layers {
             all.extend([
                 &l.inv_rms_attn,
@@ -245,7 +263,13 @@ impl Activations {
 
 impl Gradients {
     /// Backward scratch for passes of `shape` on model `c` with an adapter of `rank`.
-    pub fn new(gpu: &Gpu, c: &DecoderConfig, shape: TrainShape, rank: usize) -> Result<Gradients> {
+    pub fn new(
+        gpu: &Gpu,
+        c: &DecoderConfig,
+        shape: TrainShape,
+        rank: usize,
+        dropout: bool,
+    ) -> Result<Gradients> {
         let TrainShape { tokens: t, slots, span } = shape;
         let z = |name: &str, shape: &[usize]| gpu.zeros(name, shape);
         let kv = [slots, c.n_kv_head, span, c.head_dim];
@@ -262,6 +286,10 @@ impl Gradients {
             delta: z("grad.delta", &[t, c.n_head])?,
             pds: z("grad.pds", &[t, c.n_head, span, 2])?,
             du: z("grad.du", &[t, rank])?,
+            ddropped: match dropout {
+                true => Some(z("grad.lora_ddropped", &[t, widest_input(c)])?),
+                false => None,
+            },
         })
     }
 
@@ -281,7 +309,8 @@ impl Gradients {
             &self.pds,
             &self.du,
         ]
-        .iter()
+        .into_iter()
+        .chain(&self.ddropped)
         .map(|t| t.buffer.size())
         .sum()
     }

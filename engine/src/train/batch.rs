@@ -37,6 +37,9 @@ pub struct TrainBatch {
     pub span: usize,
     /// Rows with a target.
     pub completion_tokens: usize,
+    /// Seed of this pass's LoRA dropout masks (each layer and projection derives its own from it);
+    /// set a new one per micro-batch (see [`crate::gpu::kernels::dropout_seed`]).
+    pub dropout_seed: u64,
 }
 
 impl TrainBatch {
@@ -56,6 +59,7 @@ impl TrainBatch {
             slots: seqs.len(),
             span: 0,
             completion_tokens: 0,
+            dropout_seed: 0,
         };
         for (s, seq) in seqs.iter().enumerate() {
             let n = seq.tokens.len();

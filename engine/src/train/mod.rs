@@ -4,9 +4,9 @@
 
 pub mod activations;
 pub mod batch;
-pub mod lora_grads;
 pub mod checkpoint;
 pub mod data;
+pub mod lora_grads;
 pub mod optim;
 pub mod run_file;
 pub mod schedule;
@@ -14,12 +14,12 @@ pub mod sft;
 
 pub use activations::{Activations, Gradients, TrainShape};
 pub use batch::{TrainBatch, TrainSequence};
-pub use lora_grads::LoraGrads;
 pub use checkpoint::{
     CHECKPOINT_FORMAT, Checkpoint, TrainerState, latest_checkpoint, load_checkpoint, prune_checkpoints,
     save_checkpoint,
 };
 pub use data::{SftExample, load_sft_jsonl};
+pub use lora_grads::LoraGrads;
 pub use optim::{AdamW, AdamWConfig, AdamWState, GradNorm, ParamSpec, ParamState};
 pub use run_file::{
     LoraSection, ModelSection, OutputSection, RunFile, ScheduleSection, SftSection, TrainLength,

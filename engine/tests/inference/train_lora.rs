@@ -155,3 +155,87 @@ fn three_adamw_steps_match_peft_and_torch() {
         check_three_steps(dir);
     }
 }
+
+/// The loss of `batch` under `adapter` (forward only).
+fn loss_of(f: &Fixture, adapter: &Adapter, batch: &TrainBatch) -> f64 {
+    let dec = &f.lm.decoder;
+    let shape = TrainShape { tokens: batch.len(), slots: batch.slots, span: batch.span };
+    let mut acts = dec.train_activations(shape, adapter, false).unwrap();
+    dec.train_forward(&mut acts, batch, adapter, None).unwrap();
+    let nll = gpu().read_f32(&acts.nll).unwrap();
+    nll.iter().map(|&v| v as f64).sum::<f64>() / batch.completion_tokens as f64
+}
+
+/// LoRA dropout (p = 0.3): with the masks fixed by the pass's seed the loss is a function of the
+/// adapter, and the walk's gradient must be its derivative. Checked along random directions against
+/// central differences of the loss (f64 sums of f32 losses; ε sized so rounding stays below 1 %).
+#[test]
+fn dropout_gradients_match_finite_differences() {
+    let dir = "tiny-qwen2";
+    let f = fixture(dir);
+    let st = SafeTensors::deserialize(&f.bytes).unwrap();
+    let dec = &f.lm.decoder;
+    let mut batch = TrainBatch::new(&sequences(&st), dec.config().vocab, dec.max_context()).unwrap();
+    batch.dropout_seed = 11;
+    let host = f.adapter.to_host().unwrap();
+    let mut config = f.adapter.config().clone();
+    config.dropout = 0.3;
+    let with = |pairs: &[babelrl::lora::HostPair]| {
+        Adapter::from_host(gpu(), config.clone(), dec.config(), pairs).unwrap()
+    };
+    let dropped = with(&host);
+    let plain = loss_of(&f, &f.adapter, &batch);
+    let loss = loss_of(&f, &dropped, &batch);
+    assert_ne!(loss, plain, "dropout changes nothing");
+    assert_eq!(loss, loss_of(&f, &dropped, &batch), "the same seed must give the same masks");
+    let mut other = batch.clone();
+    other.dropout_seed = 12;
+    assert_ne!(loss, loss_of(&f, &dropped, &other), "another seed must give other masks");
+
+    let fx = Fixture {
+        lm: load_language_model(gpu(), &repo_root().join("tests/fixtures").join(dir)).unwrap(),
+        adapter: with(&host),
+        bytes: vec![],
+    };
+    let grads = LoraGrads::new(&gpu(), &fx.adapter).unwrap();
+    loss_and_grads(&fx, &batch, &grads, false);
+    let g = read_grads(&fx, &grads);
+    for seed in 0..3u64 {
+        // A random direction v over every factor; the walk's directional derivative is Σ g·v.
+        let v: Vec<Vec<f32>> = g
+            .iter()
+            .enumerate()
+            .map(|(i, (_, x))| crate::common::random(x.len(), 1.0, 100 * seed + i as u64))
+            .collect();
+        let predicted: f64 = g
+            .iter()
+            .zip(&v)
+            .map(|((_, x), v)| x.iter().zip(v).map(|(a, b)| (a * b) as f64).sum::<f64>())
+            .sum();
+        let eps = 2e-3f32;
+        let moved = |sign: f32| {
+            let mut k = 0;
+            let pairs: Vec<_> = host
+                .iter()
+                .map(|p| {
+                    let mut p = p.clone();
+                    for x in [&mut p.a, &mut p.b] {
+                        for (x, d) in x.iter_mut().zip(&v[k]) {
+                            *x += sign * eps * d;
+                        }
+                        k += 1;
+                    }
+                    p
+                })
+                .collect();
+            loss_of(&f, &with(&pairs), &batch)
+        };
+        let numeric = (moved(1.0) - moved(-1.0)) / (2.0 * eps as f64);
+        let diff = (numeric - predicted).abs();
+        eprintln!("dropout direction {seed}: walk {predicted:.6e}, central difference {numeric:.6e}");
+        assert!(
+            diff <= 0.01 * predicted.abs().max(numeric.abs()),
+            "direction {seed}: walk {predicted} vs finite difference {numeric}"
+        );
+    }
+}

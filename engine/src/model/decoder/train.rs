@@ -8,7 +8,7 @@
 //! Then `z = norm(x_L)` and the LM head with a chunked cross-entropy per row.
 
 use crate::gpu::cpu_ref::TokenInfo;
-use crate::gpu::kernels::{ATTN_QK_NORM, ATTN_ROPE, AttnBackward, AttnParams, GradWrite};
+use crate::gpu::kernels::{ATTN_QK_NORM, ATTN_ROPE, AttnBackward, AttnParams, GradWrite, dropout_seed};
 use crate::gpu::kernels_lora::{LoraGradBuffers, LoraShape, OutputSlice};
 use crate::gpu::{Batch, Tensor};
 use crate::lora::{Adapter, Target};
@@ -54,12 +54,13 @@ impl Decoder {
         adapter.check_fits(&self.gpu, &self.cfg)?;
         let cache = self.new_cache(shape.slots, shape.span)?;
         let cfg = adapter.config();
-        Activations::new(&self.gpu, &self.cfg, cache, shape, cfg.r, &cfg.targets, checkpointing)
+        let dropout = cfg.dropout > 0.0;
+        Activations::new(&self.gpu, &self.cfg, cache, shape, cfg.r, &cfg.targets, checkpointing, dropout)
     }
 
     /// Backward scratch for passes of up to `shape`.
     pub fn train_gradients(&self, shape: TrainShape, adapter: &Adapter) -> Result<Gradients> {
-        Gradients::new(&self.gpu, &self.cfg, shape, adapter.config().r)
+        Gradients::new(&self.gpu, &self.cfg, shape, adapter.config().r, adapter.config().dropout > 0.0)
     }
 
     /// The training forward of `batch` with `adapter` on: fills `acts` (their shape must hold the
@@ -108,7 +109,7 @@ impl Decoder {
         b.embed_rows_blocked(&acts.ids, &self.embed, &acts.layer_inputs[0], t)?;
         for l in 0..self.layers.len() {
             let saved = if acts.checkpointing { 0 } else { l };
-            self.layer_forward(&mut b, &p, acts, saved, l, adapter)?;
+            self.layer_forward(&mut b, &p, acts, saved, l, adapter, batch.dropout_seed)?;
         }
         let x_last = &acts.layer_inputs[self.layers.len()];
         b.rms_norm_train(x_last, &self.final_norm, &acts.normed, &acts.inv_rms_final, t, c.rms_eps)?;
@@ -145,6 +146,7 @@ impl Decoder {
             span: batch.span,
             slots: batch.slots,
             head_grad: token_grad.is_some(),
+            dropout_seed: batch.dropout_seed,
         });
         Ok(())
     }
@@ -213,12 +215,12 @@ impl Decoder {
         )?;
         for l in (0..self.layers.len()).rev() {
             let saved = if acts.checkpointing {
-                self.layer_forward(&mut b, &p, acts, 0, l, adapter)?;
+                self.layer_forward(&mut b, &p, acts, 0, l, adapter, last.dropout_seed)?;
                 0
             } else {
                 l
             };
-            self.layer_backward(&mut b, &p, acts, saved, l, scratch, adapter, grads, last.slots)?;
+            self.layer_backward(&mut b, &p, acts, saved, l, scratch, adapter, grads, last)?;
         }
         b.submit()
     }
@@ -239,6 +241,7 @@ impl Decoder {
 
     /// Layer `l`'s training forward from `acts.layer_inputs[l]` into `acts.layer_inputs[l + 1]`, saving
     /// into `acts.layers[saved]`.
+    #[allow(clippy::too_many_arguments)]
     fn layer_forward(
         &self,
         b: &mut Batch<'_>,
@@ -247,6 +250,7 @@ impl Decoder {
         saved: usize,
         l: usize,
         adapter: &Adapter,
+        dropout_seed_of_pass: u64,
     ) -> Result<()> {
         let c = &self.cfg;
         let t = p.t as usize;
@@ -254,8 +258,17 @@ impl Decoder {
         let s: &LayerActivations = &acts.layers[saved];
         let (x_in, x_out) = (&acts.layer_inputs[l], &acts.layer_inputs[l + 1]);
         let (qd, kvd, inter) = (c.n_head * c.head_dim, c.n_kv_head * c.head_dim, c.intermediate);
+        let drop_p = adapter.config().dropout as f32;
         let lora = |b: &mut Batch<'_>, target: Target, x: &Tensor, y: &Tensor, ldy: usize, n_off: usize| {
             let Some(u) = &s.lora_u[target.index()] else { return Ok(()) };
+            let x = match &acts.dropped {
+                Some(dropped) => {
+                    let seed = dropout_seed(dropout_seed_of_pass, 0, 0, l, target.index());
+                    b.dropout_forward(x, dropped, t * target.shape(c).1, drop_p, seed)?;
+                    dropped
+                }
+                None => x,
+            };
             adapter.record_forward(b, l, target, x, u, y, t, OutputSlice { ldy, n_off })
         };
         b.rms_norm_train(x_in, &layer.attn_norm, &s.h_attn, &s.inv_rms_attn, t, c.rms_eps)?;
@@ -292,9 +305,11 @@ impl Decoder {
         g: &Gradients,
         adapter: &Adapter,
         grads: &LoraGrads,
-        slots: usize,
+        last: LastPass,
     ) -> Result<()> {
         let c = &self.cfg;
+        let slots = last.slots;
+        let drop_p = adapter.config().dropout as f32;
         let t = p.t as usize;
         let layer = &self.layers[l];
         let s = &acts.layers[saved];
@@ -316,18 +331,25 @@ impl Decoder {
                 return Ok(());
             };
             let (n, k) = target.shape(c);
-            let bufs = LoraGradBuffers { du: &g.du, da: &pg.da, db: &pg.db, dx };
-            b.lora_backward(
-                dy,
-                x,
-                &pair.a,
-                &pair.b,
-                u,
-                scale,
-                bufs,
-                LoraShape { t, k, r, n },
-                OutputSlice { ldy, n_off },
-            )
+            let shape = LoraShape { t, k, r, n };
+            let slice = OutputSlice { ldy, n_off };
+            let (Some(dropped), Some(ddropped)) = (&acts.dropped, &g.ddropped) else {
+                let bufs = LoraGradBuffers { du: &g.du, da: &pg.da, db: &pg.db, dx };
+                return b.lora_backward(dy, x, &pair.a, &pair.b, u, scale, bufs, shape, slice);
+            };
+            // Dropout: the forward's mask is recomputed from its seed; the adapter's input gradient
+            // goes through the mask on its way into dx.
+            let seed = dropout_seed(last.dropout_seed, 0, 0, l, target.index());
+            b.dropout_forward(x, dropped, t * k, drop_p, seed)?;
+            if dx.is_some() {
+                b.clear(&ddropped.buffer);
+            }
+            let bufs = LoraGradBuffers { du: &g.du, da: &pg.da, db: &pg.db, dx: dx.map(|_| ddropped) };
+            b.lora_backward(dy, dropped, &pair.a, &pair.b, u, scale, bufs, shape, slice)?;
+            match dx {
+                Some(dx) => b.dropout_backward(ddropped, dx, t * k, drop_p, seed),
+                None => Ok(()),
+            }
         };
         // MLP: x'' = x' + m·Wdownᵀ, m = silu(g)·u, gu = h'·Wguᵀ, h' = norm(x').
         b.matmul_backward_dx(&g.dres, &layer.down, &g.dact, t, d, 0, GradWrite::Overwrite)?;
