@@ -8,6 +8,7 @@ use std::time::Instant;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
+use crate::gpu::kernels::dropout_seed;
 use crate::lora::Adapter;
 use crate::model::Decoder;
 use crate::train::{
@@ -220,7 +221,10 @@ impl<'m> SftTrainer<'m> {
                 seqs.push(self.data[i].clone());
             }
             let cfg = self.decoder.config();
-            micro.push(TrainBatch::new(&seqs, cfg.vocab, self.decoder.max_context())?);
+            let mut batch = TrainBatch::new(&seqs, cfg.vocab, self.decoder.max_context())?;
+            let (step, index) = (self.optim.step_count(), micro.len() as u64);
+            batch.dropout_seed = dropout_seed(o.seed, step, index, 0, 0);
+            micro.push(batch);
         }
         let denominator: usize = micro.iter().map(|b| b.completion_tokens).sum();
         let gpu = self.decoder.gpu().clone();

@@ -30,6 +30,7 @@ mod lora_peft;
 mod tokenizer_chat;
 mod tokenizer_gguf;
 mod train_checkpoint;
+mod train_cli;
 mod train_data;
 mod train_lora;
 mod train_optim;

@@ -5,6 +5,7 @@ mod bench_train;
 mod generate_cmd;
 mod info;
 mod plugin_cmd;
+mod train_cmd;
 
 use std::path::PathBuf;
 
@@ -27,6 +28,8 @@ enum Command {
     Generate(generate_cmd::GenerateArgs),
     /// Print sentence embeddings (one JSON array per input line).
     Embed(generate_cmd::EmbedArgs),
+    /// Train a LoRA adapter from a run file (an [sft] job).
+    Train(train_cmd::TrainArgs),
     /// Measure prefill and decode tokens/s and GEMM GFLOP/s on the model's shapes.
     Bench(bench::BenchArgs),
     /// Check and run reward and router plugins.
@@ -47,6 +50,7 @@ fn main() {
         Command::Generate(args) => generate_cmd::run(args),
         Command::Embed(args) => generate_cmd::embed(args),
         Command::Bench(args) => bench::run(args),
+        Command::Train(args) => train_cmd::run(args),
         Command::Plugin(cmd) => plugin_cmd::run(cmd),
     };
     if let Err(e) = result {
