@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job (README): sets up a fresh machine (Vulkan driver, default models), builds babelrl in
-# release mode and generates with the default model. Until the end-to-end GRPO issue lands, the main
-# job is chat generation on SmolLM2-135M-Instruct. Extra arguments go to `babelrl generate`.
+# release mode, trains the demo LoRA adapter on SmolLM2-135M-Instruct (examples/sft/babelrl_facts.toml,
+# a few minutes on a CPU; continued if a run is already there) and asks the base model and the trained
+# one the same question. Until the GRPO issue lands, this SFT run is the main job.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
@@ -15,7 +16,13 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1' || ! ls /usr/share/vulka
 fi
 scripts/fetch_models.sh
 cargo build --release -q -p babelrl --bin babelrl
-if [ $# -eq 0 ]; then
-  set -- --chat --prompt "Write a haiku about the ocean." --max-tokens 96
-fi
-exec target/release/babelrl generate "$@"
+run=examples/sft/babelrl_facts.toml
+out=examples/sft/runs/babelrl_facts
+resume=()
+if ls -d "$out"/checkpoint-* >/dev/null 2>&1; then resume=(--resume); fi
+target/release/babelrl train "$run" "${resume[@]}"
+question="What is babelrl?"
+echo; echo "== the base model: $question"
+target/release/babelrl generate --chat --prompt "$question" --max-tokens 48
+echo; echo "== with the trained adapter ($out/adapter): $question"
+target/release/babelrl generate --chat --prompt "$question" --max-tokens 48 --adapter "$out/adapter"

@@ -49,7 +49,7 @@ fn an_sft_file_with_only_the_required_keys_takes_the_defaults() {
         rf.output,
         OutputSection {
             dir: PathBuf::from("/work/runs/runs/sft_french"),
-            save_steps: 50,
+            save_steps: 1,
             save_total_limit: 2,
             logging_steps: 1
         }
