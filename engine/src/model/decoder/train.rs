@@ -75,6 +75,8 @@ impl Decoder {
         adapter: &Adapter,
         token_grad: Option<&[f32]>,
     ) -> Result<()> {
+        // A forward that fails part-way leaves nothing a backward could mistake for its pass.
+        acts.last = None;
         adapter.check_fits(&self.gpu, &self.cfg)?;
         let t = batch.len();
         let shape = TrainShape { tokens: t, slots: batch.slots, span: batch.span };
