@@ -9,6 +9,8 @@ Targets:
     tiny      tests/fixtures/tiny-{qwen2,qwen3,llama}/  random seeded decoders + expected.safetensors
     lora      tests/fixtures/tiny-*/lora/                 PEFT LoRA adapters on them + PEFT's logits (on/off)
     train     tests/fixtures/tiny-*/lora/train-expected.safetensors   SFT loss, LoRA gradients, 3 AdamW steps
+    lora-back tests/fixtures/tiny-*/lora/babelrl-saved/   adapters babelrl trained and saved (runs cargo)
+              + PEFT's logits with them (peft-logits.safetensors)
     gguf      tests/fixtures/tiny-llama-gguf/            tiny-llama as a llama.cpp-style GGUF (+ expected)
     quant     tests/fixtures/gguf-quant-blocks.safetensors   raw GGML blocks + gguf.quants.dequantize output
               (Q5_K, Q4_K, Q6_K: random blocks gguf-py dequantizes; Q8_1: numpy, as gguf-py has no Q8_1)
@@ -486,15 +488,21 @@ def make_train():
     run()
 
 
-TARGETS = {"tiny": make_tiny, "lora": make_lora, "train": make_train, "gguf": make_gguf, "quant": make_quant, "smollm2": make_smollm2,
-           "qwen": make_qwen, "encoders": make_encoders}
+def make_lora_back():
+    from fixtures_lora_back import make_lora_back as run
+
+    run()
+
+
+TARGETS = {"tiny": make_tiny, "lora": make_lora, "train": make_train, "lora-back": make_lora_back, "gguf": make_gguf,
+           "quant": make_quant, "smollm2": make_smollm2, "qwen": make_qwen, "encoders": make_encoders}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("targets", nargs="+", choices=sorted(TARGETS) + ["all"])
     args = ap.parse_args()
-    order = ["tiny", "lora", "train", "gguf", "quant", "smollm2", "qwen", "encoders"]
+    order = ["tiny", "lora", "train", "lora-back", "gguf", "quant", "smollm2", "qwen", "encoders"]
     wanted = [t for t in order if t in TARGETS and ("all" in args.targets or t in args.targets)]
     os.makedirs(FIX, exist_ok=True)
     for t in wanted:

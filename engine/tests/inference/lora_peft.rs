@@ -2,6 +2,9 @@
 //! r = 4, alpha = 8, rsLoRA on tiny-qwen3; tests/fixtures/tiny-*/lora/, by scripts/fixtures_lora.py)
 //! load here and give PEFT's logits and teacher-forced log-probs, with the adapter on and switched off;
 //! adapters saved here load back bit for bit; bad adapter folders are errors naming file and tensor.
+//! The other direction: adapters babelrl trained and saved (tests/fixtures/tiny-*/lora/babelrl-saved/,
+//! by `write_babelrl_saved_adapters` and scripts/fixtures_lora_back.py) load in PEFT and give there
+//! the logits they give here.
 //!
 //! Tolerance: that of the decoder fixtures (2e-5, see decoder_tiny.rs). The adapter's A and B are f32 on
 //! both sides, so it adds only f32 rounding of two thin products (K ≤ 160, r = 4).
@@ -10,13 +13,16 @@ use std::path::{Path, PathBuf};
 
 use crate::common;
 use crate::decoder_tiny::{floats, ids};
+use crate::train_lora::sequences;
 
 use babelrl::generate::{FinishReason, SamplingConfig, completion_logprobs, forward_chunked, generate};
 use babelrl::gpu::cpu_ref::TokenInfo;
-use babelrl::lora::{Adapted, Adapter, LoraConfig, Target};
+use babelrl::lora::{Adapted, Adapter, LoraConfig, Target, peft_tensor_name};
 use babelrl::model::{LanguageModel, load_language_model};
+use babelrl::train::{AdamWConfig, Schedule, SchedulerType, SftOptions, SftTrainer};
 use common::{assert_close, gpu, repo_root};
 use safetensors::SafeTensors;
+use sha2::{Digest, Sha256};
 
 const MODELS: [&str; 3] = ["tiny-qwen2", "tiny-qwen3", "tiny-llama"];
 const TOL: f32 = 2e-5;
@@ -194,6 +200,84 @@ fn saved_adapters_load_back_bit_for_bit() {
         if let Some(keep) = std::env::var_os("BABELRL_LORA_SAVE_DIR") {
             first.save_peft(&Path::new(&keep).join(dir)).unwrap();
         }
+    }
+}
+
+/// Writes tests/fixtures/tiny-*/lora/babelrl-saved/: the committed PEFT adapter trained by babelrl's
+/// SFT trainer for three AdamW steps on the batch of lora/train-expected.safetensors, then saved with
+/// `save_peft`. scripts/fixtures_lora_back.py runs this, then records PEFT's logits with the result.
+#[test]
+#[ignore = "writes fixtures: run by `scripts/make_fixtures.py lora-back` (scripts/fixtures_lora_back.py)"]
+fn write_babelrl_saved_adapters() {
+    for dir in MODELS {
+        let (lm, lora, _) = fixture(dir);
+        let dec = &lm.decoder;
+        let adapter = Adapter::load_peft(gpu(), &lora, dec.config()).unwrap();
+        let bytes = std::fs::read(lora.join("train-expected.safetensors")).unwrap();
+        let data = sequences(&SafeTensors::deserialize(&bytes).unwrap());
+        let optim =
+            AdamWConfig { learning_rate: 1e-3, weight_decay: 0.01, max_grad_norm: 1.0, ..Default::default() };
+        let schedule = Schedule::new(SchedulerType::Linear, 0.0, 3).unwrap();
+        let options = SftOptions { batch_size: data.len(), shuffle: false, ..Default::default() };
+        let mut trainer = SftTrainer::new(dec, adapter, data, optim, schedule, options).unwrap();
+        for _ in 0..3 {
+            let m = trainer.step().unwrap();
+            eprintln!(
+                "{dir}: step {} loss {:.6} grad norm {:.4} lr {:.2e}",
+                m.step, m.loss, m.grad_norm, m.lr
+            );
+        }
+        let out = lora.join("babelrl-saved");
+        trainer.adapter().save_peft(&out).unwrap();
+        eprintln!("{dir}: saved {}", out.display());
+    }
+}
+
+/// The other direction of the round trip: the adapter babelrl trained and saved (babelrl-saved/) gives
+/// here the logits PEFT gives with it (babelrl-saved/peft-logits.safetensors, recorded for exactly these
+/// adapter bytes). Training moved every tensor away from the committed adapter and PEFT's logits with
+/// it, so the comparison cannot pass with an untrained (or zero-B) adapter.
+#[test]
+fn babelrl_saved_adapters_give_the_same_logits_in_peft() {
+    for dir in MODELS {
+        let (lm, lora, bytes) = fixture(dir);
+        let model = &lm.decoder;
+        let saved = lora.join("babelrl-saved");
+        let weights = std::fs::read(saved.join("adapter_model.safetensors")).unwrap();
+        let peft_bytes = std::fs::read(saved.join("peft-logits.safetensors")).unwrap();
+        let (_, meta) = SafeTensors::read_metadata(&peft_bytes).unwrap();
+        let recorded = meta.metadata().as_ref().and_then(|m| m.get("adapter_sha256")).map(String::as_str);
+        let sha = format!("{:x}", Sha256::digest(&weights));
+        assert_eq!(
+            recorded,
+            Some(sha.as_str()),
+            "{dir}: babelrl-saved/peft-logits.safetensors was not made from this adapter_model.safetensors: \
+             rerun `scripts/make_fixtures.py lora-back`"
+        );
+
+        let initial = Adapter::load_peft(gpu(), &lora, model.config()).unwrap();
+        let trained =
+            Adapter::load_peft(gpu(), &saved, model.config()).unwrap_or_else(|e| panic!("{dir}: {e}"));
+        assert_eq!(trained.config(), initial.config(), "{dir}: the saved config");
+        for (t, i) in trained.to_host().unwrap().iter().zip(initial.to_host().unwrap()) {
+            let (a, b) = (peft_tensor_name(t.layer, t.target, 'A'), peft_tensor_name(t.layer, t.target, 'B'));
+            assert!(t.b.iter().any(|&v| v != 0.0), "{dir}: {b} is zero");
+            assert_ne!(t.a, i.a, "{dir}: {a} is the committed one: training did not move it");
+            assert_ne!(t.b, i.b, "{dir}: {b} is the committed one: training did not move it");
+        }
+
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let peft = SafeTensors::deserialize(&peft_bytes).unwrap();
+        let seqs: Vec<Vec<u32>> = (0..2).map(|i| ids(&st, &format!("input_ids_{i}"))).collect();
+        for (i, s) in seqs.iter().enumerate() {
+            assert_eq!(&ids(&peft, &format!("input_ids_{i}")), s, "{dir}: PEFT ran other inputs");
+        }
+        let want: Vec<f32> = (0..2).flat_map(|i| floats(&peft, &format!("logits_{i}"))).collect();
+        let got = all_logits(model.with_adapter(&trained), &seqs);
+        assert_close(&format!("{dir}: logits with babelrl's saved adapter vs PEFT"), &got, &want, TOL, 0.0);
+        let before: Vec<f32> = (0..2).flat_map(|i| floats(&st, &format!("logits_{i}"))).collect();
+        let moved = want.iter().zip(&before).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(moved > 100.0 * TOL, "{dir}: training moved PEFT's logits by only {moved}");
     }
 }
 

@@ -37,7 +37,8 @@ fn fixture(dir: &str) -> Fixture {
     Fixture { lm, adapter, bytes }
 }
 
-fn sequences(st: &SafeTensors) -> Vec<TrainSequence> {
+/// The fixture's SFT batch: its sequences with their prompt lengths.
+pub(crate) fn sequences(st: &SafeTensors) -> Vec<TrainSequence> {
     let (all, lengths, prompts) = (ids(st, "input_ids"), ids(st, "lengths"), ids(st, "prompt_lengths"));
     let mut at = 0;
     lengths
