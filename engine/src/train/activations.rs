@@ -179,6 +179,7 @@ fn layer(
 impl Activations {
     /// Allocates the activations of `shape` for a model `c` with an adapter of `rank` on `targets`
     /// (`cache` from the decoder, S slots × span positions).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         gpu: &Gpu,
         c: &DecoderConfig,
