@@ -57,7 +57,7 @@ pub struct BenchArgs {
     /// Tokens per training sequence.
     #[arg(long, default_value_t = 256)]
     train_tokens: usize,
-    /// Training steps measured (after one warm-up step).
+    /// Training steps measured (after a short warm-up that compiles every pipeline).
     #[arg(long, default_value_t = 2)]
     train_steps: usize,
 }

@@ -47,7 +47,6 @@ fn forward_rate(model: &Decoder, seqs: &[TrainSequence], steps: usize) -> anyhow
         model.gpu().read_words::<f32>(&acts.nll.buffer, 0, 1)?;
         Ok(start.elapsed().as_secs_f64())
     };
-    run()?; // warm-up: pipelines, allocations
     let secs: f64 = (0..steps).map(|_| run()).sum::<anyhow::Result<f64>>()?;
     Ok((batch.len() * steps) as f64 / secs)
 }
@@ -64,7 +63,6 @@ fn step_rate(
     let schedule = Schedule::new(SchedulerType::Constant, 0.0, steps as u64 + 1)?;
     let config = AdamWConfig { learning_rate: 1e-4, ..Default::default() };
     let mut trainer = SftTrainer::new(model, adapter(model)?, seqs.to_vec(), config, schedule, options)?;
-    trainer.step()?; // warm-up
     let (mut secs, mut tokens) = (0.0, 0);
     for _ in 0..steps {
         let m = trainer.step()?;
@@ -78,13 +76,25 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
+/// One short step with and without checkpointing and one forward, so every pipeline is compiled
+/// before anything is timed (a full-size warm-up step would take minutes on lavapipe).
+fn warm_up(model: &Decoder) -> anyhow::Result<()> {
+    let short = random_sequences(model, &TrainBench { batch: 2, tokens: 16, steps: 1 });
+    forward_rate(model, &short, 1)?;
+    for checkpointing in [false, true] {
+        step_rate(model, &short, 1, checkpointing)?;
+    }
+    Ok(())
+}
+
 /// Runs the training measurements and prints them as a Markdown table.
 pub fn bench_train(model: &Decoder, b: &TrainBench, figures: &mut Figures) -> anyhow::Result<()> {
+    warm_up(model)?;
     let seqs = random_sequences(model, b);
     let lora_params: usize = LoraGrads::param_specs(&adapter(model)?).iter().map(|p| p.len).sum();
     println!(
         "\nSFT training: LoRA r = 16 on all seven projections ({lora_params} parameters), {} sequences × {} \
-         tokens, mean of {} steps after a warm-up",
+         tokens, mean of {} steps (pipelines compiled beforehand)",
         b.batch, b.tokens, b.steps
     );
     let forward = forward_rate(model, &seqs, b.steps)?;
