@@ -398,16 +398,7 @@ impl Decoder {
             Output::Hidden => self.gpu.zeros("final_hidden", &[r, c.hidden])?,
         };
 
-        let p = AttnParams {
-            t: t as u32,
-            n_head: c.n_head as u32,
-            n_kv_head: c.n_kv_head as u32,
-            head_dim: c.head_dim as u32,
-            ctx: cache.ctx as u32,
-            span: span as u32,
-            flags: ATTN_ROPE | if c.qk_norm { ATTN_QK_NORM } else { 0 },
-            eps: c.rms_eps,
-        };
+        let p = self.attn_params(t, cache, span);
         let (qd, kvd, inter) = (c.n_head * c.head_dim, c.n_kv_head * c.head_dim, c.intermediate);
         let mut b = g.batch();
         // The adapter's term of `target` in layer `l`, added into columns n_off.. of y (row stride ldy).
@@ -461,6 +452,21 @@ impl Decoder {
         }
         b.submit()?;
         Ok(out)
+    }
+
+    /// The attention kernels' parameters for a pass of `t` tokens over `cache` with score rows of `span`.
+    pub(crate) fn attn_params(&self, t: usize, cache: &KvCache, span: usize) -> AttnParams {
+        let c = &self.cfg;
+        AttnParams {
+            t: t as u32,
+            n_head: c.n_head as u32,
+            n_kv_head: c.n_kv_head as u32,
+            head_dim: c.head_dim as u32,
+            ctx: cache.ctx as u32,
+            span: span as u32,
+            flags: ATTN_ROPE | if c.qk_norm { ATTN_QK_NORM } else { 0 },
+            eps: c.rms_eps,
+        }
     }
 
     /// Log-probabilities (R) of `targets[r]` under the logits rows, computed on the GPU; only R floats

@@ -8,7 +8,7 @@
 //! Then `z = norm(x_L)` and the LM head with a chunked cross-entropy per row.
 
 use crate::gpu::cpu_ref::TokenInfo;
-use crate::gpu::kernels::{ATTN_QK_NORM, ATTN_ROPE, AttnBackward, AttnParams, GradWrite, dropout_seed};
+use crate::gpu::kernels::{AttnBackward, AttnParams, GradWrite, dropout_seed};
 use crate::gpu::kernels_lora::{LoraGradBuffers, LoraShape, OutputSlice};
 use crate::gpu::{Batch, Tensor};
 use crate::lora::{Adapter, Target};
@@ -225,20 +225,6 @@ impl Decoder {
             self.layer_backward(&mut b, &p, acts, saved, l, scratch, adapter, grads, last)?;
         }
         b.submit()
-    }
-
-    fn attn_params(&self, t: usize, cache: &KvCache, span: usize) -> AttnParams {
-        let c = &self.cfg;
-        AttnParams {
-            t: t as u32,
-            n_head: c.n_head as u32,
-            n_kv_head: c.n_kv_head as u32,
-            head_dim: c.head_dim as u32,
-            ctx: cache.ctx as u32,
-            span: span as u32,
-            flags: ATTN_ROPE | if c.qk_norm { ATTN_QK_NORM } else { 0 },
-            eps: c.rms_eps,
-        }
     }
 
     /// Layer `l`'s training forward from `acts.layer_inputs[l]` into `acts.layer_inputs[l + 1]`, saving
