@@ -428,3 +428,26 @@ fn checkpoints() {
         (case, files.iter().map(|f| f.1.len()).sum())
     });
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Regression tests for what these targets (or reading the loaders for them) found; each failed before
+// its fix.
+// ---------------------------------------------------------------------------------------------------
+
+/// An optimizer state whose parameter list names one parameter many times: each mention copied the
+/// parameter's moments again, so a small file could ask for any amount of memory (25 million mentions
+/// fit in the 100 MB header safetensors allows).
+#[test]
+fn optimizer_state_naming_a_parameter_twice_is_refused() {
+    let state = AdamWState {
+        step: 1,
+        params: vec![ParamState { name: "w".into(), exp_avg: vec![0.5; 1024], exp_avg_sq: vec![0.25; 1024] }],
+    };
+    let bytes = edit_params(&state.to_safetensors().unwrap(), |list| *list = Value::from(vec!["w"; 64]));
+    let path = Path::new("ck/optimizer.safetensors");
+    let err = match AdamWState::from_safetensors(&bytes, path) {
+        Ok(s) => panic!("accepted, with {} parameters", s.params.len()),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("ck/optimizer.safetensors") && err.contains("`w` twice"), "{err}");
+}
