@@ -219,6 +219,15 @@ fn bad_inputs_are_clear_errors_and_change_nothing() {
     let e = more(LORA, None);
     assert!(e.contains("checkpoint-2") && e.contains("parameters"), "{e}");
     std::fs::write(&opt, saved).unwrap();
+    // A trainer state counting more examples than any run sees: the count overflowed a step later.
+    let path = out.join("checkpoint-2/trainer_state.json");
+    let saved = read(&path);
+    let mut state: serde_json::Value = serde_json::from_slice(&saved).unwrap();
+    state["examples_seen"] = u64::MAX.into();
+    std::fs::write(&path, state.to_string()).unwrap();
+    let e = more(LORA, None);
+    assert!(e.contains("checkpoint-2") && e.contains("examples_seen"), "{e}");
+    std::fs::write(&path, saved).unwrap();
     assert_eq!(
         read(&out.join("checkpoint-2/adapter_model.safetensors")),
         before,

@@ -183,7 +183,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if let Some(c) = &checkpoint {
         trainer
             .restore(&c.optimizer, c.state.examples_seen)
-            .with_context(|| format!("{}: restoring the optimizer state", c.dir.display()))?;
+            .with_context(|| format!("{}: resuming from this checkpoint", c.dir.display()))?;
         eprintln!("resuming from {} (step {} of {total})", c.dir.display(), c.state.step);
     }
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
