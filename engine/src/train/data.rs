@@ -56,7 +56,8 @@ enum Line {
 const NO_COMPLETION: &str = "no completion: the line has a prompt but no completion, nothing to learn; give it a non-empty \
      `completion` (or end `messages` with the assistant's answer)";
 
-const FORMATS: &str = "expected {\"prompt\": \"…\", \"completion\": \"…\"}, {\"messages\": [{\"role\": …, \
+/// The three formats, for errors.
+const FORMATS: &str = "{\"prompt\": \"…\", \"completion\": \"…\"}, {\"messages\": [{\"role\": …, \
                        \"content\": …}, …]} or {\"prompt\": [messages], \"completion\": [messages]}";
 
 /// The JSON kind of `v`, for errors (the value itself may be long).
@@ -141,9 +142,9 @@ fn parse_line(row: &Value) -> std::result::Result<Line, String> {
         }
         (None, Some(p)) => Err(format!("`prompt` must be a string or a list of messages, found {}", kind(p))),
         (None, None) if get("completion").is_some() => {
-            Err(format!("a completion without a prompt: {FORMATS}"))
+            Err(format!("a completion without a prompt: expected {FORMATS}"))
         }
-        (None, None) => Err(format!("neither data format: {FORMATS}")),
+        (None, None) => Err(format!("neither data format: expected {FORMATS}")),
     }
 }
 

@@ -179,6 +179,12 @@ impl AdamWState {
             }
             Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
         };
+        // Each name's moments are copied out of the file: a name listed twice would copy them again (a
+        // small file could ask for any amount of memory), and a run never trains one parameter twice.
+        let mut seen = std::collections::HashSet::with_capacity(names.len());
+        if let Some(twice) = names.iter().find(|n| !seen.insert(n.as_str())) {
+            return Err(bad(format!("metadata `{PARAMS_KEY}` lists the parameter `{twice}` twice")));
+        }
         let mut params = Vec::with_capacity(names.len());
         for name in names {
             let exp_avg = read(&format!("{name}.exp_avg"))?;

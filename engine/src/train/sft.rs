@@ -158,6 +158,15 @@ impl<'m> SftTrainer<'m> {
     /// Continues from a checkpoint: the optimizer's state and the examples seen (the adapter was
     /// given to [`SftTrainer::new`]). Nothing changes on an error.
     pub fn restore(&mut self, optimizer: &AdamWState, examples_seen: u64) -> Result<()> {
+        // Each step counts its examples on: a count no run reaches (run files bound steps by i64) would
+        // overflow a step later.
+        if examples_seen > i64::MAX as u64 {
+            return Err(Error::Input(format!(
+                "examples_seen = {examples_seen}: more examples than a run can see (at most {}); the \
+                 trainer state is corrupt",
+                i64::MAX
+            )));
+        }
         self.optim.load_state(self.decoder.gpu(), optimizer)?;
         self.examples_seen = examples_seen;
         Ok(())

@@ -1,10 +1,11 @@
 //! Fuzzing of everything the engine reads from files: GGUF (header, metadata, tensor infos, every
 //! quantized type, the tokenizer rebuilt from metadata, llama's q/k un-permute), Hugging Face folders
 //! (config.json, safetensors headers, encoder settings), tokenizer.json with its chat template, chat
-//! templates, JSONL data sets and TOML run files. Each target mutates committed seed files (see
-//! `fuzz_support`) and checks that loading gives `Ok` or an error naming the file, never a panic and
-//! never an allocation out of proportion to the file. A short deterministic run here; long runs with
-//! `scripts/fuzz.sh`. Run: `cargo test -p babelrl --test inference fuzz_loaders::`.
+//! templates, JSONL data sets and TOML run files; what `babelrl train` reads (run files, SFT data,
+//! checkpoints) is in `train`. Each target mutates committed seed files (see `fuzz_support`) and checks
+//! that loading gives `Ok` or an error naming the file, never a panic and never an allocation out of
+//! proportion to the file. A short deterministic run here; long runs with `scripts/fuzz.sh`. Run:
+//! `cargo test -p babelrl --test inference fuzz_loaders::`.
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +21,8 @@ use serde_json::Value;
 use crate::common::{gpu, repo_root};
 use crate::fuzz_support::{Case, JsonEdit, apply, apply_json, edits, fuzz, gguf_fields, json_edits};
 use crate::gguf_support::Writer;
+
+mod train;
 
 fn fixture(name: &str) -> PathBuf {
     repo_root().join("tests/fixtures").join(name)
@@ -253,8 +256,14 @@ fn folder(name: &str, files: &[&'static str]) -> Vec<(&'static str, Vec<u8>)> {
     files.iter().map(|f| (*f, read(&fixture(name).join(f)))).collect()
 }
 
-/// A JSON file edited node by node, or its text edited byte by byte (or both).
-fn mutate_json(bytes: &[u8], tree: &[JsonEdit], text: &[crate::fuzz_support::Edit]) -> Vec<u8> {
+/// A JSON file edited node by node, or its text edited byte by byte (or both); `dict` gives the tokens
+/// the text edits insert.
+fn mutate_json(
+    bytes: &[u8],
+    tree: &[JsonEdit],
+    text: &[crate::fuzz_support::Edit],
+    dict: &[&str],
+) -> Vec<u8> {
     let mut out = match serde_json::from_slice::<Value>(bytes) {
         Ok(mut v) if !tree.is_empty() => {
             apply_json(&mut v, tree);
@@ -262,19 +271,24 @@ fn mutate_json(bytes: &[u8], tree: &[JsonEdit], text: &[crate::fuzz_support::Edi
         }
         _ => bytes.to_vec(),
     };
-    apply(&mut out, text, &[], DICT);
+    apply(&mut out, text, &[], dict);
     out
 }
 
 /// A safetensors file with its JSON header edited (length prefix recomputed), then bytes edited.
-fn mutate_safetensors(bytes: &[u8], tree: &[JsonEdit], text: &[crate::fuzz_support::Edit]) -> Vec<u8> {
+fn mutate_safetensors(
+    bytes: &[u8],
+    tree: &[JsonEdit],
+    text: &[crate::fuzz_support::Edit],
+    dict: &[&str],
+) -> Vec<u8> {
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header = mutate_json(&bytes[8..8 + n], tree, &[]);
+    let header = mutate_json(&bytes[8..8 + n], tree, &[], dict);
     let mut out = (header.len() as u64).to_le_bytes().to_vec();
     out.extend(header);
     out.extend(&bytes[8 + n..]);
     let fields = [crate::fuzz_support::Field { at: 0, width: 8 }];
-    apply(&mut out, text, &fields, DICT);
+    apply(&mut out, text, &fields, dict);
     out
 }
 
@@ -292,9 +306,9 @@ fn mutate_folder(
     let i = which.index(files.len());
     let (name, bytes) = &files[i];
     files[i].1 = if name.ends_with(".safetensors") {
-        mutate_safetensors(bytes, tree, text)
+        mutate_safetensors(bytes, tree, text, DICT)
     } else {
-        mutate_json(bytes, tree, text)
+        mutate_json(bytes, tree, text, DICT)
     };
     files
 }

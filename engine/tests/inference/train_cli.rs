@@ -209,6 +209,25 @@ fn bad_inputs_are_clear_errors_and_change_nothing() {
     std::fs::write(&other, bytes).unwrap();
     let e = more(LORA, Some(&other));
     assert!(e.contains("trained on") && e.contains("sha256"), "{e}");
+    // A checkpoint whose optimizer state lacks a parameter (load_checkpoint accepts it; the optimizer
+    // refuses it): the error names the checkpoint (it did not, found by fuzz_loaders::train).
+    let opt = out.join("checkpoint-2/optimizer.safetensors");
+    let saved = read(&opt);
+    let mut state = babelrl::train::AdamWState::from_safetensors(&saved, &opt).unwrap();
+    state.params.pop();
+    std::fs::write(&opt, state.to_safetensors().unwrap()).unwrap();
+    let e = more(LORA, None);
+    assert!(e.contains("checkpoint-2") && e.contains("parameters"), "{e}");
+    std::fs::write(&opt, saved).unwrap();
+    // A trainer state counting more examples than any run sees: the count overflowed a step later.
+    let path = out.join("checkpoint-2/trainer_state.json");
+    let saved = read(&path);
+    let mut state: serde_json::Value = serde_json::from_slice(&saved).unwrap();
+    state["examples_seen"] = u64::MAX.into();
+    std::fs::write(&path, state.to_string()).unwrap();
+    let e = more(LORA, None);
+    assert!(e.contains("checkpoint-2") && e.contains("examples_seen"), "{e}");
+    std::fs::write(&path, saved).unwrap();
     assert_eq!(
         read(&out.join("checkpoint-2/adapter_model.safetensors")),
         before,

@@ -156,7 +156,10 @@ fn bad_files_are_errors_naming_file_and_line() {
             "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}]}\n".into(),
             "line 1: the last message is from `user`, not `assistant`",
         ),
-        (String::new(), "empty data set"),
+        (
+            String::new(),
+            "empty data set: the file holds no examples; add lines of the form {\"prompt\": \"…\"",
+        ),
         ("\n \n\n".into(), "empty data set"),
     ] {
         let e = error(&tok, &text, 64);

@@ -181,7 +181,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     };
     let mut trainer = SftTrainer::new(&lm.decoder, adapter, data, run.optimizer, schedule, options)?;
     if let Some(c) = &checkpoint {
-        trainer.restore(&c.optimizer, c.state.examples_seen)?;
+        trainer
+            .restore(&c.optimizer, c.state.examples_seen)
+            .with_context(|| format!("{}: resuming from this checkpoint", c.dir.display()))?;
         eprintln!("resuming from {} (step {} of {total})", c.dir.display(), c.state.step);
     }
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
