@@ -2,8 +2,10 @@
 # babelrl and its PyTorch peer on the same model and the same shapes, one after the other in the same run.
 # Usage: scripts/bench.sh [--model PATH] [--prompt-tokens N] [--decode-tokens N] [--batch 1,8]
 #                         [--no-gemm | --gemm-only] [--profile]
+#                         [--train | --train-only] [--train-batch 8] [--train-tokens 256] [--train-steps 3]
 # Every option goes to both sides (scripts/bench_pytorch.py accepts babelrl bench's options and ignores
-# --profile), so the peer measures exactly the shapes babelrl does. The peer needs torch + transformers:
+# --profile), so the peer measures exactly the shapes babelrl does. --train adds the SFT row (LoRA r 16 on
+# all seven projections, with and without gradient checkpointing); --train-only runs nothing else. The peer needs torch + transformers:
 # BABELRL_PEER_PYTHON names the interpreter (default: the fixtures venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
