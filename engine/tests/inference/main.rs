@@ -32,5 +32,6 @@ mod tokenizer_gguf;
 mod train_checkpoint;
 mod train_cli;
 mod train_data;
+mod train_grpo_loss;
 mod train_lora;
 mod train_optim;
