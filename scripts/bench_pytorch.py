@@ -18,11 +18,12 @@ on the same shapes, so the two tables compare like with like:
     is needed; checked by counting the runs of layer 0's MLP forward: 2 per step instead of 1). After one
     warm-up of each, they take turns for --train-steps rounds (so a load that changes during the run hits
     all three alike) and the mean of each is reported: tokens/s counting B × T tokens per pass, the ratio
-    to the forward ("step ÷ forward" is what issue 7 asks about), and process CPU seconds (all threads),
-    the steadier ratio on a shared CPU. Memory is that of each kind's warm-up step, with a fresh AdamW (its
-    moments included): on the CPU process RSS (Linux VmHWM, reset through /proc/self/clear_refs after
-    glibc's malloc_trim), the peak and the peak minus the RSS before the step (what training adds to the
-    loaded model); on CUDA torch.cuda.max_memory_allocated and its rise over the step.
+    to the forward ("step ÷ forward" is what issue 7 asks about), and process CPU seconds (all threads;
+    on a shared CPU they include torch's threads waiting for each other, so they are no steadier).
+    Memory is that of each kind's warm-up step, with a fresh AdamW (its moments included): on the CPU
+    process RSS (Linux VmHWM, reset through /proc/self/clear_refs after glibc's malloc_trim), the peak and
+    the peak minus the RSS before the step (what training adds to the loaded model); on CUDA
+    torch.cuda.max_memory_allocated and its rise over the step.
 
 Options mirror `babelrl bench` (--model, --prompt-tokens, --decode-tokens, --batch, --no-gemm,
 --gemm-only, --train, --train-only, --train-batch, --train-tokens, --train-steps); babelrl-only options
@@ -297,7 +298,7 @@ def bench_train(model, device, vocab, batch, tokens, steps, gen, figures):
     forward()
     # Timed: the three kinds take turns, --train-steps rounds, so a machine whose load changes during the
     # run (another job on the same cores) slows all three alike; the mean per kind is reported, wall clock
-    # and process CPU time (all threads; on a shared CPU the CPU-time ratio is the steadier one).
+    # and process CPU time (all threads).
     kinds = (("forward", forward, False), ("step", step, False), ("ckpt", step, True))
     wall = {k: 0.0 for k, _, _ in kinds}
     cpu = dict(wall)
