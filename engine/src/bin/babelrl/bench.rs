@@ -49,7 +49,7 @@ pub struct BenchArgs {
     #[arg(long)]
     train: bool,
     /// Only the training measurement.
-    #[arg(long, conflicts_with_all = ["gemm_only", "profile"])]
+    #[arg(long, conflicts_with = "gemm_only")]
     train_only: bool,
     /// Sequences per training step.
     #[arg(long, default_value_t = 8)]
@@ -180,7 +180,7 @@ fn tokens_run(pairs: &[(Vec<u32>, Vec<u32>)], shared: bool) -> usize {
 }
 
 /// Where one phase spent its time, per repetition (`reps` steps), largest first.
-fn print_profile(phase: &str, kernels: &[KernelTime], reps: usize) {
+pub fn print_profile(phase: &str, kernels: &[KernelTime], reps: usize) {
     let total: f64 = kernels.iter().map(|k| k.total.as_secs_f64()).sum();
     println!("\n| {phase}: kernel | calls | ms | share |");
     println!("|---|---|---|---|");

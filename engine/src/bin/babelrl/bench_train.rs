@@ -90,6 +90,7 @@ fn warm_up(model: &Decoder) -> anyhow::Result<()> {
 /// Runs the training measurements and prints them as a Markdown table.
 pub fn bench_train(model: &Decoder, b: &TrainBench, figures: &mut Figures) -> anyhow::Result<()> {
     warm_up(model)?;
+    model.gpu().take_profile(); // the warm-up's kernels are not part of the profile
     let seqs = random_sequences(model, b);
     let lora_params: usize = LoraGrads::param_specs(&adapter(model)?).iter().map(|p| p.len).sum();
     println!(
@@ -98,6 +99,8 @@ pub fn bench_train(model: &Decoder, b: &TrainBench, figures: &mut Figures) -> an
         b.batch, b.tokens, b.steps
     );
     let forward = forward_rate(model, &seqs, b.steps)?;
+    let forward_profile = model.gpu().take_profile();
+    let mut profiles = vec![("forward only", forward_profile)];
     println!("| run | tokens/s | step / forward | weights MiB | activations MiB | LoRA + optimizer MiB |");
     println!("|---|---|---|---|---|---|");
     println!("| forward only (loss, activations saved) | {forward:.1} | 1 | | | |");
@@ -107,6 +110,7 @@ pub fn bench_train(model: &Decoder, b: &TrainBench, figures: &mut Figures) -> an
         (true, "SFT step, gradient checkpointing", "train_ckpt_tokens_per_s"),
     ] {
         let (rate, mem) = step_rate(model, &seqs, b.steps, checkpointing)?;
+        profiles.push((name, model.gpu().take_profile()));
         println!(
             "| {name} | {rate:.1} | {:.2} | {:.1} | {:.1} | {:.1} |",
             forward / rate,
@@ -119,6 +123,9 @@ pub fn bench_train(model: &Decoder, b: &TrainBench, figures: &mut Figures) -> an
         figures.add(format!("train_activation_bytes{suffix}"), mem.activations as f64);
         figures.add(format!("train_weight_bytes{suffix}"), mem.weights as f64);
         figures.add(format!("train_lora_optimizer_bytes{suffix}"), mem.lora_and_optimizer as f64);
+    }
+    for (name, kernels) in profiles.iter().filter(|(_, k)| !k.is_empty()) {
+        crate::bench::print_profile(&format!("{name}, per step"), kernels, b.steps);
     }
     Ok(())
 }
