@@ -71,6 +71,8 @@ pub struct Decoder {
     embed: BlockedWeight16,
     lm_head: Option<BlockedWeight16>,
     final_norm: Tensor,
+    /// The final norm's weights on the host (a training pass at a sampling temperature scales them).
+    final_norm_host: Vec<f32>,
     layers: Vec<Layer>,
     rope: Tensor,
     rope_positions: usize,
@@ -141,7 +143,8 @@ impl Decoder {
                 down: gpu.upload_weight(&p("down_proj"), &down.data, d, inter)?,
             });
         }
-        let final_norm = f32_tensor("model.norm.weight", d)?;
+        let final_norm_host = source.require("model.norm.weight", &[d])?.data.clone();
+        let final_norm = gpu.upload_f32("model.norm.weight", &final_norm_host, &[d])?;
         // Attention loops run over the context; lavapipe cuts loops off after 16384 iterations.
         let rope_positions = cfg.max_positions.clamp(1, MAX_CONTEXT);
         let table = rope_table(rope_positions, hd, cfg.rope_theta);
@@ -153,6 +156,7 @@ impl Decoder {
             embed,
             lm_head,
             final_norm,
+            final_norm_host,
             layers,
             rope,
             rope_positions,

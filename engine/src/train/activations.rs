@@ -80,6 +80,8 @@ pub struct Activations {
     pub cache: KvCache,
     /// (T) 1/rms of the final norm.
     pub inv_rms_final: Tensor,
+    /// (D) the final norm's weights divided by the pass's temperature (used when it is not 1).
+    pub final_norm_scaled: Tensor,
     /// (T, D) final-normed hidden states.
     pub normed: Tensor,
     /// (T) log-sum-exp of each row's logits.
@@ -111,6 +113,8 @@ pub struct LastPass {
     pub head_grad: bool,
     /// Seed of the pass's LoRA dropout masks.
     pub dropout_seed: u64,
+    /// The temperature the pass's log-probs were taken at.
+    pub temperature: f32,
 }
 
 /// Scratch of the backward walk, reused by every layer.
@@ -208,6 +212,7 @@ impl Activations {
             layers: (0..saved_layers).map(|l| layer(gpu, c, t, rank, targets, l)).collect::<Result<_>>()?,
             cache,
             inv_rms_final: z("act.inv_rms_final", &[t])?,
+            final_norm_scaled: z("act.final_norm_scaled", &[d])?,
             normed: z("act.normed", &[t, d])?,
             lse: z("act.lse", &[t])?,
             nll: z("act.nll", &[t])?,
@@ -232,6 +237,7 @@ impl Activations {
             &self.targets,
             &self.token_grad,
             &self.inv_rms_final,
+            &self.final_norm_scaled,
             &self.normed,
             &self.lse,
             &self.nll,

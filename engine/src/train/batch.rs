@@ -40,6 +40,9 @@ pub struct TrainBatch {
     /// Seed of this pass's LoRA dropout masks (each layer and projection derives its own from it);
     /// set a new one per micro-batch (see [`crate::gpu::kernels::dropout_seed`]).
     pub dropout_seed: u64,
+    /// The sampling temperature the log-probs are taken at: each row's logits are divided by it before
+    /// the log-softmax, as TRL scores GRPO completions (1 for SFT).
+    pub temperature: f32,
 }
 
 impl TrainBatch {
@@ -60,6 +63,7 @@ impl TrainBatch {
             span: 0,
             completion_tokens: 0,
             dropout_seed: 0,
+            temperature: 1.0,
         };
         for (s, seq) in seqs.iter().enumerate() {
             let n = seq.tokens.len();

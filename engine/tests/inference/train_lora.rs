@@ -331,3 +331,84 @@ fn smollm2_lora_gradients_match_peft() {
     let norm = per_layer.iter().sum::<f64>().sqrt() as f32;
     close("smollm2: global gradient norm", &[norm], &floats(&st, "grad_norm_all"));
 }
+
+/// A pass at a sampling temperature (TRL scores GRPO completions with logits / T): each row's nll is
+/// the cross-entropy of the inference forward's logits divided by T (f64 on the host), and the gradient
+/// is the derivative of that loss (central differences along a random direction).
+#[test]
+fn temperature_divides_the_logits_and_the_gradient_follows() {
+    let f = fixture("tiny-qwen3");
+    let st = SafeTensors::deserialize(&f.bytes).unwrap();
+    let dec = &f.lm.decoder;
+    let vocab = dec.config().vocab;
+    let mut batch = TrainBatch::new(&sequences(&st), vocab, dec.max_context()).unwrap();
+    batch.temperature = 0.7;
+    // The reference: the inference forward's logits of every row, scaled on the host.
+    let cache = dec.new_cache(batch.slots, batch.span).unwrap();
+    let rows: Vec<u32> = (0..batch.len() as u32).collect();
+    let logits = dec.forward_with(&cache, &batch.tokens, &batch.info, &rows, Some(&f.adapter)).unwrap();
+    let logits = gpu().read_f32(&logits).unwrap();
+    let shape = TrainShape { tokens: batch.len(), slots: batch.slots, span: batch.span };
+    let mut acts = dec.train_activations(shape, &f.adapter, false).unwrap();
+    dec.train_forward(&mut acts, &batch, &f.adapter, None).unwrap();
+    let nll = gpu().read_f32(&acts.nll).unwrap();
+    let want: Vec<f32> = batch
+        .targets
+        .iter()
+        .enumerate()
+        .map(|(t, &y)| {
+            if y as usize >= vocab {
+                return 0.0;
+            }
+            let z: Vec<f64> = logits[t * vocab..(t + 1) * vocab].iter().map(|&v| v as f64 / 0.7).collect();
+            let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+            (lse - z[y as usize]) as f32
+        })
+        .collect();
+    close("tiny-qwen3: nll at temperature 0.7", &nll[..batch.len()], &want);
+    let at_one = loss_of(&f, &f.adapter, &TrainBatch { temperature: 1.0, ..batch.clone() });
+    assert_ne!(at_one, loss_of(&f, &f.adapter, &batch), "the temperature changed nothing");
+
+    // The gradient at T = 0.7 along a random direction against central differences.
+    let grads = LoraGrads::new(&gpu(), &f.adapter).unwrap();
+    let scratch = dec.train_gradients(shape, &f.adapter).unwrap();
+    let g = gpu();
+    let mut zero = g.batch();
+    grads.zero(&mut zero);
+    zero.submit().unwrap();
+    dec.train_forward(&mut acts, &batch, &f.adapter, None).unwrap();
+    let grad = batch.mean_grad(batch.completion_tokens);
+    dec.train_backward(&acts, &scratch, &f.adapter, &grads, Some(&grad)).unwrap();
+    let got = read_grads(&f, &grads);
+    let host = f.adapter.to_host().unwrap();
+    let v: Vec<Vec<f32>> =
+        got.iter().enumerate().map(|(i, (_, x))| crate::common::random(x.len(), 1.0, 7 + i as u64)).collect();
+    let predicted: f64 =
+        got.iter().zip(&v).map(|((_, x), v)| x.iter().zip(v).map(|(a, b)| (a * b) as f64).sum::<f64>()).sum();
+    let eps = 2e-3f32;
+    let moved = |sign: f32| {
+        let mut k = 0;
+        let pairs: Vec<_> = host
+            .iter()
+            .map(|p| {
+                let mut p = p.clone();
+                for x in [&mut p.a, &mut p.b] {
+                    for (x, d) in x.iter_mut().zip(&v[k]) {
+                        *x += sign * eps * d;
+                    }
+                    k += 1;
+                }
+                p
+            })
+            .collect();
+        let a = Adapter::from_host(gpu(), f.adapter.config().clone(), dec.config(), &pairs).unwrap();
+        loss_of(&f, &a, &batch)
+    };
+    let numeric = (moved(1.0) - moved(-1.0)) / (2.0 * eps as f64);
+    eprintln!("temperature 0.7: walk {predicted:.6e}, central difference {numeric:.6e}");
+    assert!(
+        (numeric - predicted).abs() <= 0.01 * predicted.abs().max(numeric.abs()),
+        "walk {predicted} vs {numeric}"
+    );
+}

@@ -105,6 +105,15 @@ impl Decoder {
         if let Some(grad) = token_grad {
             g.write_f32(&acts.token_grad, grad);
         }
+        let temperature = batch.temperature;
+        if !(temperature > 0.0 && temperature.is_finite()) {
+            return Err(Error::Input(format!("training forward: temperature {temperature} (must be > 0)")));
+        }
+        if temperature != 1.0 {
+            // logits / T = (normed · Wᵀ) / T: the final norm's weights divided by T.
+            let scaled: Vec<f32> = self.final_norm_host.iter().map(|w| w / temperature).collect();
+            g.write_f32(&acts.final_norm_scaled, &scaled);
+        }
         let p = self.attn_params(t, &acts.cache, batch.span);
         let c = &self.cfg;
         let mut b = g.batch();
@@ -114,7 +123,8 @@ impl Decoder {
             self.layer_forward(&mut b, &p, acts, saved, l, adapter, batch.dropout_seed)?;
         }
         let x_last = &acts.layer_inputs[self.layers.len()];
-        b.rms_norm_train(x_last, &self.final_norm, &acts.normed, &acts.inv_rms_final, t, c.rms_eps)?;
+        let final_norm = self.final_norm_at(acts, temperature);
+        b.rms_norm_train(x_last, final_norm, &acts.normed, &acts.inv_rms_final, t, c.rms_eps)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let a = &*acts;
         if token_grad.is_some() {
@@ -149,6 +159,7 @@ impl Decoder {
             slots: batch.slots,
             head_grad: token_grad.is_some(),
             dropout_seed: batch.dropout_seed,
+            temperature,
         });
         Ok(())
     }
@@ -208,7 +219,7 @@ impl Decoder {
         let x_last = &acts.layer_inputs[self.layers.len()];
         b.rms_norm_backward(
             x_last,
-            &self.final_norm,
+            self.final_norm_at(acts, last.temperature),
             &acts.dnormed,
             &acts.inv_rms_final,
             &scratch.dres,
@@ -225,6 +236,11 @@ impl Decoder {
             self.layer_backward(&mut b, &p, acts, saved, l, scratch, adapter, grads, last)?;
         }
         b.submit()
+    }
+
+    /// The final norm's weights of a pass at `temperature` (divided by it unless it is 1).
+    fn final_norm_at<'a>(&'a self, acts: &'a Activations, temperature: f32) -> &'a Tensor {
+        if temperature == 1.0 { &self.final_norm } else { &acts.final_norm_scaled }
     }
 
     /// Layer `l`'s training forward from `acts.layer_inputs[l]` into `acts.layer_inputs[l + 1]`, saving
