@@ -10,8 +10,10 @@ pub mod advantages;
 pub mod layout;
 pub mod loss;
 pub mod metrics;
+pub mod trainer;
 
 pub use advantages::{STD_EPSILON, ScaleRewards, advantages};
 pub use layout::{completion_lengths, completion_logp, completion_mask, nll_grad};
 pub use loss::{GrpoLossConfig, LossInputs, LossOutput, LossType, clipped_surrogate, grpo_loss, kl_term};
 pub use metrics::LossMetrics;
+pub use trainer::{GrpoOptions, GrpoStepMetrics, GrpoTrainer, Rollout};
