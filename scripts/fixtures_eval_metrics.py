@@ -1,4 +1,4 @@
-"""chrF / BLEU fixture for make_fixtures.py: sacrebleu's own scores on FLORES lines and edge cases.
+"""chrF / BLEU fixture for make_fixtures.py: sacrebleu's own scores on text in eight scripts and edge cases.
 
 Run through scripts/make_fixtures.py (target `eval-metrics`; needs sacrebleu and regex, no model):
     /root/.venvs/fixtures/bin/python -m pip install sacrebleu    # once
@@ -7,11 +7,9 @@ Writes tests/fixtures/eval-metrics-reference.json, read by engine/tests/inferenc
 (babelrl::eval: corpus_chrf, sentence_chrf, corpus_bleu, sentence_bleu and their tokenizers).
 
 Text sets (hypotheses = a seeded perturbation of the references, so scores are mid-range):
-  * one set per language of LANGS: N_LINES FLORES-200 devtest lines (the same line numbers in every
-    language; English 50-100 characters) from $BABELRL_DATA/flores200/devtest (default ../shared/data);
-    words dropped, swapped and misspelt, or for scripts written without spaces characters dropped,
-    replaced and swapped. FLORES-200 is CC BY-SA 4.0 (NLLB Team 2022); the JSON names the file and line
-    of every reference.
+  * one set per language of LANGS: N_LINES sentences written by this script (seeded random words over the
+    script's letters, `SCRIPTS`: no data set's text is copied into the repository); words dropped, swapped
+    and misspelt, or for scripts written without spaces characters dropped, replaced and swapped.
   * `edge`: empty hypothesis / reference / both, identical strings, punctuation only, runs of spaces and
     tabs, Unicode whitespace (NBSP, U+3000, U+001C, U+2028), one-character lines, 13a's entity, digit and
     `<skipped>` rules, Greek final sigma and Turkish dotted I under lowercasing, chrF++'s punctuation split.
@@ -35,7 +33,6 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(ROOT, "tests", "fixtures")
-DATA = os.environ.get("BABELRL_DATA", os.path.join(ROOT, "..", "shared", "data"))
 SEED = 2025
 N_LINES = 8
 # language: how to perturb (languages written without spaces between words get character edits)
@@ -103,7 +100,7 @@ BLEU_CONFIGS = {
 ALL_CONFIGS = ("edge", "multi", "eng_Latn")
 SCRIPT_TOKENIZERS = {"zho_Hans": ("bleu-zh", "bleu-char"), "jpn_Jpan": ("bleu-zh", "bleu-char"),
                      "bod_Tibt": ("bleu-intl", "bleu-char")}
-# Configurations whose scores on the FLORES sets must be mid-range (13a BLEU of unsegmented scripts is ~0).
+# Configurations whose scores on the language sets must be mid-range (13a BLEU of unsegmented scripts is ~0).
 MID_RANGE = ("chrf", "chrf++", "bleu-zh", "bleu-char")
 # Configurations whose sentence entries carry their statistics too (the others: the score alone).
 DETAILED = ("chrf", "chrf++", "bleu", "bleu-effective")
@@ -147,20 +144,31 @@ def perturb(line, mode, rng):
     return "".join(out)
 
 
-def flores_sets():
+# Sentences written here, not copied from a data set (../shared/data's texts stay out of the repository):
+# seeded random words over each script's letters, so every tokenizer and Unicode class meets that script.
+SCRIPTS = {
+    "eng_Latn": ("abcdefghijklmnopqrstuvwxyz", " ", "."),
+    "fra_Latn": ("abcdefghijklmnopqrstuvwxyzéèêàçôù", " ", "."),
+    "deu_Latn": ("abcdefghijklmnopqrstuvwxyzäöüß", " ", "."),
+    "ell_Grek": ("αβγδεζηθικλμνξοπρστυφχψωάέήίόύώ", " ", "."),
+    "hin_Deva": ("कखगघचछजझटठडढणतथदधनपफबभमयरलवशसहािीुूेैोौं", " ", "।"),
+    "zho_Hans": ("的一是不了人我在有他这中大来上国个到说们为子和你地出道也时年", "", "。"),
+    "jpn_Jpan": ("あいうえおかきくけこさしすせそたちつてとなにぬねのはひふへほまみむめもやゆよらりるれろわをん日本語学校", "", "。"),
+    "bod_Tibt": ("ཀཁགངཅཆཇཉཏཐདནཔཕབམཙཚཛཝཞཟའཡརལཤསཧཨ", "་", "།"),
+}
+
+
+def own_sets():
     rng = random.Random(SEED)
-    path = lambda lang: os.path.join(DATA, "flores200", "devtest", lang + ".devtest")  # noqa: E731
-    if not os.path.exists(path("eng_Latn")):
-        sys.exit("fixtures_eval_metrics.py: FLORES-200 not found under %s (set BABELRL_DATA)" % DATA)
-    eng = open(path("eng_Latn"), encoding="utf-8").read().split("\n")
-    eligible = [i for i, line in enumerate(eng) if 50 <= len(line) <= 100]
-    picked = sorted(rng.sample(eligible, N_LINES))
     sets = {}
     for lang, mode in LANGS.items():
-        lines = open(path(lang), encoding="utf-8").read().split("\n")
-        refs = [lines[i] for i in picked]
+        letters, sep, stop = SCRIPTS[lang]
+        refs = []
+        for _ in range(N_LINES):
+            words = ["".join(rng.choice(letters) for _ in range(rng.randint(2, 7))) for _ in range(rng.randint(6, 12))]
+            refs.append(sep.join(words) + stop)
         hyps = [perturb(r, mode, rng) for r in refs]
-        sets[lang] = {"source": "flores200/devtest/%s.devtest" % lang, "line_numbers": [i + 1 for i in picked],
+        sets[lang] = {"source": "written by this script (seeded random words over the script's letters)",
                       "hyps": hyps, "refs": [refs]}
     return sets
 
@@ -255,7 +263,7 @@ def make_eval_metrics():
     import unicodedata
 
     logging.getLogger("sacrebleu").setLevel(logging.ERROR)  # sentence_score without effective_order warns
-    sets = flores_sets()
+    sets = own_sets()
     sets["edge"] = {"hyps": [h for h, _ in EDGE], "refs": [[r for _, r in EDGE]]}
     sets["multi"] = {"hyps": [m[0] for m in MULTI], "refs": [[m[1] for m in MULTI], [m[2] for m in MULTI]]}
     cases = []
@@ -275,9 +283,8 @@ def make_eval_metrics():
             "reference": "sacrebleu.metrics.CHRF / BLEU(**config).corpus_score(hyps, refs) and, per line, "
                          ".sentence_score(hyp, [refs]); statistics from _extract_corpus_statistics, summed",
             "refs_layout": "refs[k][i]: k-th reference stream, line i (sacrebleu's layout)",
-            "data": "FLORES-200 devtest (NLLB Team 2022), CC BY-SA 4.0: sets named by language hold reference "
-                    "lines copied from the file and line numbers given, and perturbed copies of them as "
-                    "hypotheses (seed %d)" % SEED,
+            "data": "sets named by language: sentences this script writes (seeded random words over each "
+                    "script's letters) and perturbed copies of them as hypotheses (seed %d)" % SEED,
         },
         "unicode": unicode_tables(),
         "tokenizers": tokenizer_outputs(sets),

@@ -1,6 +1,6 @@
 //! chrF, chrF++ and BLEU (`babelrl::eval`) against sacrebleu 2.6: tests/fixtures/eval-metrics-reference.json,
 //! made by scripts/fixtures_eval_metrics.py from sacrebleu's own `corpus_score` / `sentence_score` on
-//! FLORES-200 lines (8 languages, perturbed hypotheses), edge cases and a two-reference set. Every corpus
+//! text in 8 scripts written by the fixture script (perturbed hypotheses), edge cases and a two-reference set. Every corpus
 //! and sentence score within 1e-9 (and every count exact), every tokenizer's output exact, the Unicode
 //! tables the tokenizers rely on (Python's whitespace, sacrebleu's `zh` table, `\p{P}`, `\p{S}`, `\p{N}`),
 //! the errors for bad input, and two deliberately wrong metrics (chrF with β = 1, BLEU without its
