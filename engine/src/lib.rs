@@ -2,6 +2,7 @@
 //! sandboxed WebAssembly reward and router plugins through wasmtime.
 
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod gpu;
 pub mod lora;

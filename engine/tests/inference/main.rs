@@ -11,6 +11,7 @@ mod bad_inputs;
 mod decoder_tiny;
 mod encoder_models;
 mod encoder_tiny;
+mod eval_metrics;
 mod example_programs;
 mod fuzz_loaders;
 mod fuzz_support;
