@@ -55,3 +55,39 @@ fn grpo_raises_a_deterministic_reward() {
     eprintln!("mean reward: first 5 steps {first:.3}, last 5 {last:.3}; {means:.2?}");
     assert!(last > 0.4 && last > 3.0 * first, "the reward did not rise: {first:.3} → {last:.3}");
 }
+
+/// With `beta ≠ 0` the reference pass (the adapter off) gives the KL term its log-probs: a fresh adapter
+/// (B = 0) is the base model itself, so the first step's KL is exactly 0; once the adapter has moved the
+/// KL is positive, and `Decoder::reference_forward` gives the base model's log-probs at the temperature.
+#[test]
+fn grpo_with_beta_measures_the_kl_to_the_base_model() {
+    let lm = load_language_model(gpu(), &repo_root().join("tests/fixtures/tiny-llama-gguf/tiny-llama.gguf"))
+        .unwrap();
+    let tok = lm.tokenizer().unwrap();
+    let dec = &lm.decoder;
+    let prompts: Vec<Vec<u32>> = ["sky is"].iter().map(|p| tok.encode(p, true).unwrap()).collect();
+    let adapter =
+        Adapter::init(gpu(), LoraConfig::new(4, 8.0, &Target::ALL).unwrap(), dec.config(), 2).unwrap();
+    let options = GrpoOptions {
+        num_generations: 4,
+        sampling: SamplingConfig { temperature: 0.9, max_new_tokens: 5, ..Default::default() },
+        loss: GrpoLossConfig { beta: 0.04, max_completion_length: 5, ..Default::default() },
+        scale_rewards: ScaleRewards::Group,
+        mask_truncated_completions: false,
+        seed: 3,
+    };
+    let optim = AdamWConfig { learning_rate: 2e-2, ..Default::default() };
+    let schedule = Schedule::new(SchedulerType::Constant, 0.0, 5).unwrap();
+    let mut trainer = GrpoTrainer::new(dec, tok, adapter, optim, schedule, options).unwrap();
+    let reward = |rollouts: &[babelrl::train::grpo::Rollout]| {
+        // Varies across a group (a constant reward has zero advantages and moves nothing).
+        Ok(rollouts.iter().map(|r| r.completion.tokens.first().map_or(0.0, |&t| t as f64 / 300.0)).collect())
+    };
+    let first = trainer.step(&prompts, reward).unwrap();
+    assert_eq!(first.kl, Some(0.0), "a fresh adapter is the base model: {first:?}");
+    let mut last = first;
+    for _ in 0..4 {
+        last = trainer.step(&prompts, reward).unwrap();
+    }
+    assert!(last.kl.is_some_and(|kl| kl > 0.0 && kl.is_finite()), "{last:?}");
+}

@@ -75,9 +75,31 @@ impl Decoder {
         adapter: &Adapter,
         token_grad: Option<&[f32]>,
     ) -> Result<()> {
+        self.forward_walk(acts, batch, Some(adapter), token_grad)
+    }
+
+    /// The same walk with the adapter switched off: the reference policy's (the base model's) nll of
+    /// every row at the batch's temperature in `acts.nll` (GRPO's reference log-probs when `beta ≠ 0`).
+    /// It overwrites the activations and leaves nothing to go back through: run it before the policy's
+    /// [`Decoder::train_forward`].
+    pub fn reference_forward(&self, acts: &mut Activations, batch: &TrainBatch) -> Result<()> {
+        self.forward_walk(acts, batch, None, None)?;
+        acts.last = None;
+        Ok(())
+    }
+
+    fn forward_walk(
+        &self,
+        acts: &mut Activations,
+        batch: &TrainBatch,
+        adapter: Option<&Adapter>,
+        token_grad: Option<&[f32]>,
+    ) -> Result<()> {
         // A forward that fails part-way leaves nothing a backward could mistake for its pass.
         acts.last = None;
-        adapter.check_fits(&self.gpu, &self.cfg)?;
+        if let Some(adapter) = adapter {
+            adapter.check_fits(&self.gpu, &self.cfg)?;
+        }
         let t = batch.len();
         let shape = TrainShape { tokens: t, slots: batch.slots, span: batch.span };
         if !acts.shape.holds(&shape) {
@@ -228,7 +250,7 @@ impl Decoder {
         )?;
         for l in (0..self.layers.len()).rev() {
             let saved = if acts.checkpointing {
-                self.layer_forward(&mut b, &p, acts, 0, l, adapter, last.dropout_seed)?;
+                self.layer_forward(&mut b, &p, acts, 0, l, Some(adapter), last.dropout_seed)?;
                 0
             } else {
                 l
@@ -253,7 +275,7 @@ impl Decoder {
         acts: &Activations,
         saved: usize,
         l: usize,
-        adapter: &Adapter,
+        adapter: Option<&Adapter>,
         dropout_seed_of_pass: u64,
     ) -> Result<()> {
         let c = &self.cfg;
@@ -262,9 +284,9 @@ impl Decoder {
         let s: &LayerActivations = &acts.layers[saved];
         let (x_in, x_out) = (&acts.layer_inputs[l], &acts.layer_inputs[l + 1]);
         let (qd, kvd, inter) = (c.n_head * c.head_dim, c.n_kv_head * c.head_dim, c.intermediate);
-        let drop_p = adapter.config().dropout as f32;
+        let drop_p = adapter.map_or(0.0, |a| a.config().dropout as f32);
         let lora = |b: &mut Batch<'_>, target: Target, x: &Tensor, y: &Tensor, ldy: usize, n_off: usize| {
-            let Some(u) = &s.lora_u[target.index()] else { return Ok(()) };
+            let (Some(adapter), Some(u)) = (adapter, &s.lora_u[target.index()]) else { return Ok(()) };
             let x = match &acts.dropped {
                 Some(dropped) => {
                     let seed = dropout_seed(dropout_seed_of_pass, 0, 0, l, target.index());

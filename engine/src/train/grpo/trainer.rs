@@ -1,7 +1,8 @@
 //! One GRPO optimizer step on the GPU: rollouts with the adapter on (each prompt sampled
 //! `num_generations` times), rewards from the caller, group advantages, the training walk at the sampling
 //! temperature, TRL's loss and its per-token gradient, backward, AdamW. The first piece of issue 8's
-//! trainer: one micro-batch per step, `num_iterations = 1`, `beta = 0` (no reference pass yet).
+//! trainer: one micro-batch per step, `num_iterations = 1`; with `beta ≠ 0` a reference pass (the same
+//! walk with the adapter off, at the same temperature) gives the KL term its log-probs.
 
 use std::time::Instant;
 
@@ -52,6 +53,8 @@ pub struct GrpoStepMetrics {
     pub learning_rate: f64,
     pub completion_tokens: usize,
     pub clip_ratio: f64,
+    /// Mean KL to the reference policy (with `beta ≠ 0`).
+    pub kl: Option<f64>,
     pub rollout_seconds: f64,
     pub update_seconds: f64,
 }
@@ -82,12 +85,6 @@ impl<'m> GrpoTrainer<'m> {
         if options.num_generations < 2 {
             return Err(Error::Input(
                 "GRPO: num_generations must be at least 2 (advantages compare a group)".into(),
-            ));
-        }
-        if options.loss.beta != 0.0 {
-            return Err(Error::Input(
-                "GRPO: beta ≠ 0 needs the reference pass, which this trainer does not run yet; set beta = 0"
-                    .into(),
             ));
         }
         let grads = LoraGrads::new(decoder.gpu(), &adapter)?;
@@ -181,6 +178,14 @@ impl<'m> GrpoTrainer<'m> {
         let mut zero = gpu.batch();
         self.grads.zero(&mut zero);
         zero.submit()?;
+        // The reference first: its pass overwrites the activations the policy's backward needs.
+        let ref_logp = if o.loss.beta != 0.0 {
+            self.decoder.reference_forward(acts, &batch)?;
+            let nll = gpu.read_words::<f32>(&acts.nll.buffer, 0, batch.len())?;
+            Some(completion_logp(&batch, &nll)?)
+        } else {
+            None
+        };
         self.decoder.train_forward(acts, &batch, &self.adapter, None)?;
         let nll = gpu.read_words::<f32>(&acts.nll.buffer, 0, batch.len())?;
         let logp = completion_logp(&batch, &nll)?;
@@ -188,7 +193,7 @@ impl<'m> GrpoTrainer<'m> {
         let inputs = LossInputs {
             logp: &logp,
             old_logp: None,
-            ref_logp: None,
+            ref_logp: ref_logp.as_deref(),
             mask: &mask,
             lengths: &lengths,
             advantages: &seq_adv,
@@ -215,6 +220,7 @@ impl<'m> GrpoTrainer<'m> {
             learning_rate: lr,
             completion_tokens: batch.completion_tokens,
             clip_ratio: out.metrics.clip_ratio_region_mean,
+            kl: out.metrics.kl,
             rollout_seconds,
             update_seconds: update.elapsed().as_secs_f64(),
         })
