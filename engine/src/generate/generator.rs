@@ -133,18 +133,35 @@ pub fn generate<'m>(
     stops.extend(&cfg.stop_tokens);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
 
-    // Prefill every prompt in one flat batch.
+    // Prefill every distinct prompt once, in one flat batch (a GRPO group repeats its prompt): the
+    // first slot holding a prompt computes it, the others get its keys and values copied and share the
+    // logits of its last position.
     let mut tokens = Vec::new();
     let mut info = Vec::new();
     let mut last = Vec::new();
+    let mut leader_of: std::collections::HashMap<&[u32], usize> = std::collections::HashMap::new();
+    let mut row_of = Vec::with_capacity(prompts.len());
+    let mut followers: Vec<(usize, Vec<usize>)> = Vec::new();
     for (slot, p) in prompts.iter().enumerate() {
+        if let Some(&leader) = leader_of.get(p.as_slice()) {
+            row_of.push(row_of[leader]);
+            followers.iter_mut().find(|(l, _)| *l == leader).expect("leader listed").1.push(slot);
+            continue;
+        }
+        leader_of.insert(p, slot);
+        followers.push((slot, Vec::new()));
         for (pos, &t) in p.iter().enumerate() {
             tokens.push(t);
             info.push(TokenInfo { pos: pos as u32, slot: slot as u32, n_keys: pos as u32 + 1 });
         }
+        row_of.push(last.len());
         last.push(tokens.len() - 1);
     }
-    let mut logits = forward_chunked(model, &cache, &tokens, &info, &last)?;
+    let leader_logits = forward_chunked(model, &cache, &tokens, &info, &last)?;
+    for (leader, to) in followers.iter().filter(|(_, to)| !to.is_empty()) {
+        model.copy_cache_prefix(&cache, *leader, to, prompts[*leader].len())?;
+    }
+    let mut logits: Vec<Vec<f32>> = row_of.iter().map(|&r| leader_logits[r].clone()).collect();
     let mut seqs: Vec<Active> = prompts
         .iter()
         .map(|p| Active {

@@ -75,3 +75,32 @@ fn stop_strings_and_tokens_cut_where_the_free_run_says() {
     assert_eq!(got.tokens[..], free.tokens[..5]);
     assert_eq!(streamed, got.text);
 }
+
+/// A repeated prompt (a GRPO group) is prefilled once and its keys and values copied to the other
+/// slots: every sequence's greedy completion equals its prompt generated alone, and sampled groups
+/// stay seeded (the same seed gives the same completions; the group's members differ from each other).
+#[test]
+fn repeated_prompts_share_their_prefill_and_generate_as_alone() {
+    let Some(lm) = smollm2() else { return };
+    let tokenizer = lm.tokenizer().unwrap();
+    let a = tokenizer.encode(PROMPT, true).unwrap();
+    let b = tokenizer.encode("Water boils at", true).unwrap();
+    let greedy = SamplingConfig { max_new_tokens: 8, ..SamplingConfig::default() };
+    let alone =
+        |p: &Vec<u32>| generate(&lm.decoder, tokenizer, std::slice::from_ref(p), &greedy, |_| {}).unwrap();
+    let (ga, gb) = (alone(&a).remove(0).tokens, alone(&b).remove(0).tokens);
+    let mixed = [a.clone(), a.clone(), b.clone(), a.clone(), b.clone()];
+    let got = generate(&lm.decoder, tokenizer, &mixed, &greedy, |_| {}).unwrap();
+    for (i, c) in got.iter().enumerate() {
+        let want = if mixed[i] == a { &ga } else { &gb };
+        assert_eq!(&c.tokens, want, "sequence {i} of the mixed batch");
+    }
+    let sampled = SamplingConfig { temperature: 1.0, seed: 9, ..greedy };
+    let group = vec![a.clone(); 6];
+    let first = generate(&lm.decoder, tokenizer, &group, &sampled, |_| {}).unwrap();
+    let again = generate(&lm.decoder, tokenizer, &group, &sampled, |_| {}).unwrap();
+    let tokens = |cs: &[Completion]| cs.iter().map(|c| c.tokens.clone()).collect::<Vec<_>>();
+    assert_eq!(tokens(&first), tokens(&again), "the same seed gives the same group");
+    let distinct: std::collections::HashSet<_> = tokens(&first).into_iter().collect();
+    assert!(distinct.len() > 1, "a sampled group of six is not all one completion");
+}
