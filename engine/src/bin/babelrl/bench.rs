@@ -13,6 +13,7 @@ use babelrl::gpu::{Gpu, GpuOptions, KernelTime};
 use babelrl::model::{Decoder, load_language_model};
 use rand::{Rng, SeedableRng};
 
+use crate::bench_grpo::{GrpoBench, bench_grpo};
 use crate::bench_train::{TrainBench, bench_train};
 
 #[derive(clap::Args)]
@@ -60,6 +61,27 @@ pub struct BenchArgs {
     /// Training steps measured (after a short warm-up that compiles every pipeline).
     #[arg(long, default_value_t = 2)]
     train_steps: usize,
+    /// Also measure one GRPO step (rollouts, reward, reference, update), timed by part.
+    #[arg(long)]
+    grpo: bool,
+    /// Only the GRPO measurement.
+    #[arg(long, conflicts_with_all = ["gemm_only", "train_only"])]
+    grpo_only: bool,
+    /// Prompt length of the GRPO measurement.
+    #[arg(long, default_value_t = 64)]
+    grpo_prompt_tokens: usize,
+    /// Most new tokens per completion.
+    #[arg(long, default_value_t = 64)]
+    grpo_completion_tokens: usize,
+    /// Completions of the prompt (the group).
+    #[arg(long, default_value_t = 8)]
+    grpo_generations: usize,
+    /// GRPO steps measured (after one warm-up step).
+    #[arg(long, default_value_t = 3)]
+    grpo_steps: usize,
+    /// KL weight (≠ 0 adds the reference pass).
+    #[arg(long, default_value_t = 0.0)]
+    grpo_beta: f64,
 }
 
 /// Every figure of one run, by the name the peer's script also uses, in the order measured.
@@ -93,7 +115,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
     let mut figures = Figures::default();
     let p = args.prompt_tokens;
-    if !args.gemm_only && !args.train_only {
+    if !args.gemm_only && !args.train_only && !args.grpo_only {
         println!("\n| batch | prefill tokens/s ({p} tokens) | decode tokens/s |");
         println!("|---|---|---|");
         let mut profiles = Vec::new();
@@ -111,11 +133,21 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
         }
     }
-    if !args.gemm_only && !args.train_only {
+    if !args.gemm_only && !args.train_only && !args.grpo_only {
         bench_logprobs(model, p, &mut figures)?;
     }
-    if !args.no_gemm && !args.train_only {
+    if !args.no_gemm && !args.train_only && !args.grpo_only {
         bench_gemm(&gpu, model, &mut figures)?;
+    }
+    if args.grpo || args.grpo_only {
+        let shape = GrpoBench {
+            prompt_tokens: args.grpo_prompt_tokens,
+            completion_tokens: args.grpo_completion_tokens,
+            generations: args.grpo_generations,
+            steps: args.grpo_steps,
+            beta: args.grpo_beta,
+        };
+        bench_grpo(&lm, &shape, &mut figures)?;
     }
     if args.train || args.train_only {
         let shape =

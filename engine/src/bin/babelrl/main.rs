@@ -1,6 +1,7 @@
 //! The `babelrl` command line: adapters, generation, embeddings, benchmarks and plugin tools.
 
 mod bench;
+mod bench_grpo;
 mod bench_train;
 mod generate_cmd;
 mod info;
