@@ -410,7 +410,9 @@ def bench_grpo(model, device, model_path, prompt_tokens, completion_tokens, gene
         tok = AutoTokenizer.from_pretrained(model_path)
     else:
         tok = AutoTokenizer.from_pretrained(os.path.dirname(model_path), gguf_file=os.path.basename(model_path))
-    if tok.pad_token_id is None:
+    assert tok.eos_token_id is not None, ("GRPO row: %s has no end-of-sequence token, which TRL's GRPOTrainer "
+                                          "needs (it passes the EOS ids to generate)" % model_path)
+    if tok.pad_token_id is None:  # TRL left-pads the prompts (one here, so never used) with it
         tok.pad_token = tok.eos_token
     prompt = grpo_prompt(tok, prompt_tokens)
     # transformers' GGUF loader dequantizes every tensor to `dtype` but leaves the model marked as quantized
