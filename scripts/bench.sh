@@ -3,9 +3,14 @@
 # Usage: scripts/bench.sh [--model PATH] [--prompt-tokens N] [--decode-tokens N] [--batch 1,8]
 #                         [--no-gemm | --gemm-only] [--profile]
 #                         [--train | --train-only] [--train-batch 8] [--train-tokens 256] [--train-steps 3]
+#                         [--grpo | --grpo-only] [--grpo-prompt-tokens 64] [--grpo-completion-tokens 64]
+#                         [--grpo-generations 8] [--grpo-steps 3] [--grpo-beta 0.0]
 # Every option goes to both sides (scripts/bench_pytorch.py accepts babelrl bench's options and ignores
 # --profile), so the peer measures exactly the shapes babelrl does. --train adds the SFT row (LoRA r 16 on
-# all seven projections, with and without gradient checkpointing); --train-only runs nothing else. The peer needs torch + transformers:
+# all seven projections, with and without gradient checkpointing); --train-only runs nothing else. --grpo adds
+# the GRPO-step row after everything else (the peer: TRL's GRPOTrainer, same LoRA, one prompt × N completions
+# of a fixed length; s/step split into rollout / reward / reference / update, new tokens/s, peak memory);
+# --grpo-only runs nothing else. The peer needs torch + transformers (+ peft for --train, peft + trl for --grpo):
 # BABELRL_PEER_PYTHON names the interpreter (default: the fixtures venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -24,9 +24,26 @@ on the same shapes, so the two tables compare like with like:
     process RSS (Linux VmHWM, reset through /proc/self/clear_refs after glibc's malloc_trim), the peak and
     the peak minus the RSS before the step (what training adds to the loaded model); on CUDA
     torch.cuda.max_memory_allocated and its rise over the step.
+  * with --grpo (after everything else; --grpo-only runs nothing else): TRL's GRPOTrainer on the same model
+    with a PEFT LoRA (the SFT row's r 16, alpha 32, all seven projections; the training row, if it ran,
+    has unloaded its own), one plain-text prompt of exactly --grpo-prompt-tokens tokens (a fixed sentence
+    repeated and cut), --grpo-generations sampled completions (temperature 1) of exactly
+    --grpo-completion-tokens new tokens (min_new_tokens: every EOS id is suppressed until then; checked
+    through TRL's completion-length metrics), loss dapo, beta --grpo-beta, reward = share of distinct token
+    ids in a completion, AdamW lr 1e-4, no gradient checkpointing, float32 on the CPU (TRL's bf16 default
+    off). 1 warm-up + --grpo-steps timed optimizer steps, each timed from the trainer's on_step_begin to
+    on_step_end, and split by wrapping the trainer's methods: rollout = _generate (tokenize the prompt,
+    model.generate with a KV cache, decode), reward = _calculate_rewards, reference = the no-grad log-prob
+    pass with the adapter off while scoring (only when beta > 0; no old-policy pass is made, as generation
+    is aligned with the optimizer step), rest of scoring = _prepare_inputs minus those three (advantages,
+    padding, metrics), update = the step minus _prepare_inputs (policy forward with log-probs, loss,
+    backward, gradient clipping, AdamW, zero_grad). new tokens/s = generations × completion tokens per
+    step ÷ s/step; memory = peak process RSS over the whole train() (VmHWM reset before it), on CUDA
+    torch.cuda.max_memory_allocated.
 
 Options mirror `babelrl bench` (--model, --prompt-tokens, --decode-tokens, --batch, --no-gemm,
---gemm-only, --train, --train-only, --train-batch, --train-tokens, --train-steps); babelrl-only options
+--gemm-only, --train, --train-only, --train-batch, --train-tokens, --train-steps, --grpo, --grpo-only,
+--grpo-prompt-tokens, --grpo-completion-tokens, --grpo-generations, --grpo-steps, --grpo-beta); babelrl-only options
 (--profile) are accepted and ignored, so scripts/bench.sh can pass the same arguments to both sides.
 --device cuda runs the CUDA peer (scripts/bench_gpu.sh), in --dtype float16 by default there; on the CPU
 the default is float32 with eager attention.
@@ -241,7 +258,7 @@ def bench_train(model, device, vocab, batch, tokens, steps, gen, figures):
     n_tok = batch * tokens
     cfg = peft.LoraConfig(r=TRAIN_RANK, lora_alpha=TRAIN_ALPHA, lora_dropout=0.0, target_modules=TRAIN_TARGETS,
                           bias="none", task_type="CAUSAL_LM")
-    # get_peft_model injects the LoRA layers into `model` in place: the training row runs last.
+    # get_peft_model injects the LoRA layers into `model` in place; unload() at the end takes them out again.
     pm = peft.get_peft_model(model, cfg)
     pm.train()
     params = [p for p in pm.parameters() if p.requires_grad]
@@ -318,6 +335,7 @@ def bench_train(model, device, vocab, batch, tokens, steps, gen, figures):
     checkpointing(False)
     opt = None
     mlp.forward = mlp_forward
+    pm.unload()  # the LoRA layers out of `model` again, for the GRPO row after this one
     assert runs == {"forward": 1, "step": 1, "ckpt": 2}, ("runs of layer 0's MLP per pass: checkpointing not as "
                                                          "meant", runs)
     fwd_secs, plain_secs, ckpt_secs = wall["forward"], wall["step"], wall["ckpt"]
@@ -358,6 +376,168 @@ def bench_train(model, device, vocab, batch, tokens, steps, gen, figures):
                                                             n_params, batch, tokens, steps, kind + note)}
 
 
+GRPO_TEXT = ("The quick brown fox jumps over the lazy dog while the farmer counts his sheep in the green field "
+             "behind the old stone house. ")
+
+
+def grpo_prompt(tok, tokens):
+    """A plain-text prompt (no chat template) that the tokenizer, called as TRL calls it, turns into exactly
+    `tokens` ids: the fixed sentence repeated, its tokenization cut to `tokens` and decoded."""
+    ids = tok(text=[GRPO_TEXT * (tokens // 8 + 2)])["input_ids"][0][:tokens]
+    text = tok.decode(ids, skip_special_tokens=True)
+    got = len(tok(text=[text])["input_ids"][0])
+    assert got == tokens, ("GRPO prompt: cut to %d tokens, the decoded text re-tokenizes to %d" % (tokens, got))
+    return text
+
+
+def grpo_reward(completion_ids, **kwargs):
+    """Cheap and deterministic: the share of distinct token ids in each completion (varies within a group,
+    so the advantages and the gradient are not zero)."""
+    return [len(set(ids)) / max(len(ids), 1) for ids in completion_ids]
+
+
+def bench_grpo(model, device, model_path, prompt_tokens, completion_tokens, generations, steps, beta, figures):
+    """One GRPO step of TRL's GRPOTrainer per optimizer step (see the module docstring); prints the table."""
+    import shutil
+    import tempfile
+    import peft
+    import trl
+    import transformers
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+
+    if os.path.isdir(model_path):
+        tok = AutoTokenizer.from_pretrained(model_path)
+    else:
+        tok = AutoTokenizer.from_pretrained(os.path.dirname(model_path), gguf_file=os.path.basename(model_path))
+    assert tok.eos_token_id is not None, ("GRPO row: %s has no end-of-sequence token, which TRL's GRPOTrainer "
+                                          "needs (it passes the EOS ids to generate)" % model_path)
+    if tok.pad_token_id is None:  # TRL left-pads the prompts (one here, so never used) with it
+        tok.pad_token = tok.eos_token
+    prompt = grpo_prompt(tok, prompt_tokens)
+    # transformers' GGUF loader dequantizes every tensor to `dtype` but leaves the model marked as quantized
+    # (GGUF), which Trainer refuses to train; the weights are plain tensors, so the quantizer's own
+    # remove_quantization_config takes the mark off.
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        method = str(quantizer.quantization_config.quant_method)
+        assert method.lower().endswith("gguf"), ("GRPO row: a model quantized with %s cannot be trained" % method)
+        assert all(p.is_floating_point() for p in model.parameters()), "GRPO row: GGUF weights left quantized"
+        quantizer.remove_quantization_config(model)
+    lora = peft.LoraConfig(r=TRAIN_RANK, lora_alpha=TRAIN_ALPHA, lora_dropout=0.0, target_modules=TRAIN_TARGETS,
+                           bias="none", task_type="CAUSAL_LM")
+    out_dir = tempfile.mkdtemp(prefix="bench-grpo-")
+    args = trl.GRPOConfig(
+        output_dir=out_dir, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True,
+        use_cpu=device == "cpu", bf16=False, fp16=False, gradient_checkpointing=False, seed=0,
+        max_steps=1 + steps, per_device_train_batch_size=generations, gradient_accumulation_steps=1,
+        num_generations=generations, max_completion_length=completion_tokens,
+        # Every completion exactly max_completion_length tokens: the end-of-sequence ids (all of TRL's
+        # eos_token_ids, which it passes to generate) are suppressed until then.
+        generation_kwargs={"min_new_tokens": completion_tokens},
+        loss_type="dapo", beta=beta, learning_rate=1e-4)
+    trainer = trl.GRPOTrainer(model=model, reward_funcs=grpo_reward, args=args,
+                              train_dataset=Dataset.from_list([{"prompt": prompt}]), processing_class=tok,
+                              peft_config=lora)
+    n_params = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    # Time the trainer's own methods (wrapped on the instance: TRL calls them through self) and each optimizer
+    # step, from the callbacks' on_step_begin (before generation) to on_step_end (after AdamW and zero_grad).
+    parts = {"step": [], "prepare": [], "rollout": [], "reward": [], "reference": []}
+    acc = {k: 0.0 for k in parts}
+    logps_calls = [0]
+    scoring = [False]
+
+    def timed(name, fn, when=lambda: True):
+        def wrapped(*a, **k):
+            if not when():
+                return fn(*a, **k)
+            sync(device)
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            sync(device)
+            acc[name] += time.perf_counter() - t0
+            return out
+        return wrapped
+
+    score = trainer._generate_and_score_completions
+
+    def scored(*a, **k):
+        scoring[0] = True
+        try:
+            return score(*a, **k)
+        finally:
+            scoring[0] = False
+
+    logps = trainer._get_per_token_logps_and_entropies
+
+    def counted_logps(*a, **k):
+        logps_calls[0] += scoring[0]
+        return logps(*a, **k)
+
+    trainer._prepare_inputs = timed("prepare", trainer._prepare_inputs)
+    trainer._generate_and_score_completions = scored
+    trainer._generate = timed("rollout", trainer._generate)
+    trainer._calculate_rewards = timed("reward", trainer._calculate_rewards)
+    trainer._get_per_token_logps_and_entropies = timed("reference", counted_logps, lambda: scoring[0])
+
+    class StepClock(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            for key in acc:
+                acc[key] = 0.0
+            sync(device)
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            sync(device)
+            acc["step"] = time.perf_counter() - self.t0
+            for key in parts:
+                parts[key].append(acc[key])
+
+    trainer.add_callback(StepClock())
+    with MemoryPhase(device) as mem:
+        trainer.train()
+    shutil.rmtree(out_dir, ignore_errors=True)  # save_strategy "no": nothing in it is needed
+    hist = trainer.state.log_history
+    lengths = [(h["completions/min_length"], h["completions/max_length"]) for h in hist
+               if "completions/min_length" in h]
+    assert lengths == [(completion_tokens, completion_tokens)] * (1 + steps), (
+        "every completion should have exactly %d tokens" % completion_tokens, lengths)
+    assert all(len(v) == 1 + steps for v in parts.values()), ("optimizer steps timed", parts)
+    # Reference log-probs are the only log-prob pass made while scoring (old log-probs are skipped: one
+    # generation per optimizer step, num_iterations 1), once per step when beta ≠ 0.
+    assert logps_calls[0] == (1 + steps if beta else 0), ("log-prob passes while scoring", logps_calls[0])
+    mean = {k: sum(v[1:]) / steps for k, v in parts.items()}  # the first step is the warm-up
+    other = mean["prepare"] - mean["rollout"] - mean["reward"] - mean["reference"]
+    update = mean["step"] - mean["prepare"]
+    new_tokens = generations * completion_tokens
+    kind = "CUDA allocated" if device == "cuda" else "process RSS"
+    note = "" if mem.reset else " (since the process started: this kernel cannot reset it)"
+    print("\n| GRPO step, TRL %s GRPOTrainer, LoRA r=%d (%d parameters), 1 prompt of %d tokens × %d completions "
+          "of %d tokens, loss dapo, beta %g | s/step | rollout s | reward s | reference s | rest of scoring s | "
+          "update s | new tokens/s | peak %s (MiB)%s |"
+          % (trl.__version__, TRAIN_RANK, n_params, prompt_tokens, generations, completion_tokens, beta, kind, note))
+    print("|---|---|---|---|---|---|---|---|---|")
+    print("| mean of %d steps after 1 warm-up | %.2f | %.2f | %.4f | %.2f | %.3f | %.2f | %.1f | %.0f |"
+          % (steps, mean["step"], mean["rollout"], mean["reward"], mean["reference"], other, update,
+             new_tokens / mean["step"], mem.peak / MIB))
+    figures["grpo_step_seconds"] = mean["step"]
+    figures["grpo_rollout_seconds"] = mean["rollout"]
+    figures["grpo_reward_seconds"] = mean["reward"]
+    figures["grpo_reference_seconds"] = mean["reference"]
+    figures["grpo_update_seconds"] = update
+    figures["grpo_tokens_per_s"] = new_tokens / mean["step"]
+    figures["grpo_peak_cuda_allocated_bytes" if device == "cuda" else "grpo_peak_rss_bytes"] = mem.peak
+    return {"grpo": "TRL %s GRPOTrainer (transformers %s, peft %s), LoRA r=%d alpha=%d on %s, %d trainable "
+                    "parameters; 1 prompt of %d tokens, %d completions of exactly %d new tokens (EOS suppressed "
+                    "until then), temperature 1, loss dapo, beta %g, reward = share of distinct ids, AdamW lr 1e-4, "
+                    "no gradient checkpointing, %s; mean of %d steps after 1 warm-up; rollout = _generate, reward = "
+                    "_calculate_rewards, reference = the adapter-off log-prob pass, update = step - "
+                    "_prepare_inputs; memory = peak %s over the whole train()"
+                    % (trl.__version__, transformers.__version__, peft.__version__, TRAIN_RANK, TRAIN_ALPHA,
+                       ",".join(TRAIN_TARGETS), n_params, prompt_tokens, generations, completion_tokens, beta,
+                       str(model.dtype).replace("torch.", ""), steps, kind + note)}
+
+
 def main():
     cache = os.environ.get("BABELRL_CACHE", os.path.expanduser("~/.cache/babelrl"))
     default = os.path.join(cache, "models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -375,6 +555,17 @@ def main():
     ap.add_argument("--train-tokens", type=int, default=256, help="tokens per training sequence (default 256)")
     ap.add_argument("--train-steps", type=int, default=3, help="timed training steps after one warm-up "
                     "(default 3)")
+    ap.add_argument("--grpo", action="store_true", help="also the GRPO step row (TRL GRPOTrainer, LoRA r 16 on "
+                    "all seven projections), after everything else: s/step, its split, new tokens/s, peak memory")
+    ap.add_argument("--grpo-only", action="store_true", help="only the GRPO row (implies --grpo)")
+    ap.add_argument("--grpo-prompt-tokens", type=int, default=64, help="tokens of the one prompt (default 64)")
+    ap.add_argument("--grpo-completion-tokens", type=int, default=64, help="new tokens of every completion "
+                    "(default 64)")
+    ap.add_argument("--grpo-generations", type=int, default=8, help="completions of the prompt per step "
+                    "(default 8)")
+    ap.add_argument("--grpo-steps", type=int, default=3, help="timed GRPO steps after one warm-up (default 3)")
+    ap.add_argument("--grpo-beta", type=float, default=0.0, help="KL coefficient; 0 (the default) skips the "
+                    "reference pass")
     ap.add_argument("--profile", action="store_true", help="accepted for babelrl's sake; ignored")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
@@ -382,8 +573,13 @@ def main():
     ap.add_argument("--json", help="also write the figures here, named as `babelrl bench --json` names them")
     ap.add_argument("--make-random-model", nargs=2, metavar=("CONFIG", "OUT_DIR"))
     args = ap.parse_args()
-    if args.train_only and args.gemm_only:
-        ap.error("--train-only and --gemm-only exclude each other")
+    if sum((args.train_only, args.gemm_only, args.grpo_only)) > 1:
+        ap.error("--train-only, --gemm-only and --grpo-only exclude each other")
+    if min(args.grpo_prompt_tokens, args.grpo_completion_tokens, args.grpo_steps) < 1 or args.grpo_generations < 2:
+        ap.error("--grpo-prompt-tokens, --grpo-completion-tokens and --grpo-steps must be at least 1, "
+                 "--grpo-generations at least 2 (a group of one has no advantage)")
+    if args.grpo_beta < 0:
+        ap.error("--grpo-beta must not be negative")
     if min(args.train_batch, args.train_steps) < 1 or args.train_tokens < 2:
         ap.error("--train-batch and --train-steps must be at least 1, --train-tokens at least 2")
     if args.make_random_model:
@@ -405,7 +601,8 @@ def main():
     gen = torch.Generator().manual_seed(1)
     figures = {}
     p = args.prompt_tokens
-    if not (args.gemm_only or args.train_only):
+    only = args.gemm_only or args.train_only or args.grpo_only
+    if not only:
         print("\n| batch | prefill tokens/s (%d tokens) | decode tokens/s |" % args.prompt_tokens)
         print("|---|---|---|")
         for b in [int(x) for x in args.batch.split(",")]:
@@ -420,15 +617,20 @@ def main():
         rate = bench_logprobs(model, args.device, vocab, p, gen)
         print("| one pass over the 8 rows | %d | %.1f |" % (16 * p, rate))
         figures["teacher-forced log-probs tokens/s, 8 × (%d + %d) tokens" % (p, p)] = rate
-    if not (args.no_gemm or args.train_only):
+    if not (args.no_gemm or args.train_only or args.grpo_only):
         bench_gemm(model.config, args.device, dtype, figures)
     train_meta = {}
-    if args.train or args.train_only:
+    if (args.train and not args.grpo_only) or args.train_only:
         train_meta = bench_train(model, args.device, vocab, args.train_batch, args.train_tokens, args.train_steps,
                                  torch.Generator().manual_seed(3), figures)
+    grpo_meta = {}
+    if (args.grpo and not args.train_only) or args.grpo_only:
+        grpo_meta = bench_grpo(model, args.device, args.model, args.grpo_prompt_tokens, args.grpo_completion_tokens,
+                               args.grpo_generations, args.grpo_steps, args.grpo_beta, figures)
     if args.json:
         meta = {"engine": "PyTorch %s, transformers %s attention, %s" % (torch.__version__, attn, dtype_name),
-                "adapter": where, "model": os.path.basename(os.path.normpath(args.model)), **train_meta}
+                "adapter": where, "model": os.path.basename(os.path.normpath(args.model)), **train_meta,
+                **grpo_meta}
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "figures": figures}, f, indent=2, ensure_ascii=False)
             f.write("\n")
