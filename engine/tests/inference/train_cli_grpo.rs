@@ -194,3 +194,55 @@ fn bad_grpo_run_files_and_data_are_clear_errors_that_create_nothing() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_plugin_failing_mid_run_stops_it_with_fail_and_is_skipped_and_counted_with_skip() {
+    let Some(plugin) = length_guard() else { return };
+    let exact = plugin.with_file_name("exact_match.wasm");
+    if !exact.exists() {
+        common::skip::<()>(format!("{} not built; run plugins/build.sh", exact.display()));
+        return;
+    }
+    let dir = setup("onerror", &plugin);
+    std::fs::copy(&exact, dir.join("plugins/exact_match.wasm")).unwrap();
+    // The first four prompts (those checked before training) have numeric references; the fifth's has
+    // no number, which exact-match refuses with an error when it meets it in a rollout group.
+    let rows = ["1", "2", "3", "4", "none"];
+    let lines: Vec<String> = rows
+        .iter()
+        .map(|r| serde_json::json!({"prompt": format!("{r} is"), "reference": r}).to_string())
+        .collect();
+    std::fs::write(dir.join("prompts.jsonl"), lines.join("\n") + "\n").unwrap();
+    let reward = "[[reward]]\nname = \"exact\"\npath = \"plugins/exact_match.wasm\"\n";
+    // `on_error` is a top-level key: before the first table.
+    let write = |name: &str| {
+        let run = write_run(&dir, name, "", reward);
+        let text = std::fs::read_to_string(&run).unwrap();
+        std::fs::write(&run, format!("on_error = \"{name}\"\n{text}")).unwrap();
+        run
+    };
+    // Five steps of two prompts go through the data twice: the bad prompt comes up.
+    let run = write("fail");
+    let e = err(&babelrl(&["train", run.to_str().unwrap()], &[]));
+    let step: u64 = e
+        .split("step ")
+        .nth(1)
+        .and_then(|t| t.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the error names no step: {e}"));
+    assert!(e.contains("exact") && e.contains("no number") && e.contains("checkpoint is intact"), "{e}");
+    let out = dir.join("out-fail");
+    assert!(!out.join(format!("checkpoint-{step}")).exists());
+    if step > 1 {
+        assert!(out.join(format!("checkpoint-{}", step - 1)).join("adapter_model.safetensors").is_file());
+        assert_eq!(metrics(&out).len() as u64, step - 1);
+    }
+    // With `skip`, the failing group's completions get no reward and are counted.
+    let run = write("skip");
+    let text = ok(&babelrl(&["train", run.to_str().unwrap()], &[]));
+    assert!(text.contains("trained to step 5"), "{text}");
+    let lines = metrics(&dir.join("out-skip"));
+    let unscored: Vec<u64> = lines.iter().map(|m| m["unscored"].as_u64().unwrap()).collect();
+    assert!(unscored.iter().all(|&u| u == 0 || u == 4) && unscored.contains(&4), "{unscored:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use babelrl::generate::FinishReason;
 use babelrl::plugin::{NoServices, RewardSet, Sample};
 use babelrl::train::grpo::{GrpoOptions, GrpoPrompt, GrpoTrainer, PromptOrder, Rollout, load_grpo_prompts};
 
@@ -112,8 +113,11 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
         let tokens: Vec<Vec<u32>> = picked.iter().map(|p| p.tokens.clone()).collect();
         let mut plugin_sums = vec![(0.0f64, 0usize); names.len()];
         let mut reward_seconds = 0.0;
+        let (mut unscored, mut truncated, mut rollouts_n) = (0usize, 0usize, 0usize);
         let m = trainer.step(&tokens, |rollouts: &[Rollout]| {
             let start = std::time::Instant::now();
+            rollouts_n = rollouts.len();
+            truncated = rollouts.iter().filter(|r| r.completion.finish == FinishReason::Length).count();
             let mut out = Vec::with_capacity(rollouts.len());
             for group in rollouts.chunk_by(|a, b| a.prompt == b.prompt) {
                 let p = picked[group[0].prompt];
@@ -128,11 +132,18 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
                 // A rollout no plugin scored is NaN (left out of the advantages, as TRL).
                 for (i, total) in scored.total.iter().enumerate() {
                     let any = scored.per_plugin.iter().any(|s| s[i].is_some());
+                    unscored += usize::from(!any);
                     out.push(if any { f64::from(*total) } else { f64::NAN });
                 }
             }
             reward_seconds = start.elapsed().as_secs_f64();
             Ok(out)
+        });
+        let m = m.with_context(|| {
+            format!(
+                "step {}: no update (the last checkpoint is intact; fix the cause and pass --resume)",
+                trainer.step_count() + 1
+            )
         })?;
         if !m.loss.is_finite() {
             bail!(
@@ -154,6 +165,8 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
             "step": m.step, "loss": m.loss, "reward": m.reward_mean, "reward_std": m.reward_std,
             "rewards": per_plugin, "grad_norm": m.grad_norm, "learning_rate": m.learning_rate,
             "clip_ratio": m.clip_ratio, "completion_tokens": m.completion_tokens,
+            "completion_length": m.completion_tokens as f64 / rollouts_n.max(1) as f64,
+            "truncated_ratio": truncated as f64 / rollouts_n.max(1) as f64, "unscored": unscored,
             "rollout_seconds": m.rollout_seconds, "reward_seconds": reward_seconds,
             "update_seconds": m.update_seconds,
         });
