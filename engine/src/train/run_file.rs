@@ -1,5 +1,5 @@
-//! The run file of `babelrl train RUN.toml`: `[model]`, `[lora]`, `[optimizer]`, `[schedule]`, `[sft]`
-//! and `[output]`, read strictly (an unknown key is an error naming it and the file), relative paths
+//! The run file of `babelrl train RUN.toml`: `[model]`, `[lora]`, `[optimizer]`, `[schedule]`, the job
+//! (`[sft]` or `[grpo]` with its `on_error` and `[[reward]]` tables) and `[output]`, read strictly (an unknown key is an error naming it and the file), relative paths
 //! resolved against the run file's folder, every range checked with an error naming `[section] key`.
 
 use std::path::{Path, PathBuf};
@@ -8,6 +8,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::lora::{LoraConfig, Target};
+use crate::plugin::RunRewards;
 use crate::train::{AdamWConfig, Schedule, SchedulerType};
 use crate::{Error, Result};
 
@@ -24,6 +25,11 @@ pub struct RunFile {
     pub schedule: ScheduleSection,
     /// `None` when the file has no `[sft]` section; [`RunFile::sft`] makes that an error.
     pub sft: Option<SftSection>,
+    /// `None` when the file has no `[grpo]` section (a file holds at most one of `[sft]` and `[grpo]`).
+    pub grpo: Option<GrpoSection>,
+    /// `on_error` and the `[[reward]]` tables of a `[grpo]` job (at least one), plugin paths resolved
+    /// against the run file's folder; `None` without `[grpo]`.
+    pub rewards: Option<RunRewards>,
     pub output: OutputSection,
 }
 
@@ -139,8 +145,13 @@ struct RawRunFile {
     #[serde(default)]
     schedule: ScheduleSection,
     sft: Option<RawSft>,
+    grpo: Option<grpo::RawGrpo>,
     #[serde(default)]
     output: RawOutput,
+    // Read by `RunRewards::from_toml`; listed here so they are not unknown keys.
+    on_error: Option<toml::Value>,
+    reward: Option<toml::Value>,
+    rewards: Option<toml::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -328,6 +339,44 @@ impl RunFile {
             }
         };
 
+        let (grpo, rewards) = match raw.grpo {
+            None => {
+                if let Some(key) = [
+                    ("on_error", raw.on_error.is_some()),
+                    ("[[reward]]", raw.reward.is_some() || raw.rewards.is_some()),
+                ]
+                .iter()
+                .find_map(|(k, given)| given.then_some(k))
+                {
+                    return Err(err(format!(
+                        "{key} belongs to a [grpo] job (reward plugins score its rollouts); remove it or \
+                         add [grpo]"
+                    )));
+                }
+                (None, None)
+            }
+            Some(_) if sft.is_some() => {
+                return Err(err("both [sft] and [grpo] are set: a run file holds one job; split them into \
+                                two run files"
+                    .into()));
+            }
+            Some(g) => {
+                let g = g.validate(resolve, err)?;
+                let mut rewards = RunRewards::from_toml(text, path).map_err(|e| match e {
+                    Error::Config { message, .. } if message.starts_with("no [[reward]]") => err(
+                        "[grpo] needs at least one [[reward]] table (name, path of the plugin's .wasm) to \
+                         score its rollouts"
+                            .into(),
+                    ),
+                    e => e,
+                })?;
+                for spec in &mut rewards.rewards {
+                    spec.path = resolve(std::mem::take(&mut spec.path));
+                }
+                (Some(g), Some(rewards))
+            }
+        };
+
         let o = raw.output;
         let dir = o.dir.unwrap_or_else(|| {
             let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
@@ -350,6 +399,8 @@ impl RunFile {
             optimizer: raw.optimizer,
             schedule: raw.schedule,
             sft,
+            grpo,
+            rewards,
             output,
         })
     }
@@ -362,6 +413,19 @@ impl RunFile {
                       (or `epochs`)"
                 .into(),
         })
+    }
+
+    /// The `[grpo]` section and its rewards, or an error saying the file lacks one.
+    pub fn grpo(&self) -> Result<(&GrpoSection, &RunRewards)> {
+        match (&self.grpo, &self.rewards) {
+            (Some(g), Some(r)) => Ok((g, r)),
+            _ => Err(Error::Config {
+                path: self.path.clone(),
+                message: "no [grpo] section: a GRPO run needs [grpo] with at least `data` and `max_steps`, \
+                          and [[reward]] tables"
+                    .into(),
+            }),
+        }
     }
 
     /// The LoRA config of a fresh adapter (with `init_from`, the adapter folder's config is used
@@ -382,6 +446,9 @@ impl RunFile {
             .map_err(|e| Error::Config { path: self.path.clone(), message: format!("[schedule] {e}") })
     }
 }
+
+mod grpo;
+pub use grpo::GrpoSection;
 
 #[cfg(test)]
 mod tests;

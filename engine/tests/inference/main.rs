@@ -32,6 +32,7 @@ mod tokenizer_chat;
 mod tokenizer_gguf;
 mod train_checkpoint;
 mod train_cli;
+mod train_cli_grpo;
 mod train_data;
 mod train_grpo;
 mod train_grpo_loss;

@@ -7,6 +7,7 @@ mod generate_cmd;
 mod info;
 mod plugin_cmd;
 mod train_cmd;
+mod train_grpo;
 
 use std::path::PathBuf;
 

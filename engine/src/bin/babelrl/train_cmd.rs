@@ -1,22 +1,26 @@
-//! `babelrl train RUN.toml`: runs the run file's `[sft]` job — progress bar, metrics as JSONL (one
-//! line per step), atomic checkpoints, `--resume`, and the trained adapter as a PEFT folder.
+//! `babelrl train RUN.toml`: runs the run file's job — `[sft]` here, `[grpo]` in `train_grpo` — with
+//! what they share: the model and adapter, a progress bar, metrics as JSONL (one line per step), atomic
+//! checkpoints, `--resume`, and the trained adapter as a PEFT folder.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use babelrl::gpu::{Gpu, GpuOptions};
 use babelrl::lora::Adapter;
 use babelrl::model::{LanguageModel, load_language_model};
 use babelrl::train::{
-    CHECKPOINT_FORMAT, RunFile, SftOptions, SftTrainer, StepMetrics, TrainSequence, TrainerState,
-    latest_checkpoint, load_checkpoint, load_sft_jsonl, prune_checkpoints, save_checkpoint,
+    AdamWState, CHECKPOINT_FORMAT, Checkpoint, RunFile, Schedule, SftOptions, SftTrainer, StepMetrics,
+    TrainSequence, TrainerState, latest_checkpoint, load_checkpoint, load_sft_jsonl, prune_checkpoints,
+    save_checkpoint,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
-    /// The run file (TOML): [model], [lora], [optimizer], [schedule], [sft], [output].
+    /// The run file (TOML): [model], [lora], [optimizer], [schedule], the job ([sft], or [grpo] with
+    /// [[reward]] tables), [output].
     run_file: PathBuf,
     /// Continue from a checkpoint: a `checkpoint-N` folder, or without a value the newest one in the
     /// run's output folder.
@@ -119,50 +123,187 @@ fn progress(total: u64, done: u64) -> ProgressBar {
     bar
 }
 
+/// What every job loads before training: the run file, its output folder, the checkpoint to resume
+/// from, the model and its fingerprint.
+pub struct Session {
+    pub run: RunFile,
+    pub out: PathBuf,
+    pub checkpoint: Option<Checkpoint>,
+    pub gpu: Arc<Gpu>,
+    pub lm: LanguageModel,
+    pub fingerprint: String,
+    pub stop_at: Option<u64>,
+}
+
+impl Session {
+    fn open(args: &TrainArgs, run: RunFile) -> anyhow::Result<Session> {
+        let out = run.output.dir.clone();
+        let resume = resume_from(args, &out)?;
+        let checkpoint = resume.as_deref().map(load_checkpoint).transpose()?;
+        let model_path = run.model.path.clone().unwrap_or_else(crate::default_model);
+        let gpu = Gpu::new(&GpuOptions::from_env())?;
+        let lm = load_language_model(gpu.clone(), &model_path)
+            .with_context(|| format!("loading the model {}", model_path.display()))?;
+        let fingerprint = base_fingerprint(&lm)?;
+        Ok(Session { run, out, checkpoint, gpu, lm, fingerprint, stop_at: args.stop_at })
+    }
+
+    /// The adapter to train: the checkpoint's (checked against the base model and the run file's
+    /// rank and modules), `[lora] init_from`, or a fresh one.
+    pub fn adapter(&self) -> anyhow::Result<Adapter> {
+        let (run, lm, gpu, fingerprint) = (&self.run, &self.lm, &self.gpu, &self.fingerprint);
+        let mut lora = run.lora_config()?;
+        lora.base_model = Some(fingerprint.clone());
+        Ok(match (&self.checkpoint, &run.lora.init_from) {
+            (Some(c), _) => {
+                if &c.state.base_model != fingerprint {
+                    bail!(
+                        "{}: the checkpoint was trained on {}, this run loads {}",
+                        c.dir.display(),
+                        c.state.base_model,
+                        fingerprint
+                    );
+                }
+                let a = Adapter::load_peft(gpu.clone(), &c.adapter_dir, lm.decoder.config())?;
+                if run.lora.init_from.is_none()
+                    && (a.config().r, &a.config().targets) != (lora.r, &lora.targets)
+                {
+                    bail!(
+                        "{}: the checkpoint's adapter has rank {} on {:?}, the run file asks for rank {} on {:?}",
+                        c.dir.display(),
+                        a.config().r,
+                        a.config().targets,
+                        lora.r,
+                        lora.targets
+                    );
+                }
+                a
+            }
+            (None, Some(dir)) => Adapter::load_peft(gpu.clone(), dir, lm.decoder.config())
+                .with_context(|| format!("[lora] init_from = {}", dir.display()))?,
+            (None, None) => Adapter::init(gpu.clone(), lora, lm.decoder.config(), run.lora.seed)?,
+        })
+    }
+
+    /// The trainer state of a checkpoint after `step`, with the job's data position.
+    pub fn state(
+        &self,
+        step: u64,
+        schedule: Schedule,
+        data: DataPosition,
+        metrics: serde_json::Value,
+    ) -> TrainerState {
+        TrainerState {
+            format: CHECKPOINT_FORMAT.into(),
+            step,
+            schedule,
+            seed: self.run.lora.seed,
+            data_seed: data.seed,
+            examples_seen: data.examples_seen,
+            epoch: data.epoch,
+            run_file_sha256: self.run.sha256.clone(),
+            base_model: self.fingerprint.clone(),
+            metrics: serde_json::from_value(metrics).unwrap_or_default(),
+        }
+    }
+
+    /// Saves a checkpoint after `step` when `[output] save_steps` asks for one (and at the last step).
+    pub fn maybe_checkpoint(
+        &self,
+        step: u64,
+        stop: u64,
+        adapter: &Adapter,
+        optimizer: impl FnOnce() -> babelrl::Result<AdamWState>,
+        state: impl FnOnce() -> TrainerState,
+    ) -> anyhow::Result<()> {
+        let save_every = self.run.output.save_steps;
+        if (save_every > 0 && step.is_multiple_of(save_every)) || step == stop {
+            save_checkpoint(&self.out, adapter, &optimizer()?, &state())?;
+            prune_checkpoints(&self.out, self.run.output.save_total_limit)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the final adapter into `OUT/adapter` and returns that folder.
+    pub fn finish(&self, adapter: &Adapter) -> anyhow::Result<PathBuf> {
+        let dir = self.out.join("adapter");
+        save_adapter_dir(adapter, &dir)?;
+        Ok(dir)
+    }
+}
+
+/// Where a job stands in its data, for the trainer state.
+pub struct DataPosition {
+    pub seed: u64,
+    pub examples_seen: u64,
+    pub epoch: u64,
+}
+
+/// The per-step output of a run: metrics.jsonl, the progress bar (or progress lines when stderr is not
+/// a terminal), and the kill hook of the tests.
+pub struct StepLog {
+    file: std::fs::File,
+    path: PathBuf,
+    bar: ProgressBar,
+    bar_shown: bool,
+    pub stop: u64,
+    logging_steps: u64,
+    kill_at: Option<u64>,
+}
+
+impl StepLog {
+    /// Opens `OUT/metrics.jsonl` (keeping the lines up to `done`) for a run at step `done` of `total`.
+    pub fn open(s: &Session, done: u64, total: u64) -> anyhow::Result<StepLog> {
+        std::fs::create_dir_all(&s.out).with_context(|| format!("creating {}", s.out.display()))?;
+        let path = s.out.join("metrics.jsonl");
+        let file = open_metrics(&path, done)?;
+        let stop = s.stop_at.unwrap_or(total).min(total);
+        Ok(StepLog {
+            file,
+            path,
+            bar: progress(stop, done),
+            bar_shown: std::io::stderr().is_terminal(),
+            stop,
+            logging_steps: s.run.output.logging_steps.max(1),
+            kill_at: std::env::var(KILL_AT_STEP).ok().and_then(|v| v.parse().ok()),
+        })
+    }
+
+    /// Records step `step`: its metrics line, the bar's `message`, a progress line every
+    /// `logging_steps` when there is no bar; aborts here when the kill hook names this step.
+    pub fn record(&mut self, step: u64, line: &serde_json::Value, message: &str) -> anyhow::Result<()> {
+        writeln!(self.file, "{line}").with_context(|| format!("writing {}", self.path.display()))?;
+        self.bar.set_message(message.to_string());
+        self.bar.set_position(step);
+        if !self.bar_shown && (step.is_multiple_of(self.logging_steps) || step == self.stop) {
+            eprintln!("step {step}/{}  {message}", self.stop);
+        }
+        if self.kill_at == Some(step) {
+            std::process::abort();
+        }
+        Ok(())
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let run = RunFile::load(&args.run_file)?;
-    let sft = run.sft()?.clone();
-    let out = run.output.dir.clone();
-    let resume = resume_from(&args, &out)?;
-    let checkpoint = resume.as_deref().map(load_checkpoint).transpose()?;
+    if run.grpo.is_some() {
+        let s = Session::open(&args, run)?;
+        return crate::train_grpo::run(&s);
+    }
+    run.sft()?;
+    let s = Session::open(&args, run)?;
+    run_sft(&s)
+}
 
-    let model_path = run.model.path.clone().unwrap_or_else(crate::default_model);
-    let gpu = Gpu::new(&GpuOptions::from_env())?;
-    let lm = load_language_model(gpu.clone(), &model_path)
-        .with_context(|| format!("loading the model {}", model_path.display()))?;
-    let fingerprint = base_fingerprint(&lm)?;
-    let mut lora = run.lora_config()?;
-    lora.base_model = Some(fingerprint.clone());
-
-    let adapter = match (&checkpoint, &run.lora.init_from) {
-        (Some(c), _) => {
-            if c.state.base_model != fingerprint {
-                bail!(
-                    "{}: the checkpoint was trained on {}, this run loads {}",
-                    c.dir.display(),
-                    c.state.base_model,
-                    fingerprint
-                );
-            }
-            let a = Adapter::load_peft(gpu.clone(), &c.adapter_dir, lm.decoder.config())?;
-            if run.lora.init_from.is_none() && (a.config().r, &a.config().targets) != (lora.r, &lora.targets)
-            {
-                bail!(
-                    "{}: the checkpoint's adapter has rank {} on {:?}, the run file asks for rank {} on {:?}",
-                    c.dir.display(),
-                    a.config().r,
-                    a.config().targets,
-                    lora.r,
-                    lora.targets
-                );
-            }
-            a
-        }
-        (None, Some(dir)) => Adapter::load_peft(gpu.clone(), dir, lm.decoder.config())
-            .with_context(|| format!("[lora] init_from = {}", dir.display()))?,
-        (None, None) => Adapter::init(gpu.clone(), lora.clone(), lm.decoder.config(), run.lora.seed)?,
-    };
-    let examples = load_sft_jsonl(&sft.data, lm.tokenizer()?, sft.max_length)?;
+fn run_sft(s: &Session) -> anyhow::Result<()> {
+    let sft = s.run.sft()?.clone();
+    let adapter = s.adapter()?;
+    let examples = load_sft_jsonl(&sft.data, s.lm.tokenizer()?, sft.max_length)?;
     let data: Vec<TrainSequence> = examples
         .iter()
         .map(|e| TrainSequence {
@@ -171,7 +312,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         })
         .collect();
     let total = sft.total_steps(data.len());
-    let schedule = run.schedule(total)?;
+    let schedule = s.run.schedule(total)?;
     let options = SftOptions {
         batch_size: sft.batch_size,
         gradient_accumulation_steps: sft.gradient_accumulation_steps,
@@ -179,20 +320,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         shuffle: sft.shuffle,
         gradient_checkpointing: sft.gradient_checkpointing,
     };
-    let mut trainer = SftTrainer::new(&lm.decoder, adapter, data, run.optimizer, schedule, options)?;
-    if let Some(c) = &checkpoint {
+    let mut trainer = SftTrainer::new(&s.lm.decoder, adapter, data, s.run.optimizer, schedule, options)?;
+    if let Some(c) = &s.checkpoint {
         trainer
             .restore(&c.optimizer, c.state.examples_seen)
             .with_context(|| format!("{}: resuming from this checkpoint", c.dir.display()))?;
         eprintln!("resuming from {} (step {} of {total})", c.dir.display(), c.state.step);
     }
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let metrics_path = out.join("metrics.jsonl");
-    let mut metrics = open_metrics(&metrics_path, trainer.step_count())?;
-    let stop = args.stop_at.unwrap_or(total).min(total);
-    let kill_at: Option<u64> = std::env::var(KILL_AT_STEP).ok().and_then(|v| v.parse().ok());
-    let bar = progress(stop, trainer.step_count());
-    let bar_shown = std::io::stderr().is_terminal();
+    let mut log = StepLog::open(s, trainer.step_count(), total)?;
+    let stop = log.stop;
     let mut last: Option<StepMetrics> = None;
     while trainer.step_count() < stop {
         let m = trainer.step()?;
@@ -209,43 +345,23 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             "tokens": m.tokens, "completion_tokens": m.completion_tokens, "tokens_per_s": tok_s,
             "seconds": m.seconds, "epoch": m.epoch,
         });
-        writeln!(metrics, "{line}").with_context(|| format!("writing {}", metrics_path.display()))?;
-        bar.set_message(format!("loss {:.4}  {tok_s:.1} tokens/s", m.loss));
-        bar.set_position(m.step);
-        if !bar_shown && (m.step % run.output.logging_steps.max(1) == 0 || m.step == stop) {
-            eprintln!(
-                "step {}/{stop}  loss {:.4}  grad norm {:.3}  lr {:.3e}  {tok_s:.1} tokens/s",
-                m.step, m.loss, m.grad_norm, m.lr
-            );
-        }
-        if kill_at == Some(m.step) {
-            std::process::abort();
-        }
-        let save_every = run.output.save_steps;
-        if (save_every > 0 && m.step.is_multiple_of(save_every)) || m.step == stop {
-            let state = TrainerState {
-                format: CHECKPOINT_FORMAT.into(),
-                step: m.step,
-                schedule: *trainer.schedule(),
-                seed: run.lora.seed,
-                data_seed: sft.seed,
-                examples_seen: trainer.examples_seen(),
-                epoch: m.epoch as u64,
-                run_file_sha256: run.sha256.clone(),
-                base_model: fingerprint.clone(),
-                metrics: serde_json::from_value(
-                    serde_json::json!({"loss": m.loss, "grad_norm": m.grad_norm}),
-                )
-                .unwrap_or_default(),
-            };
-            save_checkpoint(&out, trainer.adapter(), &trainer.optimizer_state()?, &state)?;
-            prune_checkpoints(&out, run.output.save_total_limit)?;
-        }
+        let message =
+            format!("loss {:.4}  grad norm {:.3}  lr {:.3e}  {tok_s:.1} tokens/s", m.loss, m.grad_norm, m.lr);
+        log.record(m.step, &line, &message)?;
+        let position =
+            DataPosition { seed: sft.seed, examples_seen: trainer.examples_seen(), epoch: m.epoch as u64 };
+        let metrics = serde_json::json!({"loss": m.loss, "grad_norm": m.grad_norm});
+        s.maybe_checkpoint(
+            m.step,
+            stop,
+            trainer.adapter(),
+            || trainer.optimizer_state(),
+            || s.state(m.step, *trainer.schedule(), position, metrics),
+        )?;
         last = Some(m);
     }
-    bar.finish_and_clear();
-    let adapter_dir = out.join("adapter");
-    save_adapter_dir(trainer.adapter(), &adapter_dir)?;
+    log.finish();
+    let adapter_dir = s.finish(trainer.adapter())?;
     match last {
         Some(m) => println!(
             "trained to step {} of {total}: loss {:.4}; adapter in {} (try: babelrl generate --adapter {} ...)",

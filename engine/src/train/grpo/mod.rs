@@ -7,12 +7,14 @@
 //! checks every loss type against TRL.
 
 pub mod advantages;
+pub mod data;
 pub mod layout;
 pub mod loss;
 pub mod metrics;
 pub mod trainer;
 
 pub use advantages::{STD_EPSILON, ScaleRewards, advantages};
+pub use data::{GrpoPrompt, PromptOrder, load_grpo_prompts};
 pub use layout::{completion_lengths, completion_logp, completion_mask, nll_grad};
 pub use loss::{GrpoLossConfig, LossInputs, LossOutput, LossType, clipped_surrogate, grpo_loss, kl_term};
 pub use metrics::LossMetrics;

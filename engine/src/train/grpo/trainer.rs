@@ -106,6 +106,21 @@ impl<'m> GrpoTrainer<'m> {
         self.optim.step_count()
     }
 
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    /// The optimizer's state, downloaded (for a checkpoint).
+    pub fn optimizer_state(&self) -> Result<crate::train::AdamWState> {
+        self.optim.state(self.decoder.gpu())
+    }
+
+    /// Continues from a checkpoint's optimizer state (moments and step count; the adapter was given to
+    /// [`GrpoTrainer::new`]). Nothing changes on an error.
+    pub fn restore(&mut self, optimizer: &crate::train::AdamWState) -> Result<()> {
+        self.optim.load_state(self.decoder.gpu(), optimizer)
+    }
+
     /// One step on `prompts` (token ids): rollouts, `reward` (one score per rollout, in order; NaN for a
     /// rollout a reward could not score), the update.
     pub fn step(

@@ -2,6 +2,7 @@
 //! the range checks and the conversions to the library's types.
 
 use super::*;
+use crate::train::grpo::{LossType, ScaleRewards};
 
 const PATH: &str = "/work/runs/sft_french.toml";
 
@@ -164,7 +165,8 @@ fn an_unknown_key_in_any_section_is_named_with_the_file() {
         ("[schedule]\nwarmup_ratio = 0.1\n", "warmup_ratio"),
         ("[sft]\ndata = \"d\"\nmax_steps = 1\nnum_train_epochs = 1\n", "num_train_epochs"),
         ("[output]\noutput_dir = \"o\"\n", "output_dir"),
-        ("[grpo]\nbeta = 0.1\n", "grpo"),
+        ("[grpo]\ndata = \"d\"\nmax_steps = 1\nlearning_rat = 1\n", "learning_rat"),
+        ("[ppo]\nbeta = 0.1\n", "ppo"),
         ("top_level = 1\n", "top_level"),
     ];
     for (text, key) in cases {
@@ -255,4 +257,70 @@ fn init_from_excludes_the_options_it_decides() {
     // "all-linear" is all seven projections.
     let rf = parse("[lora]\ntarget_modules = \"all-linear\"\n").unwrap();
     assert_eq!(rf.lora_config().unwrap().targets, Target::ALL);
+}
+
+const REWARD: &str = "[[reward]]\nname = \"em\"\npath = \"plugins/exact_match.wasm\"\n";
+
+#[test]
+fn a_grpo_file_takes_trls_names_and_defaults_and_its_rewards() {
+    let rf = parse(&format!("[grpo]\ndata = \"prompts.jsonl\"\nmax_steps = 5\n\n{REWARD}")).unwrap();
+    let (g, rewards) = rf.grpo().unwrap();
+    assert_eq!(g.data, Path::new("/work/runs/prompts.jsonl"));
+    assert_eq!((g.num_generations, g.prompts_per_step, g.max_steps), (8, 1, 5));
+    assert_eq!(
+        (g.max_prompt_length, g.max_completion_length, g.temperature, g.top_p, g.top_k),
+        (512, 256, 1.0, 1.0, 0)
+    );
+    assert_eq!((g.loss_type, g.beta, g.epsilon, g.epsilon_high), (LossType::Dapo, 0.0, 0.2, None));
+    assert_eq!((g.scale_rewards, g.mask_truncated_completions), (ScaleRewards::Group, false));
+    assert_eq!(rewards.rewards[0].path, Path::new("/work/runs/plugins/exact_match.wasm"));
+    assert!(rf.sft().is_err() && rf.sft.is_none());
+
+    let rf = parse(&format!(
+        "on_error = \"skip\"\n[grpo]\ndata = \"p\"\nmax_steps = 2\nnum_generations = 4\n\
+         per_device_train_batch_size = 8\nloss_type = \"dr_grpo\"\nepsilon_high = 0.28\nscale_rewards = false\n\
+         mask_truncated_completions = true\ntemperature = 0.7\ntop_p = 0.9\ntop_k = 50\nseed = 3\n\
+         max_completion_length = 32\n\n{REWARD}"
+    ))
+    .unwrap();
+    let (g, rewards) = rf.grpo().unwrap();
+    assert_eq!((g.num_generations, g.prompts_per_step, g.loss_type), (4, 2, LossType::DrGrpo));
+    assert_eq!(
+        (g.epsilon_high, g.scale_rewards, g.mask_truncated_completions),
+        (Some(0.28), ScaleRewards::None, true)
+    );
+    assert_eq!(rewards.on_error, crate::plugin::OnError::Skip);
+    let sampling = g.sampling();
+    assert_eq!(
+        (sampling.temperature, sampling.top_p, sampling.top_k, sampling.max_new_tokens),
+        (0.7, 0.9, 50, 32)
+    );
+    assert_eq!(g.loss().max_completion_length, 32);
+}
+
+#[test]
+fn bad_grpo_files_are_clear_errors() {
+    let grpo = |extra: &str| format!("[grpo]\ndata = \"p\"\nmax_steps = 2\n{extra}\n\n{REWARD}");
+    let cases = [
+        (grpo("beta = 0.04"), "[grpo] beta = 0.04"),
+        (grpo("num_generations = 1"), "[grpo] num_generations = 1"),
+        (grpo("num_generations = 4\nper_device_train_batch_size = 6"), "multiple of num_generations = 4"),
+        (grpo("prompts_per_step = 1\nper_device_train_batch_size = 8"), "both set"),
+        (grpo("scale_rewards = \"batchy\""), "scale_rewards = \"batchy\""),
+        (grpo("temperature = 0.0"), "[grpo] temperature = 0"),
+        (grpo("loss_type = \"ppo\""), "ppo"),
+        (grpo("max_completion_length = 0"), "[grpo] max_completion_length = 0"),
+        ("[grpo]\ndata = \"p\"\nmax_steps = 2\n".into(), "[grpo] needs at least one [[reward]]"),
+        ("[grpo]\nmax_steps = 2\n".into(), "[grpo] data is missing"),
+        (format!("[grpo]\ndata = \"p\"\n{REWARD}"), "[grpo] max_steps is missing"),
+        (format!("[sft]\ndata = \"d\"\nmax_steps = 1\n{}", grpo("")), "both [sft] and [grpo]"),
+        (format!("[sft]\ndata = \"d\"\nmax_steps = 1\n{REWARD}"), "[[reward]] belongs to a [grpo] job"),
+        (grpo("").replace("name = \"em\"", "name = \"em\"\nwieght = 2"), "wieght"),
+    ];
+    for (text, want) in cases {
+        let e = error(&text);
+        assert!(e.contains(want) && e.contains(PATH), "{want}: {e}");
+    }
+    let e = parse("[lora]\nr = 4\n").unwrap().grpo().unwrap_err().to_string();
+    assert!(e.contains("no [grpo] section"), "{e}");
 }
