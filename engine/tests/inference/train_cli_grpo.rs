@@ -82,7 +82,7 @@ fn metrics(out: &Path) -> Vec<serde_json::Value> {
     text.lines()
         .map(|l| {
             let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            for k in ["rollout_seconds", "reward_seconds", "update_seconds"] {
+            for k in ["rollout_seconds", "reward_seconds", "reference_seconds", "update_seconds"] {
                 assert!(v[k].as_f64().is_some_and(|s| s >= 0.0), "{k} in {l}");
                 v.as_object_mut().unwrap().remove(k);
             }
@@ -161,7 +161,7 @@ fn bad_grpo_run_files_and_data_are_clear_errors_that_create_nothing() {
     let cases = [
         ("typo", "learning_rat = 1", REWARD.to_string(), vec!["learning_rat", "typo.toml"]),
         ("noreward", "", String::new(), vec!["[grpo] needs at least one [[reward]]", "noreward.toml"]),
-        ("beta", "beta = 0.04", REWARD.to_string(), vec!["[grpo] beta = 0.04", "beta = 0"]),
+        ("beta", "beta = -0.04", REWARD.to_string(), vec!["[grpo] beta = -0.04", "≥ 0"]),
         ("both", "", format!("{REWARD}\n{sft}"), vec!["both [sft] and [grpo]", "both.toml"]),
         ("plugin", "", REWARD.replace("plugins/length_guard", "plugins/absent"), vec!["absent.wasm"]),
     ];

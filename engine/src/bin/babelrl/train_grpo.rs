@@ -167,8 +167,8 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
             "clip_ratio": m.clip_ratio, "completion_tokens": m.completion_tokens,
             "completion_length": m.completion_tokens as f64 / rollouts_n.max(1) as f64,
             "truncated_ratio": truncated as f64 / rollouts_n.max(1) as f64, "unscored": unscored,
-            "rollout_seconds": m.rollout_seconds, "reward_seconds": reward_seconds,
-            "update_seconds": m.update_seconds,
+            "kl": m.kl, "rollout_seconds": m.rollout_seconds, "reward_seconds": reward_seconds,
+            "reference_seconds": m.reference_seconds, "update_seconds": m.update_seconds,
         });
         let message = format!(
             "reward {:.3} ± {:.3}  loss {:.4}  grad norm {:.3}  lr {:.3e}",

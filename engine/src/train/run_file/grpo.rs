@@ -172,10 +172,9 @@ impl RawGrpo {
                 return Err(err(format!("[grpo] {key} = {v}: must be at least 1")));
             }
         }
-        if s.beta != 0.0 {
+        if !(s.beta >= 0.0 && s.beta.is_finite()) {
             return Err(err(format!(
-                "[grpo] beta = {}: the KL term needs a reference pass that babelrl does not run yet; set \
-                 beta = 0 (TRL's default)",
+                "[grpo] beta = {}: must be a finite number ≥ 0 (0 = no KL term)",
                 s.beta
             )));
         }

@@ -302,7 +302,7 @@ fn a_grpo_file_takes_trls_names_and_defaults_and_its_rewards() {
 fn bad_grpo_files_are_clear_errors() {
     let grpo = |extra: &str| format!("[grpo]\ndata = \"p\"\nmax_steps = 2\n{extra}\n\n{REWARD}");
     let cases = [
-        (grpo("beta = 0.04"), "[grpo] beta = 0.04"),
+        (grpo("beta = -0.04"), "[grpo] beta = -0.04"),
         (grpo("num_generations = 1"), "[grpo] num_generations = 1"),
         (grpo("num_generations = 4\nper_device_train_batch_size = 6"), "multiple of num_generations = 4"),
         (grpo("prompts_per_step = 1\nper_device_train_batch_size = 8"), "both set"),
