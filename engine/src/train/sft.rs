@@ -198,24 +198,6 @@ impl<'m> SftTrainer<'m> {
         self.order.as_ref().expect("order set above").1[(k % n) as usize]
     }
 
-    /// Activations and scratch that hold a pass of `shape` (grown to the largest seen).
-    fn buffers_for(&mut self, shape: TrainShape) -> Result<()> {
-        if self.buffers.as_ref().is_some_and(|(a, _)| a.shape.holds(&shape)) {
-            return Ok(());
-        }
-        let old = self.buffers.take().map(|(a, _)| a.shape).unwrap_or(shape);
-        let grown = TrainShape {
-            tokens: shape.tokens.max(old.tokens),
-            slots: shape.slots.max(old.slots),
-            span: shape.span.max(old.span),
-        };
-        let acts =
-            self.decoder.train_activations(grown, &self.adapter, self.options.gradient_checkpointing)?;
-        let scratch = self.decoder.train_gradients(grown, &self.adapter)?;
-        self.buffers = Some((acts, scratch));
-        Ok(())
-    }
-
     /// One optimizer step: `gradient_accumulation_steps` micro-batches of `batch_size` examples in the
     /// data order, their gradients summed, then clipping and the AdamW update at the schedule's rate.
     pub fn step(&mut self) -> Result<StepMetrics> {
@@ -242,8 +224,10 @@ impl<'m> SftTrainer<'m> {
         zero.submit()?;
         let mut loss_sum = 0.0f64;
         for batch in &micro {
-            self.buffers_for(TrainShape { tokens: batch.len(), slots: batch.slots, span: batch.span })?;
-            let (acts, scratch) = self.buffers.as_mut().expect("allocated above");
+            let shape = TrainShape { tokens: batch.len(), slots: batch.slots, span: batch.span };
+            let checkpointing = self.options.gradient_checkpointing;
+            let (acts, scratch) =
+                self.decoder.grow_train_buffers(&mut self.buffers, shape, &self.adapter, checkpointing)?;
             let grad = batch.mean_grad(denominator);
             self.decoder.train_forward(acts, batch, &self.adapter, Some(&grad))?;
             self.decoder.train_backward(acts, scratch, &self.adapter, &self.grads, None)?;

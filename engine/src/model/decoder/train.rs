@@ -58,6 +58,31 @@ impl Decoder {
         Activations::new(&self.gpu, &self.cfg, cache, shape, cfg.r, &cfg.targets, checkpointing, dropout)
     }
 
+    /// Makes `buffers` hold a pass of `shape`: kept when they already do, else reallocated grown to the
+    /// largest of every size seen (so a run's passes of varying shapes settle on one allocation).
+    /// Returns the activations and the backward scratch.
+    pub fn grow_train_buffers<'b>(
+        &self,
+        buffers: &'b mut Option<(Activations, Gradients)>,
+        shape: TrainShape,
+        adapter: &Adapter,
+        checkpointing: bool,
+    ) -> Result<(&'b mut Activations, &'b mut Gradients)> {
+        if !buffers.as_ref().is_some_and(|(a, _)| a.shape.holds(&shape) && a.checkpointing == checkpointing) {
+            let old = buffers.take().map_or(shape, |(a, _)| a.shape);
+            let grown = TrainShape {
+                tokens: shape.tokens.max(old.tokens),
+                slots: shape.slots.max(old.slots),
+                span: shape.span.max(old.span),
+            };
+            let acts = self.train_activations(grown, adapter, checkpointing)?;
+            let scratch = self.train_gradients(grown, adapter)?;
+            *buffers = Some((acts, scratch));
+        }
+        let (acts, scratch) = buffers.as_mut().expect("allocated above");
+        Ok((acts, scratch))
+    }
+
     /// Backward scratch for passes of up to `shape`.
     pub fn train_gradients(&self, shape: TrainShape, adapter: &Adapter) -> Result<Gradients> {
         Gradients::new(&self.gpu, &self.cfg, shape, adapter.config().r, adapter.config().dropout > 0.0)

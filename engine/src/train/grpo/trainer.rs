@@ -189,13 +189,8 @@ impl<'m> GrpoTrainer<'m> {
         let seq_adv: Vec<f32> = kept.iter().map(|&i| adv[i]).collect();
 
         let shape = TrainShape { tokens: batch.len(), slots: batch.slots, span: batch.span };
-        if !self.buffers.as_ref().is_some_and(|(a, _)| a.shape.holds(&shape)) {
-            self.buffers = None;
-            let acts = self.decoder.train_activations(shape, &self.adapter, false)?;
-            let scratch = self.decoder.train_gradients(shape, &self.adapter)?;
-            self.buffers = Some((acts, scratch));
-        }
-        let (acts, scratch) = self.buffers.as_mut().expect("allocated above");
+        let (acts, scratch) =
+            self.decoder.grow_train_buffers(&mut self.buffers, shape, &self.adapter, false)?;
         let gpu = self.decoder.gpu().clone();
         let mut zero = gpu.batch();
         self.grads.zero(&mut zero);
