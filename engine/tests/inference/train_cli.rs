@@ -7,11 +7,11 @@ use std::process::{Command, Output};
 
 use crate::common::repo_root;
 
-fn tiny_model() -> PathBuf {
+pub(crate) fn tiny_model() -> PathBuf {
     repo_root().join("tests/fixtures/tiny-llama-gguf/tiny-llama.gguf")
 }
 
-fn babelrl(args: &[&str], env: &[(&str, &str)]) -> Output {
+pub(crate) fn babelrl(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_babelrl"));
     cmd.args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir());
     for (k, v) in env {
@@ -20,12 +20,12 @@ fn babelrl(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("run the babelrl binary")
 }
 
-fn ok(out: &Output) -> String {
+pub(crate) fn ok(out: &Output) -> String {
     assert!(out.status.success(), "babelrl failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn err(out: &Output) -> String {
+pub(crate) fn err(out: &Output) -> String {
     assert!(!out.status.success(), "babelrl succeeded: {}", String::from_utf8_lossy(&out.stdout));
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

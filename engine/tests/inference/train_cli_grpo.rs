@@ -3,14 +3,9 @@
 //! resumed equals the uninterrupted one bit for bit, and bad run files or data are clear errors that
 //! create nothing.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
 use crate::common::{self, repo_root};
-
-fn tiny_model() -> PathBuf {
-    repo_root().join("tests/fixtures/tiny-llama-gguf/tiny-llama.gguf")
-}
+use crate::train_cli::{babelrl, err, ok, tiny_model};
+use std::path::{Path, PathBuf};
 
 /// The built length-guard plugin, or `None` (skipped) when plugins/build.sh has not run.
 fn length_guard() -> Option<PathBuf> {
@@ -20,25 +15,6 @@ fn length_guard() -> Option<PathBuf> {
     } else {
         common::skip(format!("{} not built; run plugins/build.sh", path.display()))
     }
-}
-
-fn babelrl(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_babelrl"));
-    cmd.args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run the babelrl binary")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "babelrl failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn err(out: &Output) -> String {
-    assert!(!out.status.success(), "babelrl succeeded: {}", String::from_utf8_lossy(&out.stdout));
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// A fresh folder holding the prompts (with a `reference` column length-guard measures against) and a
