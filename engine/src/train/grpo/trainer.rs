@@ -34,9 +34,10 @@ pub struct GrpoOptions {
     pub seed: u64,
 }
 
-/// One rollout: the prompt it answers and the completion.
+/// One rollout: the group (prompt) it answers and the completion.
 #[derive(Debug, Clone)]
 pub struct Rollout {
+    /// The group: `i / num_generations` for rollout `i`.
     pub prompt: usize,
     pub completion: Completion,
 }
@@ -121,22 +122,40 @@ impl<'m> GrpoTrainer<'m> {
         self.optim.load_state(self.decoder.gpu(), optimizer)
     }
 
-    /// One step on `prompts` (token ids): rollouts, `reward` (one score per rollout, in order; NaN for a
-    /// rollout a reward could not score), the update.
+    /// One step on `prompts` (token ids), each rolled out `num_generations` times: rollouts, `reward`
+    /// (one score per rollout, in order; NaN for a rollout a reward could not score), the update.
     pub fn step(
         &mut self,
         prompts: &[Vec<u32>],
+        reward: impl FnMut(&[Rollout]) -> Result<Vec<f64>>,
+    ) -> Result<GrpoStepMetrics> {
+        let g = self.options.num_generations;
+        let repeated: Vec<Vec<u32>> =
+            prompts.iter().flat_map(|p| std::iter::repeat_n(p.clone(), g)).collect();
+        self.step_rollouts(&repeated, reward)
+    }
+
+    /// One step where every rollout has its own prompt (LRPO: one question asked in several languages):
+    /// `rollout_prompts[i]` belongs to group `i / num_generations`, so its length must be a multiple of
+    /// `num_generations`. Identical prompts are prefilled once.
+    pub fn step_rollouts(
+        &mut self,
+        rollout_prompts: &[Vec<u32>],
         mut reward: impl FnMut(&[Rollout]) -> Result<Vec<f64>>,
     ) -> Result<GrpoStepMetrics> {
         let start = Instant::now();
         let o = &self.options;
         let g = o.num_generations;
         let step = self.optim.step_count();
-        let repeated: Vec<Vec<u32>> =
-            prompts.iter().flat_map(|p| std::iter::repeat_n(p.clone(), g)).collect();
+        if rollout_prompts.is_empty() || !rollout_prompts.len().is_multiple_of(g) {
+            return Err(Error::Input(format!(
+                "GRPO: {} rollout prompts is not a positive multiple of num_generations = {g}",
+                rollout_prompts.len()
+            )));
+        }
         let sampling = SamplingConfig { seed: o.seed.wrapping_add(step), ..o.sampling.clone() };
         let completions =
-            generate(self.decoder.with_adapter(&self.adapter), self.tokenizer, &repeated, &sampling, |_| {})?;
+            generate(self.decoder.with_adapter(&self.adapter), self.tokenizer, rollout_prompts, &sampling, |_| {})?;
         let rollouts: Vec<Rollout> = completions
             .into_iter()
             .enumerate()
@@ -165,7 +184,7 @@ impl<'m> GrpoTrainer<'m> {
             .iter()
             .map(|&i| {
                 let r = &rollouts[i];
-                let p = &prompts[r.prompt];
+                let p = &rollout_prompts[i];
                 TrainSequence { tokens: [p.as_slice(), &r.completion.tokens].concat(), prompt_len: p.len() }
             })
             .collect();
