@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""prepare_data.py - turn ../shared/data sets into the JSONL files babelrl's run files and `babelrl eval` read.
+
+The data stay where they are; this writes derived JSONL (gitignored) under --out (default examples/data):
+
+  mgsm     mgsm/train.LANG.jsonl, mgsm/test.LANG.jsonl for every MGSM language: one chat prompt per question,
+           `reference` = the answer (thousands commas stripped), `language` = LANG, `id` = "mgsm-N" (the same
+           id in every language, so a question can be matched across languages). The first --mgsm-train
+           questions (default 200 of 250) go to train, the rest to test.
+  flores   flores/SRC-TGT/{sft,grpo,devtest}.jsonl for one language pair: FLORES dev lines split into a
+           cold-start SFT part (the first --sft-lines, conversational prompt-completion) and GRPO prompts
+           (the rest), and devtest prompts for evaluation; every prompt asks for a translation into TGT,
+           `reference` = the TGT line, `language` = TGT, `source` = the SRC line.
+
+Reads $BABELRL_DATA (default ../shared/data next to the repository). Python 3 standard library only.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.environ.get("BABELRL_DATA", os.path.join(ROOT, "..", "shared", "data"))
+
+# FLORES codes -> the language's English name, for the translation instruction.
+LANGUAGE_NAMES = {
+    "bod_Tibt": "Tibetan", "dzo_Tibt": "Dzongkha", "zho_Hans": "Simplified Chinese",
+    "zho_Hant": "Traditional Chinese", "yue_Hant": "Cantonese", "eng_Latn": "English", "uig_Arab": "Uyghur",
+    "khm_Khmr": "Khmer", "amh_Ethi": "Amharic", "tir_Ethi": "Tigrinya", "hin_Deva": "Hindi",
+    "npi_Deva": "Nepali", "swh_Latn": "Swahili", "fra_Latn": "French", "deu_Latn": "German",
+    "spa_Latn": "Spanish", "por_Latn": "Portuguese", "jpn_Jpan": "Japanese", "kor_Hang": "Korean",
+    "rus_Cyrl": "Russian", "khk_Cyrl": "Mongolian", "kaz_Cyrl": "Kazakh", "tha_Thai": "Thai", "lao_Laoo": "Lao",
+    "mya_Mymr": "Burmese", "arb_Arab": "Arabic", "urd_Arab": "Urdu", "pbt_Arab": "Pashto", "heb_Hebr": "Hebrew",
+    "ell_Grek": "Greek", "kat_Geor": "Georgian", "ben_Beng": "Bengali", "tel_Telu": "Telugu", "tam_Taml": "Tamil",
+    "sin_Sinh": "Sinhala", "vie_Latn": "Vietnamese", "ind_Latn": "Indonesian", "tur_Latn": "Turkish",
+    "yor_Latn": "Yoruba",
+}
+
+
+def fail(message):
+    print(f"prepare_data.py: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def read_lines(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.rstrip("\n") for line in f]
+    except OSError as e:
+        fail(f"{path}: {e.strerror} (set BABELRL_DATA to the folder holding mgsm/ and flores200/)")
+
+
+def write_jsonl(path, rows):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    print(f"wrote {len(rows):5d} rows to {os.path.relpath(path)}")
+
+
+def user(content):
+    return [{"role": "user", "content": content}]
+
+
+def mgsm(args):
+    folder = os.path.join(DATA, "mgsm")
+    files = sorted(f for f in os.listdir(folder) if f.startswith("mgsm_") and f.endswith(".tsv")) \
+        if os.path.isdir(folder) else []
+    if not files:
+        fail(f"{folder}: no mgsm_LANG.tsv files (set BABELRL_DATA)")
+    for name in files:
+        lang = name[len("mgsm_"):-len(".tsv")]
+        rows = []
+        for n, line in enumerate(read_lines(os.path.join(folder, name)), 1):
+            if not line.strip():
+                continue
+            if "\t" not in line:
+                fail(f"{folder}/{name}: line {n} has no tab between question and answer")
+            question, answer = line.rsplit("\t", 1)
+            rows.append({"prompt": user(question.strip()), "reference": answer.strip().replace(",", ""),
+                         "language": lang, "id": f"mgsm-{len(rows)}"})
+        cut = min(args.mgsm_train, len(rows))
+        write_jsonl(os.path.join(args.out, "mgsm", f"train.{lang}.jsonl"), rows[:cut])
+        write_jsonl(os.path.join(args.out, "mgsm", f"test.{lang}.jsonl"), rows[cut:])
+
+
+def flores(args):
+    for code in (args.src, args.tgt):
+        if code not in LANGUAGE_NAMES:
+            fail(f"unknown FLORES code `{code}`; one of: {', '.join(sorted(LANGUAGE_NAMES))}")
+    target_name = LANGUAGE_NAMES[args.tgt]
+
+    def pairs(split):
+        src = read_lines(os.path.join(DATA, "flores200", split, f"{args.src}.{split}"))
+        tgt = read_lines(os.path.join(DATA, "flores200", split, f"{args.tgt}.{split}"))
+        if len(src) != len(tgt):
+            fail(f"flores200/{split}: {args.src} has {len(src)} lines, {args.tgt} {len(tgt)}: not aligned")
+        return list(zip(src, tgt))
+
+    def prompt(source):
+        return user(f"Translate into {target_name}:\n{source}")
+
+    def grpo_row(n, source, target):
+        return {"prompt": prompt(source), "reference": target, "language": args.tgt, "source": source,
+                "id": f"flores-{n}"}
+
+    dev = pairs("dev")
+    if not 0 <= args.sft_lines < len(dev):
+        fail(f"--sft-lines {args.sft_lines}: FLORES dev has {len(dev)} lines; leave some for GRPO")
+    out = os.path.join(args.out, "flores", f"{args.src}-{args.tgt}")
+    sft = [{"prompt": prompt(s), "completion": [{"role": "assistant", "content": t}]}
+           for s, t in dev[:args.sft_lines]]
+    write_jsonl(os.path.join(out, "sft.jsonl"), sft)
+    write_jsonl(os.path.join(out, "grpo.jsonl"),
+                [grpo_row(n, s, t) for n, (s, t) in enumerate(dev[args.sft_lines:], args.sft_lines)])
+    write_jsonl(os.path.join(out, "devtest.jsonl"), [grpo_row(n, s, t) for n, (s, t) in enumerate(pairs("devtest"))])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=os.path.join(ROOT, "examples", "data"), help="output folder")
+    sub = parser.add_subparsers(dest="set", required=True)
+    m = sub.add_parser("mgsm", help="MGSM questions per language, train/test split")
+    m.add_argument("--mgsm-train", type=int, default=200, help="questions in the train split (rest: test)")
+    f = sub.add_parser("flores", help="one FLORES language pair: SFT, GRPO and devtest JSONL")
+    f.add_argument("--src", default="eng_Latn", help="source language (FLORES code)")
+    f.add_argument("--tgt", default="zho_Hans", help="target language (FLORES code)")
+    f.add_argument("--sft-lines", type=int, default=200, help="dev lines for the cold-start SFT")
+    args = parser.parse_args()
+    {"mgsm": mgsm, "flores": flores}[args.set](args)
+
+
+if __name__ == "__main__":
+    main()
