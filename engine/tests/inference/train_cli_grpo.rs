@@ -129,6 +129,43 @@ fn a_grpo_run_writes_metrics_and_an_adapter_and_resumes_bit_for_bit() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `num_iterations = 2` with 2 micro-batches per step: every other step reuses the rollouts (no tokens
+/// generated), checkpoints fall between generation batches only, and a run killed in the middle of one
+/// (step 3) resumes from the last boundary (step 2) to the same adapter, optimizer and metrics.
+#[test]
+fn a_grpo_run_with_two_iterations_and_accumulation_resumes_bit_for_bit() {
+    let Some(plugin) = length_guard() else { return };
+    let dir = setup("iterations", &plugin);
+    let extra = "num_iterations = 2\ngradient_accumulation_steps = 2";
+    let runs = ["full", "cut"].map(|name| {
+        let path = write_run(&dir, name, extra, REWARD);
+        let text = std::fs::read_to_string(&path).unwrap().replace("max_steps = 5", "max_steps = 6");
+        std::fs::write(&path, text).unwrap();
+        path
+    });
+    ok(&babelrl(&["train", runs[0].to_str().unwrap()], &[]));
+    let out_full = dir.join("out-full");
+    let lines = metrics(&out_full);
+    assert_eq!(lines.len(), 6);
+    for (i, m) in lines.iter().enumerate() {
+        assert_eq!(m["iteration"].as_u64(), Some(i as u64 % 2), "{m}");
+        assert_eq!(m["generated_tokens"].as_u64().unwrap() > 0, i % 2 == 0, "{m}");
+    }
+    assert!(out_full.join("checkpoint-6").is_dir() && out_full.join("checkpoint-4").is_dir());
+    assert!(!out_full.join("checkpoint-5").exists(), "a checkpoint inside a generation batch");
+
+    let killed = babelrl(&["train", runs[1].to_str().unwrap()], &[("BABELRL_TEST_KILL_AT_STEP", "3")]);
+    assert!(!killed.status.success(), "the run was not stopped");
+    let out_cut = dir.join("out-cut");
+    assert!(out_cut.join("checkpoint-2").is_dir() && !out_cut.join("checkpoint-3").exists());
+    ok(&babelrl(&["train", runs[1].to_str().unwrap(), "--resume"], &[]));
+    for file in ["adapter/adapter_model.safetensors", "checkpoint-6/adapter_model.safetensors"] {
+        assert!(read(&out_full.join(file)) == read(&out_cut.join(file)), "{file} differs after the resume");
+    }
+    assert_eq!(metrics(&out_full), metrics(&out_cut), "metrics differ after the resume");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn bad_grpo_run_files_and_data_are_clear_errors_that_create_nothing() {
     let Some(plugin) = length_guard() else { return };

@@ -51,6 +51,7 @@ pub fn bench_grpo(lm: &LanguageModel, b: &GrpoBench, figures: &mut Figures) -> a
         },
         scale_rewards: ScaleRewards::Group,
         mask_truncated_completions: false,
+        num_iterations: 1,
         seed: 1,
     };
     let schedule = Schedule::new(SchedulerType::Constant, 0.0, b.steps as u64 + 1)?;

@@ -77,13 +77,17 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
         loss: g.loss(),
         scale_rewards: g.scale_rewards,
         mask_truncated_completions: g.mask_truncated_completions,
+        num_iterations: g.num_iterations,
         seed: g.seed,
     };
     let mut trainer =
         GrpoTrainer::new(&s.lm.decoder, tokenizer, adapter, s.run.optimizer, schedule, options)?;
     if let Some(c) = &s.checkpoint {
-        let want = c.state.step * g.prompts_per_step as u64;
-        if c.state.examples_seen != want || c.state.data_seed != g.seed {
+        let want = c.state.step / g.num_iterations as u64 * g.prompts_per_step as u64;
+        if c.state.examples_seen != want
+            || c.state.data_seed != g.seed
+            || !c.state.step.is_multiple_of(g.num_iterations as u64)
+        {
             bail!(
                 "{}: the checkpoint has seen {} prompts with data seed {}; this run file takes {} prompts a \
                  step with seed {} (expected {want} prompts at step {}): resume with the run file it was \
@@ -106,15 +110,19 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
     let mut log = StepLog::open(s, trainer.step_count(), total)?;
     let stop = log.stop;
     let mut last = None;
+    let iterations = g.num_iterations as u64;
+    // Figures of the generation batch in use: a step that reuses it (num_iterations > 1) repeats them.
+    let mut plugin_sums = vec![(0.0f64, 0usize); names.len()];
+    let (mut unscored, mut truncated, mut rollouts_n) = (0usize, 0usize, 0usize);
     while trainer.step_count() < stop {
-        let first = trainer.step_count() * g.prompts_per_step as u64;
+        let first = trainer.step_count() / iterations * g.prompts_per_step as u64;
         let picked: Vec<&GrpoPrompt> =
             (first..first + g.prompts_per_step as u64).map(|k| &prompts[order.at(k)]).collect();
         let tokens: Vec<Vec<u32>> = picked.iter().map(|p| p.tokens.clone()).collect();
-        let mut plugin_sums = vec![(0.0f64, 0usize); names.len()];
         let mut reward_seconds = 0.0;
-        let (mut unscored, mut truncated, mut rollouts_n) = (0usize, 0usize, 0usize);
         let m = trainer.step(&tokens, |rollouts: &[Rollout]| {
+            plugin_sums.iter_mut().for_each(|s| *s = (0.0, 0));
+            unscored = 0;
             let start = std::time::Instant::now();
             rollouts_n = rollouts.len();
             truncated = rollouts.iter().filter(|r| r.completion.finish == FinishReason::Length).count();
@@ -167,7 +175,8 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
             "clip_ratio": m.clip_ratio, "completion_tokens": m.completion_tokens,
             "completion_length": m.completion_tokens as f64 / rollouts_n.max(1) as f64,
             "truncated_ratio": truncated as f64 / rollouts_n.max(1) as f64, "unscored": unscored,
-            "kl": m.kl, "rollout_seconds": m.rollout_seconds, "reward_seconds": reward_seconds,
+            "kl": m.kl, "iteration": m.iteration, "generated_tokens": m.generated_tokens,
+            "rollout_seconds": m.rollout_seconds, "reward_seconds": reward_seconds,
             "reference_seconds": m.reference_seconds, "update_seconds": m.update_seconds,
         });
         let message = format!(
@@ -175,16 +184,21 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
             m.reward_mean, m.reward_std, m.loss, m.grad_norm, m.learning_rate
         );
         log.record(m.step, &line, &message)?;
-        let seen = m.step * g.prompts_per_step as u64;
-        let position = DataPosition { seed: g.seed, examples_seen: seen, epoch: seen / prompts.len() as u64 };
-        let metrics = serde_json::json!({"loss": m.loss, "reward": m.reward_mean, "grad_norm": m.grad_norm});
-        s.maybe_checkpoint(
-            m.step,
-            stop,
-            trainer.adapter(),
-            || trainer.optimizer_state(),
-            || s.state(m.step, *trainer.schedule(), position, metrics),
-        )?;
+        // Checkpoints fall between generation batches only (a reused batch is not saved).
+        if trainer.needs_rollouts() {
+            let seen = m.step / iterations * g.prompts_per_step as u64;
+            let position =
+                DataPosition { seed: g.seed, examples_seen: seen, epoch: seen / prompts.len() as u64 };
+            let metrics =
+                serde_json::json!({"loss": m.loss, "reward": m.reward_mean, "grad_norm": m.grad_norm});
+            s.maybe_checkpoint(
+                m.step,
+                stop,
+                trainer.adapter(),
+                || trainer.optimizer_state(),
+                || s.state(m.step, *trainer.schedule(), position, metrics),
+            )?;
+        }
         last = Some(m);
     }
     log.finish();

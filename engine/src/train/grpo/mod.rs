@@ -8,6 +8,7 @@
 
 pub mod advantages;
 pub mod data;
+pub mod generation;
 pub mod layout;
 pub mod loss;
 pub mod metrics;

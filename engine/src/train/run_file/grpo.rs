@@ -15,9 +15,14 @@ pub struct GrpoSection {
     pub data: PathBuf,
     /// Completions sampled per prompt, the group (TRL's default, 8).
     pub num_generations: usize,
-    /// Prompts per optimizer step (1). TRL's `per_device_train_batch_size` counts completions instead:
-    /// it may be given in its place and must then be a multiple of `num_generations`.
+    /// Prompts per generation batch (1). TRL's `per_device_train_batch_size` counts the completions of
+    /// one micro-batch instead: it may be given in its place, and then `per_device_train_batch_size ×
+    /// gradient_accumulation_steps` must be a multiple of `num_generations`.
     pub prompts_per_step: usize,
+    /// Micro-batches per optimizer step (1): the generation batch is split into this many, in order.
+    pub gradient_accumulation_steps: usize,
+    /// Optimizer steps per generation batch (TRL's μ, 1).
+    pub num_iterations: usize,
     /// Optimizer steps of the run.
     pub max_steps: u64,
     /// Most tokens of a rendered prompt; a longer prompt is an error naming its line (512).
@@ -31,7 +36,7 @@ pub struct GrpoSection {
     /// Seed of the data order and of the rollouts (step `s` samples with `seed + s`) (0).
     pub seed: u64,
     pub loss_type: LossType,
-    /// Must be 0 for now (the reference pass is not run yet).
+    /// Weight of the KL to the base model (0: no reference pass).
     pub beta: f64,
     pub epsilon: f64,
     pub epsilon_high: Option<f64>,
@@ -60,6 +65,7 @@ impl GrpoSection {
             epsilon: self.epsilon,
             epsilon_high: self.epsilon_high,
             max_completion_length: self.max_completion_length,
+            gradient_accumulation_steps: self.gradient_accumulation_steps,
             ..GrpoLossConfig::default()
         }
     }
@@ -80,6 +86,8 @@ pub(super) struct RawGrpo {
     num_generations: Option<usize>,
     prompts_per_step: Option<usize>,
     per_device_train_batch_size: Option<usize>,
+    gradient_accumulation_steps: Option<usize>,
+    num_iterations: Option<usize>,
     max_steps: Option<u64>,
     max_prompt_length: Option<usize>,
     max_completion_length: Option<usize>,
@@ -114,6 +122,7 @@ impl RawGrpo {
                  completions of a group)"
             )));
         }
+        let ga = self.gradient_accumulation_steps.unwrap_or(1);
         let prompts_per_step = match (self.prompts_per_step, self.per_device_train_batch_size) {
             (Some(_), Some(_)) => {
                 return Err(err("[grpo] prompts_per_step and per_device_train_batch_size are both set: \
@@ -121,13 +130,14 @@ impl RawGrpo {
                     .into()));
             }
             (Some(p), None) => p,
-            (None, Some(b)) if b == 0 || !b.is_multiple_of(num_generations) => {
+            (None, Some(b)) if b == 0 || !(b * ga).is_multiple_of(num_generations) => {
                 return Err(err(format!(
-                    "[grpo] per_device_train_batch_size = {b}: counts completions, so it must be a positive \
+                    "[grpo] per_device_train_batch_size = {b}: counts the completions of a micro-batch, so \
+                     per_device_train_batch_size × gradient_accumulation_steps ({ga}) must be a positive \
                      multiple of num_generations = {num_generations}"
                 )));
             }
-            (None, Some(b)) => b / num_generations,
+            (None, Some(b)) => b * ga / num_generations,
             (None, None) => 1,
         };
         let scale_rewards = match self.scale_rewards {
@@ -148,6 +158,8 @@ impl RawGrpo {
             data: resolve(data),
             num_generations,
             prompts_per_step,
+            gradient_accumulation_steps: ga,
+            num_iterations: self.num_iterations.unwrap_or(1),
             max_steps,
             max_prompt_length: self.max_prompt_length.unwrap_or(512),
             max_completion_length: self.max_completion_length.unwrap_or(256),
@@ -164,6 +176,8 @@ impl RawGrpo {
         };
         for (key, v) in [
             ("prompts_per_step", s.prompts_per_step as u64),
+            ("gradient_accumulation_steps", s.gradient_accumulation_steps as u64),
+            ("num_iterations", s.num_iterations as u64),
             ("max_steps", s.max_steps),
             ("max_prompt_length", s.max_prompt_length as u64),
             ("max_completion_length", s.max_completion_length as u64),
@@ -171,6 +185,21 @@ impl RawGrpo {
             if v < 1 {
                 return Err(err(format!("[grpo] {key} = {v}: must be at least 1")));
             }
+        }
+        if !(s.prompts_per_step * s.num_generations).is_multiple_of(s.gradient_accumulation_steps) {
+            return Err(err(format!(
+                "[grpo] gradient_accumulation_steps = {}: the {} completions of a step (prompts_per_step × \
+                 num_generations) must split into that many equal micro-batches",
+                s.gradient_accumulation_steps,
+                s.prompts_per_step * s.num_generations
+            )));
+        }
+        if !s.max_steps.is_multiple_of(s.num_iterations as u64) {
+            return Err(err(format!(
+                "[grpo] max_steps = {} is not a multiple of num_iterations = {}: each generation batch serves \
+                 num_iterations optimizer steps",
+                s.max_steps, s.num_iterations
+            )));
         }
         if !(s.beta >= 0.0 && s.beta.is_finite()) {
             return Err(err(format!(

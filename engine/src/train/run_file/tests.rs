@@ -296,6 +296,18 @@ fn a_grpo_file_takes_trls_names_and_defaults_and_its_rewards() {
         (0.7, 0.9, 50, 32)
     );
     assert_eq!(g.loss().max_completion_length, 32);
+    assert_eq!((g.gradient_accumulation_steps, g.num_iterations), (1, 1));
+
+    // TRL's per_device_train_batch_size counts one micro-batch: 6 completions × 2 micro-batches = 3
+    // prompts of 4.
+    let rf = parse(&format!(
+        "[grpo]\ndata = \"p\"\nmax_steps = 4\nnum_generations = 4\nper_device_train_batch_size = 6\n\
+         gradient_accumulation_steps = 2\nnum_iterations = 2\n\n{REWARD}"
+    ))
+    .unwrap();
+    let (g, _) = rf.grpo().unwrap();
+    assert_eq!((g.prompts_per_step, g.gradient_accumulation_steps, g.num_iterations), (3, 2, 2));
+    assert_eq!(g.loss().gradient_accumulation_steps, 2);
 }
 
 #[test]
@@ -310,6 +322,9 @@ fn bad_grpo_files_are_clear_errors() {
         (grpo("temperature = 0.0"), "[grpo] temperature = 0"),
         (grpo("loss_type = \"ppo\""), "ppo"),
         (grpo("max_completion_length = 0"), "[grpo] max_completion_length = 0"),
+        (grpo("num_iterations = 0"), "[grpo] num_iterations = 0"),
+        (grpo("num_iterations = 3"), "max_steps = 2 is not a multiple of num_iterations = 3"),
+        (grpo("num_generations = 4\ngradient_accumulation_steps = 3"), "equal micro-batches"),
         ("[grpo]\ndata = \"p\"\nmax_steps = 2\n".into(), "[grpo] needs at least one [[reward]]"),
         ("[grpo]\nmax_steps = 2\n".into(), "[grpo] data is missing"),
         (format!("[grpo]\ndata = \"p\"\n{REWARD}"), "[grpo] max_steps is missing"),
