@@ -257,5 +257,9 @@ fn a_plugin_failing_mid_run_stops_it_with_fail_and_is_skipped_and_counted_with_s
     let lines = metrics(&dir.join("out-skip"));
     let unscored: Vec<u64> = lines.iter().map(|m| m["unscored"].as_u64().unwrap()).collect();
     assert!(unscored.iter().all(|&u| u == 0 || u == 4) && unscored.contains(&4), "{unscored:?}");
+    // The failing plugin is the only one: its group has no reward at all, so it is skipped and counted.
+    for (m, u) in lines.iter().zip(&unscored) {
+        assert_eq!(m["skipped_groups"].as_u64(), Some(u / 4), "{m}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

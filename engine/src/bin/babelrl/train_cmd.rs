@@ -245,6 +245,8 @@ pub struct StepLog {
     file: std::fs::File,
     path: PathBuf,
     bar: ProgressBar,
+    /// A second line under the step bar: where the current step is (e.g. GRPO's rollout tokens).
+    pub phase: ProgressBar,
     bar_shown: bool,
     pub stop: u64,
     logging_steps: u64,
@@ -258,10 +260,21 @@ impl StepLog {
         let path = s.out.join("metrics.jsonl");
         let file = open_metrics(&path, done)?;
         let stop = s.stop_at.unwrap_or(total).min(total);
+        let bars = indicatif::MultiProgress::new();
+        let bar = bars.add(progress(stop, done));
+        let phase = bars.add(ProgressBar::new(0));
+        phase.set_style(
+            ProgressStyle::with_template("  {msg} {bar:30.green/white} {pos}/{len}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        if !std::io::stderr().is_terminal() {
+            bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
         Ok(StepLog {
             file,
             path,
-            bar: progress(stop, done),
+            bar,
+            phase,
             bar_shown: std::io::stderr().is_terminal(),
             stop,
             logging_steps: s.run.output.logging_steps.max(1),
@@ -285,6 +298,7 @@ impl StepLog {
     }
 
     pub fn finish(&self) {
+        self.phase.finish_and_clear();
         self.bar.finish_and_clear();
     }
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use babelrl::generate::FinishReason;
 use babelrl::plugin::{NoServices, RewardSet, Sample};
-use babelrl::train::grpo::{GrpoOptions, GrpoPrompt, GrpoTrainer, PromptOrder, Rollout, load_grpo_prompts};
+use babelrl::train::grpo::{
+    GrpoOptions, GrpoPhase, GrpoPrompt, GrpoTrainer, PromptOrder, Rollout, load_grpo_prompts,
+};
 
 use crate::train_cmd::{DataPosition, Session, StepLog};
 
@@ -55,6 +57,20 @@ fn check_rewards(
         );
     }
     Ok(())
+}
+
+/// The second progress line: rollout tokens, then the reward call, the fixed log-probs and the update's
+/// micro-batches.
+fn show_phase(bar: &indicatif::ProgressBar, phase: GrpoPhase) {
+    let (message, pos, len) = match phase {
+        GrpoPhase::Rollout { generated, budget } => ("rollouts (tokens)", generated, budget),
+        GrpoPhase::Reward => ("rewards", 0, 1),
+        GrpoPhase::Fixed { done, of } => ("reference / old log-probs", done, of),
+        GrpoPhase::Update { done, of } => ("update (micro-batches)", done, of),
+    };
+    bar.set_message(message);
+    bar.set_length(len as u64);
+    bar.set_position(pos as u64);
 }
 
 pub fn run(s: &Session) -> anyhow::Result<()> {
@@ -108,12 +124,16 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
 
     let mut order = PromptOrder::new(prompts.len(), g.seed);
     let mut log = StepLog::open(s, trainer.step_count(), total)?;
+    let phase = log.phase.clone();
+    trainer.on_progress(move |p| show_phase(&phase, p));
     let stop = log.stop;
     let mut last = None;
     let iterations = g.num_iterations as u64;
     // Figures of the generation batch in use: a step that reuses it (num_iterations > 1) repeats them.
     let mut plugin_sums = vec![(0.0f64, 0usize); names.len()];
     let (mut unscored, mut truncated, mut rollouts_n) = (0usize, 0usize, 0usize);
+    // Groups no plugin scored at all: their advantages are 0, so they teach nothing (skipped, counted).
+    let mut skipped_groups = 0usize;
     while trainer.step_count() < stop {
         let first = trainer.step_count() / iterations * g.prompts_per_step as u64;
         let picked: Vec<&GrpoPrompt> =
@@ -123,6 +143,7 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
         let m = trainer.step(&tokens, |rollouts: &[Rollout]| {
             plugin_sums.iter_mut().for_each(|s| *s = (0.0, 0));
             unscored = 0;
+            skipped_groups = 0;
             let start = std::time::Instant::now();
             rollouts_n = rollouts.len();
             truncated = rollouts.iter().filter(|r| r.completion.finish == FinishReason::Length).count();
@@ -143,6 +164,8 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
                     unscored += usize::from(!any);
                     out.push(if any { f64::from(*total) } else { f64::NAN });
                 }
+                let none = (0..group.len()).all(|i| scored.per_plugin.iter().all(|s| s[i].is_none()));
+                skipped_groups += usize::from(none);
             }
             reward_seconds = start.elapsed().as_secs_f64();
             Ok(out)
@@ -175,6 +198,7 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
             "clip_ratio": m.clip_ratio, "completion_tokens": m.completion_tokens,
             "completion_length": m.completion_tokens as f64 / rollouts_n.max(1) as f64,
             "truncated_ratio": truncated as f64 / rollouts_n.max(1) as f64, "unscored": unscored,
+            "skipped_groups": skipped_groups,
             "kl": m.kl, "iteration": m.iteration, "generated_tokens": m.generated_tokens,
             "rollout_seconds": m.rollout_seconds, "reward_seconds": reward_seconds,
             "reference_seconds": m.reference_seconds, "update_seconds": m.update_seconds,

@@ -19,4 +19,4 @@ pub use data::{GrpoPrompt, PromptOrder, load_grpo_prompts};
 pub use layout::{completion_lengths, completion_logp, completion_mask, nll_grad};
 pub use loss::{GrpoLossConfig, LossInputs, LossOutput, LossType, clipped_surrogate, grpo_loss, kl_term};
 pub use metrics::LossMetrics;
-pub use trainer::{GrpoOptions, GrpoStepMetrics, GrpoTrainer, Rollout};
+pub use trainer::{GrpoOptions, GrpoPhase, GrpoStepMetrics, GrpoTrainer, Rollout};

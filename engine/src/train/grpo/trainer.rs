@@ -71,6 +71,19 @@ pub struct GrpoStepMetrics {
     pub iteration: usize,
 }
 
+/// Where a GRPO step is, for progress displays ([`GrpoTrainer::on_progress`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrpoPhase {
+    /// Rollouts: tokens generated so far, of at most `budget` (rollouts × `max_completion_length`).
+    Rollout { generated: usize, budget: usize },
+    /// The reward call on every rollout.
+    Reward,
+    /// The passes that fix log-probs after generation (reference, old policy): micro-batch `done` of `of`.
+    Fixed { done: usize, of: usize },
+    /// The update: micro-batch `done` of `of` through forward, loss and backward.
+    Update { done: usize, of: usize },
+}
+
 /// A GRPO run's trainer: adapter, gradients, optimizer and schedule.
 pub struct GrpoTrainer<'m> {
     decoder: &'m Decoder,
@@ -83,6 +96,7 @@ pub struct GrpoTrainer<'m> {
     buffers: Option<(Activations, Gradients)>,
     /// The generation batch being reused (`num_iterations > 1`).
     generation: Option<Generation>,
+    progress: Option<Box<dyn FnMut(GrpoPhase) + 'm>>,
 }
 
 impl<'m> GrpoTrainer<'m> {
@@ -123,6 +137,7 @@ impl<'m> GrpoTrainer<'m> {
             options,
             buffers: None,
             generation: None,
+            progress: None,
         })
     }
 
@@ -160,6 +175,17 @@ impl<'m> GrpoTrainer<'m> {
         let repeated: Vec<Vec<u32>> =
             prompts.iter().flat_map(|p| std::iter::repeat_n(p.clone(), g)).collect();
         self.step_rollouts(&repeated, reward)
+    }
+
+    /// Calls `f` as a step moves through its phases (often during rollouts: once per generated token).
+    pub fn on_progress(&mut self, f: impl FnMut(GrpoPhase) + 'm) {
+        self.progress = Some(Box::new(f));
+    }
+
+    fn report(&mut self, phase: GrpoPhase) {
+        if let Some(f) = &mut self.progress {
+            f(phase);
+        }
     }
 
     /// Whether the next step generates (false while a generation batch is being reused for
@@ -208,12 +234,20 @@ impl<'m> GrpoTrainer<'m> {
             )));
         }
         let sampling = SamplingConfig { seed: o.seed.wrapping_add(step), ..o.sampling.clone() };
+        let budget = rollout_prompts.len() * sampling.max_new_tokens;
+        let mut generated = 0;
+        let progress = &mut self.progress;
         let completions = generate(
             self.decoder.with_adapter(&self.adapter),
             self.tokenizer,
             rollout_prompts,
             &sampling,
-            |_| {},
+            |_| {
+                generated += 1;
+                if let Some(f) = progress.as_mut() {
+                    f(GrpoPhase::Rollout { generated, budget });
+                }
+            },
         )?;
         let rollouts: Vec<Rollout> = completions
             .into_iter()
@@ -221,6 +255,7 @@ impl<'m> GrpoTrainer<'m> {
             .map(|(i, completion)| Rollout { prompt: i / g, completion })
             .collect();
         let rollout_seconds = start.elapsed().as_secs_f64();
+        self.report(GrpoPhase::Reward);
         let reward_start = Instant::now();
         let rewards = reward(&rollouts)?;
         let reward_seconds = reward_start.elapsed().as_secs_f64();
@@ -231,6 +266,7 @@ impl<'m> GrpoTrainer<'m> {
                 rollouts.len()
             )));
         }
+        let o = &self.options;
         let adv = advantages(&rewards, g, o.scale_rewards)?;
         let finite: Vec<f64> = rewards.iter().copied().filter(|r| r.is_finite()).collect();
         let mean = finite.iter().sum::<f64>() / finite.len().max(1) as f64;
@@ -271,7 +307,9 @@ impl<'m> GrpoTrainer<'m> {
             return Ok(());
         }
         let gpu = self.decoder.gpu().clone();
+        let of = generation.micro.len();
         for (k, m) in generation.micro.iter_mut().enumerate() {
+            self.report(GrpoPhase::Fixed { done: k, of });
             let batch = &mut m.batch;
             batch.dropout_seed = crate::gpu::kernels::dropout_seed(seed, step, k as u64, 0, 0);
             let shape = TrainShape { tokens: batch.len(), slots: batch.slots, span: batch.span };
@@ -294,7 +332,6 @@ impl<'m> GrpoTrainer<'m> {
     /// One optimizer step over every micro-batch of `generation`.
     fn update(&mut self, generation: &Generation, fresh: bool) -> Result<GrpoStepMetrics> {
         let start = Instant::now();
-        let o = &self.options;
         let step = self.optim.step_count();
         let gpu = self.decoder.gpu().clone();
         let mut zero = gpu.batch();
@@ -302,7 +339,10 @@ impl<'m> GrpoTrainer<'m> {
         zero.submit()?;
         let (mut loss, mut clip, mut kl, mut kl_parts) = (0.0f64, 0.0f64, 0.0f64, 0usize);
         let mut completion_tokens = 0;
+        let of = generation.micro.len();
         for (k, m) in generation.micro.iter().enumerate() {
+            self.report(GrpoPhase::Update { done: k, of });
+            let o = &self.options;
             let mut batch = m.batch.clone();
             batch.dropout_seed = crate::gpu::kernels::dropout_seed(o.seed, step, k as u64, 0, 0);
             let shape = TrainShape { tokens: batch.len(), slots: batch.slots, span: batch.span };
