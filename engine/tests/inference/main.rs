@@ -28,6 +28,7 @@ mod kernels_gpu_family;
 mod kernels_lora;
 mod kernels_loss;
 mod lora_peft;
+mod reward_model;
 mod tokenizer_chat;
 mod tokenizer_gguf;
 mod train_checkpoint;
