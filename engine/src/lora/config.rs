@@ -146,7 +146,7 @@ impl LoraConfig {
         Self::from_peft_json(path, &v)
     }
 
-    fn from_peft_json(path: &Path, v: &Value) -> Result<LoraConfig> {
+    pub(crate) fn from_peft_json(path: &Path, v: &Value) -> Result<LoraConfig> {
         let err = |message: String| Error::Config { path: path.into(), message };
         let obj = v.as_object().ok_or_else(|| err("expected a JSON object".into()))?;
         let field = |k: &str| obj.get(k).filter(|x| !x.is_null());

@@ -76,6 +76,19 @@ impl Adapter {
             ));
         }
         let config = LoraConfig::from_peft_file(&config_path)?;
+        Ok(Self::load_peft_keeping(gpu, dir, config, model, &[])?.0)
+    }
+
+    /// [`Adapter::load_peft`] with `config` already read, returning besides the adapter the tensors named
+    /// in `keep` (e.g. a sequence-classification adapter's `base_model.model.score.weight`, saved by
+    /// PEFT's `modules_to_save`) instead of refusing them, in f32 with their shapes.
+    pub(crate) fn load_peft_keeping(
+        gpu: Arc<Gpu>,
+        dir: &Path,
+        config: LoraConfig,
+        model: &DecoderConfig,
+        keep: &[&str],
+    ) -> Result<(Adapter, Vec<(String, crate::model::weights::HostTensor)>)> {
         let path = dir.join(WEIGHTS_FILE);
         if !path.exists() && dir.join("adapter_model.bin").exists() {
             return Err(Error::unsupported(
@@ -89,7 +102,16 @@ impl Adapter {
             .map_err(|e| Error::format(&path, format!("not a safetensors file: {e}")))?;
         let r = config.r;
         let mut found: HashMap<(usize, Target), FoundPair> = HashMap::new();
+        let mut kept = Vec::new();
         for (name, view) in st.iter() {
+            if keep.contains(&name) {
+                let data = to_f32(&path, name, view.dtype(), view.data())?;
+                kept.push((
+                    name.to_string(),
+                    crate::model::weights::HostTensor { data, shape: view.shape().to_vec() },
+                ));
+                continue;
+            }
             let Some((layer, target, ab)) = parse_tensor_name(name) else {
                 return Err(Error::format(
                     &path,
@@ -146,7 +168,7 @@ impl Adapter {
                 pairs.push(HostPair { layer, target, a, b });
             }
         }
-        Adapter::from_host(gpu, config, model, &pairs)
+        Ok((Adapter::from_host(gpu, config, model, &pairs)?, kept))
     }
 
     /// Writes the adapter as a PEFT folder (created if needed): `adapter_config.json` and

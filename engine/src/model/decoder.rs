@@ -77,6 +77,8 @@ pub struct Decoder {
     rope: Tensor,
     rope_positions: usize,
     workspace: Mutex<Option<Workspace>>,
+    /// Loaded without an LM head ([`Decoder::load_headless`]): only hidden states can be asked for.
+    headless: bool,
 }
 
 /// What a pass ends with: the LM head's logits, or the final-normed hidden states for another head.
@@ -89,6 +91,22 @@ enum Output {
 impl Decoder {
     /// Uploads the weights of `source` (checked against `cfg`) to the GPU at 16 bits.
     pub fn load(gpu: Arc<Gpu>, source: &WeightSource, cfg: DecoderConfig) -> Result<Decoder> {
+        Self::load_parts(gpu, source, cfg, false)
+    }
+
+    /// [`Decoder::load`] without the LM head (`lm_head.weight` is neither needed nor read): the body of
+    /// a model with another head, such as a `*ForSequenceClassification` reward model. Only
+    /// [`Decoder::forward_hidden`] may run on it; a pass asking for logits is an error.
+    pub fn load_headless(gpu: Arc<Gpu>, source: &WeightSource, cfg: DecoderConfig) -> Result<Decoder> {
+        Self::load_parts(gpu, source, cfg, true)
+    }
+
+    fn load_parts(
+        gpu: Arc<Gpu>,
+        source: &WeightSource,
+        cfg: DecoderConfig,
+        headless: bool,
+    ) -> Result<Decoder> {
         let (d, hd) = (cfg.hidden, cfg.head_dim);
         let (qd, kvd, inter) = (cfg.n_head * hd, cfg.n_kv_head * hd, cfg.intermediate);
         let f32_tensor = |name: &str, len: usize| -> Result<Tensor> {
@@ -99,7 +117,7 @@ impl Decoder {
         let embed_host = source.require("model.embed_tokens.weight", &[cfg.vocab, d])?;
         let embed = gpu.upload_weight_blocked("embed_tokens", &embed_host.data, cfg.vocab, d)?;
         drop(embed_host);
-        let lm_head = if cfg.tie_embeddings {
+        let lm_head = if cfg.tie_embeddings || headless {
             None
         } else {
             let t = source.require("lm_head.weight", &[cfg.vocab, d])?;
@@ -161,7 +179,13 @@ impl Decoder {
             rope,
             rope_positions,
             workspace: Mutex::new(None),
+            headless,
         })
+    }
+
+    /// Whether the model was loaded without an LM head ([`Decoder::load_headless`]).
+    pub fn is_headless(&self) -> bool {
+        self.headless
     }
 
     /// The model's hyper-parameters.
@@ -373,6 +397,13 @@ impl Decoder {
         output: Output,
     ) -> Result<Tensor> {
         self.check_step(cache, tokens, info, out_rows)?;
+        if self.headless && matches!(output, Output::Logits) {
+            return Err(Error::Input(
+                "this decoder was loaded without its LM head (a reward model's body): it gives hidden \
+                 states (forward_hidden), not logits"
+                    .into(),
+            ));
+        }
         if let Some(a) = adapter {
             a.check_fits(&self.gpu, &self.cfg)?;
         }

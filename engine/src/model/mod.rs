@@ -1,4 +1,5 @@
-//! Models: configuration, weight loading (safetensors, GGUF), the decoder and the sentence encoder.
+//! Models: configuration, weight loading (safetensors, GGUF), the decoder, the sentence encoder and
+//! scalar-head reward models.
 
 pub mod config;
 pub mod decoder;
@@ -7,9 +8,11 @@ mod encoder_config;
 pub mod gguf;
 mod loader;
 pub mod quant;
+pub mod reward_model;
 pub mod weights;
 
 pub use config::{Arch, DecoderConfig, cache_dir};
 pub use decoder::{Decoder, KvCache};
 pub use encoder::{Encoder, EncoderArch, EncoderConfig, EncoderOptions};
 pub use loader::{LanguageModel, load_language_model};
+pub use reward_model::RewardModel;

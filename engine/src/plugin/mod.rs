@@ -24,7 +24,9 @@ pub use reward::RewardPlugin;
 pub use router::RouterPlugin;
 pub use runtime::{World, inspect};
 pub use sample::{read_jsonl, sample_from_json};
-pub use services::{EncoderServices, HostServices, NoServices};
+pub use services::{
+    EMBED_CHUNK, EncoderServices, HostServices, NoServices, RunServices, SCORE_CHUNK, default_encoder_dir,
+};
 pub use set::{GroupRewards, OnError, RewardSet, RewardSpec, RunRewards, combine};
 
 /// Host bindings generated from `sdk/wit/babelrl.wit` (the one definition of the plugin ABI).

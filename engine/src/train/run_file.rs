@@ -1,5 +1,6 @@
 //! The run file of `babelrl train RUN.toml`: `[model]`, `[lora]`, `[optimizer]`, `[schedule]`, the job
-//! (`[sft]` or `[grpo]` with its `on_error` and `[[reward]]` tables) and `[output]`, read strictly (an unknown key is an error naming it and the file), relative paths
+//! (`[sft]` or `[grpo]` with its `on_error` and `[[reward]]` tables, and the `[encoder]` and
+//! `[reward_model]` serving its plugins) and `[output]`, read strictly (an unknown key is an error naming it and the file), relative paths
 //! resolved against the run file's folder, every range checked with an error naming `[section] key`.
 
 use std::path::{Path, PathBuf};
@@ -30,6 +31,11 @@ pub struct RunFile {
     /// `on_error` and the `[[reward]]` tables of a `[grpo]` job (at least one), plugin paths resolved
     /// against the run file's folder; `None` without `[grpo]`.
     pub rewards: Option<RunRewards>,
+    /// `[encoder]` (a `[grpo]` job only): `None` when absent, and then plugins still get the default
+    /// encoder on their first `embed`.
+    pub encoder: Option<EncoderSection>,
+    /// `[reward_model]` (a `[grpo]` job only).
+    pub reward_model: Option<RewardModelSection>,
     pub output: OutputSection,
 }
 
@@ -146,6 +152,8 @@ struct RawRunFile {
     schedule: ScheduleSection,
     sft: Option<RawSft>,
     grpo: Option<grpo::RawGrpo>,
+    encoder: Option<services::RawEncoder>,
+    reward_model: Option<services::RawRewardModel>,
     #[serde(default)]
     output: RawOutput,
     // Read by `RunRewards::from_toml`; listed here so they are not unknown keys.
@@ -344,13 +352,15 @@ impl RunFile {
                 if let Some(key) = [
                     ("on_error", raw.on_error.is_some()),
                     ("[[reward]]", raw.reward.is_some() || raw.rewards.is_some()),
+                    ("[encoder]", raw.encoder.is_some()),
+                    ("[reward_model]", raw.reward_model.is_some()),
                 ]
                 .iter()
                 .find_map(|(k, given)| given.then_some(k))
                 {
                     return Err(err(format!(
-                        "{key} belongs to a [grpo] job (reward plugins score its rollouts); remove it or \
-                         add [grpo]"
+                        "{key} belongs to a [grpo] job (reward plugins score its rollouts, and the \
+                         encoder and reward model serve them); remove it or add [grpo]"
                     )));
                 }
                 (None, None)
@@ -377,6 +387,9 @@ impl RunFile {
             }
         };
 
+        let encoder = raw.encoder.map(|e| e.validate(resolve));
+        let reward_model = raw.reward_model.map(|r| r.validate(resolve, err)).transpose()?;
+
         let o = raw.output;
         let dir = o.dir.unwrap_or_else(|| {
             let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
@@ -401,6 +414,8 @@ impl RunFile {
             sft,
             grpo,
             rewards,
+            encoder,
+            reward_model,
             output,
         })
     }
@@ -448,7 +463,9 @@ impl RunFile {
 }
 
 mod grpo;
+mod services;
 pub use grpo::GrpoSection;
+pub use services::{EncoderSection, RewardModelSection};
 
 #[cfg(test)]
 mod tests;

@@ -8,6 +8,7 @@ mod common;
 mod guest_builds;
 
 mod cli;
+mod cli_services;
 mod example_plugins;
 mod hostile;
 mod sandbox_limits;

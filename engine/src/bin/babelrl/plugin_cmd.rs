@@ -5,9 +5,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use babelrl::gpu::{Gpu, GpuOptions};
+use babelrl::model::{Encoder, RewardModel};
 use babelrl::plugin::{
-    Capabilities, ChooseRequest, NoServices, PluginLimits, RewardPlugin, RouterPlugin, Sample, World,
-    inspect, read_jsonl, sample_from_json, text::sanitize,
+    Capabilities, ChooseRequest, HostServices, NoServices, PluginLimits, RewardPlugin, RouterPlugin,
+    RunServices, Sample, World, inspect, read_jsonl, sample_from_json, text::sanitize,
 };
 
 /// Plugin tools.
@@ -56,6 +58,14 @@ pub struct SandboxArgs {
     /// Capabilities as JSON, e.g. '{"stdout_log": true, "env": ["LANG"]}'.
     #[arg(long)]
     capabilities: Option<String>,
+    /// Serve `embed` from this sentence encoder (a BERT / XLM-R folder, e.g.
+    /// ~/.cache/babelrl/models/multilingual-e5-small); without it `embed` fails.
+    #[arg(long, value_name = "DIR")]
+    encoder: Option<PathBuf>,
+    /// Serve `reward-model-score` from this reward model (a *ForSequenceClassification folder or a PEFT
+    /// SEQ_CLS adapter); without it `reward-model-score` fails.
+    #[arg(long, value_name = "DIR")]
+    reward_model: Option<PathBuf>,
 }
 
 impl SandboxArgs {
@@ -70,6 +80,27 @@ impl SandboxArgs {
             None => Capabilities::default(),
         };
         Ok((self.config.clone(), limits, caps))
+    }
+
+    /// The host services the flags ask for, loaded now (a model that does not load is an error naming
+    /// its flag); none without flags (no GPU is opened).
+    fn services(&self) -> anyhow::Result<Arc<dyn HostServices>> {
+        if self.encoder.is_none() && self.reward_model.is_none() {
+            return Ok(Arc::new(NoServices));
+        }
+        let gpu = Gpu::new(&GpuOptions::from_env())?;
+        let mut services = RunServices::new();
+        if let Some(dir) = &self.encoder {
+            let e = Encoder::load(Arc::clone(&gpu), dir)
+                .with_context(|| format!("--encoder {}: the encoder does not load", shown(dir)))?;
+            services = services.with_encoder(Arc::new(e));
+        }
+        if let Some(dir) = &self.reward_model {
+            let rm = RewardModel::load(Arc::clone(&gpu), dir)
+                .with_context(|| format!("--reward-model {}: the reward model does not load", shown(dir)))?;
+            services = services.with_reward_model(Arc::new(rm));
+        }
+        Ok(Arc::new(services))
     }
 }
 
@@ -108,7 +139,7 @@ fn check(file: &Path, args: &SandboxArgs, languages: &str) -> anyhow::Result<()>
     };
     println!("world       babelrl:plugin@0.1.0 {}", world.name());
     println!("compile     {} (or load from {})", ms(compile), shown(&babelrl::plugin::cache_dir()));
-    let services = Arc::new(NoServices);
+    let services = args.services()?;
     match world {
         World::Reward => {
             let t = Instant::now();
@@ -203,7 +234,7 @@ fn score(
     let (config, limits, caps) = args.parse()?;
     let groups = read_groups(data, group_by)?;
     let name = plugin_name(file);
-    let mut plugin = RewardPlugin::load(file, &name, &config, &limits, &caps, Arc::new(NoServices))?;
+    let mut plugin = RewardPlugin::load(file, &name, &config, &limits, &caps, args.services()?)?;
     let (mut n, mut nones, mut sum) = (0usize, 0usize, 0f64);
     let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
     let mut times = Vec::with_capacity(groups.len());

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use babelrl::generate::FinishReason;
-use babelrl::plugin::{NoServices, RewardSet, Sample};
+use babelrl::model::{Encoder, RewardModel};
+use babelrl::plugin::{RewardSet, RunServices, Sample, default_encoder_dir};
 use babelrl::train::grpo::{
     GrpoOptions, GrpoPhase, GrpoPrompt, GrpoTrainer, PromptOrder, Rollout, load_grpo_prompts,
 };
@@ -73,14 +74,39 @@ fn show_phase(bar: &indicatif::ProgressBar, phase: GrpoPhase) {
     bar.set_position(pos as u64);
 }
 
+/// The host services of the run's plugins: `[encoder] path` and `[reward_model]` loaded now (a model that
+/// does not load stops the run before any rollout); without `[encoder] path`, the cached default
+/// encoder, loaded when a plugin first calls `embed`.
+fn services(s: &Session) -> anyhow::Result<RunServices> {
+    let gpu = &s.gpu;
+    let run = s.run.path.display();
+    let mut services = RunServices::new();
+    services = match s.run.encoder.as_ref().and_then(|e| e.path.as_ref()) {
+        Some(dir) => {
+            let encoder = Encoder::load(Arc::clone(gpu), dir).with_context(|| {
+                format!("{run}: [encoder] path = {}: the encoder does not load", dir.display())
+            })?;
+            services.with_encoder(Arc::new(encoder))
+        }
+        None => services.with_lazy_encoder(Arc::clone(gpu), default_encoder_dir()),
+    };
+    if let Some(rm) = &s.run.reward_model {
+        let model = RewardModel::load(Arc::clone(gpu), &rm.path).with_context(|| {
+            format!("{run}: [reward_model] path = {}: the reward model does not load", rm.path.display())
+        })?;
+        services = services.with_reward_model(Arc::new(model));
+    }
+    Ok(services)
+}
+
 pub fn run(s: &Session) -> anyhow::Result<()> {
     let (g, specs) = s.run.grpo()?;
     let (g, specs) = (g.clone(), specs.clone());
     let tokenizer = s.lm.tokenizer()?;
     let prompts = load_grpo_prompts(&g.data, tokenizer, g.max_prompt_length)?;
-    let mut rewards =
-        RewardSet::load(&specs.rewards, specs.on_error, std::path::Path::new(""), Arc::new(NoServices))
-            .with_context(|| format!("{}: loading the [[reward]] plugins", s.run.path.display()))?;
+    let services = Arc::new(services(s)?);
+    let mut rewards = RewardSet::load(&specs.rewards, specs.on_error, std::path::Path::new(""), services)
+        .with_context(|| format!("{}: loading the [[reward]] plugins", s.run.path.display()))?;
     check_rewards(&mut rewards, &prompts, &g.data)?;
     let names: Vec<String> = rewards.names().iter().map(|n| n.to_string()).collect();
 

@@ -122,6 +122,13 @@ impl Decoder {
     ) -> Result<()> {
         // A forward that fails part-way leaves nothing a backward could mistake for its pass.
         acts.last = None;
+        if self.headless {
+            return Err(Error::Input(
+                "this decoder was loaded without its LM head (a reward model's body): it cannot be \
+                 trained on next-token log-probs"
+                    .into(),
+            ));
+        }
         if let Some(adapter) = adapter {
             adapter.check_fits(&self.gpu, &self.cfg)?;
         }

@@ -339,3 +339,33 @@ fn bad_grpo_files_are_clear_errors() {
     let e = parse("[lora]\nr = 4\n").unwrap().grpo().unwrap_err().to_string();
     assert!(e.contains("no [grpo] section"), "{e}");
 }
+
+#[test]
+fn encoder_and_reward_model_tables_serve_a_grpo_job() {
+    let base = format!("[grpo]\ndata = \"p\"\nmax_steps = 2\n\n{REWARD}");
+    let rf = parse(&base).unwrap();
+    assert_eq!((rf.encoder.clone(), rf.reward_model.clone()), (None, None));
+    let rf = parse(&format!("{base}\n[encoder]\n")).unwrap();
+    assert_eq!(rf.encoder, Some(EncoderSection { path: None }));
+    let rf = parse(&format!("{base}\n[encoder]\npath = \"enc\"\n[reward_model]\npath = \"/models/rm\"\n"))
+        .unwrap();
+    assert_eq!(rf.encoder, Some(EncoderSection { path: Some(PathBuf::from("/work/runs/enc")) }));
+    assert_eq!(rf.reward_model, Some(RewardModelSection { path: PathBuf::from("/models/rm") }));
+    let cases = [
+        (format!("{base}\n[reward_model]\n"), "[reward_model] path is missing"),
+        (format!("{base}\n[encoder]\npth = \"e\"\n"), "pth"),
+        (format!("{base}\n[reward_model]\npath = \"r\"\nbatch = 3\n"), "batch"),
+        (
+            "[sft]\ndata = \"d\"\nmax_steps = 1\n[encoder]\npath = \"e\"\n".into(),
+            "[encoder] belongs to a [grpo] job",
+        ),
+        (
+            "[sft]\ndata = \"d\"\nmax_steps = 1\n[reward_model]\npath = \"r\"\n".into(),
+            "[reward_model] belongs to",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = error(&text);
+        assert!(e.contains(want) && e.contains(PATH), "{want}: {e}");
+    }
+}

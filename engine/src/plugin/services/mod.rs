@@ -1,5 +1,10 @@
 //! The engine-side services a plugin may call (`embed`, `reward-model-score`), behind a trait so the
-//! plugin host does not depend on how (or whether) the run has an encoder or a reward model.
+//! plugin host does not depend on how (or whether) the run has an encoder or a reward model; and
+//! [`RunServices`], which serves both from a run's encoder and reward model.
+
+mod run;
+
+pub use run::{EMBED_CHUNK, RunServices, SCORE_CHUNK, default_encoder_dir};
 
 /// Services the engine offers to plugins. Implemented over the GPU encoder and reward model by the
 /// training loop; [`NoServices`] is the default for runs (and tools) without them.
@@ -21,11 +26,15 @@ pub struct NoServices;
 
 impl HostServices for NoServices {
     fn embed(&self, _texts: &[String]) -> Result<Vec<Vec<f32>>, String> {
-        Err("no encoder configured for this run (set `encoder` in the run config to use `embed`)".into())
+        Err("no encoder configured (give the run file an [encoder] table, or `--encoder DIR` to `babelrl \
+             plugin`, to use `embed`)"
+            .into())
     }
 
     fn reward_model_score(&self, _prompts: &[String], _completions: &[String]) -> Result<Vec<f32>, String> {
-        Err("no reward model configured for this run (set `reward_model` in the run config)".into())
+        Err("no reward model configured (give the run file a [reward_model] table with `path`, or \
+             `--reward-model DIR` to `babelrl plugin`)"
+            .into())
     }
 }
 

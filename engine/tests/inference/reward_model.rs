@@ -1,0 +1,119 @@
+//! Scalar-head reward models against transformers on the committed tiny fixtures (scripts/make_fixtures.py
+//! target `reward-model`): the input ids TRL's RewardTrainer builds, and the scores of several pairs of
+//! different lengths scored in one batch, for a Llama and a Qwen2 `*ForSequenceClassification` folder
+//! and a PEFT SEQ_CLS adapter (LoRA + `score` in modules_to_save); and clear errors for folders that are
+//! not reward models.
+
+use crate::common::{gpu, repo_root};
+
+use std::path::{Path, PathBuf};
+
+use babelrl::model::RewardModel;
+use serde_json::Value;
+
+fn fixture(name: &str) -> PathBuf {
+    repo_root().join("tests/fixtures").join(name)
+}
+
+/// Ids equal transformers'; scores within 1e-4 relative (plus 1e-5 absolute) of transformers'.
+fn check(dir: &Path) {
+    let rm = RewardModel::load(gpu(), dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let pairs = expected["pairs"].as_array().unwrap();
+    let text = |p: &Value, k: &str| p[k].as_str().unwrap().to_string();
+    let prompts: Vec<String> = pairs.iter().map(|p| text(p, "prompt")).collect();
+    let completions: Vec<String> = pairs.iter().map(|p| text(p, "completion")).collect();
+    let mut lengths = Vec::new();
+    for (i, p) in pairs.iter().enumerate() {
+        let want: Vec<u32> =
+            p["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(
+            rm.input_ids(&prompts[i], &completions[i]).unwrap(),
+            want,
+            "{}: ids of pair {i}",
+            dir.display()
+        );
+        lengths.push(want.len());
+    }
+    lengths.dedup();
+    assert!(lengths.len() >= 3, "the fixture's pairs should differ in length: {lengths:?}");
+    let got = rm.score(&prompts, &completions).unwrap();
+    let want: Vec<f32> = pairs.iter().map(|p| p["score"].as_f64().unwrap() as f32).collect();
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-4 * w.abs() + 1e-5,
+            "{}: pair {i}: score {g}, transformers {w}",
+            dir.display()
+        );
+    }
+    // One at a time equals the batch (each sequence attends only to itself).
+    for i in [0, pairs.len() - 1] {
+        let one = rm.score(&prompts[i..=i], &completions[i..=i]).unwrap();
+        assert!(
+            (one[0] - got[i]).abs() <= 1e-5 * got[i].abs().max(1.0),
+            "pair {i} alone: {} vs {}",
+            one[0],
+            got[i]
+        );
+    }
+}
+
+#[test]
+fn scores_match_transformers_for_llama_and_qwen2_sequence_classification() {
+    check(&fixture("tiny-rm-llama"));
+    check(&fixture("tiny-rm-qwen2"));
+}
+
+#[test]
+fn scores_match_peft_for_a_seq_cls_lora_adapter_with_its_score_head() {
+    check(&fixture("tiny-rm-llama/peft"));
+}
+
+#[test]
+fn the_score_position_is_the_last_token_that_is_not_pad_as_transformers_picks_it() {
+    // tiny-rm-qwen2 pads with its EOS (TRL's fallback): the head reads the token before the EOS.
+    let rm = RewardModel::load(gpu(), &fixture("tiny-rm-qwen2")).unwrap();
+    let ids = rm.input_ids("hello", " world").unwrap();
+    let eos = *rm.tokenizer().eos_ids().first().unwrap();
+    assert_eq!(*ids.last().unwrap(), eos);
+    assert_eq!(rm.score_position(&ids), ids.len() - 2);
+    let rm = RewardModel::load(gpu(), &fixture("tiny-rm-llama")).unwrap();
+    let ids = rm.input_ids("hello", " world").unwrap();
+    assert_eq!(rm.score_position(&ids), ids.len() - 1);
+}
+
+#[test]
+fn folders_that_are_not_reward_models_are_clear_errors() {
+    let tmp = std::env::temp_dir().join(format!("babelrl-rm-bad-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    // A causal LM: no score head.
+    let e = RewardModel::load(gpu(), &fixture("tiny-llama")).unwrap_err().to_string();
+    assert!(e.contains("config.json") && e.contains("ForSequenceClassification"), "{e}");
+    // A causal-LM LoRA adapter.
+    let e = RewardModel::load(gpu(), &fixture("tiny-llama/lora")).unwrap_err().to_string();
+    assert!(e.contains("adapter_config.json") && e.contains("SEQ_CLS"), "{e}");
+    // A sequence-classification folder without score.weight.
+    let src = fixture("tiny-rm-llama");
+    std::fs::create_dir_all(&tmp).unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), tmp.join(f)).unwrap();
+    }
+    std::fs::copy(fixture("tiny-llama/model.safetensors"), tmp.join("model.safetensors")).unwrap();
+    let e = RewardModel::load(gpu(), &tmp).unwrap_err().to_string();
+    assert!(e.contains("score.weight") && e.contains("model.safetensors"), "{e}");
+    // A PEFT adapter whose base is not here.
+    let adapter = tmp.join("adapter");
+    std::fs::create_dir_all(&adapter).unwrap();
+    let peft = src.join("peft");
+    std::fs::copy(peft.join("adapter_model.safetensors"), adapter.join("adapter_model.safetensors")).unwrap();
+    let config = std::fs::read_to_string(peft.join("adapter_config.json")).unwrap();
+    std::fs::write(adapter.join("adapter_config.json"), config.replace("\"..\"", "\"no/such/base\""))
+        .unwrap();
+    let e = RewardModel::load(gpu(), &adapter).unwrap_err().to_string();
+    assert!(e.contains("base_model_name_or_path") && e.contains("no/such/base"), "{e}");
+    // Missing folder.
+    let e = RewardModel::load(gpu(), &tmp.join("absent")).unwrap_err().to_string();
+    assert!(e.contains("absent"), "{e}");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
