@@ -23,7 +23,8 @@ pub use data::{SftExample, load_sft_jsonl};
 pub use lora_grads::LoraGrads;
 pub use optim::{AdamW, AdamWConfig, AdamWState, GradNorm, ParamSpec, ParamState};
 pub use run_file::{
-    GrpoSection, LoraSection, ModelSection, OutputSection, RunFile, ScheduleSection, SftSection, TrainLength,
+    GrpoSection, LoraSection, ModelSection, OutputSection, RunFile, SFT_ADAPTER_DIR, ScheduleSection,
+    SftSection, Stage, TrainLength,
 };
 pub use schedule::{Schedule, SchedulerType};
 pub use sft::{MemoryReport, SftOptions, SftTrainer, StepMetrics};
