@@ -340,7 +340,7 @@ impl RunFile {
                     gradient_checkpointing: s.gradient_checkpointing.unwrap_or(false),
                     learning_rate: s.learning_rate,
                 };
-                check_learning_rate("sft", sft.learning_rate, &err)?;
+                check_learning_rate("sft", sft.learning_rate, err)?;
                 at_least("sft", "batch_size", sft.batch_size as u64, 1)?;
                 at_least("sft", "gradient_accumulation_steps", sft.gradient_accumulation_steps as u64, 1)?;
                 at_least("sft", "max_length", sft.max_length as u64, 2)?;
@@ -366,7 +366,7 @@ impl RunFile {
             }
             Some(g) => {
                 let g = g.validate(resolve, err)?;
-                check_learning_rate("grpo", g.learning_rate, &err)?;
+                check_learning_rate("grpo", g.learning_rate, err)?;
                 let mut rewards = RunRewards::from_toml(text, path).map_err(|e| match e {
                     Error::Config { message, .. } if message.starts_with("no [[reward]]") => err(
                         "[grpo] needs at least one [[reward]] table (name, path of the plugin's .wasm) to \
