@@ -1,6 +1,6 @@
 //! Training checkpoints: `OUT/checkpoint-STEP/` holds the adapter (PEFT's `adapter_config.json` and
 //! `adapter_model.safetensors`), the optimizer state (`optimizer.safetensors`) and `trainer_state.json`
-//! (step, schedule, seeds, data position, fingerprints).
+//! (step, schedule, seeds, data position, fingerprints, and the run's stage).
 //!
 //! A checkpoint is written into a temporary sibling folder (`OUT/.tmp-checkpoint-…`), every file and the
 //! folder are synced, and only then is it renamed to `checkpoint-STEP`; so a crash at any moment leaves
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::lora::{Adapter, CONFIG_FILE, WEIGHTS_FILE};
-use crate::train::{AdamWState, Schedule};
+use crate::train::{AdamWState, Schedule, Stage};
 use crate::{Error, Result};
 
 /// The `format` of `trainer_state.json`.
@@ -52,6 +52,13 @@ pub struct TrainerState {
     pub run_file_sha256: String,
     /// A fingerprint of the base model, chosen by the caller (a resume checks it is the same model).
     pub base_model: String,
+    /// The stage this checkpoint belongs to; `None` in checkpoints written before runs had stages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<Stage>,
+    /// The run's stages in order (`["sft", "grpo"]` for cold-start SFT then GRPO), so a resume with
+    /// another layout is refused ([`crate::train::RunFile::resume_stage`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<Stage>,
     /// The last values of the run's metrics (loss, grad norm, …), free-form.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub metrics: serde_json::Map<String, serde_json::Value>,

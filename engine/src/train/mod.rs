@@ -24,7 +24,7 @@ pub use lora_grads::LoraGrads;
 pub use optim::{AdamW, AdamWConfig, AdamWState, GradNorm, ParamSpec, ParamState};
 pub use run_file::{
     EncoderSection, GrpoSection, LoraSection, ModelSection, OutputSection, RewardModelSection, RunFile,
-    ScheduleSection, SftSection, TrainLength,
+    SFT_ADAPTER_DIR, ScheduleSection, SftSection, Stage, TrainLength,
 };
 pub use schedule::{Schedule, SchedulerType};
 pub use sft::{MemoryReport, SftOptions, SftTrainer, StepMetrics};

@@ -1,7 +1,8 @@
-//! The run file of `babelrl train RUN.toml`: `[model]`, `[lora]`, `[optimizer]`, `[schedule]`, the job
-//! (`[sft]` or `[grpo]` with its `on_error` and `[[reward]]` tables, and the `[encoder]` and
-//! `[reward_model]` serving its plugins) and `[output]`, read strictly (an unknown key is an error naming it and the file), relative paths
-//! resolved against the run file's folder, every range checked with an error naming `[section] key`.
+//! The run file of `babelrl train RUN.toml`: `[model]`, `[lora]`, `[optimizer]`, `[schedule]`, the jobs
+//! (`[sft]`, `[grpo]` with its `on_error` and `[[reward]]` tables and the `[encoder]` and `[reward_model]`
+//! serving its plugins, or both: cold-start SFT, then GRPO from the SFT adapter; see [`Stage`]) and
+//! `[output]`, read strictly (an unknown key is an error naming it and the file), relative paths resolved
+//! against the run file's folder, every range checked with an error naming `[section] key`.
 
 use std::path::{Path, PathBuf};
 
@@ -26,7 +27,8 @@ pub struct RunFile {
     pub schedule: ScheduleSection,
     /// `None` when the file has no `[sft]` section; [`RunFile::sft`] makes that an error.
     pub sft: Option<SftSection>,
-    /// `None` when the file has no `[grpo]` section (a file holds at most one of `[sft]` and `[grpo]`).
+    /// `None` when the file has no `[grpo]` section. With both `[sft]` and `[grpo]`, the run trains two
+    /// stages ([`RunFile::stages`]).
     pub grpo: Option<GrpoSection>,
     /// `on_error` and the `[[reward]]` tables of a `[grpo]` job (at least one), plugin paths resolved
     /// against the run file's folder; `None` without `[grpo]`.
@@ -104,6 +106,9 @@ pub struct SftSection {
     pub shuffle: bool,
     /// Keep only each layer's input in the forward pass and recompute in the backward (false).
     pub gradient_checkpointing: bool,
+    /// This stage's learning rate, in place of `[optimizer] learning_rate` (TRL's `SFTConfig` and
+    /// `GRPOConfig` each have their own; a two-stage run usually wants a lower one for GRPO).
+    pub learning_rate: Option<f64>,
 }
 
 impl SftSection {
@@ -200,6 +205,7 @@ struct RawSft {
     seed: Option<u64>,
     shuffle: Option<bool>,
     gradient_checkpointing: Option<bool>,
+    learning_rate: Option<f64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -339,7 +345,9 @@ impl RunFile {
                     seed: s.seed.unwrap_or(0),
                     shuffle: s.shuffle.unwrap_or(true),
                     gradient_checkpointing: s.gradient_checkpointing.unwrap_or(false),
+                    learning_rate: s.learning_rate,
                 };
+                check_learning_rate("sft", sft.learning_rate, err)?;
                 at_least("sft", "batch_size", sft.batch_size as u64, 1)?;
                 at_least("sft", "gradient_accumulation_steps", sft.gradient_accumulation_steps as u64, 1)?;
                 at_least("sft", "max_length", sft.max_length as u64, 2)?;
@@ -365,13 +373,9 @@ impl RunFile {
                 }
                 (None, None)
             }
-            Some(_) if sft.is_some() => {
-                return Err(err("both [sft] and [grpo] are set: a run file holds one job; split them into \
-                                two run files"
-                    .into()));
-            }
             Some(g) => {
                 let g = g.validate(resolve, err)?;
+                check_learning_rate("grpo", g.learning_rate, err)?;
                 let mut rewards = RunRewards::from_toml(text, path).map_err(|e| match e {
                     Error::Config { message, .. } if message.starts_with("no [[reward]]") => err(
                         "[grpo] needs at least one [[reward]] table (name, path of the plugin's .wasm) to \
@@ -462,10 +466,22 @@ impl RunFile {
     }
 }
 
+/// A stage's `learning_rate`, when given: a finite number above 0.
+fn check_learning_rate(section: &str, lr: Option<f64>, err: impl Fn(String) -> Error) -> Result<()> {
+    match lr {
+        Some(lr) if !(lr > 0.0 && lr.is_finite()) => {
+            Err(err(format!("[{section}] learning_rate = {lr}: must be a finite number above 0")))
+        }
+        _ => Ok(()),
+    }
+}
+
 mod grpo;
 mod services;
+mod stage;
 pub use grpo::GrpoSection;
 pub use services::{EncoderSection, RewardModelSection};
+pub use stage::{SFT_ADAPTER_DIR, Stage, layout_text};
 
 #[cfg(test)]
 mod tests;

@@ -55,6 +55,8 @@ fn a_checkpoint_holds_the_adapter_optimizer_and_state() {
         epoch: 1,
         run_file_sha256: "0".repeat(64),
         base_model: "tiny-qwen2".into(),
+        stage: None,
+        stages: Vec::new(),
         metrics: serde_json::Map::new(),
     };
     let out = tempfile::tempdir().unwrap();

@@ -170,12 +170,10 @@ fn a_grpo_run_with_two_iterations_and_accumulation_resumes_bit_for_bit() {
 fn bad_grpo_run_files_and_data_are_clear_errors_that_create_nothing() {
     let Some(plugin) = length_guard() else { return };
     let dir = setup("bad", &plugin);
-    let sft = "[sft]\ndata = \"prompts.jsonl\"\nmax_steps = 2";
     let cases = [
         ("typo", "learning_rat = 1", REWARD.to_string(), vec!["learning_rat", "typo.toml"]),
         ("noreward", "", String::new(), vec!["[grpo] needs at least one [[reward]]", "noreward.toml"]),
         ("beta", "beta = -0.04", REWARD.to_string(), vec!["[grpo] beta = -0.04", "≥ 0"]),
-        ("both", "", format!("{REWARD}\n{sft}"), vec!["both [sft] and [grpo]", "both.toml"]),
         ("plugin", "", REWARD.replace("plugins/length_guard", "plugins/absent"), vec!["absent.wasm"]),
     ];
     for (name, grpo, rest, want) in cases {

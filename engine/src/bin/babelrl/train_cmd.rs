@@ -1,6 +1,8 @@
-//! `babelrl train RUN.toml`: runs the run file's job — `[sft]` here, `[grpo]` in `train_grpo` — with
-//! what they share: the model and adapter, a progress bar, metrics as JSONL (one line per step), atomic
-//! checkpoints, `--resume`, and the trained adapter as a PEFT folder.
+//! `babelrl train RUN.toml`: runs the run file's job — `[sft]` here, `[grpo]` in `train_grpo`, or both as
+//! two stages (cold-start SFT, then GRPO from the SFT adapter with a fresh optimizer) — with what they
+//! share: the model and adapter, a progress bar, metrics as JSONL (one line per step, naming its stage),
+//! atomic checkpoints that record their stage, `--resume` into the right stage, and each stage's final
+//! adapter as a PEFT folder.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -11,31 +13,40 @@ use babelrl::gpu::{Gpu, GpuOptions};
 use babelrl::lora::Adapter;
 use babelrl::model::{LanguageModel, load_language_model};
 use babelrl::train::{
-    AdamWState, CHECKPOINT_FORMAT, Checkpoint, RunFile, Schedule, SftOptions, SftTrainer, StepMetrics,
+    AdamWState, CHECKPOINT_FORMAT, Checkpoint, RunFile, Schedule, SftOptions, SftTrainer, Stage, StepMetrics,
     TrainSequence, TrainerState, latest_checkpoint, load_checkpoint, load_sft_jsonl, prune_checkpoints,
-    save_checkpoint,
+    run_file::layout_text, save_checkpoint,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
-    /// The run file (TOML): [model], [lora], [optimizer], [schedule], the job ([sft], or [grpo] with
-    /// [[reward]] tables), [output].
+    /// The run file (TOML): [model], [lora], [optimizer], [schedule], the job ([sft], [grpo] with
+    /// [[reward]] tables, or both: SFT, then GRPO from the SFT adapter), [output].
     run_file: PathBuf,
     /// Continue from a checkpoint: a `checkpoint-N` folder, or without a value the newest one in the
-    /// run's output folder.
+    /// run's output folder (of a two-stage run: of its latest stage, `grpo/` then `sft/`).
     #[arg(long, num_args = 0..=1)]
     #[allow(clippy::option_option)]
     resume: Option<Option<PathBuf>>,
-    /// Stop after this many optimizer steps in all (overrides the run file's length; the schedule
-    /// still follows the run file).
+    /// Stop after this many optimizer steps in all, both stages' together in a two-stage run
+    /// (overrides the run file's length; the schedule still follows the run file).
     #[arg(long)]
     stop_at: Option<u64>,
 }
 
 /// Test hook: abort the process (as a kill would) right after this step's update, before its
-/// checkpoint is written.
+/// checkpoint is written: `STEP` (in any stage) or `STAGE:STEP` (`grpo:2`).
 const KILL_AT_STEP: &str = "BABELRL_TEST_KILL_AT_STEP";
+
+/// The kill hook's step for `stage`, if it names one.
+fn kill_at(stage: Stage) -> Option<u64> {
+    let v = std::env::var(KILL_AT_STEP).ok()?;
+    match v.split_once(':') {
+        Some((name, step)) => (Stage::parse(name)? == stage).then(|| step.parse().ok()).flatten(),
+        None => v.parse().ok(),
+    }
+}
 
 /// A fingerprint of the base model a checkpoint was trained on: its file name and the sha256 of the
 /// file (of a folder: of config.json and each weight file's name and size), so a resume on other
@@ -61,16 +72,45 @@ fn base_fingerprint(lm: &LanguageModel) -> anyhow::Result<String> {
     Ok(format!("{name} (sha256 {hex})"))
 }
 
+/// The newest checkpoint of the latest of `stages` that has one, with checkpoints in `dir(stage)`.
+fn latest_of(stages: &[Stage], dir: impl Fn(Stage) -> PathBuf) -> anyhow::Result<Option<PathBuf>> {
+    for stage in stages.iter().rev() {
+        if let Some(found) = latest_checkpoint(&dir(*stage))? {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
+}
+
 /// The checkpoint to resume from, if any; refuses to start a fresh run over an existing one's output.
-fn resume_from(args: &TrainArgs, out: &Path) -> anyhow::Result<Option<PathBuf>> {
+/// Checkpoints of the other stage layout (`OUT/checkpoint-N` for a two-stage file, `OUT/sft/…` or
+/// `OUT/grpo/…` for a one-stage one) make `--resume` an error that names the layouts.
+fn resume_from(args: &TrainArgs, run: &RunFile) -> anyhow::Result<Option<PathBuf>> {
+    let out = &run.output.dir;
+    let all = [Stage::Sft, Stage::Grpo];
+    let own = latest_of(&run.stages(), |s| run.stage_dir(s))?;
+    let foreign = match run.is_two_stage() {
+        true => latest_checkpoint(out)?,
+        false => latest_of(&all, |s| out.join(s.name()))?,
+    };
     match &args.resume {
-        Some(None) => match latest_checkpoint(out)? {
-            Some(dir) => Ok(Some(dir)),
-            None => bail!("--resume: no checkpoint in {} to continue from", out.display()),
+        Some(None) => match (own, foreign) {
+            (Some(dir), _) => Ok(Some(dir)),
+            (None, Some(dir)) => {
+                let c = load_checkpoint(&dir)?;
+                run.resume_stage(&c.state, &c.dir)?;
+                bail!(
+                    "--resume: {} holds {}, a checkpoint of another stage layout; this run file has {}",
+                    out.display(),
+                    dir.display(),
+                    layout_text(&run.stages())
+                )
+            }
+            (None, None) => bail!("--resume: no checkpoint in {} to continue from", out.display()),
         },
         Some(Some(dir)) => Ok(Some(dir.clone())),
         None => {
-            if let Some(found) = latest_checkpoint(out)? {
+            if let Some(found) = own.or(foreign) {
                 bail!(
                     "{} already holds a run ({}): pass --resume to continue it, or set another [output] dir \
                      (nothing was changed)",
@@ -83,17 +123,17 @@ fn resume_from(args: &TrainArgs, out: &Path) -> anyhow::Result<Option<PathBuf>> 
     }
 }
 
-/// Keeps the metrics lines of steps up to `step` (a resumed run rewrites what came after).
-fn open_metrics(path: &Path, step: u64) -> anyhow::Result<std::fs::File> {
+/// Keeps the metrics lines of earlier stages and of `stage`'s steps up to `step` (a resumed run rewrites
+/// what came after; a line naming no stage is of `stage`).
+fn open_metrics(path: &Path, stage: Stage, step: u64) -> anyhow::Result<std::fs::File> {
+    let keep = |v: serde_json::Value| {
+        let line_stage = v["stage"].as_str().and_then(Stage::parse).unwrap_or(stage);
+        line_stage < stage || (line_stage == stage && v["step"].as_u64().is_some_and(|s| s <= step))
+    };
     let kept: Vec<String> = match std::fs::read_to_string(path) {
         Ok(text) => text
             .lines()
-            .filter(|l| {
-                serde_json::from_str::<serde_json::Value>(l)
-                    .ok()
-                    .and_then(|v| v["step"].as_u64())
-                    .is_some_and(|s| s <= step)
-            })
+            .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().is_some_and(keep))
             .map(str::to_owned)
             .collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -123,11 +163,18 @@ fn progress(total: u64, done: u64) -> ProgressBar {
     bar
 }
 
-/// What every job loads before training: the run file, its output folder, the checkpoint to resume
-/// from, the model and its fingerprint.
+/// What every job loads before training: the run file, its output folder, the stage in progress, the
+/// checkpoint to resume from, the model and its fingerprint.
 pub struct Session {
     pub run: RunFile,
+    /// `[output] dir`: metrics.jsonl and the final adapters (checkpoints: [`Session::checkpoint_dir`]).
     pub out: PathBuf,
+    /// The stage being trained.
+    pub stage: Stage,
+    /// The adapter the stage starts from when not resumed: the SFT stage's, for GRPO after SFT.
+    pub start_from: Option<PathBuf>,
+    /// Optimizer steps of the stages before this one (`--stop-at` counts them).
+    pub steps_before: u64,
     pub checkpoint: Option<Checkpoint>,
     pub gpu: Arc<Gpu>,
     pub lm: LanguageModel,
@@ -138,22 +185,67 @@ pub struct Session {
 impl Session {
     fn open(args: &TrainArgs, run: RunFile) -> anyhow::Result<Session> {
         let out = run.output.dir.clone();
-        let resume = resume_from(args, &out)?;
+        let resume = resume_from(args, &run)?;
         let checkpoint = resume.as_deref().map(load_checkpoint).transpose()?;
+        let stage = match &checkpoint {
+            Some(c) => run.resume_stage(&c.state, &c.dir)?,
+            None => run.stages()[0],
+        };
+        let grpo_dir = run.stage_dir(Stage::Grpo);
+        if let (Some(c), Stage::Sft, true) = (&checkpoint, stage, run.is_two_stage())
+            && let Some(later) = latest_checkpoint(&grpo_dir)?
+        {
+            bail!(
+                "{} is a checkpoint of the [sft] stage, but {} already holds the [grpo] stage's {}, trained \
+                 from the SFT adapter this resume would replace: resume from the newest checkpoint (--resume \
+                 without a folder), or remove {} to train GRPO again",
+                c.dir.display(),
+                grpo_dir.display(),
+                later.display(),
+                grpo_dir.display()
+            );
+        }
         let model_path = run.model.path.clone().unwrap_or_else(crate::default_model);
         let gpu = Gpu::new(&GpuOptions::from_env())?;
         let lm = load_language_model(gpu.clone(), &model_path)
             .with_context(|| format!("loading the model {}", model_path.display()))?;
         let fingerprint = base_fingerprint(&lm)?;
-        Ok(Session { run, out, checkpoint, gpu, lm, fingerprint, stop_at: args.stop_at })
+        let (start_from, steps_before) = (None, 0);
+        Ok(Session {
+            run,
+            out,
+            stage,
+            start_from,
+            steps_before,
+            checkpoint,
+            gpu,
+            lm,
+            fingerprint,
+            stop_at: args.stop_at,
+        })
+    }
+
+    /// Where this stage's checkpoints go ([`RunFile::stage_dir`]).
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        self.run.stage_dir(self.stage)
+    }
+
+    /// `"[sft] "` or `"[grpo] "` before messages in a two-stage run, else nothing.
+    pub fn label(&self) -> String {
+        if self.run.is_two_stage() { format!("[{}] ", self.stage) } else { String::new() }
     }
 
     /// The adapter to train: the checkpoint's (checked against the base model and the run file's
-    /// rank and modules), `[lora] init_from`, or a fresh one.
+    /// rank and modules), the previous stage's, `[lora] init_from`, or a fresh one.
     pub fn adapter(&self) -> anyhow::Result<Adapter> {
         let (run, lm, gpu, fingerprint) = (&self.run, &self.lm, &self.gpu, &self.fingerprint);
         let mut lora = run.lora_config()?;
         lora.base_model = Some(fingerprint.clone());
+        if let (None, Some(dir)) = (&self.checkpoint, &self.start_from) {
+            return Adapter::load_peft(gpu.clone(), dir, lm.decoder.config()).with_context(|| {
+                format!("loading the [sft] stage's adapter {} to start GRPO", dir.display())
+            });
+        }
         Ok(match (&self.checkpoint, &run.lora.init_from) {
             (Some(c), _) => {
                 if &c.state.base_model != fingerprint {
@@ -203,6 +295,8 @@ impl Session {
             epoch: data.epoch,
             run_file_sha256: self.run.sha256.clone(),
             base_model: self.fingerprint.clone(),
+            stage: Some(self.stage),
+            stages: self.run.stages(),
             metrics: serde_json::from_value(metrics).unwrap_or_default(),
         }
     }
@@ -218,15 +312,17 @@ impl Session {
     ) -> anyhow::Result<()> {
         let save_every = self.run.output.save_steps;
         if (save_every > 0 && step.is_multiple_of(save_every)) || step == stop {
-            save_checkpoint(&self.out, adapter, &optimizer()?, &state())?;
-            prune_checkpoints(&self.out, self.run.output.save_total_limit)?;
+            let dir = self.checkpoint_dir();
+            save_checkpoint(&dir, adapter, &optimizer()?, &state())?;
+            prune_checkpoints(&dir, self.run.output.save_total_limit)?;
         }
         Ok(())
     }
 
-    /// Writes the final adapter into `OUT/adapter` and returns that folder.
+    /// Writes the stage's final adapter into `OUT/adapter` (`OUT/sft-adapter` for the SFT stage of a
+    /// two-stage run) and returns that folder.
     pub fn finish(&self, adapter: &Adapter) -> anyhow::Result<PathBuf> {
-        let dir = self.out.join("adapter");
+        let dir = self.run.stage_adapter_dir(self.stage);
         save_adapter_dir(adapter, &dir)?;
         Ok(dir)
     }
@@ -251,15 +347,18 @@ pub struct StepLog {
     pub stop: u64,
     logging_steps: u64,
     kill_at: Option<u64>,
+    stage: Stage,
+    label: String,
 }
 
 impl StepLog {
-    /// Opens `OUT/metrics.jsonl` (keeping the lines up to `done`) for a run at step `done` of `total`.
+    /// Opens `OUT/metrics.jsonl` (keeping the lines of earlier stages and this stage's up to `done`) for
+    /// a stage at step `done` of `total`.
     pub fn open(s: &Session, done: u64, total: u64) -> anyhow::Result<StepLog> {
         std::fs::create_dir_all(&s.out).with_context(|| format!("creating {}", s.out.display()))?;
         let path = s.out.join("metrics.jsonl");
-        let file = open_metrics(&path, done)?;
-        let stop = s.stop_at.unwrap_or(total).min(total);
+        let file = open_metrics(&path, s.stage, done)?;
+        let stop = s.stop_at.map_or(total, |n| n.saturating_sub(s.steps_before)).min(total);
         let bars = indicatif::MultiProgress::new();
         let bar = bars.add(progress(stop, done));
         let phase = bars.add(ProgressBar::new(0));
@@ -278,18 +377,24 @@ impl StepLog {
             bar_shown: std::io::stderr().is_terminal(),
             stop,
             logging_steps: s.run.output.logging_steps.max(1),
-            kill_at: std::env::var(KILL_AT_STEP).ok().and_then(|v| v.parse().ok()),
+            kill_at: kill_at(s.stage),
+            stage: s.stage,
+            label: s.label(),
         })
     }
 
-    /// Records step `step`: its metrics line, the bar's `message`, a progress line every
-    /// `logging_steps` when there is no bar; aborts here when the kill hook names this step.
+    /// Records step `step`: its metrics line (with the stage added), the bar's `message`, a progress
+    /// line every `logging_steps` when there is no bar; aborts here when the kill hook names this step.
     pub fn record(&mut self, step: u64, line: &serde_json::Value, message: &str) -> anyhow::Result<()> {
+        let mut line = line.clone();
+        if let Some(fields) = line.as_object_mut() {
+            fields.insert("stage".into(), self.stage.name().into());
+        }
         writeln!(self.file, "{line}").with_context(|| format!("writing {}", self.path.display()))?;
         self.bar.set_message(message.to_string());
         self.bar.set_position(step);
         if !self.bar_shown && (step.is_multiple_of(self.logging_steps) || step == self.stop) {
-            eprintln!("step {step}/{}  {message}", self.stop);
+            eprintln!("{}step {step}/{}  {message}", self.label, self.stop);
         }
         if self.kill_at == Some(step) {
             std::process::abort();
@@ -305,26 +410,48 @@ impl StepLog {
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let run = RunFile::load(&args.run_file)?;
-    if run.grpo.is_some() {
-        let s = Session::open(&args, run)?;
-        return crate::train_grpo::run(&s);
+    if run.stages().is_empty() {
+        run.sft()?;
     }
-    run.sft()?;
-    let s = Session::open(&args, run)?;
-    run_sft(&s)
+    let mut s = Session::open(&args, run)?;
+    if s.stage == Stage::Sft {
+        if s.run.is_two_stage() {
+            crate::train_grpo::preflight(&s)?;
+        }
+        let (done, total) = run_sft(&s)?;
+        if done < total || s.run.grpo.is_none() {
+            return Ok(());
+        }
+        // GRPO starts from the SFT stage's final adapter (as written to disk, so an uninterrupted run and
+        // one resumed at any point take the same path), with a fresh optimizer and schedule.
+        s.stage = Stage::Grpo;
+        s.checkpoint = None;
+        s.start_from = Some(s.run.stage_adapter_dir(Stage::Sft));
+        s.steps_before = total;
+    } else if s.run.is_two_stage() && s.stop_at.is_some() {
+        s.steps_before = s.run.sft()?.total_steps(sft_data(&s)?.len());
+    }
+    crate::train_grpo::run(&s)
 }
 
-fn run_sft(s: &Session) -> anyhow::Result<()> {
-    let sft = s.run.sft()?.clone();
-    let adapter = s.adapter()?;
+/// The `[sft]` examples as training sequences.
+fn sft_data(s: &Session) -> anyhow::Result<Vec<TrainSequence>> {
+    let sft = s.run.sft()?;
     let examples = load_sft_jsonl(&sft.data, s.lm.tokenizer()?, sft.max_length)?;
-    let data: Vec<TrainSequence> = examples
+    Ok(examples
         .iter()
         .map(|e| TrainSequence {
             tokens: [e.prompt.as_slice(), &e.completion].concat(),
             prompt_len: e.prompt.len(),
         })
-        .collect();
+        .collect())
+}
+
+/// The `[sft]` stage; returns the steps done and the stage's total.
+fn run_sft(s: &Session) -> anyhow::Result<(u64, u64)> {
+    let sft = s.run.sft()?.clone();
+    let adapter = s.adapter()?;
+    let data = sft_data(s)?;
     let total = sft.total_steps(data.len());
     let schedule = s.run.schedule(total)?;
     let options = SftOptions {
@@ -334,12 +461,13 @@ fn run_sft(s: &Session) -> anyhow::Result<()> {
         shuffle: sft.shuffle,
         gradient_checkpointing: sft.gradient_checkpointing,
     };
-    let mut trainer = SftTrainer::new(&s.lm.decoder, adapter, data, s.run.optimizer, schedule, options)?;
+    let optimizer = s.run.optimizer_for(Stage::Sft);
+    let mut trainer = SftTrainer::new(&s.lm.decoder, adapter, data, optimizer, schedule, options)?;
     if let Some(c) = &s.checkpoint {
         trainer
             .restore(&c.optimizer, c.state.examples_seen)
             .with_context(|| format!("{}: resuming from this checkpoint", c.dir.display()))?;
-        eprintln!("resuming from {} (step {} of {total})", c.dir.display(), c.state.step);
+        eprintln!("{}resuming from {} (step {} of {total})", s.label(), c.dir.display(), c.state.step);
     }
     let mut log = StepLog::open(s, trainer.step_count(), total)?;
     let stop = log.stop;
@@ -375,18 +503,20 @@ fn run_sft(s: &Session) -> anyhow::Result<()> {
         last = Some(m);
     }
     log.finish();
+    let done = trainer.step_count();
     let adapter_dir = s.finish(trainer.adapter())?;
     match last {
         Some(m) => println!(
-            "trained to step {} of {total}: loss {:.4}; adapter in {} (try: babelrl generate --adapter {} ...)",
+            "{}trained to step {} of {total}: loss {:.4}; adapter in {} (try: babelrl generate --adapter {} ...)",
+            s.label(),
             m.step,
             m.loss,
             adapter_dir.display(),
             adapter_dir.display()
         ),
-        None => println!("nothing to do: the run is at step {} of {stop}", trainer.step_count()),
+        None => println!("{}nothing to do: the run is at step {done} of {stop}", s.label()),
     }
-    Ok(())
+    Ok((done, total))
 }
 
 /// Writes the adapter as a PEFT folder: into a fresh temporary sibling, then renamed over `dir`, so

@@ -1,5 +1,6 @@
-//! `babelrl train RUN.toml` for a `[grpo]` job: the reward plugins and the prompts, checked before any
-//! rollout; then GRPO steps (rollouts, plugin rewards, the update) with metrics, checkpoints and resume.
+//! `babelrl train RUN.toml` for a `[grpo]` job (alone, or the stage after `[sft]`): the reward plugins and
+//! the prompts, checked before any rollout; then GRPO steps (rollouts, plugin rewards, the update) with
+//! metrics, checkpoints and resume.
 
 use std::sync::Arc;
 
@@ -7,6 +8,7 @@ use anyhow::{Context, bail};
 use babelrl::generate::FinishReason;
 use babelrl::model::{Encoder, RewardModel};
 use babelrl::plugin::{RewardSet, RunServices, Sample, default_encoder_dir};
+use babelrl::train::Stage;
 use babelrl::train::grpo::{
     GrpoOptions, GrpoPhase, GrpoPrompt, GrpoTrainer, PromptOrder, Rollout, load_grpo_prompts,
 };
@@ -99,15 +101,27 @@ fn services(s: &Session) -> anyhow::Result<RunServices> {
     Ok(services)
 }
 
-pub fn run(s: &Session) -> anyhow::Result<()> {
+/// The `[grpo]` prompts and the loaded reward plugins, checked against each other ([`check_rewards`]).
+fn prepare(s: &Session) -> anyhow::Result<(Vec<GrpoPrompt>, RewardSet)> {
     let (g, specs) = s.run.grpo()?;
-    let (g, specs) = (g.clone(), specs.clone());
-    let tokenizer = s.lm.tokenizer()?;
-    let prompts = load_grpo_prompts(&g.data, tokenizer, g.max_prompt_length)?;
+    let prompts = load_grpo_prompts(&g.data, s.lm.tokenizer()?, g.max_prompt_length)?;
     let services = Arc::new(services(s)?);
     let mut rewards = RewardSet::load(&specs.rewards, specs.on_error, std::path::Path::new(""), services)
         .with_context(|| format!("{}: loading the [[reward]] plugins", s.run.path.display()))?;
     check_rewards(&mut rewards, &prompts, &g.data)?;
+    Ok((prompts, rewards))
+}
+
+/// Checks the `[grpo]` stage's prompts and plugins before a two-stage run spends its SFT stage, so a bad
+/// plugin or data set fails at once rather than after SFT.
+pub fn preflight(s: &Session) -> anyhow::Result<()> {
+    prepare(s).map(drop).context("checking the [grpo] stage before the [sft] stage starts")
+}
+
+pub fn run(s: &Session) -> anyhow::Result<()> {
+    let g = s.run.grpo()?.0.clone();
+    let tokenizer = s.lm.tokenizer()?;
+    let (prompts, mut rewards) = prepare(s)?;
     let names: Vec<String> = rewards.names().iter().map(|n| n.to_string()).collect();
 
     let adapter = s.adapter()?;
@@ -122,8 +136,8 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
         num_iterations: g.num_iterations,
         seed: g.seed,
     };
-    let mut trainer =
-        GrpoTrainer::new(&s.lm.decoder, tokenizer, adapter, s.run.optimizer, schedule, options)?;
+    let optimizer = s.run.optimizer_for(Stage::Grpo);
+    let mut trainer = GrpoTrainer::new(&s.lm.decoder, tokenizer, adapter, optimizer, schedule, options)?;
     if let Some(c) = &s.checkpoint {
         let want = c.state.step / g.num_iterations as u64 * g.prompts_per_step as u64;
         if c.state.examples_seen != want
@@ -145,7 +159,7 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
         trainer
             .restore(&c.optimizer)
             .with_context(|| format!("{}: resuming from this checkpoint", c.dir.display()))?;
-        eprintln!("resuming from {} (step {} of {total})", c.dir.display(), c.state.step);
+        eprintln!("{}resuming from {} (step {} of {total})", s.label(), c.dir.display(), c.state.step);
     }
 
     let mut order = PromptOrder::new(prompts.len(), g.seed);
@@ -255,13 +269,14 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
     let adapter_dir = s.finish(trainer.adapter())?;
     match last {
         Some(m) => println!(
-            "trained to step {} of {total}: reward {:.4}; adapter in {} (try: babelrl generate --adapter {} ...)",
+            "{}trained to step {} of {total}: reward {:.4}; adapter in {} (try: babelrl generate --adapter {} ...)",
+            s.label(),
             m.step,
             m.reward_mean,
             adapter_dir.display(),
             adapter_dir.display()
         ),
-        None => println!("nothing to do: the run is at step {} of {stop}", trainer.step_count()),
+        None => println!("{}nothing to do: the run is at step {} of {stop}", s.label(), trainer.step_count()),
     }
     Ok(())
 }

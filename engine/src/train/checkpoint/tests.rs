@@ -15,6 +15,8 @@ fn state(step: u64) -> TrainerState {
         epoch: step / 10,
         run_file_sha256: "ab".repeat(32),
         base_model: "smollm2-135m sha256:0123".into(),
+        stage: Some(Stage::Grpo),
+        stages: vec![Stage::Sft, Stage::Grpo],
         metrics: serde_json::json!({"loss": 1.25, "grad_norm": null}).as_object().unwrap().clone(),
     }
 }

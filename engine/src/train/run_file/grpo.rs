@@ -42,6 +42,9 @@ pub struct GrpoSection {
     pub epsilon_high: Option<f64>,
     pub scale_rewards: ScaleRewards,
     pub mask_truncated_completions: bool,
+    /// This stage's learning rate, in place of `[optimizer] learning_rate` (as TRL's `GRPOConfig` has
+    /// its own; see [`super::RunFile::optimizer_for`]).
+    pub learning_rate: Option<f64>,
 }
 
 impl GrpoSection {
@@ -101,6 +104,7 @@ pub(super) struct RawGrpo {
     epsilon_high: Option<f64>,
     scale_rewards: Option<RawScale>,
     mask_truncated_completions: Option<bool>,
+    learning_rate: Option<f64>,
 }
 
 impl RawGrpo {
@@ -173,6 +177,7 @@ impl RawGrpo {
             epsilon_high: self.epsilon_high,
             scale_rewards,
             mask_truncated_completions: self.mask_truncated_completions.unwrap_or(false),
+            learning_rate: self.learning_rate,
         };
         for (key, v) in [
             ("prompts_per_step", s.prompts_per_step as u64),

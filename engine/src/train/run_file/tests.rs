@@ -44,6 +44,7 @@ fn an_sft_file_with_only_the_required_keys_takes_the_defaults() {
             seed: 0,
             shuffle: true,
             gradient_checkpointing: false,
+            learning_rate: None,
         }
     );
     assert_eq!(
@@ -89,6 +90,7 @@ max_length = 256
 seed = 9
 shuffle = false
 gradient_checkpointing = true
+learning_rate = 2e-4
 [output]
 dir = "out"
 save_steps = 0
@@ -134,6 +136,7 @@ fn every_section_and_key_is_read() {
             seed: 9,
             shuffle: false,
             gradient_checkpointing: true,
+            learning_rate: Some(2e-4),
         }
     );
     assert_eq!(
@@ -328,7 +331,12 @@ fn bad_grpo_files_are_clear_errors() {
         ("[grpo]\ndata = \"p\"\nmax_steps = 2\n".into(), "[grpo] needs at least one [[reward]]"),
         ("[grpo]\nmax_steps = 2\n".into(), "[grpo] data is missing"),
         (format!("[grpo]\ndata = \"p\"\n{REWARD}"), "[grpo] max_steps is missing"),
-        (format!("[sft]\ndata = \"d\"\nmax_steps = 1\n{}", grpo("")), "both [sft] and [grpo]"),
+        (grpo("learning_rate = 0.0"), "[grpo] learning_rate = 0"),
+        (
+            "[sft]\ndata = \"d\"\nmax_steps = 1\nlearning_rate = -1e-5\n".into(),
+            "[sft] learning_rate = -0.00001",
+        ),
+        (format!("[sft]\ndata = \"d\"\nmax_steps = 1\nbeta = 0.1\n{}", grpo("")), "unknown field `beta`"),
         (format!("[sft]\ndata = \"d\"\nmax_steps = 1\n{REWARD}"), "[[reward]] belongs to a [grpo] job"),
         (grpo("").replace("name = \"em\"", "name = \"em\"\nwieght = 2"), "wieght"),
     ];
@@ -368,4 +376,106 @@ fn encoder_and_reward_model_tables_serve_a_grpo_job() {
         let e = error(&text);
         assert!(e.contains(want) && e.contains(PATH), "{want}: {e}");
     }
+}
+
+#[test]
+fn sft_and_grpo_together_are_two_stages_with_their_own_folders_and_learning_rates() {
+    let two = format!(
+        "[optimizer]\nlearning_rate = 1e-4\n[sft]\ndata = \"d\"\nmax_steps = 3\n\
+         [grpo]\ndata = \"p\"\nmax_steps = 2\nlearning_rate = 1e-6\n\n{REWARD}"
+    );
+    let rf = parse(&two).unwrap();
+    assert_eq!(rf.stages(), [Stage::Sft, Stage::Grpo]);
+    assert!(rf.is_two_stage() && rf.sft().is_ok() && rf.grpo().is_ok());
+    let out = Path::new("/work/runs/runs/sft_french");
+    assert_eq!(rf.stage_dir(Stage::Sft), out.join("sft"));
+    assert_eq!(rf.stage_dir(Stage::Grpo), out.join("grpo"));
+    assert_eq!(rf.stage_adapter_dir(Stage::Sft), out.join("sft-adapter"));
+    assert_eq!(rf.stage_adapter_dir(Stage::Grpo), out.join("adapter"));
+    assert_eq!(rf.optimizer_for(Stage::Sft).learning_rate, 1e-4);
+    assert_eq!(rf.optimizer_for(Stage::Grpo), AdamWConfig { learning_rate: 1e-6, ..rf.optimizer });
+
+    // A one-stage run keeps its checkpoints and adapter directly in the output folder.
+    let one = parse("[sft]\ndata = \"d\"\nmax_steps = 3\n").unwrap();
+    assert_eq!(one.stages(), [Stage::Sft]);
+    assert_eq!(
+        (one.stage_dir(Stage::Sft), one.stage_adapter_dir(Stage::Sft)),
+        (out.into(), out.join("adapter"))
+    );
+}
+
+#[test]
+fn a_checkpoint_of_another_stage_layout_is_refused_naming_both() {
+    let two = parse(&format!(
+        "[sft]\ndata = \"d\"\nmax_steps = 3\n[grpo]\ndata = \"p\"\nmax_steps = 2\n\n{REWARD}"
+    ))
+    .unwrap();
+    let one = parse(&format!("[grpo]\ndata = \"p\"\nmax_steps = 2\n\n{REWARD}")).unwrap();
+    let state = |stage: Option<Stage>, stages: Vec<Stage>| crate::train::TrainerState {
+        format: crate::train::CHECKPOINT_FORMAT.into(),
+        step: 2,
+        schedule: crate::train::Schedule::new(SchedulerType::Constant, 0.0, 2).unwrap(),
+        seed: 0,
+        data_seed: 0,
+        examples_seen: 2,
+        epoch: 0,
+        run_file_sha256: String::new(),
+        base_model: String::new(),
+        stage,
+        stages,
+        metrics: Default::default(),
+    };
+    let dir = Path::new("/work/runs/out/checkpoint-2");
+    let both = vec![Stage::Sft, Stage::Grpo];
+    assert_eq!(two.resume_stage(&state(Some(Stage::Grpo), both.clone()), dir).unwrap(), Stage::Grpo);
+    assert_eq!(two.resume_stage(&state(Some(Stage::Sft), both.clone()), dir).unwrap(), Stage::Sft);
+    assert_eq!(one.resume_stage(&state(Some(Stage::Grpo), vec![Stage::Grpo]), dir).unwrap(), Stage::Grpo);
+    // A checkpoint from before stages were recorded continues a one-stage run.
+    assert_eq!(one.resume_stage(&state(None, vec![]), dir).unwrap(), Stage::Grpo);
+    let cases = [
+        (
+            &one,
+            state(Some(Stage::Grpo), both.clone()),
+            "[grpo] stage of a run with [sft] then [grpo]; this run file has [grpo]",
+        ),
+        (
+            &two,
+            state(Some(Stage::Grpo), vec![Stage::Grpo]),
+            "[grpo] stage of a run with [grpo]; this run file has [sft] then [grpo]",
+        ),
+        (&two, state(None, vec![]), "one-stage run"),
+    ];
+    for (rf, st, want) in cases {
+        let e = rf.resume_stage(&st, dir).unwrap_err().to_string();
+        assert!(e.contains(want) && e.contains("checkpoint-2") && e.contains(PATH), "{want}: {e}");
+    }
+}
+
+#[test]
+fn the_semantic_recipe_is_a_valid_two_stage_run_file() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/semantic/recipe.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let rf = RunFile::from_toml(&text, &path).unwrap();
+    assert!(rf.encoder.is_some(), "the recipe names its encoder");
+    assert_eq!(rf.stages(), [Stage::Sft, Stage::Grpo]);
+    let data = |p: &Path| p.strip_prefix(path.parent().unwrap()).unwrap().to_path_buf();
+    let pair = Path::new("../data/flores/eng_Latn-zho_Hans");
+    assert_eq!(data(&rf.sft().unwrap().data), pair.join("sft.jsonl"));
+    let (g, rewards) = rf.grpo().unwrap();
+    assert_eq!(data(&g.data), pair.join("grpo.jsonl"));
+    assert!(rf.optimizer_for(Stage::Grpo).learning_rate < rf.optimizer_for(Stage::Sft).learning_rate);
+    let got: Vec<(&str, f32, &str)> = rewards
+        .rewards
+        .iter()
+        .map(|r| (r.name.as_str(), r.weight, r.path.file_name().unwrap().to_str().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("semantic", 1.0, "semantic_similarity.wasm"),
+            ("language", 0.5, "language_consistency.wasm"),
+            ("length", 0.5, "length_guard.wasm")
+        ]
+    );
+    assert_eq!(rewards.rewards[0].config, serde_json::json!({"mode": "threshold", "tau": 0.8}));
 }

@@ -364,6 +364,8 @@ fn seed_checkpoint(gpu: &std::sync::Arc<Gpu>, out: &Path) -> (std::path::PathBuf
         epoch: 1,
         run_file_sha256: "ab".repeat(32),
         base_model: "tiny-qwen2".into(),
+        stage: None,
+        stages: Vec::new(),
         metrics: serde_json::json!({"loss": 2.5, "grad_norm": 0.75, "lr": 1e-4}).as_object().unwrap().clone(),
     };
     let dir = save_checkpoint(out, &adapter, &optim, &state).unwrap();
