@@ -1,5 +1,6 @@
 //! The run file of `babelrl train RUN.toml`: `[model]`, `[lora]`, `[optimizer]`, `[schedule]`, the job
-//! (`[sft]` or `[grpo]` with its `on_error` and `[[reward]]` tables) and `[output]`, read strictly (an unknown key is an error naming it and the file), relative paths
+//! (`[sft]`, or `[grpo]` with its `on_error`, `[[reward]]` tables and optional `[router]`) and
+//! `[output]`, read strictly (an unknown key is an error naming it and the file), relative paths
 //! resolved against the run file's folder, every range checked with an error naming `[section] key`.
 
 use std::path::{Path, PathBuf};
@@ -30,6 +31,8 @@ pub struct RunFile {
     /// `on_error` and the `[[reward]]` tables of a `[grpo]` job (at least one), plugin paths resolved
     /// against the run file's folder; `None` without `[grpo]`.
     pub rewards: Option<RunRewards>,
+    /// LRPO's language router of a `[grpo]` job (`None`: every rollout in the prompt's own language).
+    pub router: Option<RouterSection>,
     pub output: OutputSection,
 }
 
@@ -146,6 +149,7 @@ struct RawRunFile {
     schedule: ScheduleSection,
     sft: Option<RawSft>,
     grpo: Option<grpo::RawGrpo>,
+    router: Option<router::RawRouter>,
     #[serde(default)]
     output: RawOutput,
     // Read by `RunRewards::from_toml`; listed here so they are not unknown keys.
@@ -339,21 +343,22 @@ impl RunFile {
             }
         };
 
-        let (grpo, rewards) = match raw.grpo {
+        let (grpo, rewards, router) = match raw.grpo {
             None => {
                 if let Some(key) = [
                     ("on_error", raw.on_error.is_some()),
                     ("[[reward]]", raw.reward.is_some() || raw.rewards.is_some()),
+                    ("[router]", raw.router.is_some()),
                 ]
                 .iter()
                 .find_map(|(k, given)| given.then_some(k))
                 {
                     return Err(err(format!(
-                        "{key} belongs to a [grpo] job (reward plugins score its rollouts); remove it or \
-                         add [grpo]"
+                        "{key} belongs to a [grpo] job (reward plugins score its rollouts, a router picks \
+                         their languages); remove it or add [grpo]"
                     )));
                 }
-                (None, None)
+                (None, None, None)
             }
             Some(_) if sft.is_some() => {
                 return Err(err("both [sft] and [grpo] are set: a run file holds one job; split them into \
@@ -373,7 +378,8 @@ impl RunFile {
                 for spec in &mut rewards.rewards {
                     spec.path = resolve(std::mem::take(&mut spec.path));
                 }
-                (Some(g), Some(rewards))
+                let router = raw.router.map(|r| r.validate(g.num_generations, resolve, err)).transpose()?;
+                (Some(g), Some(rewards), router)
             }
         };
 
@@ -401,6 +407,7 @@ impl RunFile {
             sft,
             grpo,
             rewards,
+            router,
             output,
         })
     }
@@ -448,7 +455,9 @@ impl RunFile {
 }
 
 mod grpo;
+mod router;
 pub use grpo::GrpoSection;
+pub use router::RouterSection;
 
 #[cfg(test)]
 mod tests;

@@ -1,12 +1,16 @@
-//! `babelrl train RUN.toml` for a `[grpo]` job: the reward plugins and the prompts, checked before any
-//! rollout; then GRPO steps (rollouts, plugin rewards, the update) with metrics, checkpoints and resume.
+//! `babelrl train RUN.toml` for a `[grpo]` job: the reward plugins, the prompts and the `[router]`,
+//! checked before any rollout; then GRPO steps (rollouts — in the router's languages with `[router]` —,
+//! plugin rewards, the update, the router's update) with metrics, checkpoints and resume.
 
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use babelrl::generate::FinishReason;
 use babelrl::plugin::{NoServices, RewardSet, Sample};
-use babelrl::train::grpo::{GrpoOptions, GrpoPrompt, GrpoTrainer, PromptOrder, Rollout, load_grpo_prompts};
+use babelrl::train::ROUTER_STATE_FILE;
+use babelrl::train::grpo::{
+    GrpoOptions, GrpoPrompt, GrpoTrainer, PromptOrder, Rollout, RoutedRollout, load_grpo_prompts,
+};
 
 use crate::train_cmd::{DataPosition, Session, StepLog};
 
@@ -66,6 +70,10 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
         RewardSet::load(&specs.rewards, specs.on_error, std::path::Path::new(""), Arc::new(NoServices))
             .with_context(|| format!("{}: loading the [[reward]] plugins", s.run.path.display()))?;
     check_rewards(&mut rewards, &prompts, &g.data)?;
+    let mut router = crate::train_lrpo::open(s, &g, &prompts)?;
+    if let Some(router) = &router {
+        crate::train_lrpo::check_languages(&mut rewards, router, &prompts, &g.data)?;
+    }
     let names: Vec<String> = rewards.names().iter().map(|n| n.to_string()).collect();
 
     let adapter = s.adapter()?;
@@ -107,21 +115,39 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
     let stop = log.stop;
     let mut last = None;
     while trainer.step_count() < stop {
-        let first = trainer.step_count() * g.prompts_per_step as u64;
-        let picked: Vec<&GrpoPrompt> =
-            (first..first + g.prompts_per_step as u64).map(|k| &prompts[order.at(k)]).collect();
-        let tokens: Vec<Vec<u32>> = picked.iter().map(|p| p.tokens.clone()).collect();
+        let step0 = trainer.step_count();
+        let first = step0 * g.prompts_per_step as u64;
+        let picked: Vec<usize> = (first..first + g.prompts_per_step as u64).map(|k| order.at(k)).collect();
+        let n = g.num_generations;
+        // Each rollout's question and the prompt it is asked with (with [router], in its language).
+        let routes: Option<Vec<RoutedRollout>> = match &mut router {
+            Some(r) => Some(r.route(step0, &picked, n).with_context(|| {
+                format!(
+                    "step {}: the router chose no languages (the last checkpoint is intact; fix the cause \
+                     and pass --resume)",
+                    step0 + 1
+                )
+            })?),
+            None => None,
+        };
+        let asked: Vec<&GrpoPrompt> = match (&router, &routes) {
+            (Some(r), Some(routes)) => routes.iter().map(|x| r.prompt(&prompts, x)).collect(),
+            _ => picked.iter().flat_map(|&p| std::iter::repeat_n(&prompts[p], n)).collect(),
+        };
+        let tokens: Vec<Vec<u32>> = asked.iter().map(|p| p.tokens.clone()).collect();
         let mut plugin_sums = vec![(0.0f64, 0usize); names.len()];
         let mut reward_seconds = 0.0;
         let (mut unscored, mut truncated, mut rollouts_n) = (0usize, 0usize, 0usize);
-        let m = trainer.step(&tokens, |rollouts: &[Rollout]| {
+        let mut step_rewards: Vec<f64> = Vec::new();
+        let m = trainer.step_rollouts(&tokens, |rollouts: &[Rollout]| {
             let start = std::time::Instant::now();
             rollouts_n = rollouts.len();
             truncated = rollouts.iter().filter(|r| r.completion.finish == FinishReason::Length).count();
             let mut out = Vec::with_capacity(rollouts.len());
             for group in rollouts.chunk_by(|a, b| a.prompt == b.prompt) {
-                let p = picked[group[0].prompt];
-                let samples: Vec<Sample> = group.iter().map(|r| p.sample(&r.completion.text)).collect();
+                let at = out.len();
+                let samples: Vec<Sample> =
+                    group.iter().enumerate().map(|(j, r)| asked[at + j].sample(&r.completion.text)).collect();
                 let scored = rewards.score(&samples)?;
                 for (j, scores) in scored.per_plugin.iter().enumerate() {
                     for v in scores.iter().flatten() {
@@ -137,6 +163,7 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
                 }
             }
             reward_seconds = start.elapsed().as_secs_f64();
+            step_rewards = out.clone();
             Ok(out)
         });
         let m = m.with_context(|| {
@@ -151,6 +178,20 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
                 m.step,
                 m.loss
             );
+        }
+        let mut route_brief = String::new();
+        let mut route_metrics = None;
+        if let (Some(r), Some(routes)) = (&mut router, &routes) {
+            r.update(step0, routes, &step_rewards).with_context(|| {
+                format!(
+                    "step {}: the router's update failed after the step's update (the last checkpoint is \
+                     intact; fix the cause and pass --resume)",
+                    m.step
+                )
+            })?;
+            let (shares, by_language, brief) = crate::train_lrpo::step_metrics(r, routes, &step_rewards);
+            route_metrics = Some((shares, by_language));
+            route_brief = brief;
         }
         let per_plugin: serde_json::Map<String, serde_json::Value> = names
             .iter()
@@ -170,20 +211,29 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
             "kl": m.kl, "rollout_seconds": m.rollout_seconds, "reward_seconds": reward_seconds,
             "reference_seconds": m.reference_seconds, "update_seconds": m.update_seconds,
         });
+        let mut line = line;
+        if let Some((shares, by_language)) = route_metrics {
+            line["router_shares"] = shares;
+            line["reward_by_language"] = by_language;
+        }
         let message = format!(
-            "reward {:.3} ± {:.3}  loss {:.4}  grad norm {:.3}  lr {:.3e}",
+            "reward {:.3} ± {:.3}  loss {:.4}  grad norm {:.3}  lr {:.3e}{route_brief}",
             m.reward_mean, m.reward_std, m.loss, m.grad_norm, m.learning_rate
         );
         log.record(m.step, &line, &message)?;
         let seen = m.step * g.prompts_per_step as u64;
         let position = DataPosition { seed: g.seed, examples_seen: seen, epoch: seen / prompts.len() as u64 };
         let metrics = serde_json::json!({"loss": m.loss, "reward": m.reward_mean, "grad_norm": m.grad_norm});
-        s.maybe_checkpoint(
+        s.maybe_checkpoint_with(
             m.step,
             stop,
             trainer.adapter(),
             || trainer.optimizer_state(),
             || s.state(m.step, *trainer.schedule(), position, metrics),
+            || match &mut router {
+                Some(r) => Ok(vec![(ROUTER_STATE_FILE, r.save_state()?)]),
+                None => Ok(Vec::new()),
+            },
         )?;
         last = Some(m);
     }

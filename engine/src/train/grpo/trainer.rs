@@ -154,8 +154,13 @@ impl<'m> GrpoTrainer<'m> {
             )));
         }
         let sampling = SamplingConfig { seed: o.seed.wrapping_add(step), ..o.sampling.clone() };
-        let completions =
-            generate(self.decoder.with_adapter(&self.adapter), self.tokenizer, rollout_prompts, &sampling, |_| {})?;
+        let completions = generate(
+            self.decoder.with_adapter(&self.adapter),
+            self.tokenizer,
+            rollout_prompts,
+            &sampling,
+            |_| {},
+        )?;
         let rollouts: Vec<Rollout> = completions
             .into_iter()
             .enumerate()
