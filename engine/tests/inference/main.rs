@@ -33,6 +33,7 @@ mod tokenizer_gguf;
 mod train_checkpoint;
 mod train_cli;
 mod train_cli_grpo;
+mod train_cli_lrpo;
 mod train_data;
 mod train_grpo;
 mod train_grpo_loss;

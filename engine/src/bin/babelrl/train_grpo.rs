@@ -66,11 +66,12 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
     let (g, specs) = (g.clone(), specs.clone());
     let tokenizer = s.lm.tokenizer()?;
     let prompts = load_grpo_prompts(&g.data, tokenizer, g.max_prompt_length)?;
+    // The router first: it checks the columns it needs (`language`, `id`), which rewards may need too.
+    let mut router = crate::train_lrpo::open(s, &g, &prompts)?;
     let mut rewards =
         RewardSet::load(&specs.rewards, specs.on_error, std::path::Path::new(""), Arc::new(NoServices))
             .with_context(|| format!("{}: loading the [[reward]] plugins", s.run.path.display()))?;
     check_rewards(&mut rewards, &prompts, &g.data)?;
-    let mut router = crate::train_lrpo::open(s, &g, &prompts)?;
     if let Some(router) = &router {
         crate::train_lrpo::check_languages(&mut rewards, router, &prompts, &g.data)?;
     }
