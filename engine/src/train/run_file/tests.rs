@@ -388,3 +388,15 @@ fn bad_router_tables_are_clear_errors() {
         assert!(e.contains(want) && e.contains(PATH), "{want}: {e}");
     }
 }
+
+#[test]
+fn the_lrpo_examples_are_valid_run_files_with_the_same_budget() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/lrpo");
+    let lrpo = RunFile::load(&dir.join("mgsm.toml")).unwrap();
+    let fixed = RunFile::load(&dir.join("fixed.toml")).unwrap();
+    assert_eq!(lrpo.grpo, fixed.grpo, "the two runs must differ only in their router");
+    let (a, b) = (lrpo.router.unwrap(), fixed.router.unwrap());
+    assert_eq!((a.name.as_str(), b.name.as_str()), ("lrpo", "fixed"));
+    assert!(a.path.ends_with("lrpo_softmax.wasm") && b.path.ends_with("fixed.wasm"));
+    assert_eq!((a.languages, a.keep_original), (b.languages, b.keep_original));
+}
