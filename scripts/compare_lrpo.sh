@@ -73,7 +73,7 @@ def summary(name):
         "exact match (mean)": mean(lines, plugin("exact")),
         "exact match (final)": mean(tail, plugin("exact")),
         "language consistency (mean)": mean(lines, plugin("language")),
-        "router shares (final)": " ".join(f"{l} {s:.2f}" for l, s in sorted(shares.items(), key=lambda x: -x[1])),
+        "router shares (final)": " ".join(f"{l} {s:.2f}" for l, s in sorted(shares.items(), key=lambda x: -x[1]) if s > 0),
         "wall seconds": secs[name],
     }
 

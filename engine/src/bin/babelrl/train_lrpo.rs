@@ -81,14 +81,14 @@ pub fn check_languages(
 
 /// The router's metrics of a step: `router_shares` (share of its choices per language) and
 /// `reward_by_language` (mean reward of the rollouts per target language), and a short text for the
-/// progress line (the largest shares).
+/// progress line (the largest non-zero shares).
 pub fn step_metrics(
     router: &LanguageRouter,
     routes: &[RoutedRollout],
     rewards: &[f64],
 ) -> (serde_json::Value, serde_json::Value, String) {
     let (shares, means) = route_stats(router.languages(), routes, rewards);
-    let mut top: Vec<(&String, &f64)> = shares.iter().collect();
+    let mut top: Vec<(&String, &f64)> = shares.iter().filter(|(_, v)| **v > 0.0).collect();
     top.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
     let mut brief: Vec<String> = top.iter().take(4).map(|(l, v)| format!("{l} {v:.2}")).collect();
     if top.len() > 4 {
