@@ -1,6 +1,7 @@
 //! Training checkpoints: `OUT/checkpoint-STEP/` holds the adapter (PEFT's `adapter_config.json` and
 //! `adapter_model.safetensors`), the optimizer state (`optimizer.safetensors`) and `trainer_state.json`
-//! (step, schedule, seeds, data position, fingerprints, and the run's stage).
+//! (step, schedule, seeds, data position, fingerprints, and the run's stage), and whatever other files the
+//! job adds (an LRPO run's router state, [`ROUTER_STATE_FILE`]), written in the same atomic step.
 //!
 //! A checkpoint is written into a temporary sibling folder (`OUT/.tmp-checkpoint-…`), every file and the
 //! folder are synced, and only then is it renamed to `checkpoint-STEP`; so a crash at any moment leaves
@@ -21,6 +22,8 @@ pub const CHECKPOINT_FORMAT: &str = "babelrl-checkpoint-1";
 pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
 /// The optimizer state's file name.
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// The router plugin's state (its `save-state` bytes) in a checkpoint of a run with `[router]`.
+pub const ROUTER_STATE_FILE: &str = "router_state.bin";
 
 /// Prefix of checkpoint folders (`checkpoint-STEP`, as transformers names them).
 const PREFIX: &str = "checkpoint-";
@@ -139,6 +142,19 @@ pub fn save_checkpoint(
     save_checkpoint_with(out_dir, |dir| adapter.save_peft(dir), optim, state)
 }
 
+/// [`save_checkpoint`] with more files in the checkpoint folder: `(name, contents)`, each name a plain
+/// file name other than the checkpoint's own four (e.g. [`ROUTER_STATE_FILE`]); they are part of the
+/// same atomic write.
+pub fn save_checkpoint_with_files(
+    out_dir: &Path,
+    adapter: &Adapter,
+    optim: &AdamWState,
+    state: &TrainerState,
+    files: &[(&str, &[u8])],
+) -> Result<PathBuf> {
+    write_checkpoint(out_dir, |dir| adapter.save_peft(dir), optim, state, files)
+}
+
 /// [`save_checkpoint`] with the adapter's two files written by `write_adapter` into the folder given.
 pub(crate) fn save_checkpoint_with(
     out_dir: &Path,
@@ -146,6 +162,30 @@ pub(crate) fn save_checkpoint_with(
     optim: &AdamWState,
     state: &TrainerState,
 ) -> Result<PathBuf> {
+    write_checkpoint(out_dir, write_adapter, optim, state, &[])
+}
+
+/// Writes the checkpoint's files and `files` into a temporary folder and renames it into place.
+pub(crate) fn write_checkpoint(
+    out_dir: &Path,
+    write_adapter: impl FnOnce(&Path) -> Result<()>,
+    optim: &AdamWState,
+    state: &TrainerState,
+    files: &[(&str, &[u8])],
+) -> Result<PathBuf> {
+    for (name, _) in files {
+        let plain = !name.is_empty()
+            && !name.starts_with('.')
+            && !name.contains(['/', '\\'])
+            && ![TRAINER_STATE_FILE, OPTIMIZER_FILE, WEIGHTS_FILE, CONFIG_FILE].contains(name);
+        if !plain {
+            return Err(Error::Input(format!(
+                "checkpoint of step {}: `{name}` cannot be an extra file (a plain file name other than the \
+                 checkpoint's own files)",
+                state.step
+            )));
+        }
+    }
     if state.format != CHECKPOINT_FORMAT {
         return Err(Error::Input(format!(
             "trainer state format `{}`: a checkpoint's must be `{CHECKPOINT_FORMAT}`",
@@ -167,6 +207,9 @@ pub(crate) fn save_checkpoint_with(
         let json = serde_json::to_string_pretty(state).expect("a trainer state serialises");
         std::fs::write(tmp.join(TRAINER_STATE_FILE), format!("{json}\n")).map_err(io(&tmp))?;
         std::fs::write(tmp.join(OPTIMIZER_FILE), optim.to_safetensors()?).map_err(io(&tmp))?;
+        for (name, bytes) in files {
+            std::fs::write(tmp.join(name), bytes).map_err(io(&tmp))?;
+        }
         if let Some(f) = missing_file(&tmp) {
             return Err(Error::Input(format!("checkpoint of step {}: {f} was not written", state.step)));
         }
@@ -241,6 +284,19 @@ pub fn load_checkpoint(dir: &Path) -> Result<Checkpoint> {
         ));
     }
     Ok(Checkpoint { dir: dir.to_path_buf(), adapter_dir: dir.to_path_buf(), optimizer, state })
+}
+
+impl Checkpoint {
+    /// The contents of the checkpoint's file `name` (one its job added, e.g. [`ROUTER_STATE_FILE`]), or
+    /// `None` when it has none.
+    pub fn read_file(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.dir.join(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(&path, e)),
+        }
+    }
 }
 
 /// The newest complete checkpoint in `out_dir` (highest STEP of the `checkpoint-STEP` folders that hold

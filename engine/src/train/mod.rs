@@ -16,15 +16,15 @@ pub mod sft;
 pub use activations::{Activations, Gradients, TrainShape};
 pub use batch::{TrainBatch, TrainSequence};
 pub use checkpoint::{
-    CHECKPOINT_FORMAT, Checkpoint, TrainerState, latest_checkpoint, load_checkpoint, prune_checkpoints,
-    save_checkpoint,
+    CHECKPOINT_FORMAT, Checkpoint, ROUTER_STATE_FILE, TrainerState, latest_checkpoint, load_checkpoint,
+    prune_checkpoints, save_checkpoint, save_checkpoint_with_files,
 };
 pub use data::{SftExample, load_sft_jsonl};
 pub use lora_grads::LoraGrads;
 pub use optim::{AdamW, AdamWConfig, AdamWState, GradNorm, ParamSpec, ParamState};
 pub use run_file::{
-    EncoderSection, GrpoSection, LoraSection, ModelSection, OutputSection, RewardModelSection, RunFile,
-    SFT_ADAPTER_DIR, ScheduleSection, SftSection, Stage, TrainLength,
+    EncoderSection, GrpoSection, LoraSection, ModelSection, OutputSection, RewardModelSection, RouterSection,
+    RunFile, SFT_ADAPTER_DIR, ScheduleSection, SftSection, Stage, TrainLength,
 };
 pub use schedule::{Schedule, SchedulerType};
 pub use sft::{MemoryReport, SftOptions, SftTrainer, StepMetrics};

@@ -1,8 +1,8 @@
 //! The run file of `babelrl train RUN.toml`: `[model]`, `[lora]`, `[optimizer]`, `[schedule]`, the jobs
-//! (`[sft]`, `[grpo]` with its `on_error` and `[[reward]]` tables and the `[encoder]` and `[reward_model]`
-//! serving its plugins, or both: cold-start SFT, then GRPO from the SFT adapter; see [`Stage`]) and
-//! `[output]`, read strictly (an unknown key is an error naming it and the file), relative paths resolved
-//! against the run file's folder, every range checked with an error naming `[section] key`.
+//! (`[sft]`, `[grpo]` with its `on_error`, `[[reward]]` tables, optional `[router]` and the `[encoder]` and
+//! `[reward_model]` serving its plugins, or both: cold-start SFT, then GRPO from the SFT adapter; see
+//! [`Stage`]) and `[output]`, read strictly (an unknown key is an error naming it and the file), relative
+//! paths resolved against the run file's folder, every range checked with an error naming `[section] key`.
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +38,8 @@ pub struct RunFile {
     pub encoder: Option<EncoderSection>,
     /// `[reward_model]` (a `[grpo]` job only).
     pub reward_model: Option<RewardModelSection>,
+    /// LRPO's language router of a `[grpo]` job (`None`: every rollout in the prompt's own language).
+    pub router: Option<RouterSection>,
     pub output: OutputSection,
 }
 
@@ -159,6 +161,7 @@ struct RawRunFile {
     grpo: Option<grpo::RawGrpo>,
     encoder: Option<services::RawEncoder>,
     reward_model: Option<services::RawRewardModel>,
+    router: Option<router::RawRouter>,
     #[serde(default)]
     output: RawOutput,
     // Read by `RunRewards::from_toml`; listed here so they are not unknown keys.
@@ -355,23 +358,25 @@ impl RunFile {
             }
         };
 
-        let (grpo, rewards) = match raw.grpo {
+        let (grpo, rewards, router) = match raw.grpo {
             None => {
                 if let Some(key) = [
                     ("on_error", raw.on_error.is_some()),
                     ("[[reward]]", raw.reward.is_some() || raw.rewards.is_some()),
                     ("[encoder]", raw.encoder.is_some()),
                     ("[reward_model]", raw.reward_model.is_some()),
+                    ("[router]", raw.router.is_some()),
                 ]
                 .iter()
                 .find_map(|(k, given)| given.then_some(k))
                 {
                     return Err(err(format!(
-                        "{key} belongs to a [grpo] job (reward plugins score its rollouts, and the \
-                         encoder and reward model serve them); remove it or add [grpo]"
+                        "{key} belongs to a [grpo] job (reward plugins score its rollouts, a router picks \
+                         their languages, the encoder and reward model serve the plugins); remove it or add \
+                         [grpo]"
                     )));
                 }
-                (None, None)
+                (None, None, None)
             }
             Some(g) => {
                 let g = g.validate(resolve, err)?;
@@ -387,7 +392,8 @@ impl RunFile {
                 for spec in &mut rewards.rewards {
                     spec.path = resolve(std::mem::take(&mut spec.path));
                 }
-                (Some(g), Some(rewards))
+                let router = raw.router.map(|r| r.validate(g.num_generations, resolve, err)).transpose()?;
+                (Some(g), Some(rewards), router)
             }
         };
 
@@ -420,6 +426,7 @@ impl RunFile {
             rewards,
             encoder,
             reward_model,
+            router,
             output,
         })
     }
@@ -477,9 +484,11 @@ fn check_learning_rate(section: &str, lr: Option<f64>, err: impl Fn(String) -> E
 }
 
 mod grpo;
+mod router;
 mod services;
 mod stage;
 pub use grpo::GrpoSection;
+pub use router::RouterSection;
 pub use services::{EncoderSection, RewardModelSection};
 pub use stage::{SFT_ADAPTER_DIR, Stage, layout_text};
 

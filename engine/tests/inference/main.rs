@@ -34,6 +34,7 @@ mod tokenizer_gguf;
 mod train_checkpoint;
 mod train_cli;
 mod train_cli_grpo;
+mod train_cli_lrpo;
 mod train_cli_recipe;
 mod train_cli_services;
 mod train_data;

@@ -53,7 +53,7 @@ fn write_run(dir: &Path, name: &str, grpo: &str, rest: &str) -> PathBuf {
 }
 
 /// Metrics lines without the timing fields.
-fn metrics(out: &Path) -> Vec<serde_json::Value> {
+pub(crate) fn metrics(out: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     text.lines()
         .map(|l| {
@@ -67,7 +67,7 @@ fn metrics(out: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn read(path: &Path) -> Vec<u8> {
+pub(crate) fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 

@@ -8,6 +8,7 @@ mod info;
 mod plugin_cmd;
 mod train_cmd;
 mod train_grpo;
+mod train_lrpo;
 
 use std::path::PathBuf;
 

@@ -15,7 +15,7 @@ use babelrl::model::{LanguageModel, load_language_model};
 use babelrl::train::{
     AdamWState, CHECKPOINT_FORMAT, Checkpoint, RunFile, Schedule, SftOptions, SftTrainer, Stage, StepMetrics,
     TrainSequence, TrainerState, latest_checkpoint, load_checkpoint, load_sft_jsonl, prune_checkpoints,
-    run_file::layout_text, save_checkpoint,
+    run_file::layout_text, save_checkpoint_with_files,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -310,10 +310,26 @@ impl Session {
         optimizer: impl FnOnce() -> babelrl::Result<AdamWState>,
         state: impl FnOnce() -> TrainerState,
     ) -> anyhow::Result<()> {
+        self.maybe_checkpoint_with(step, stop, adapter, optimizer, state, || Ok(Vec::new()))
+    }
+
+    /// [`Session::maybe_checkpoint`] with the job's own files (`(name, contents)`, e.g. the router
+    /// state) in the checkpoint folder, written in the same atomic step.
+    pub fn maybe_checkpoint_with(
+        &self,
+        step: u64,
+        stop: u64,
+        adapter: &Adapter,
+        optimizer: impl FnOnce() -> babelrl::Result<AdamWState>,
+        state: impl FnOnce() -> TrainerState,
+        files: impl FnOnce() -> anyhow::Result<Vec<(&'static str, Vec<u8>)>>,
+    ) -> anyhow::Result<()> {
         let save_every = self.run.output.save_steps;
         if (save_every > 0 && step.is_multiple_of(save_every)) || step == stop {
             let dir = self.checkpoint_dir();
-            save_checkpoint(&dir, adapter, &optimizer()?, &state())?;
+            let files = files()?;
+            let files: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (*n, b.as_slice())).collect();
+            save_checkpoint_with_files(&dir, adapter, &optimizer()?, &state(), &files)?;
             prune_checkpoints(&dir, self.run.output.save_total_limit)?;
         }
         Ok(())

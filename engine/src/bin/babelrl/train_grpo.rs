@@ -1,6 +1,7 @@
-//! `babelrl train RUN.toml` for a `[grpo]` job (alone, or the stage after `[sft]`): the reward plugins and
-//! the prompts, checked before any rollout; then GRPO steps (rollouts, plugin rewards, the update) with
-//! metrics, checkpoints and resume.
+//! `babelrl train RUN.toml` for a `[grpo]` job (alone, or the stage after `[sft]`): the reward plugins,
+//! the prompts and the `[router]`, checked before any rollout; then GRPO steps (rollouts — in the router's
+//! languages with `[router]` —, plugin rewards, the update, the router's update) with metrics, checkpoints
+//! and resume.
 
 use std::sync::Arc;
 
@@ -8,10 +9,11 @@ use anyhow::{Context, bail};
 use babelrl::generate::FinishReason;
 use babelrl::model::{Encoder, RewardModel};
 use babelrl::plugin::{RewardSet, RunServices, Sample, default_encoder_dir};
-use babelrl::train::Stage;
 use babelrl::train::grpo::{
-    GrpoOptions, GrpoPhase, GrpoPrompt, GrpoTrainer, PromptOrder, Rollout, load_grpo_prompts,
+    GrpoOptions, GrpoPhase, GrpoPrompt, GrpoTrainer, LanguageRouter, PromptOrder, Rollout, RoutedRollout,
+    load_grpo_prompts,
 };
+use babelrl::train::{ROUTER_STATE_FILE, Stage};
 
 use crate::train_cmd::{DataPosition, Session, StepLog};
 
@@ -101,19 +103,28 @@ fn services(s: &Session) -> anyhow::Result<RunServices> {
     Ok(services)
 }
 
-/// The `[grpo]` prompts and the loaded reward plugins, checked against each other ([`check_rewards`]).
-fn prepare(s: &Session) -> anyhow::Result<(Vec<GrpoPrompt>, RewardSet)> {
+/// What a `[grpo]` stage runs with: its prompts, reward plugins and (with `[router]`) language router.
+type Prepared = (Vec<GrpoPrompt>, RewardSet, Option<LanguageRouter>);
+
+/// The `[grpo]` prompts, the loaded reward plugins and the router, checked against each other
+/// ([`check_rewards`], and the router's languages against the rewards).
+fn prepare(s: &Session) -> anyhow::Result<Prepared> {
     let (g, specs) = s.run.grpo()?;
     let prompts = load_grpo_prompts(&g.data, s.lm.tokenizer()?, g.max_prompt_length)?;
-    let services = Arc::new(services(s)?);
+    let services: Arc<RunServices> = Arc::new(services(s)?);
+    // The router first: it checks the columns it needs (`language`, `id`), which rewards may need too.
+    let router = crate::train_lrpo::open(s, g, &prompts, services.clone())?;
     let mut rewards = RewardSet::load(&specs.rewards, specs.on_error, std::path::Path::new(""), services)
         .with_context(|| format!("{}: loading the [[reward]] plugins", s.run.path.display()))?;
     check_rewards(&mut rewards, &prompts, &g.data)?;
-    Ok((prompts, rewards))
+    if let Some(router) = &router {
+        crate::train_lrpo::check_languages(&mut rewards, router, &prompts, &g.data)?;
+    }
+    Ok((prompts, rewards, router))
 }
 
-/// Checks the `[grpo]` stage's prompts and plugins before a two-stage run spends its SFT stage, so a bad
-/// plugin or data set fails at once rather than after SFT.
+/// Checks the `[grpo]` stage's prompts, plugins and router before a two-stage run spends its SFT stage, so
+/// a bad plugin or data set fails at once rather than after SFT.
 pub fn preflight(s: &Session) -> anyhow::Result<()> {
     prepare(s).map(drop).context("checking the [grpo] stage before the [sft] stage starts")
 }
@@ -121,7 +132,7 @@ pub fn preflight(s: &Session) -> anyhow::Result<()> {
 pub fn run(s: &Session) -> anyhow::Result<()> {
     let g = s.run.grpo()?.0.clone();
     let tokenizer = s.lm.tokenizer()?;
-    let (prompts, mut rewards) = prepare(s)?;
+    let (prompts, mut rewards, mut router) = prepare(s)?;
     let names: Vec<String> = rewards.names().iter().map(|n| n.to_string()).collect();
 
     let adapter = s.adapter()?;
@@ -174,13 +185,36 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
     let (mut unscored, mut truncated, mut rollouts_n) = (0usize, 0usize, 0usize);
     // Groups no plugin scored at all: their advantages are 0, so they teach nothing (skipped, counted).
     let mut skipped_groups = 0usize;
+    // The generation batch in use: its routes and rewards (for the router and the metrics).
+    let mut routes: Option<Vec<RoutedRollout>> = None;
+    let mut step_rewards: Vec<f64> = Vec::new();
     while trainer.step_count() < stop {
-        let first = trainer.step_count() / iterations * g.prompts_per_step as u64;
-        let picked: Vec<&GrpoPrompt> =
-            (first..first + g.prompts_per_step as u64).map(|k| &prompts[order.at(k)]).collect();
-        let tokens: Vec<Vec<u32>> = picked.iter().map(|p| p.tokens.clone()).collect();
+        let step0 = trainer.step_count();
+        let generating = trainer.needs_rollouts();
+        let first = step0 / iterations * g.prompts_per_step as u64;
+        let picked: Vec<usize> = (first..first + g.prompts_per_step as u64).map(|k| order.at(k)).collect();
+        let n = g.num_generations;
+        // Each rollout's question and the prompt it is asked with (with [router], in its language). The
+        // router chooses once per generation batch.
+        if generating {
+            routes = match &mut router {
+                Some(r) => Some(r.route(step0, &picked, n).with_context(|| {
+                    format!(
+                        "step {}: the router chose no languages (the last checkpoint is intact; fix the \
+                         cause and pass --resume)",
+                        step0 + 1
+                    )
+                })?),
+                None => None,
+            };
+        }
+        let asked: Vec<&GrpoPrompt> = match (&router, &routes) {
+            (Some(r), Some(routes)) => routes.iter().map(|x| r.prompt(&prompts, x)).collect(),
+            _ => picked.iter().flat_map(|&p| std::iter::repeat_n(&prompts[p], n)).collect(),
+        };
+        let tokens: Vec<Vec<u32>> = asked.iter().map(|p| p.tokens.clone()).collect();
         let mut reward_seconds = 0.0;
-        let m = trainer.step(&tokens, |rollouts: &[Rollout]| {
+        let m = trainer.step_rollouts(&tokens, |rollouts: &[Rollout]| {
             plugin_sums.iter_mut().for_each(|s| *s = (0.0, 0));
             unscored = 0;
             skipped_groups = 0;
@@ -189,8 +223,9 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
             truncated = rollouts.iter().filter(|r| r.completion.finish == FinishReason::Length).count();
             let mut out = Vec::with_capacity(rollouts.len());
             for group in rollouts.chunk_by(|a, b| a.prompt == b.prompt) {
-                let p = picked[group[0].prompt];
-                let samples: Vec<Sample> = group.iter().map(|r| p.sample(&r.completion.text)).collect();
+                let at = out.len();
+                let samples: Vec<Sample> =
+                    group.iter().enumerate().map(|(j, r)| asked[at + j].sample(&r.completion.text)).collect();
                 let scored = rewards.score(&samples)?;
                 for (j, scores) in scored.per_plugin.iter().enumerate() {
                     for v in scores.iter().flatten() {
@@ -208,6 +243,7 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
                 skipped_groups += usize::from(none);
             }
             reward_seconds = start.elapsed().as_secs_f64();
+            step_rewards = out.clone();
             Ok(out)
         });
         let m = m.with_context(|| {
@@ -222,6 +258,23 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
                 m.step,
                 m.loss
             );
+        }
+        let mut route_brief = String::new();
+        let mut route_metrics = None;
+        if let (Some(r), Some(routes)) = (&mut router, &routes) {
+            // Once per generation batch; a step that reuses it repeats its shares.
+            if generating {
+                r.update(step0, routes, &step_rewards).with_context(|| {
+                    format!(
+                        "step {}: the router's update failed after the step's update (the last checkpoint \
+                         is intact; fix the cause and pass --resume)",
+                        m.step
+                    )
+                })?;
+            }
+            let (shares, by_language, brief) = crate::train_lrpo::step_metrics(r, routes, &step_rewards);
+            route_metrics = Some((shares, by_language));
+            route_brief = brief;
         }
         let per_plugin: serde_json::Map<String, serde_json::Value> = names
             .iter()
@@ -243,8 +296,13 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
             "rollout_seconds": m.rollout_seconds, "reward_seconds": reward_seconds,
             "reference_seconds": m.reference_seconds, "update_seconds": m.update_seconds,
         });
+        let mut line = line;
+        if let Some((shares, by_language)) = route_metrics {
+            line["router_shares"] = shares;
+            line["reward_by_language"] = by_language;
+        }
         let message = format!(
-            "reward {:.3} ± {:.3}  loss {:.4}  grad norm {:.3}  lr {:.3e}",
+            "reward {:.3} ± {:.3}  loss {:.4}  grad norm {:.3}  lr {:.3e}{route_brief}",
             m.reward_mean, m.reward_std, m.loss, m.grad_norm, m.learning_rate
         );
         log.record(m.step, &line, &message)?;
@@ -255,12 +313,16 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
                 DataPosition { seed: g.seed, examples_seen: seen, epoch: seen / prompts.len() as u64 };
             let metrics =
                 serde_json::json!({"loss": m.loss, "reward": m.reward_mean, "grad_norm": m.grad_norm});
-            s.maybe_checkpoint(
+            s.maybe_checkpoint_with(
                 m.step,
                 stop,
                 trainer.adapter(),
                 || trainer.optimizer_state(),
                 || s.state(m.step, *trainer.schedule(), position, metrics),
+                || match &mut router {
+                    Some(r) => Ok(vec![(ROUTER_STATE_FILE, r.save_state()?)]),
+                    None => Ok(Vec::new()),
+                },
             )?;
         }
         last = Some(m);

@@ -209,3 +209,22 @@ fn pruning_keeps_the_newest() {
     assert_eq!(names(out.path()), ["checkpoint-20"]);
     assert!(prune_checkpoints(&out.path().join("absent"), 1).unwrap().is_empty());
 }
+
+#[test]
+fn extra_files_travel_with_the_checkpoint_and_odd_names_are_refused() {
+    let out = tempfile::tempdir().unwrap();
+    let files: &[(&str, &[u8])] = &[(ROUTER_STATE_FILE, b"\x00router\xff")];
+    let dir = write_checkpoint(out.path(), fake_adapter("r"), &optim(4), &state(4), files).unwrap();
+    let c = load_checkpoint(&dir).unwrap();
+    assert_eq!(c.read_file(ROUTER_STATE_FILE).unwrap().as_deref(), Some(&b"\x00router\xff"[..]));
+    assert_eq!(c.read_file("absent.bin").unwrap(), None);
+    // Saved again without it (a resumed run of the same step), the file goes with the old folder.
+    save(out.path(), 4, "r");
+    assert_eq!(load_checkpoint(&dir).unwrap().read_file(ROUTER_STATE_FILE).unwrap(), None);
+    for name in ["", ".hidden", "a/b", OPTIMIZER_FILE, TRAINER_STATE_FILE, WEIGHTS_FILE, CONFIG_FILE] {
+        let files: &[(&str, &[u8])] = &[(name, b"x")];
+        let e = write_checkpoint(out.path(), fake_adapter("r"), &optim(5), &state(5), files).unwrap_err();
+        assert!(e.to_string().contains("cannot be an extra file"), "{name}: {e}");
+    }
+    assert!(!out.path().join("checkpoint-5").exists());
+}

@@ -34,6 +34,9 @@ pub struct GrpoPrompt {
     pub fields: Vec<(String, String)>,
     /// 1-based line of the data file.
     pub line: usize,
+    /// The chat messages of a chat prompt (`None` for a text prompt), kept so the prompt can be
+    /// rephrased and rendered again ([`PromptEncoder::rephrase`]).
+    pub messages: Option<Vec<ChatMessage>>,
 }
 
 impl GrpoPrompt {
@@ -46,6 +49,93 @@ impl GrpoPrompt {
             language: self.language.clone(),
             fields: self.fields.clone(),
         }
+    }
+
+    /// The column `key` as text: a JSON string's contents, any other value as JSON (`None` when the row
+    /// has no such column or it is `null`).
+    pub fn field_text(&self, key: &str) -> Option<String> {
+        let (_, json) = self.fields.iter().find(|(k, _)| k == key)?;
+        match serde_json::from_str::<Value>(json) {
+            Ok(Value::Null) => None,
+            Ok(Value::String(s)) => Some(s),
+            _ => Some(json.clone()),
+        }
+    }
+}
+
+/// Turns prompts into the token ids the rollouts continue: text with the tokenizer's special tokens (no
+/// trailing EOS), chat messages through the model's chat template with the generation prompt.
+pub struct PromptEncoder<'t> {
+    tok: &'t Tokenizer,
+    eos: Option<u32>,
+    /// Whether encoding with special tokens also appends EOS (a prompt must not end with one).
+    adds_eos: bool,
+    template: Option<ChatTemplate>,
+}
+
+impl<'t> PromptEncoder<'t> {
+    pub fn new(tok: &'t Tokenizer) -> Result<PromptEncoder<'t>> {
+        let eos = tok.eos_ids().first().copied();
+        let adds_eos = match eos {
+            Some(eos) => {
+                tok.encode("a", true)?.last() == Some(&eos) && tok.encode("a", false)?.last() != Some(&eos)
+            }
+            None => false,
+        };
+        Ok(PromptEncoder { tok, eos, adds_eos, template: None })
+    }
+
+    /// The ids of a text prompt.
+    pub fn text(&self, text: &str) -> Result<Vec<u32>> {
+        let mut t = self.tok.encode(text, true)?;
+        if self.adds_eos && t.last() == self.eos.as_ref() {
+            t.pop();
+        }
+        Ok(t)
+    }
+
+    /// The ids of a chat prompt; `Ok(None)` when the model has no chat template.
+    pub fn chat(&mut self, messages: &[ChatMessage]) -> Result<Option<Vec<u32>>> {
+        if self.template.is_none() {
+            match self.tok.chat_template_renderer()? {
+                Some(t) => self.template = Some(t),
+                None => return Ok(None),
+            }
+        }
+        let rendered = self.template.as_ref().expect("set above").render(messages, true)?;
+        Ok(Some(self.tok.encode(&rendered, false)?))
+    }
+
+    /// `p` with its prompt rewritten by `rewrite` (a text prompt's text; a chat prompt's last `user`
+    /// message, or its last message when none is a user's) and encoded again, its `language` set to
+    /// `language`. The result's `text` is what reward plugins see as its prompt: the rewritten text, or
+    /// the last chat message's content.
+    pub fn rephrase(
+        &mut self,
+        p: &GrpoPrompt,
+        language: &str,
+        rewrite: impl FnOnce(&str) -> String,
+    ) -> Result<GrpoPrompt> {
+        let (tokens, text, messages) = match &p.messages {
+            None => {
+                let text = rewrite(&p.text);
+                (self.text(&text)?, text, None)
+            }
+            Some(messages) => {
+                let mut messages = messages.clone();
+                let at = messages.iter().rposition(|m| m.role == "user").unwrap_or(messages.len() - 1);
+                messages[at].content = rewrite(&messages[at].content);
+                let tokens = self.chat(&messages)?.ok_or_else(|| {
+                    Error::Input(
+                        "a chat prompt needs the model's chat template and this model has none".into(),
+                    )
+                })?;
+                // Plugins see the last message's content as the prompt, as for the original.
+                let shown = messages.last().map(|m| m.content.clone()).unwrap_or_default();
+                (tokens, shown, Some(messages))
+            }
+        };
+        Ok(GrpoPrompt { tokens, text, language: Some(language.to_string()), messages, ..p.clone() })
     }
 }
 
@@ -66,28 +156,14 @@ fn text_column(
 /// tokens is an error naming the file and line; so is a file without prompts.
 pub fn load_grpo_prompts(path: &Path, tok: &Tokenizer, max_prompt_length: usize) -> Result<Vec<GrpoPrompt>> {
     let rows = read_jsonl(path)?;
-    let eos = tok.eos_ids().first().copied();
-    // Whether encoding with special tokens also appends EOS (a prompt must not end with one).
-    let adds_eos = match eos {
-        Some(eos) => {
-            tok.encode("a", true)?.last() == Some(&eos) && tok.encode("a", false)?.last() != Some(&eos)
-        }
-        None => false,
-    };
-    let mut template: Option<ChatTemplate> = None;
+    let mut encoder = PromptEncoder::new(tok)?;
     let mut prompts = Vec::with_capacity(rows.len());
     for (line, row) in rows {
         let bad = |m: String| Error::format(path, format!("line {line}: {m}"));
         let obj = row.as_object().ok_or_else(|| bad("a line must be a JSON object".into()))?;
-        let (tokens, text) = match obj.get("prompt") {
+        let (tokens, text, messages) = match obj.get("prompt") {
             Some(Value::String(p)) if p.is_empty() => return Err(bad("`prompt` is empty".into())),
-            Some(Value::String(p)) => {
-                let mut t = tok.encode(p, true)?;
-                if adds_eos && t.last() == eos.as_ref() {
-                    t.pop();
-                }
-                (t, p.clone())
-            }
+            Some(Value::String(p)) => (encoder.text(p)?, p.clone(), None),
             Some(Value::Array(items)) => {
                 let messages: Vec<ChatMessage> = items
                     .iter()
@@ -101,15 +177,13 @@ pub fn load_grpo_prompts(path: &Path, tok: &Tokenizer, max_prompt_length: usize)
                     })
                     .collect::<Result<_>>()?;
                 let Some(last) = messages.last() else { return Err(bad("`prompt` is an empty list".into())) };
-                if template.is_none() {
-                    template = Some(tok.chat_template_renderer()?.ok_or_else(|| {
-                        bad("chat messages need the model's chat template and this model has none: give the \
-                             prompt as text, {\"prompt\": \"…\"}"
-                            .into())
-                    })?);
-                }
-                let rendered = template.as_ref().expect("set above").render(&messages, true)?;
-                (tok.encode(&rendered, false)?, last.content.clone())
+                let text = last.content.clone();
+                let tokens = encoder.chat(&messages)?.ok_or_else(|| {
+                    bad("chat messages need the model's chat template and this model has none: give the \
+                         prompt as text, {\"prompt\": \"…\"}"
+                        .into())
+                })?;
+                (tokens, text, Some(messages))
             }
             Some(other) => {
                 return Err(bad(format!("`prompt` must be a string or a list of messages, found {other}")));
@@ -139,7 +213,7 @@ pub fn load_grpo_prompts(path: &Path, tok: &Tokenizer, max_prompt_length: usize)
             .filter(|(k, _)| !matches!(k.as_str(), "prompt" | "reference" | "language"))
             .map(|(k, v)| (k.clone(), v.to_string()))
             .collect();
-        prompts.push(GrpoPrompt { tokens, text, reference, language, fields, line });
+        prompts.push(GrpoPrompt { tokens, text, reference, language, fields, line, messages });
     }
     if prompts.is_empty() {
         return Err(Error::format(

@@ -12,11 +12,15 @@ pub mod generation;
 pub mod layout;
 pub mod loss;
 pub mod metrics;
+pub mod routing;
+pub mod template;
 pub mod trainer;
 
 pub use advantages::{STD_EPSILON, ScaleRewards, advantages};
-pub use data::{GrpoPrompt, PromptOrder, load_grpo_prompts};
+pub use data::{GrpoPrompt, PromptEncoder, PromptOrder, load_grpo_prompts};
 pub use layout::{completion_lengths, completion_logp, completion_mask, nll_grad};
 pub use loss::{GrpoLossConfig, LossInputs, LossOutput, LossType, clipped_surrogate, grpo_loss, kl_term};
 pub use metrics::LossMetrics;
+pub use routing::{LanguageRouter, RoutedRollout, route_stats};
+pub use template::{DEFAULT_TEMPLATE, PromptTemplate, language_name};
 pub use trainer::{GrpoOptions, GrpoPhase, GrpoStepMetrics, GrpoTrainer, Rollout};

@@ -378,6 +378,70 @@ fn encoder_and_reward_model_tables_serve_a_grpo_job() {
     }
 }
 
+const GRPO: &str = "[grpo]\ndata = \"p\"\nmax_steps = 2\nnum_generations = 4\n";
+
+#[test]
+fn a_router_table_takes_its_defaults_names_and_settings() {
+    let router = "[router]\nname = \"lrpo\"\npath = \"plugins/lrpo_softmax.wasm\"\nlanguages = [\"en\", \"zho_Hans\"]\n";
+    let rf = parse(&format!("{GRPO}\n{REWARD}\n{router}")).unwrap();
+    let r = rf.router.as_ref().unwrap();
+    assert_eq!(
+        (r.name.as_str(), r.path.as_path()),
+        ("lrpo", Path::new("/work/runs/plugins/lrpo_softmax.wasm"))
+    );
+    assert_eq!((r.keep_original, r.template.source()), (1, crate::train::grpo::DEFAULT_TEMPLATE));
+    let names: Vec<(&str, &str)> = r.language_names.iter().map(|(l, n)| (l.as_str(), n.as_str())).collect();
+    assert_eq!(names, [("en", "English"), ("zho_Hans", "Simplified Chinese")]);
+    assert_eq!(
+        (r.config.clone(), r.limits.clone()),
+        (serde_json::json!({}), crate::plugin::PluginLimits::default())
+    );
+
+    let rf = parse(&format!(
+        "{GRPO}\n{REWARD}\n{router}keep_original = 4\ntemplate = \"{{prompt}} [{{language}}]\"\n\
+         limits = {{ deadline_ms = 50 }}\n[router.config]\nseed = 7\nbias = {{ en = 0.5 }}\n\
+         [router.language_names]\nen = \"Englisch\"\n"
+    ))
+    .unwrap();
+    let r = rf.router.unwrap();
+    assert_eq!((r.keep_original, r.template.render("q", "en", "-")), (4, "q [en]".to_string()));
+    assert_eq!(r.language_names["en"], "Englisch");
+    assert_eq!(r.config, serde_json::json!({"seed": 7, "bias": {"en": 0.5}}));
+    assert_eq!(r.limits.deadline_ms, 50);
+    // A template without {language_name} needs no names.
+    let text = format!("{GRPO}\n{REWARD}\n{router}template = \"{{prompt}} ({{language}})\"\n");
+    let rf = parse(&text.replace("\"zho_Hans\"", "\"xx_Klingon\"")).unwrap();
+    assert_eq!(rf.router.unwrap().language_names["xx_Klingon"], "xx_Klingon");
+    assert!(parse(&format!("{GRPO}\n{REWARD}")).unwrap().router.is_none());
+}
+
+#[test]
+fn bad_router_tables_are_clear_errors() {
+    let ok = "name = \"r\"\npath = \"r.wasm\"\nlanguages = [\"en\", \"fr\"]\n";
+    let router = |extra: &str| format!("{GRPO}\n{REWARD}\n[router]\n{ok}{extra}\n");
+    let cases = [
+        (router("keep_orignal = 2"), "keep_orignal"),
+        (router("keep_original = 5"), "[router] keep_original = 5: at most [grpo] num_generations = 4"),
+        (router("").replace("\"fr\"", "\"tlh\""), "[router] languages: \"tlh\" has no built-in name"),
+        (router("").replace("\"fr\"", "\"en\""), "[router] languages: \"en\" is listed twice"),
+        (router("").replace("[\"en\", \"fr\"]", "[]"), "[router] languages is empty"),
+        (router("").replace("name = \"r\"\n", ""), "[router] name is missing"),
+        (router("").replace("path = \"r.wasm\"\n", ""), "[router] path is missing"),
+        (router("").replace("languages = [\"en\", \"fr\"]\n", ""), "[router] languages is missing"),
+        (router("template = \"Answer in {language_name}.\""), "[router] template has no {prompt}"),
+        (router("template = \"{prompt} {lang}\""), "[router] template unknown placeholder `{lang}`"),
+        (router("template = \"{prompt}\""), "[router] template names no language"),
+        (router("limits = { deadline_ms = 0 }"), "[router] limits.deadline_ms must be at least 1"),
+        (router("limits = { deadline = 5 }"), "deadline"),
+        (router("[router.language_names]\nde = \"German\""), "[router.language_names] names \"de\""),
+        (format!("[sft]\ndata = \"d\"\nmax_steps = 1\n[router]\n{ok}"), "[router] belongs to a [grpo] job"),
+    ];
+    for (text, want) in cases {
+        let e = error(&text);
+        assert!(e.contains(want) && e.contains(PATH), "{want}: {e}");
+    }
+}
+
 #[test]
 fn sft_and_grpo_together_are_two_stages_with_their_own_folders_and_learning_rates() {
     let two = format!(
@@ -478,4 +542,16 @@ fn the_semantic_recipe_is_a_valid_two_stage_run_file() {
         ]
     );
     assert_eq!(rewards.rewards[0].config, serde_json::json!({"mode": "threshold", "tau": 0.8}));
+}
+
+#[test]
+fn the_lrpo_examples_are_valid_run_files_with_the_same_budget() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/lrpo");
+    let lrpo = RunFile::load(&dir.join("mgsm.toml")).unwrap();
+    let fixed = RunFile::load(&dir.join("fixed.toml")).unwrap();
+    assert_eq!(lrpo.grpo, fixed.grpo, "the two runs must differ only in their router");
+    let (a, b) = (lrpo.router.unwrap(), fixed.router.unwrap());
+    assert_eq!((a.name.as_str(), b.name.as_str()), ("lrpo", "fixed"));
+    assert!(a.path.ends_with("lrpo_softmax.wasm") && b.path.ends_with("fixed.wasm"));
+    assert_eq!((a.languages, a.keep_original), (b.languages, b.keep_original));
 }
