@@ -59,8 +59,28 @@ pub fn read_metrics(path: &Path) -> Result<Curves> {
             flatten(k, v, step, &mut points);
         }
     }
-    let label = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let label =
+        path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
     Ok(Curves { label, path: path.to_path_buf(), points })
+}
+
+/// Reads several metrics files ([`read_metrics`]); files with the same name (`out-a/metrics.jsonl`,
+/// `out-b/metrics.jsonl`) are labelled with their folder too, or by their whole path if that is not
+/// enough.
+pub fn read_all(paths: &[PathBuf]) -> Result<Vec<Curves>> {
+    let mut files = paths.iter().map(|p| read_metrics(p)).collect::<Result<Vec<_>>>()?;
+    let clash = |files: &[Curves], i: usize| files.iter().filter(|f| f.label == files[i].label).count() > 1;
+    for pass in 0..2 {
+        let clashing: Vec<usize> = (0..files.len()).filter(|&i| clash(&files, i)).collect();
+        for i in clashing {
+            let path = &files[i].path;
+            files[i].label = match (pass, path.parent().and_then(Path::file_name)) {
+                (0, Some(dir)) => format!("{}/{}", dir.to_string_lossy(), files[i].label),
+                _ => path.display().to_string(),
+            };
+        }
+    }
+    Ok(files)
 }
 
 /// The keys to plot: `requested` (each must have a value in at least one file), else those of
@@ -125,7 +145,9 @@ pub fn plot_curves(files: &[Curves], keys: &[String], out: &Path, (width, height
         return Err(Error::Input("nothing to plot: give at least one metrics file and one key".into()));
     }
     if !(64..=16_384).contains(&width) || !(64..=16_384).contains(&height) {
-        return Err(Error::Input(format!("image size {width}x{height}: each side must be 64 to 16384 pixels")));
+        return Err(Error::Input(format!(
+            "image size {width}x{height}: each side must be 64 to 16384 pixels"
+        )));
     }
     plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
         .map_err(|_| Error::Input("the embedded DejaVu Sans font failed to load".into()))?;
@@ -160,6 +182,7 @@ fn draw_panel(files: &[Curves], key: &str, panel: &Panel<'_>) -> std::result::Re
     chart
         .configure_mesh()
         .x_desc("step")
+        .x_label_formatter(&|x| if x.fract() == 0.0 { format!("{x:.0}") } else { format!("{x}") })
         .label_style(("sans-serif", 12))
         .draw()
         .map_err(|e| e.to_string())?;
@@ -173,12 +196,16 @@ fn draw_panel(files: &[Curves], key: &str, panel: &Panel<'_>) -> std::result::Re
             .label(file.label.as_str())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
     }
+    // The legend goes in the upper corner unless the curves end high, then in the lower one.
+    let last = files.iter().filter_map(|f| f.points.get(key)?.last()).map(|p| p.1);
+    let (sum, n) = last.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    let ends_high = n > 0 && sum / n as f64 > (y0 + y1) / 2.0;
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 12))
-        .position(SeriesLabelPosition::UpperRight)
+        .position(if ends_high { SeriesLabelPosition::LowerRight } else { SeriesLabelPosition::UpperRight })
         .draw()
         .map_err(|e| e.to_string())?;
     Ok(())

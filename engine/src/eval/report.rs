@@ -42,7 +42,8 @@ pub enum Metric {
 
 impl Metric {
     /// Every metric, in table order.
-    pub const ALL: [Metric; 5] = [Metric::Chrf, Metric::Bleu, Metric::Semantic, Metric::Language, Metric::Exact];
+    pub const ALL: [Metric; 5] =
+        [Metric::Chrf, Metric::Bleu, Metric::Semantic, Metric::Language, Metric::Exact];
 
     /// The name `--metrics` takes.
     pub fn name(self) -> &'static str {
@@ -59,9 +60,10 @@ impl Metric {
     pub fn parse_list(list: &str) -> Result<Vec<Metric>> {
         let mut chosen = Vec::new();
         for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            let metric = Metric::ALL.into_iter().find(|m| m.name() == name.to_ascii_lowercase()).ok_or_else(|| {
-                Error::Input(format!("unknown metric `{name}`: choose from {}", Self::names()))
-            })?;
+            let metric =
+                Metric::ALL.into_iter().find(|m| m.name() == name.to_ascii_lowercase()).ok_or_else(|| {
+                    Error::Input(format!("unknown metric `{name}`: choose from {}", Self::names()))
+                })?;
             chosen.push(metric);
         }
         if chosen.is_empty() {
@@ -184,7 +186,11 @@ pub fn score(
         }
         let vecs = embed(&texts)?;
         if vecs.len() != texts.len() {
-            return Err(Error::Input(format!("the encoder gave {} vectors for {} texts", vecs.len(), texts.len())));
+            return Err(Error::Input(format!(
+                "the encoder gave {} vectors for {} texts",
+                vecs.len(),
+                texts.len()
+            )));
         }
         let mut sum = 0.0f64;
         for (i, slot) in out.rows.iter_mut().enumerate() {

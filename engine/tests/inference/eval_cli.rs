@@ -80,7 +80,10 @@ fn eval_scores_equal_the_library_on_the_completions_it_wrote() {
     ));
     let table: Vec<&str> = stdout.lines().collect();
     assert_eq!(table.len(), 3, "{stdout}");
-    assert!(table[0].starts_with("model") && table[0].contains("chrF2++") && table[0].contains("exact %"), "{stdout}");
+    assert!(
+        table[0].starts_with("model") && table[0].contains("chrF2++") && table[0].contains("exact %"),
+        "{stdout}"
+    );
     assert!(table[1].starts_with("base ") && table[2].starts_with("lora "), "{stdout}");
 
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -99,9 +102,21 @@ fn eval_scores_equal_the_library_on_the_completions_it_wrote() {
         let s = &model["scores"];
         let label = model["label"].as_str().unwrap();
         // Corpus metrics: the same bits as the library on the same text.
-        assert_eq!(f64_of(&s["chrf"]), corpus_chrf(&hyps, &refs, &ChrfConfig::default()).unwrap().score, "{label}");
-        assert_eq!(f64_of(&s["chrf++"]), corpus_chrf(&hyps, &refs, &ChrfConfig::chrf_pp()).unwrap().score, "{label}");
-        assert_eq!(f64_of(&s["bleu"]), corpus_bleu(&hyps, &refs, &BleuConfig::default()).unwrap().score, "{label}");
+        assert_eq!(
+            f64_of(&s["chrf"]),
+            corpus_chrf(&hyps, &refs, &ChrfConfig::default()).unwrap().score,
+            "{label}"
+        );
+        assert_eq!(
+            f64_of(&s["chrf++"]),
+            corpus_chrf(&hyps, &refs, &ChrfConfig::chrf_pp()).unwrap().score,
+            "{label}"
+        );
+        assert_eq!(
+            f64_of(&s["bleu"]),
+            corpus_bleu(&hyps, &refs, &BleuConfig::default()).unwrap().score,
+            "{label}"
+        );
         // Semantic: the encoder's embeddings of completions then references (the order eval sends them in).
         let texts: Vec<String> = hyps.iter().chain(&refs).map(|t| t.to_string()).collect();
         let vecs = encoder.embed(&texts).unwrap();
@@ -128,8 +143,20 @@ fn eval_scores_equal_the_library_on_the_completions_it_wrote() {
 
     // --limit and a single metric: only that number, for the first rows.
     let stdout = ok(&babelrl(
-        &["eval", data.to_str().unwrap(), "--model", tiny_model().to_str().unwrap(), "--metrics", "exact",
-          "--limit", "2", "--max-new-tokens", "12", "--json", json.to_str().unwrap()],
+        &[
+            "eval",
+            data.to_str().unwrap(),
+            "--model",
+            tiny_model().to_str().unwrap(),
+            "--metrics",
+            "exact",
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "12",
+            "--json",
+            json.to_str().unwrap(),
+        ],
         &[],
     ));
     assert!(stdout.lines().next().unwrap().ends_with("exact %") && !stdout.contains("chrF"), "{stdout}");
@@ -150,20 +177,25 @@ fn eval_bad_inputs_are_clear_errors() {
     let dir = temp("bad");
     let model = tiny_model();
     let run = |data: &Path, extra: &[&str]| {
-        let mut args = vec!["eval", data.to_str().unwrap(), "--model", model.to_str().unwrap(), "--max-new-tokens", "4"];
+        let mut args =
+            vec!["eval", data.to_str().unwrap(), "--model", model.to_str().unwrap(), "--max-new-tokens", "4"];
         args.extend_from_slice(extra);
         babelrl(&args, &[])
     };
     let data = write_data(&dir, Some(3));
     let e = err(&run(&data, &["--metrics", "chrf"]));
     assert!(
-        e.contains(&format!("{}: line 3: no `reference` column", data.display())) && e.contains("`chrf` metric"),
+        e.contains(&format!("{}: line 3: no `reference` column", data.display()))
+            && e.contains("`chrf` metric"),
         "{e}"
     );
     // language does not read references: that row is fine for it.
     ok(&run(&data, &["--metrics", "language"]));
     let e = err(&run(&data, &["--metrics", "chrf,rouge"]));
-    assert!(e.contains("unknown metric `rouge`") && e.contains("chrf, bleu, semantic, language, exact"), "{e}");
+    assert!(
+        e.contains("unknown metric `rouge`") && e.contains("chrf, bleu, semantic, language, exact"),
+        "{e}"
+    );
     let missing = dir.join("no-such-adapter");
     let spec = format!("sft={}", missing.display());
     let e = err(&run(&data, &["--metrics", "language", "--adapter", &spec]));

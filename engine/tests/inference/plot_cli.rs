@@ -60,7 +60,10 @@ fn plot_overlays_files_into_a_png_of_the_asked_size() {
     assert!(count_colour(&rgb, second) > 50, "second file's line missing");
     assert!(count_colour(&rgb, [255, 255, 255]) > rgb.len() / 3 / 2, "mostly white background");
     // Nested keys, one panel.
-    ok(&babelrl(&[&args[..], &["--keys", "rewards/length", "--width", "300", "--height", "200"]].concat(), &[]));
+    ok(&babelrl(
+        &[&args[..], &["--keys", "rewards/length", "--width", "300", "--height", "200"]].concat(),
+        &[],
+    ));
     assert_eq!(read_png(&out).0, 300);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -75,7 +78,11 @@ fn plot_bad_keys_and_lines_are_errors_that_write_nothing() {
         babelrl(&[&["plot", metrics.to_str().unwrap(), "-o", out.to_str().unwrap()][..], extra].concat(), &[])
     };
     let e = err(&plot(&["--keys", "reward,accuracy"]));
-    assert!(e.contains("no numeric `accuracy` in") && e.contains("keys there: completion_length, loss, reward, rewards/length"), "{e}");
+    assert!(
+        e.contains("no numeric `accuracy` in")
+            && e.contains("keys there: completion_length, loss, reward, rewards/length"),
+        "{e}"
+    );
     // `kl` is null on every line and `note` is text: neither is a curve.
     let e = err(&plot(&["--keys", "kl"]));
     assert!(e.contains("no numeric `kl`"), "{e}");
@@ -86,7 +93,11 @@ fn plot_bad_keys_and_lines_are_errors_that_write_nothing() {
     assert!(e.contains(&format!("{}: line 2: no numeric `step`", metrics.display())), "{e}");
     std::fs::write(&metrics, "{\"step\": 1, \"accuracy\": 0.5}\n").unwrap();
     let e = err(&plot(&[]));
-    assert!(e.contains("none of the default keys (reward, loss, kl, completion_length)") && e.contains("accuracy"), "{e}");
+    assert!(
+        e.contains("none of the default keys (reward, loss, kl, completion_length)")
+            && e.contains("accuracy"),
+        "{e}"
+    );
     assert!(!out.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -132,8 +132,14 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         });
     }
     let encoder = if metrics.contains(&Metric::Semantic) {
-        let dir = args.encoder.clone().unwrap_or_else(|| babelrl::model::cache_dir().join("models/multilingual-e5-small"));
-        Some(Encoder::load(gpu.clone(), &dir).with_context(|| format!("loading the encoder {}", dir.display()))?)
+        let dir = args
+            .encoder
+            .clone()
+            .unwrap_or_else(|| babelrl::model::cache_dir().join("models/multilingual-e5-small"));
+        Some(
+            Encoder::load(gpu.clone(), &dir)
+                .with_context(|| format!("loading the encoder {}", dir.display()))?,
+        )
     } else {
         None
     };
@@ -151,7 +157,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     );
     let mut results = Vec::with_capacity(entries.len());
     for (entry, adapter) in entries.iter().zip(&adapters) {
-        let done = complete(&lm.decoder, adapter.as_ref(), tokenizer, &rows, &cfg, args.batch_size, &entry.label)?;
+        let done =
+            complete(&lm.decoder, adapter.as_ref(), tokenizer, &rows, &cfg, args.batch_size, &entry.label)?;
         let texts: Vec<&str> = done.iter().map(|c| c.text.as_str()).collect();
         let scores = score(&rows, &texts, &metrics, &bleu, |t| match &encoder {
             Some(e) => e.embed(t),
@@ -182,15 +189,19 @@ fn complete(
 ) -> anyhow::Result<Vec<Completion>> {
     let bar = indicatif::ProgressBar::new(rows.len() as u64).with_message(label.to_string());
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg:>8} [{bar:30}] {pos}/{len} prompts, {elapsed} ({eta} left)")
-            .expect("valid template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{msg:>8} [{bar:30}] {pos}/{len} prompts, {elapsed} ({eta} left)",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     let mut out = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(batch) {
         let prompts: Vec<Vec<u32>> = chunk.iter().map(|r| r.tokens.clone()).collect();
-        let done = generate(decoder.adapted(adapter), tokenizer, &prompts, cfg, |_| {})
-            .with_context(|| format!("{label}: generating for lines {}..{}", chunk[0].line, chunk[chunk.len() - 1].line))?;
+        let done =
+            generate(decoder.adapted(adapter), tokenizer, &prompts, cfg, |_| {}).with_context(|| {
+                format!("{label}: generating for lines {}..{}", chunk[0].line, chunk[chunk.len() - 1].line)
+            })?;
         out.extend(done);
         bar.inc(chunk.len() as u64);
     }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use babelrl::plot::{choose_keys, plot_curves, read_metrics};
+use babelrl::plot::{choose_keys, plot_curves, read_all};
 
 #[derive(clap::Args)]
 pub struct PlotArgs {
@@ -27,7 +27,7 @@ pub struct PlotArgs {
 }
 
 pub fn run(args: PlotArgs) -> anyhow::Result<()> {
-    let files = args.files.iter().map(|p| read_metrics(p)).collect::<Result<Vec<_>, _>>()?;
+    let files = read_all(&args.files)?;
     let keys: Option<Vec<String>> =
         args.keys.map(|k| k.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect());
     let keys = choose_keys(&files, keys.as_deref())?;

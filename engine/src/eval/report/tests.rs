@@ -57,7 +57,10 @@ fn metric_lists() {
     assert_eq!(Metric::parse_list(" BLEU , bleu,").unwrap(), [Metric::Bleu]);
     assert_eq!(Metric::parse_list("chrf,bleu,semantic,language,exact").unwrap(), Metric::ALL);
     let err = Metric::parse_list("chrf,rouge").unwrap_err().to_string();
-    assert!(err.contains("unknown metric `rouge`") && err.contains("chrf, bleu, semantic, language, exact"), "{err}");
+    assert!(
+        err.contains("unknown metric `rouge`") && err.contains("chrf, bleu, semantic, language, exact"),
+        "{err}"
+    );
     assert!(Metric::parse_list(" , ").unwrap_err().to_string().contains("no metric chosen"));
 }
 
@@ -66,7 +69,10 @@ fn check_rows_names_the_file_line_and_metric() {
     let path = Path::new("data/test.jsonl");
     let rows = [row(1, Some("18"), Some("en")), row(3, None, Some("en"))];
     let err = check_rows(path, &rows, &[Metric::Chrf]).unwrap_err().to_string();
-    assert!(err.starts_with("data/test.jsonl: line 3: no `reference` column") && err.contains("`chrf`"), "{err}");
+    assert!(
+        err.starts_with("data/test.jsonl: line 3: no `reference` column") && err.contains("`chrf`"),
+        "{err}"
+    );
     // The language metric does not need references.
     check_rows(path, &rows, &[Metric::Language]).unwrap();
     let rows = [row(1, Some("18"), Some("en")), row(2, Some("18"), None)];
