@@ -101,3 +101,24 @@ fn plot_bad_keys_and_lines_are_errors_that_write_nothing() {
     assert!(!out.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn same_named_files_are_labelled_by_folder_and_nested_keys_flattened() {
+    let dir = temp("labels");
+    let paths: Vec<PathBuf> = ["lrpo", "fixed"].iter().map(|d| dir.join(d).join("metrics.jsonl")).collect();
+    for p in &paths {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        write_metrics(p, 0.1);
+    }
+    let other = dir.join("other.jsonl");
+    write_metrics(&other, 0.2);
+    let files = babelrl::plot::read_all(&[paths[0].clone(), paths[1].clone(), other]).unwrap();
+    let labels: Vec<&str> = files.iter().map(|f| f.label.as_str()).collect();
+    assert_eq!(labels, ["lrpo/metrics.jsonl", "fixed/metrics.jsonl", "other.jsonl"]);
+    let f = &files[2];
+    assert_eq!(f.points["rewards/length"][..2], [(1.0, 0.1), (2.0, 0.2)]);
+    assert_eq!(f.points["completion_length"][0], (1.0, 21.0));
+    assert!(!f.points.contains_key("kl") && !f.points.contains_key("note") && !f.points.contains_key("step"));
+    assert_eq!(babelrl::plot::choose_keys(&files, None).unwrap(), ["reward", "loss", "completion_length"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
