@@ -7,6 +7,7 @@ pub mod generate;
 pub mod gpu;
 pub mod lora;
 pub mod model;
+pub mod plot;
 pub mod plugin;
 pub mod text;
 pub mod train;

@@ -7,11 +7,15 @@
 //! compute one score from the sums, as sacrebleu does; the float arithmetic follows sacrebleu's operation
 //! order, so scores agree to the last bits, not only to the printed digits.
 //!
+//! [`report`] scores a model's completions on a held-out set for `babelrl eval` (these metrics plus
+//! semantic similarity, language consistency and exact-match accuracy).
+//!
 //! References come in sacrebleu's layout: `refs[k][i]` is the k-th reference of hypothesis `i` (one
 //! stream per reference set); the plain `corpus_*` functions take one stream.
 
 pub mod bleu;
 pub mod chrf;
+pub mod report;
 pub mod tokenize;
 
 pub use bleu::{BleuConfig, BleuScore, Smooth, corpus_bleu, corpus_bleu_multi, sentence_bleu};

@@ -3,8 +3,10 @@
 mod bench;
 mod bench_grpo;
 mod bench_train;
+mod eval_cmd;
 mod generate_cmd;
 mod info;
+mod plot_cmd;
 mod plugin_cmd;
 mod train_cmd;
 mod train_grpo;
@@ -33,6 +35,11 @@ enum Command {
     Embed(generate_cmd::EmbedArgs),
     /// Train a LoRA adapter from a run file (an [sft] job).
     Train(train_cmd::TrainArgs),
+    /// Score the base model and LoRA adapters on held-out data (chrF, BLEU, semantic similarity,
+    /// language consistency, exact match).
+    Eval(eval_cmd::EvalArgs),
+    /// Draw learning curves from metrics JSONL files into a PNG.
+    Plot(plot_cmd::PlotArgs),
     /// Measure prefill and decode tokens/s and GEMM GFLOP/s on the model's shapes.
     Bench(bench::BenchArgs),
     /// Check and run reward and router plugins.
@@ -54,6 +61,8 @@ fn main() {
         Command::Embed(args) => generate_cmd::embed(args),
         Command::Bench(args) => bench::run(args),
         Command::Train(args) => train_cmd::run(args),
+        Command::Eval(args) => eval_cmd::run(args),
+        Command::Plot(args) => plot_cmd::run(args),
         Command::Plugin(cmd) => plugin_cmd::run(cmd),
     };
     if let Err(e) = result {
