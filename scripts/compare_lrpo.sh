@@ -11,8 +11,9 @@
 # folder; default examples/lrpo/runs/compare), and for a quick check of the script on a slow machine
 # GENERATIONS, PROMPTS, COMPLETION_TOKENS (override num_generations, prompts_per_step and
 # max_completion_length in both runs alike).
-# The comparison is on the training rewards; held-out accuracy (examples/data/mgsm/test.en.jsonl) needs
-# `babelrl eval` on each run's adapter (OUT/{lrpo,fixed}/adapter).
+# Then both adapters (and the base model) are evaluated on held-out MGSM questions
+# (examples/data/mgsm/test.LANG.jsonl, EVAL_LANGUAGE default en, EVAL_LIMIT default 50) with `babelrl eval`:
+# exact-match accuracy and the language-consistency rate.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -84,3 +85,9 @@ for key in a:
     print(f"{key:30} {fmt(a[key]):>28} {fmt(b[key]):>28}")
 print("(final = mean of the last quarter of the steps; training rewards, not held-out accuracy)")
 PY
+
+lang="${EVAL_LANGUAGE:-en}"
+echo "== held-out: examples/data/mgsm/test.$lang.jsonl (base, lrpo, fixed)"
+"$bin" eval "examples/data/mgsm/test.$lang.jsonl" --metrics exact,language --limit "${EVAL_LIMIT:-50}" \
+    --max-new-tokens "${COMPLETION_TOKENS:-192}" --adapter "lrpo=$out/lrpo/adapter" \
+    --adapter "fixed=$out/fixed/adapter" --json "$out/eval.json"

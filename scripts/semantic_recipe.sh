@@ -29,10 +29,5 @@ if ls -d "$out"/sft/checkpoint-* "$out"/grpo/checkpoint-* >/dev/null 2>&1; then 
 "$babelrl" train "$run" "${resume[@]}"
 
 # Base vs SFT vs SFT+GRPO on FLORES devtest (never trained on).
-eval_cmd=("$babelrl" eval "$data/devtest.jsonl" --adapter "$out/sft-adapter" --adapter "$out/adapter")
-if "$babelrl" eval --help >/dev/null 2>&1; then
-  "${eval_cmd[@]}"
-else
-  echo "this babelrl has no \`eval\` command yet; once it has, evaluate with:"
-  echo "  ${eval_cmd[*]}"
-fi
+"$babelrl" eval "$data/devtest.jsonl" --limit "${EVAL_LIMIT:-200}" --bleu-tokenize zh \
+    --adapter "sft=$out/sft-adapter" --adapter "grpo=$out/adapter" --json "$out/eval.json"
