@@ -150,11 +150,17 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
     let optimizer = s.run.optimizer_for(Stage::Grpo);
     let mut trainer = GrpoTrainer::new(&s.lm.decoder, tokenizer, adapter, optimizer, schedule, options)?;
     if let Some(c) = &s.checkpoint {
+        if !c.state.step.is_multiple_of(g.num_iterations as u64) {
+            bail!(
+                "{}: the checkpoint is at step {}, inside a generation batch of num_iterations = {} steps: \
+                 resume with the run file it was trained with (num_iterations changed?)",
+                c.dir.display(),
+                c.state.step,
+                g.num_iterations
+            );
+        }
         let want = c.state.step / g.num_iterations as u64 * g.prompts_per_step as u64;
-        if c.state.examples_seen != want
-            || c.state.data_seed != g.seed
-            || !c.state.step.is_multiple_of(g.num_iterations as u64)
-        {
+        if c.state.examples_seen != want || c.state.data_seed != g.seed {
             bail!(
                 "{}: the checkpoint has seen {} prompts with data seed {}; this run file takes {} prompts a \
                  step with seed {} (expected {want} prompts at step {}): resume with the run file it was \
@@ -177,13 +183,29 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
     let mut log = StepLog::open(s, trainer.step_count(), total)?;
     let phase = log.phase.clone();
     trainer.on_progress(move |p| show_phase(&phase, p));
-    let stop = log.stop;
-    let mut last = None;
     let iterations = g.num_iterations as u64;
+    // A generation batch serves num_iterations steps and checkpoints fall between batches: stop at the
+    // end of one, so the last step is checkpointed.
+    let stop = log.stop - log.stop % iterations;
+    if stop < log.stop {
+        eprintln!(
+            "{}stopping at step {stop}, not {}: a multiple of num_iterations = {iterations}, so the stop is \
+             checkpointed",
+            s.label(),
+            log.stop
+        );
+    }
+    if trainer.step_count() >= stop && s.checkpoint.is_none() {
+        log.finish();
+        println!("{}GRPO not started: --stop-at ends the run before its first step", s.label());
+        return Ok(());
+    }
+    let mut last = None;
     // Figures of the generation batch in use: a step that reuses it (num_iterations > 1) repeats them.
     let mut plugin_sums = vec![(0.0f64, 0usize); names.len()];
     let (mut unscored, mut truncated, mut rollouts_n) = (0usize, 0usize, 0usize);
-    // Groups no plugin scored at all: their advantages are 0, so they teach nothing (skipped, counted).
+    // Groups no plugin scored at all: their advantages are 0 (as TRL), so they teach nothing; their
+    // tokens still count in the loss's normaliser, as TRL's do.
     let mut skipped_groups = 0usize;
     // The generation batch in use: its routes and rewards (for the router and the metrics).
     let mut routes: Option<Vec<RoutedRollout>> = None;
@@ -200,8 +222,8 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
             routes = match &mut router {
                 Some(r) => Some(r.route(step0, &picked, n).with_context(|| {
                     format!(
-                        "step {}: the router chose no languages (the last checkpoint is intact; fix the \
-                         cause and pass --resume)",
+                        "step {}: the router's choose failed (the last checkpoint is intact; fix the cause \
+                         and pass --resume)",
                         step0 + 1
                     )
                 })?),

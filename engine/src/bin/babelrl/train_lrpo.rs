@@ -74,15 +74,22 @@ pub fn check_languages(
         .filter_map(|l| router.prompt_in(prompts, 0, l))
         .map(|p| p.sample("0"))
         .collect();
-    rewards.score(&samples).with_context(|| {
+    let at = |language: &str| {
         format!(
-            "{}: line {}: the reward plugins fail on this prompt asked in the [router] languages ({}) before \
+            "{}: line {}: the reward plugins fail on this prompt asked in [router] language `{language}` before \
              training",
             data.display(),
             prompts[0].line,
-            router.languages().join(", ")
         )
-    })?;
+    };
+    // One group per language, so a failure names it; under `on_error = "skip"` a plugin's error only
+    // shows in `skipped`, and it would drop that plugin's scores for every mixed group with the language.
+    for (language, sample) in router.languages().iter().zip(samples) {
+        let scored = rewards.score(std::slice::from_ref(&sample)).with_context(|| at(language))?;
+        if let Some(e) = scored.skipped.first() {
+            return Err(anyhow::anyhow!("{e}")).with_context(|| at(language));
+        }
+    }
     Ok(())
 }
 

@@ -10,6 +10,7 @@ fn row(line: usize, reference: Option<&str>, language: Option<&str>) -> GrpoProm
         reference: reference.map(String::from),
         language: language.map(String::from),
         fields: Vec::new(),
+        messages: None,
         line,
     }
 }
