@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The main job (README): sets up a fresh machine (Vulkan driver, wasm32-wasip2 target, default models),
 # builds babelrl and the reward plugins in release mode, then runs a short GRPO job with a plugin reward on
-# SmolLM2-135M-Instruct (examples/grpo/short_answers.toml: the length-guard plugin rewards answers of a
-# few words; minutes on a CPU through lavapipe, continued if a run is already there), prints the reward of
-# every step, and asks the base model and the trained adapter the same question.
+# SmolLM2-135M-Instruct (examples/grpo/short_answers.toml: length-guard and semantic-similarity reward short
+# answers that mean what the reference answer means; about 7 minutes on a CPU through lavapipe, continued if
+# a run is already there), prints the reward of every step, and asks the base model and the trained
+# adapter the same question.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
