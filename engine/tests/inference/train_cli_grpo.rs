@@ -7,14 +7,19 @@ use crate::common::{self, repo_root};
 use crate::train_cli::{babelrl, err, ok, tiny_model};
 use std::path::{Path, PathBuf};
 
-/// The built length-guard plugin, or `None` (skipped) when plugins/build.sh has not run.
-fn length_guard() -> Option<PathBuf> {
-    let path = repo_root().join("plugins/target/wasm32-wasip2/release/length_guard.wasm");
-    if path.exists() {
-        Some(path)
-    } else {
-        common::skip(format!("{} not built; run plugins/build.sh", path.display()))
+/// The built plugins `names` (file stems), or `None` (skipped) when plugins/build.sh has not run.
+pub(crate) fn built_plugins(names: &[&str]) -> Option<Vec<PathBuf>> {
+    let dir = repo_root().join("plugins/target/wasm32-wasip2/release");
+    let paths: Vec<PathBuf> = names.iter().map(|n| dir.join(format!("{n}.wasm"))).collect();
+    match paths.iter().find(|p| !p.exists()) {
+        Some(p) => common::skip(format!("{} not built; run plugins/build.sh", p.display())),
+        None => Some(paths),
     }
+}
+
+/// The built length-guard plugin, or `None` (skipped).
+pub(crate) fn length_guard() -> Option<PathBuf> {
+    built_plugins(&["length_guard"]).map(|mut p| p.remove(0))
 }
 
 /// A fresh folder holding the prompts (with a `reference` column length-guard measures against) and a
@@ -208,12 +213,11 @@ fn bad_grpo_run_files_and_data_are_clear_errors_that_create_nothing() {
 
 #[test]
 fn a_plugin_failing_mid_run_stops_it_with_fail_and_is_skipped_and_counted_with_skip() {
-    let Some(plugin) = length_guard() else { return };
-    let exact = plugin.with_file_name("exact_match.wasm");
-    if !exact.exists() {
-        common::skip::<()>(format!("{} not built; run plugins/build.sh", exact.display()));
+    let Some([plugin, exact]) =
+        built_plugins(&["length_guard", "exact_match"]).map(|p| <[PathBuf; 2]>::try_from(p).unwrap())
+    else {
         return;
-    }
+    };
     let dir = setup("onerror", &plugin);
     std::fs::copy(&exact, dir.join("plugins/exact_match.wasm")).unwrap();
     // The first four prompts (those checked before training) have numeric references; the fifth's has

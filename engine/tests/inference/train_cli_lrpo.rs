@@ -4,20 +4,9 @@
 //! bit for bit (router state included), a router state that does not load is a clear error at resume,
 //! and data the router cannot use is a clear error before any rollout.
 
-use crate::common::{self, repo_root};
 use crate::train_cli::{babelrl, err, ok, tiny_model};
-use crate::train_cli_grpo::{metrics, read};
+use crate::train_cli_grpo::{built_plugins as plugins, metrics, read};
 use std::path::{Path, PathBuf};
-
-/// The built plugins `names` (file stems), or `None` (skipped) when plugins/build.sh has not run.
-fn plugins(names: &[&str]) -> Option<Vec<PathBuf>> {
-    let dir = repo_root().join("plugins/target/wasm32-wasip2/release");
-    let paths: Vec<PathBuf> = names.iter().map(|n| dir.join(format!("{n}.wasm"))).collect();
-    match paths.iter().find(|p| !p.exists()) {
-        Some(p) => common::skip(format!("{} not built; run plugins/build.sh", p.display())),
-        None => Some(paths),
-    }
-}
 
 /// A fresh folder with copies of `plugins` in plugins/ and French text prompts with `language` and
 /// `id` columns (a row's columns are `extra` merged in, where given).

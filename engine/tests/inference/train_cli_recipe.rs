@@ -4,19 +4,9 @@
 //! in either stage and resumed equals the uninterrupted one, and a resume or fresh start that does not fit
 //! the output's stage layout is a clear error.
 
-use crate::common::{self, repo_root};
 use crate::train_cli::{babelrl, err, ok, tiny_model};
+use crate::train_cli_grpo::length_guard;
 use std::path::{Path, PathBuf};
-
-/// The built length-guard plugin, or `None` (skipped) when plugins/build.sh has not run.
-fn length_guard() -> Option<PathBuf> {
-    let path = repo_root().join("plugins/target/wasm32-wasip2/release/length_guard.wasm");
-    if path.exists() {
-        Some(path)
-    } else {
-        common::skip(format!("{} not built; run plugins/build.sh", path.display()))
-    }
-}
 
 /// A fresh folder with SFT pairs (`sft.jsonl`), GRPO prompts with references (`grpo.jsonl`) and a copy
 /// of the plugin.

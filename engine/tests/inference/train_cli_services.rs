@@ -3,17 +3,12 @@
 //! (the tiny scalar-head fixture) give finite rewards in the metrics; an `[encoder]` or
 //! `[reward_model]` that does not load stops the run before any rollout, creating nothing.
 
-use crate::common::{self, repo_root};
+use crate::common::repo_root;
 use crate::train_cli::{babelrl, err, ok, tiny_model};
 use std::path::{Path, PathBuf};
 
 fn plugin(name: &str) -> Option<PathBuf> {
-    let path = repo_root().join(format!("plugins/target/wasm32-wasip2/release/{name}.wasm"));
-    if path.exists() {
-        Some(path)
-    } else {
-        common::skip(format!("{} not built; run plugins/build.sh", path.display()))
-    }
+    crate::train_cli_grpo::built_plugins(&[name]).map(|mut p| p.remove(0))
 }
 
 /// A folder with prompts (and references) and the plugin, named `plugin.wasm`.
