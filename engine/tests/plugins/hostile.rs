@@ -238,7 +238,7 @@ impl HostServices for FakeServices {
 #[test]
 fn host_services_are_served_and_their_time_is_not_the_plugins() {
     let Some(mut none) = load("no-encoder", PluginLimits::default()) else { return };
-    bad_then_good(&mut none, "!embed", "x", &["score returned an error: no encoder configured for this run"]);
+    bad_then_good(&mut none, "!embed", "x", &["score returned an error: no encoder configured"]);
     bad_then_good(&mut none, "!rm", "x", &["no reward model configured"]);
     // The encoder takes 300 ms, the plugin's deadline is 100 ms: host time does not count against it.
     let services = Arc::new(FakeServices { delay: Duration::from_millis(300) });
