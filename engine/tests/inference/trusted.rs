@@ -37,12 +37,13 @@ fn storage(gpu: &Gpu, bytes: u64) -> wgpu::Buffer {
     })
 }
 
-/// The shared test device runs the trusted path (as CI does), and a launch with a buffer smaller than
+/// The default device runs the trusted path (as CI does), and a launch with a buffer smaller than
 /// its shape claims, a buffer not padded to whole 16-byte vectors, or a hand-made weight whose buffer is
 /// short is an error naming kernel and buffer; nothing is recorded and no dispatch is submitted.
 #[test]
 fn mis_sized_launches_are_refused_before_the_gpu_with_checks_off() {
-    let gpu = gpu();
+    // A device of its own: tests running alongside on the shared one would move its dispatch count.
+    let gpu = Gpu::new(&GpuOptions::from_env()).unwrap();
     if !checks_from_env() {
         assert!(!gpu.shader_checks(), "the default device must build its modules without runtime checks");
     }
@@ -91,6 +92,11 @@ fn mis_sized_launches_are_refused_before_the_gpu_with_checks_off() {
     assert!(b.is_empty(), "a refused launch recorded a dispatch");
     b.submit().unwrap();
     assert_eq!(gpu.dispatch_count(), before, "a refused launch reached the GPU");
+    // The counter does count: one well-sized launch is one dispatch.
+    let mut b = gpu.batch();
+    b.matmul(&x, &w, None, None, &y, t).unwrap();
+    b.submit().unwrap();
+    assert_eq!(gpu.dispatch_count(), before + 1);
 }
 
 /// Indices read from buffers are clamped in the trusted shaders: a row map past x's last row reads the
