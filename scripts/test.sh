@@ -28,6 +28,9 @@ scripts/fetch_models.sh --with-qwen
 
 # Every test must run: a missing model, plugin or wasm target fails instead of skipping.
 export BABELRL_REQUIRE_ALL=1
+# The tests run the shipped path, shader modules without naga's runtime checks (tests/inference/trusted.rs
+# compares them with checked ones itself).
+unset BABELRL_SHADER_CHECKS
 
 echo "== plugins"
 # componentize-py (PyPI) builds the Python example plugin; kept in a venv in the cache, outside git.

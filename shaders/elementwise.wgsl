@@ -117,8 +117,15 @@ fn mean_pool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
     if (i >= p.dim || b >= p.rows) { return; }
     let start = idx[2u * b];
     let len = idx[2u * b + 1u];
+    // The spans are the caller's: rows past the end of x are skipped, so that no span reads outside x
+    // (this module runs without naga's bounds checks).
+    let x_rows = arrayLength(&xr) / p.dim;
     var acc = 0.0;
-    for (var r = 0u; r < len; r++) { acc += xr[(start + r) * p.dim + i]; }
+    for (var r = 0u; r < len; r++) {
+        let row = start + r;
+        if (row >= x_rows) { break; }
+        acc += xr[row * p.dim + i];
+    }
     out[b * p.dim + i] = acc / f32(max(len, 1u));
 }
 

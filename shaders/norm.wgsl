@@ -22,7 +22,9 @@ fn rms_norm_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     let r = gid.x + gid.y * nwg.x * WG;
     if (r >= p.rows) { return; }
     var src = r;
-    if ((p.flags & 1u) != 0u) { src = aux[r]; }
+    // The map is the caller's; clamped to x's rows so that no map reads outside x (this module runs
+    // without naga's bounds checks).
+    if ((p.flags & 1u) != 0u) { src = min(aux[r], arrayLength(&x) / max(p.dim, 1u) - 1u); }
     let base = src * p.dim;
     var ss = 0.0;
     for (var i = 0u; i < p.dim; i++) {

@@ -143,6 +143,8 @@ impl<'g> Batch<'g> {
         if self.steps.is_empty() {
             return Ok(());
         }
+        let launches = self.steps.iter().filter(|s| matches!(s, Step::Dispatch(_))).count();
+        self.gpu.dispatches.fetch_add(launches as u64, std::sync::atomic::Ordering::Relaxed);
         let device = &self.gpu.device;
         let params = if self.params.is_empty() { vec![0u8; 16] } else { self.params };
         let params_buf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {

@@ -1,6 +1,7 @@
 //! Adapter choice and device creation: picks the best adapter (or the one the user names), requests
 //! its own limits, detects the features kernels can use, and turns device errors into `Error::Gpu`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::gpu::pipeline::PipelineCache;
@@ -28,6 +29,10 @@ pub struct GpuOptions {
     /// (`BABELRL_MAX_WORKGROUPS`; never above the adapter's own limit): for tests, so that small inputs
     /// take the folded grids that only huge ones (a 151,936-row LM head) need on a real adapter.
     pub max_workgroups_per_dimension: Option<u32>,
+    /// Keep naga's runtime bounds checks in every shader module (`BABELRL_SHADER_CHECKS=1`), for
+    /// debugging a kernel. By default the engine's own modules are built without them: every launch
+    /// checks its buffers' sizes on the host first (see [`crate::gpu::shaders::ShaderSource::trusted`]).
+    pub shader_checks: bool,
 }
 
 impl GpuOptions {
@@ -50,6 +55,7 @@ impl GpuOptions {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .filter(|&n: &u32| n > 0),
+            shader_checks: std::env::var("BABELRL_SHADER_CHECKS").is_ok_and(|v| v == "1"),
         }
     }
 }
@@ -101,6 +107,8 @@ pub struct Gpu {
     pub(crate) profiler: Option<DispatchProfile>,
     /// Where launches fold their grids (see `kernels::split_groups`).
     pub(crate) grid_limit: GridLimit,
+    /// Kernel launches submitted since the device was opened (see [`Gpu::dispatch_count`]).
+    pub(crate) dispatches: AtomicU64,
     errors: Arc<Mutex<Vec<String>>>,
 }
 
@@ -240,7 +248,7 @@ impl Gpu {
             queue,
             summary,
             profile,
-            pipelines: PipelineCache::default(),
+            pipelines: PipelineCache::new(options.shader_checks),
             dummy,
             profiler: options.profile.then(DispatchProfile::default),
             grid_limit: {
@@ -248,6 +256,7 @@ impl Gpu {
                 let fold_at = options.max_workgroups_per_dimension.unwrap_or(max).clamp(1, max);
                 GridLimit { fold_at, max }
             },
+            dispatches: AtomicU64::new(0),
             errors,
         }))
     }
@@ -275,6 +284,19 @@ impl Gpu {
     /// made with `GpuOptions::profile`.
     pub fn take_profile(&self) -> Vec<KernelTime> {
         self.profiler.as_ref().map(DispatchProfile::take).unwrap_or_default()
+    }
+
+    /// Kernel launches (compute dispatches, not copies or clears) submitted since the device was opened:
+    /// the difference over a forward pass is its dispatch count (`babelrl bench --profile` reports it
+    /// per token).
+    pub fn dispatch_count(&self) -> u64 {
+        self.dispatches.load(Ordering::Relaxed)
+    }
+
+    /// Whether the engine's shader modules keep naga's runtime checks (`BABELRL_SHADER_CHECKS=1`); the
+    /// attention module always does.
+    pub fn shader_checks(&self) -> bool {
+        self.pipelines.checked(&crate::gpu::shaders::MATMUL)
     }
 
     /// Largest buffer the engine may bind as one storage binding.

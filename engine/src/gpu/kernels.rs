@@ -6,7 +6,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::Result;
 use crate::gpu::KernelProfile;
-use crate::gpu::check::{fail, need};
+use crate::gpu::check::{fail, need, need_weight};
 use crate::gpu::device::GridLimit;
 use crate::gpu::shaders::{ATTENTION, ELEMENTWISE, MATMUL, MATMUL_ROWS_SUBGROUP, MATMUL_WORKGROUP, NORM};
 use crate::gpu::{Batch, BlockedWeight16, Tensor, Weight16};
@@ -232,6 +232,9 @@ impl<'g> Batch<'g> {
             return self.embed_rows(ids, only, out, t);
         }
         check_gather("embed_rows", ids, table.cols, out, t)?;
+        for (_, block) in &table.blocks {
+            need_weight("embed_rows", "table", block)?;
+        }
         self.clear(&out.buffer);
         for (first, block) in &table.blocks {
             self.embed_rows_add_from(ids, block, *first, out, t)?;
@@ -389,6 +392,7 @@ impl<'g> Batch<'g> {
     /// out (T, D) = table[ids[t]].
     pub fn embed_rows(&mut self, ids: &Tensor, table: &Weight16, out: &Tensor, t: usize) -> Result<()> {
         check_gather("embed_rows", ids, table.cols, out, t)?;
+        need_weight("embed_rows", "table", table)?;
         let params = ElementwiseParams::gather(t, table.cols, table.rows, 0);
         let grid = grid_rows(groups(table.cols / 2), t as u32, self.gpu_ref().grid_limit);
         self.dispatch(
@@ -432,6 +436,9 @@ impl<'g> Batch<'g> {
         vocab: usize,
     ) -> Result<()> {
         let (op, chunks) = ("logprob", vocab.div_ceil(LOGPROB_CHUNK));
+        if vocab == 0 {
+            return Err(fail(op, "a vocabulary of 0 columns (a softmax needs at least one)"));
+        }
         need(op, "logits", logits, &[rows, vocab])?;
         need(op, "targets", targets, &[rows])?;
         need(op, "partial", partial, &[rows, chunks, 2])?;
@@ -501,6 +508,7 @@ impl<'g> Batch<'g> {
         t: usize,
     ) -> Result<()> {
         check_gather("embed_rows_add", ids, table.cols, out, t)?;
+        need_weight("embed_rows_add", "table", table)?;
         let params = ElementwiseParams::gather(t, table.cols, table.rows, first);
         let grid = grid_rows(groups(table.cols / 2), t as u32, self.gpu_ref().grid_limit);
         let buffers = [&ids.buffer, &table.buffer, &out.buffer];
@@ -513,6 +521,7 @@ impl<'g> Batch<'g> {
 /// the block's columns within y's row.
 fn check_matmul(x: &Tensor, w: &Weight16, y: &Tensor, t: usize, ldy: usize, n_off: usize) -> Result<()> {
     let (n, k) = (w.rows, w.cols);
+    need_weight("matmul", "w", w)?;
     need("matmul", "x", x, &[t, k])?;
     need("matmul", "y", y, &[t, ldy])?;
     if n_off + n > ldy {

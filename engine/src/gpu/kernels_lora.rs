@@ -114,6 +114,8 @@ impl<'g> Batch<'g> {
     ) -> Result<()> {
         let op = "lora_forward";
         let params = check_launch(op, a, b, s, out, scale)?;
+        need(op, "a", a, &[s.r, s.k])?;
+        need(op, "b", b, &[s.n, s.r])?;
         need(op, "x", x, &[s.t, s.k])?;
         need(op, "u", u, &[s.t, s.r])?;
         need(op, "y", y, &[s.t, out.ldy])?;
@@ -162,6 +164,8 @@ impl<'g> Batch<'g> {
     ) -> Result<()> {
         let op = "lora_backward";
         let p = &check_launch(op, a, b, s, out, scale)?;
+        need(op, "a", a, &[s.r, s.k])?;
+        need(op, "b", b, &[s.n, s.r])?;
         need(op, "x", x, &[s.t, s.k])?;
         need(op, "u", u, &[s.t, s.r])?;
         need(op, "dy", dy, &[s.t, out.ldy])?;
@@ -172,6 +176,8 @@ impl<'g> Batch<'g> {
                 grads.da.shape, grads.db.shape, s.r, s.k, s.n, s.r
             )));
         }
+        need(op, "dA", grads.da, &[s.r, s.k])?;
+        need(op, "dB", grads.db, &[s.n, s.r])?;
         if let Some(dx) = grads.dx {
             need(op, "dx", dx, &[s.t, s.k])?;
         }

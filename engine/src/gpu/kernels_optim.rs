@@ -175,6 +175,7 @@ impl<'g> Batch<'g> {
         scalars: &AdamwScalars,
     ) -> Result<()> {
         let n = param.len();
+        need("adamw", "parameter", param, &[n])?;
         need("adamw", "gradient", grad, &[n])?;
         need("adamw", "exp_avg", exp_avg, &[n])?;
         need("adamw", "exp_avg_sq", exp_avg_sq, &[n])?;

@@ -1,5 +1,5 @@
 //! Every WGSL source in the engine, embedded at build time from `shaders/`, with the adapter features
-//! each needs, and the list naga validates.
+//! each needs, whether it may run without naga's runtime checks, and the list naga validates.
 
 /// A WGSL module: a name for caching and errors, its source, and the adapter features it needs.
 #[derive(Debug, Clone, Copy)]
@@ -9,30 +9,45 @@ pub struct ShaderSource {
     /// Features the device must have been created with; the kernel family that dispatches the shader
     /// checks them first. Empty for shaders every adapter runs (no f16 types, no subgroup operations).
     pub features: wgpu::Features,
+    /// Whether the module may be built without naga's runtime checks (bounds clamping, loop bounding,
+    /// guarded integer division; see `pipeline.rs`): every index it computes comes from its launch
+    /// parameters and the invocation id, bounded by sizes the launch checks on the host
+    /// (`check::need`), or is clamped or range-tested in the shader itself where it comes from a
+    /// buffer's contents (token ids, targets, row maps, pooling spans). `false` for a module whose
+    /// indices come from buffer contents the kernel cannot check: naga's checks then always stay on.
+    pub trusted: bool,
 }
 
 macro_rules! shader {
-    ($name:ident, $file:literal) => {
-        shader!($name, $file, wgpu::Features::empty());
-    };
-    ($name:ident, $file:literal, $features:expr) => {
+    ($name:ident, $file:literal, $features:expr, $trusted:expr) => {
         pub const $name: ShaderSource = ShaderSource {
             name: $file,
             source: include_str!(concat!("../../../shaders/", $file)),
             features: $features,
+            trusted: $trusted,
         };
     };
 }
 
-shader!(MATMUL, "matmul.wgsl");
-shader!(NORM, "norm.wgsl");
-shader!(ATTENTION, "attention.wgsl");
-shader!(ELEMENTWISE, "elementwise.wgsl");
-shader!(MATMUL_WORKGROUP, "matmul_workgroup.wgsl");
-shader!(MATMUL_ROWS_SUBGROUP, "matmul_rows_subgroup.wgsl", wgpu::Features::SUBGROUP);
-shader!(LORA, "lora.wgsl");
-shader!(ADAMW, "adamw.wgsl");
-shader!(CROSS_ENTROPY, "cross_entropy.wgsl");
+const NONE: wgpu::Features = wgpu::Features::empty();
+
+shader!(MATMUL, "matmul.wgsl", NONE, true);
+// The row map of the gathered RMSNorm is clamped to x's rows in the shader.
+shader!(NORM, "norm.wgsl", NONE, true);
+// Every token's (position, cache slot, key count) in `tok`, the backward's per-slot token ranges and a
+// shared prompt's follower slots index the KV caches, the rope table and the score rows. The decoder
+// validates them before upload (`Decoder::check_step`), but `Batch::attention` and the other public
+// launches take any `tok` tensor, and the kernels do not re-check these values: checks stay on.
+shader!(ATTENTION, "attention.wgsl", NONE, false);
+// Token ids are clamped (embed_rows) or range-tested (embed_rows_add) against the table's rows, log-prob
+// targets clamped to the vocabulary, and pooling spans clamped to x's rows, in the shader.
+shader!(ELEMENTWISE, "elementwise.wgsl", NONE, true);
+shader!(MATMUL_WORKGROUP, "matmul_workgroup.wgsl", NONE, true);
+shader!(MATMUL_ROWS_SUBGROUP, "matmul_rows_subgroup.wgsl", wgpu::Features::SUBGROUP, true);
+shader!(LORA, "lora.wgsl", NONE, true);
+shader!(ADAMW, "adamw.wgsl", NONE, true);
+// Targets are range-tested against the chunk's vocabulary ids in the shader.
+shader!(CROSS_ENTROPY, "cross_entropy.wgsl", NONE, true);
 
 /// Downlevel capabilities every shader may use: `unpack2x16float` (naga's SHADER_FLOAT16_IN_FLOAT32, not
 /// the f16 type), which every Vulkan, Metal and DX12 adapter wgpu supports has.

@@ -44,3 +44,4 @@ mod train_grpo;
 mod train_grpo_loss;
 mod train_lora;
 mod train_optim;
+mod trusted;

@@ -110,8 +110,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let model = &lm.decoder;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     println!(
-        "adapter: {} ({}, {}); model: {name}",
-        gpu.summary.name, gpu.summary.backend, gpu.summary.device_type
+        "adapter: {} ({}, {}); model: {name}; shader runtime checks: {}",
+        gpu.summary.name,
+        gpu.summary.backend,
+        gpu.summary.device_type,
+        if gpu.shader_checks() { "on (BABELRL_SHADER_CHECKS=1)" } else { "off (trusted modules)" }
     );
     let mut figures = Figures::default();
     let p = args.prompt_tokens;
@@ -127,9 +130,22 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             profiles.push((b, profile));
         }
         if args.profile {
+            println!(
+                "\n| batch | dispatches per prefill token | dispatches per decode step | per decoded token |"
+            );
+            println!("|---|---|---|---|");
+            for (b, [prefill, decode]) in &profiles {
+                let per_prefill = prefill.dispatches as f64 / prefill.tokens.max(1) as f64;
+                let per_step = decode.dispatches as f64 / args.decode_tokens.max(1) as f64;
+                let per_decoded = decode.dispatches as f64 / decode.tokens.max(1) as f64;
+                println!("| {b} | {per_prefill:.2} | {per_step:.1} | {per_decoded:.1} |");
+                figures.add(format!("dispatches per prefill token ({p} tokens), batch {b}"), per_prefill);
+                figures.add(format!("dispatches per decoded token, batch {b}"), per_decoded);
+            }
             for (b, [prefill, decode]) in profiles {
-                print_profile(&format!("prefill, batch {b} × {} tokens", args.prompt_tokens), &prefill, 1);
-                print_profile(&format!("decode, batch {b}, per step"), &decode, args.decode_tokens);
+                let title = format!("prefill, batch {b} × {} tokens", args.prompt_tokens);
+                print_profile(&title, &prefill.kernels, 1);
+                print_profile(&format!("decode, batch {b}, per step"), &decode.kernels, args.decode_tokens);
             }
         }
     }
@@ -161,6 +177,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             "backend": gpu.summary.backend,
             "driver": gpu.summary.driver,
             "model": name,
+            "shader_checks": gpu.shader_checks(),
         });
         figures.write(json, meta)?;
     }
@@ -228,13 +245,22 @@ pub fn print_profile(phase: &str, kernels: &[KernelTime], reps: usize) {
     }
 }
 
-/// Prefill and decode tokens/s, and the per-kernel profiles of both phases (empty unless profiling).
+/// One phase's profile: where its kernels spent their time and how many dispatches it submitted.
+pub struct PhaseProfile {
+    pub kernels: Vec<KernelTime>,
+    /// Compute dispatches the phase submitted ([`Gpu::dispatch_count`] before and after).
+    pub dispatches: u64,
+    /// Tokens the phase ran through the model.
+    pub tokens: usize,
+}
+
+/// Prefill and decode tokens/s, and the profiles of both phases (no kernels unless profiling).
 fn bench_model(
     model: &Decoder,
     batch: usize,
     prompt: usize,
     steps: usize,
-) -> anyhow::Result<(f64, f64, [Vec<KernelTime>; 2])> {
+) -> anyhow::Result<(f64, f64, [PhaseProfile; 2])> {
     let vocab = model.config().vocab as u32;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let cache = model.new_cache(batch, prompt + steps + 1)?;
@@ -251,12 +277,18 @@ fn bench_model(
     // Warm up pipelines and buffers once, then time.
     forward_chunked(model, &cache, &tokens, &info, &last)?;
     model.gpu().take_profile();
+    let dispatched = model.gpu().dispatch_count();
     let start = Instant::now();
     let logits = forward_chunked(model, &cache, &tokens, &info, &last)?;
     let prefill = tokens.len() as f64 / start.elapsed().as_secs_f64();
-    let prefill_profile = model.gpu().take_profile();
+    let prefill_profile = PhaseProfile {
+        kernels: model.gpu().take_profile(),
+        dispatches: model.gpu().dispatch_count() - dispatched,
+        tokens: tokens.len(),
+    };
 
     let mut next: Vec<u32> = logits.iter().map(|row| argmax(row)).collect();
+    let dispatched = model.gpu().dispatch_count();
     let start = Instant::now();
     for step in 0..steps {
         let pos = (prompt + step) as u32;
@@ -268,7 +300,12 @@ fn bench_model(
         next = flat.chunks(vocab as usize).map(argmax).collect();
     }
     let decode = (batch * steps) as f64 / start.elapsed().as_secs_f64();
-    Ok((prefill, decode, [prefill_profile, model.gpu().take_profile()]))
+    let decode_profile = PhaseProfile {
+        kernels: model.gpu().take_profile(),
+        dispatches: model.gpu().dispatch_count() - dispatched,
+        tokens: batch * steps,
+    };
+    Ok((prefill, decode, [prefill_profile, decode_profile]))
 }
 
 fn argmax(row: &[f32]) -> u32 {

@@ -7,7 +7,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::{AttnParams, ElementwiseParams, NormParams, grid_1d, grid_rows, groups};
 use crate::Result;
-use crate::gpu::check::{fail, need, to_u32};
+use crate::gpu::check::{fail, need, need_weight, to_u32};
 use crate::gpu::shaders::{ATTENTION, ELEMENTWISE, MATMUL, NORM};
 use crate::gpu::{Batch, Tensor, Weight16};
 
@@ -206,6 +206,7 @@ impl<'g> Batch<'g> {
         if n_off + n > ldy {
             return Err(fail(k, format!("columns {n_off}..{} of dY exceed its row stride {ldy}", n_off + n)));
         }
+        need_weight(k, "w", w)?;
         need(k, "dy", dy, &[t, ldy])?;
         need(k, "dx", dx, &[t, cols])?;
         let entry = if cols % 8 == 0 { "matmul_backward_dx" } else { "matmul_backward_dx_scalar" };

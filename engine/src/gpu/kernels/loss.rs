@@ -7,7 +7,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::{GradWrite, grid_1d, grid_rows, groups};
 use crate::Result;
-use crate::gpu::check::{fail, need, to_u32};
+use crate::gpu::check::{fail, need, need_weight, to_u32};
 use crate::gpu::shaders::CROSS_ENTROPY;
 use crate::gpu::{Batch, BlockedWeight16, Tensor};
 
@@ -72,6 +72,9 @@ fn check_common(
     }
     if w.rows == 0 {
         return Err(fail(op, "the LM head has no rows (a softmax needs a vocabulary)"));
+    }
+    for (_, block) in &w.blocks {
+        need_weight(op, "w", block)?;
     }
     need(op, "h", h, &[t, d])?;
     need(op, "targets", targets, &[t])?;
