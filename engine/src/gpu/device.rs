@@ -28,7 +28,15 @@ pub struct GpuOptions {
     /// (`BABELRL_MAX_WORKGROUPS`; never above the adapter's own limit): for tests, so that small inputs
     /// take the folded grids that only huge ones (a 151,936-row LM head) need on a real adapter.
     pub max_workgroups_per_dimension: Option<u32>,
+    /// Fewest rows for which the CPU family's forward matmul shares weights across a subgroup
+    /// (`BABELRL_SUBGROUP_MATMUL_ROWS`; default [`SUBGROUP_MATMUL_MIN_ROWS`]): 1 sends every matmul
+    /// with K % 8 == 0 there (tests of small shapes), a huge value keeps the per-lane tile (A/B runs).
+    pub subgroup_matmul_min_rows: Option<usize>,
 }
+
+/// Fewest rows (tokens) for which `matmul_forward_subgroup` replaces the per-lane 4×4 tile: it computes
+/// 32 rows per workgroup, so shorter inputs spend most of its lanes on clamped rows.
+pub const SUBGROUP_MATMUL_MIN_ROWS: usize = 16;
 
 impl GpuOptions {
     /// Options from `BABELRL_BACKEND` / `WGPU_BACKEND` and `BABELRL_ADAPTER` / `WGPU_ADAPTER_NAME`.
@@ -50,6 +58,10 @@ impl GpuOptions {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .filter(|&n: &u32| n > 0),
+            subgroup_matmul_min_rows: std::env::var("BABELRL_SUBGROUP_MATMUL_ROWS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|&n: &usize| n > 0),
         }
     }
 }
@@ -101,6 +113,9 @@ pub struct Gpu {
     pub(crate) profiler: Option<DispatchProfile>,
     /// Where launches fold their grids (see `kernels::split_groups`).
     pub(crate) grid_limit: GridLimit,
+    /// Where the CPU family's subgroup-broadcast matmuls (matmul_subgroup.wgsl) may run: `Some(fewest
+    /// rows for the forward)` on a CPU-family device with subgroups of exactly eight lanes.
+    pub(crate) subgroup_matmul: Option<usize>,
     errors: Arc<Mutex<Vec<String>>>,
 }
 
@@ -229,6 +244,11 @@ impl Gpu {
             summary.device_type,
             profile
         );
+        // The broadcast kernels are written for one subgroup of eight lanes per workgroup: other or
+        // varying subgroup sizes (SwiftShader's 4, GPUs' 32 or 64) keep the per-lane kernels.
+        let subgroup_matmul =
+            (profile == KernelProfile::Cpu && summary.subgroups && summary.subgroup_size == (8, 8))
+                .then(|| options.subgroup_matmul_min_rows.unwrap_or(SUBGROUP_MATMUL_MIN_ROWS));
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("dummy"),
             size: 16,
@@ -248,6 +268,7 @@ impl Gpu {
                 let fold_at = options.max_workgroups_per_dimension.unwrap_or(max).clamp(1, max);
                 GridLimit { fold_at, max }
             },
+            subgroup_matmul,
             errors,
         }))
     }
@@ -275,6 +296,13 @@ impl Gpu {
     /// made with `GpuOptions::profile`.
     pub fn take_profile(&self) -> Vec<KernelTime> {
         self.profiler.as_ref().map(DispatchProfile::take).unwrap_or_default()
+    }
+
+    /// `Some(fewest rows)` where the CPU family's matmuls share weights (forward, from that many rows)
+    /// and dY values (backward dX) across a subgroup by broadcast; `None` where they keep the per-lane
+    /// kernels (no subgroups, subgroups not of exactly eight lanes, or the GPU family).
+    pub fn subgroup_matmul_min_rows(&self) -> Option<usize> {
+        self.subgroup_matmul
     }
 
     /// Largest buffer the engine may bind as one storage binding.

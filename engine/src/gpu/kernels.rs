@@ -8,7 +8,9 @@ use crate::Result;
 use crate::gpu::KernelProfile;
 use crate::gpu::check::{fail, need};
 use crate::gpu::device::GridLimit;
-use crate::gpu::shaders::{ATTENTION, ELEMENTWISE, MATMUL, MATMUL_ROWS_SUBGROUP, MATMUL_WORKGROUP, NORM};
+use crate::gpu::shaders::{
+    ATTENTION, ELEMENTWISE, MATMUL, MATMUL_ROWS_SUBGROUP, MATMUL_SUBGROUP, MATMUL_WORKGROUP, NORM,
+};
 use crate::gpu::{Batch, BlockedWeight16, Tensor, Weight16};
 
 mod backward;
@@ -165,12 +167,21 @@ impl<'g> Batch<'g> {
         }
         let gpu = self.gpu_ref();
         let flags = bias.is_some() as u32 | (residual.is_some() as u32) << 1;
-        // CPU adapters, few rows (decoding): four columns per invocation; many rows: a 4×4 tile per
-        // invocation. GPUs, few rows: a workgroup per output, reduced with subgroup operations where
-        // the adapter has them; many rows: 64×64 tiles staged through workgroup memory.
+        // CPU adapters, few rows (decoding): four columns per invocation; many rows: weights shared
+        // across a subgroup of eight by broadcast (32 rows × 8 columns per workgroup) where the adapter
+        // has such subgroups, else a 4×4 tile per invocation. GPUs, few rows: a workgroup per output,
+        // reduced with subgroup operations where the adapter has them; many rows: 64×64 tiles staged
+        // through workgroup memory.
         // Grid: x = column groups (folded into z past the adapter's limit), y = row groups.
+        let broadcast = gpu.subgroup_matmul.is_some_and(|min_rows| t >= min_rows);
         let (shader, entry, column_groups, row_groups) =
             match (k % 8 == 0, t < 4, gpu.profile, gpu.summary.subgroups) {
+                (true, _, KernelProfile::Cpu, true) if broadcast => (
+                    &MATMUL_SUBGROUP,
+                    "matmul_forward_subgroup",
+                    n.div_ceil(8) as u32,
+                    (t as u32).div_ceil(32),
+                ),
                 (true, true, KernelProfile::Gpu, true) => {
                     (&MATMUL_ROWS_SUBGROUP, "matmul_rows_subgroup_forward", n as u32, t as u32)
                 }

@@ -36,7 +36,7 @@ fn matmul_tolerance(
     tol
 }
 
-fn check_matmul(gpu: &Gpu, t: usize, n: usize, k: usize, bias: bool, residual: bool, seed: u64) {
+pub(crate) fn check_matmul(gpu: &Gpu, t: usize, n: usize, k: usize, bias: bool, residual: bool, seed: u64) {
     let x = random(t * k, 1.0, seed);
     let w = to_f16(&random(n * k, 0.5, seed + 1));
     let b = random(n, 1.0, seed + 2);
