@@ -27,6 +27,21 @@ struct Params { t: u32, n: u32, k: u32, flags: u32, ldy: u32, n_off: u32, pad0: 
 const ROWS: u32 = 4u;    // rows of X per lane
 const LANES: u32 = 8u;   // lanes per subgroup = columns per workgroup
 
+// acc[r][c] += x[row r][4 · j .. 4 · j + 4] · (lane c's w4), for this lane's four rows and the
+// subgroup's eight columns: lane c's weights come by broadcast (a constant lane: one block per column).
+fn acc_half(acc: ptr<function, array<array<f32, 8>, 4>>, w: vec4<f32>, xr: ptr<function, array<u32, 4>>, j: u32) {
+    var xs: array<vec4<f32>, 4>;
+    for (var r = 0u; r < ROWS; r++) { xs[r] = x4[(*xr)[r] + j]; }
+    { let c = subgroupBroadcast(w, 0u); for (var r = 0u; r < ROWS; r++) { (*acc)[r][0] += dot(xs[r], c); } }
+    { let c = subgroupBroadcast(w, 1u); for (var r = 0u; r < ROWS; r++) { (*acc)[r][1] += dot(xs[r], c); } }
+    { let c = subgroupBroadcast(w, 2u); for (var r = 0u; r < ROWS; r++) { (*acc)[r][2] += dot(xs[r], c); } }
+    { let c = subgroupBroadcast(w, 3u); for (var r = 0u; r < ROWS; r++) { (*acc)[r][3] += dot(xs[r], c); } }
+    { let c = subgroupBroadcast(w, 4u); for (var r = 0u; r < ROWS; r++) { (*acc)[r][4] += dot(xs[r], c); } }
+    { let c = subgroupBroadcast(w, 5u); for (var r = 0u; r < ROWS; r++) { (*acc)[r][5] += dot(xs[r], c); } }
+    { let c = subgroupBroadcast(w, 6u); for (var r = 0u; r < ROWS; r++) { (*acc)[r][6] += dot(xs[r], c); } }
+    { let c = subgroupBroadcast(w, 7u); for (var r = 0u; r < ROWS; r++) { (*acc)[r][7] += dot(xs[r], c); } }
+}
+
 @compute @workgroup_size(8)
 fn matmul_forward_subgroup(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -45,32 +60,10 @@ fn matmul_forward_subgroup(
     let wr = min(n0 + lane, p.n - 1u) * k8;
     var acc: array<array<f32, 8>, 4>; // acc[row][column]
     for (var i = 0u; i < k8; i++) {
+        // Two halves of the eight K values, one after the other, to keep fewer values live.
         let q = w4[wr + i];
-        let wa = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
-        let wb = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
-        var xa: array<vec4<f32>, 4>;
-        var xb: array<vec4<f32>, 4>;
-        for (var r = 0u; r < ROWS; r++) {
-            xa[r] = x4[xr[r] + 2u * i];
-            xb[r] = x4[xr[r] + 2u * i + 1u];
-        }
-        // subgroupBroadcast takes a constant lane: one block per column.
-        { let ca = subgroupBroadcast(wa, 0u); let cb = subgroupBroadcast(wb, 0u);
-          for (var r = 0u; r < ROWS; r++) { acc[r][0] += dot(xa[r], ca) + dot(xb[r], cb); } }
-        { let ca = subgroupBroadcast(wa, 1u); let cb = subgroupBroadcast(wb, 1u);
-          for (var r = 0u; r < ROWS; r++) { acc[r][1] += dot(xa[r], ca) + dot(xb[r], cb); } }
-        { let ca = subgroupBroadcast(wa, 2u); let cb = subgroupBroadcast(wb, 2u);
-          for (var r = 0u; r < ROWS; r++) { acc[r][2] += dot(xa[r], ca) + dot(xb[r], cb); } }
-        { let ca = subgroupBroadcast(wa, 3u); let cb = subgroupBroadcast(wb, 3u);
-          for (var r = 0u; r < ROWS; r++) { acc[r][3] += dot(xa[r], ca) + dot(xb[r], cb); } }
-        { let ca = subgroupBroadcast(wa, 4u); let cb = subgroupBroadcast(wb, 4u);
-          for (var r = 0u; r < ROWS; r++) { acc[r][4] += dot(xa[r], ca) + dot(xb[r], cb); } }
-        { let ca = subgroupBroadcast(wa, 5u); let cb = subgroupBroadcast(wb, 5u);
-          for (var r = 0u; r < ROWS; r++) { acc[r][5] += dot(xa[r], ca) + dot(xb[r], cb); } }
-        { let ca = subgroupBroadcast(wa, 6u); let cb = subgroupBroadcast(wb, 6u);
-          for (var r = 0u; r < ROWS; r++) { acc[r][6] += dot(xa[r], ca) + dot(xb[r], cb); } }
-        { let ca = subgroupBroadcast(wa, 7u); let cb = subgroupBroadcast(wb, 7u);
-          for (var r = 0u; r < ROWS; r++) { acc[r][7] += dot(xa[r], ca) + dot(xb[r], cb); } }
+        acc_half(&acc, vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)), &xr, 2u * i);
+        acc_half(&acc, vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)), &xr, 2u * i + 1u);
     }
     for (var r = 0u; r < ROWS; r++) {
         let t = t0 + r;
@@ -83,6 +76,53 @@ fn matmul_forward_subgroup(
                     if ((p.flags & 2u) != 0u) { v += residual[t * p.ldy + p.n_off + n]; }
                     y[t * p.ldy + p.n_off + n] = v;
                 }
+            }
+        }
+    }
+}
+
+// matmul_forward_subgroup_1row: the same for fewer rows (a batch of eight decoded tokens, short
+// prompts): one row per lane, so a workgroup computes 8 rows × 8 columns and no more than seven of its
+// rows are clamped. Per step of K a lane loads three vectors for 64 FMAs (the four-row kernel nine for
+// 256, the per-lane 4×4 tile twelve for 128). Grid: as matmul_forward_subgroup with y = groups of 8 rows.
+@compute @workgroup_size(8)
+fn matmul_forward_subgroup_1row(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    let n0 = (wid.x + wid.z * nwg.x) * LANES;
+    // Uniform over the workgroup: no lane leaves while others still broadcast.
+    if (n0 >= p.n) { return; }
+    let t = wid.y * LANES + lane;
+    let k8 = p.k / 8u;
+    let xr = min(t, p.t - 1u) * (p.k / 4u);
+    let wr = min(n0 + lane, p.n - 1u) * k8;
+    var lo = vec4<f32>(0.0); // columns 0..3
+    var hi = vec4<f32>(0.0); // columns 4..7
+    for (var i = 0u; i < k8; i++) {
+        let q = w4[wr + i];
+        let wa = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
+        let wb = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
+        let xa = x4[xr + 2u * i];
+        let xb = x4[xr + 2u * i + 1u];
+        lo.x += dot(xa, subgroupBroadcast(wa, 0u)) + dot(xb, subgroupBroadcast(wb, 0u));
+        lo.y += dot(xa, subgroupBroadcast(wa, 1u)) + dot(xb, subgroupBroadcast(wb, 1u));
+        lo.z += dot(xa, subgroupBroadcast(wa, 2u)) + dot(xb, subgroupBroadcast(wb, 2u));
+        lo.w += dot(xa, subgroupBroadcast(wa, 3u)) + dot(xb, subgroupBroadcast(wb, 3u));
+        hi.x += dot(xa, subgroupBroadcast(wa, 4u)) + dot(xb, subgroupBroadcast(wb, 4u));
+        hi.y += dot(xa, subgroupBroadcast(wa, 5u)) + dot(xb, subgroupBroadcast(wb, 5u));
+        hi.z += dot(xa, subgroupBroadcast(wa, 6u)) + dot(xb, subgroupBroadcast(wb, 6u));
+        hi.w += dot(xa, subgroupBroadcast(wa, 7u)) + dot(xb, subgroupBroadcast(wb, 7u));
+    }
+    if (t < p.t) {
+        for (var c = 0u; c < LANES; c++) {
+            let n = n0 + c;
+            if (n < p.n) {
+                var v = select(hi[c & 3u], lo[c & 3u], c < 4u);
+                if ((p.flags & 1u) != 0u) { v += bias[n]; }
+                if ((p.flags & 2u) != 0u) { v += residual[t * p.ldy + p.n_off + n]; }
+                y[t * p.ldy + p.n_off + n] = v;
             }
         }
     }

@@ -167,20 +167,28 @@ impl<'g> Batch<'g> {
         }
         let gpu = self.gpu_ref();
         let flags = bias.is_some() as u32 | (residual.is_some() as u32) << 1;
-        // CPU adapters, few rows (decoding): four columns per invocation; many rows: weights shared
-        // across a subgroup of eight by broadcast (32 rows × 8 columns per workgroup) where the adapter
-        // has such subgroups, else a 4×4 tile per invocation. GPUs, few rows: a workgroup per output,
-        // reduced with subgroup operations where the adapter has them; many rows: 64×64 tiles staged
-        // through workgroup memory.
+        // CPU adapters with subgroups of eight, from 8 rows: weights shared across the subgroup by
+        // broadcast, one row per lane (8 rows × 8 columns per workgroup) or from 32 rows four (32 × 8).
+        // Other CPU adapters or fewer rows, few rows (decoding): four columns per invocation; many rows:
+        // a 4×4 tile per invocation. GPUs, few rows: a workgroup per output, reduced with subgroup
+        // operations where the adapter has them; many rows: 64×64 tiles staged through workgroup memory.
         // Grid: x = column groups (folded into z past the adapter's limit), y = row groups.
-        let broadcast = gpu.subgroup_matmul.is_some_and(|min_rows| t >= min_rows);
+        // Rows per lane of the broadcast kernel that applies, if one does.
+        let broadcast_rows = match gpu.subgroup_matmul {
+            Some(r) if k % 8 == 0 && t >= r.four_per_lane => 4,
+            Some(r) if k % 8 == 0 && t >= r.one_per_lane => 1,
+            _ => 0,
+        };
         let (shader, entry, column_groups, row_groups) =
             match (k % 8 == 0, t < 4, gpu.profile, gpu.summary.subgroups) {
-                (true, _, KernelProfile::Cpu, true) if broadcast => (
+                _ if broadcast_rows == 4 => {
+                    (&MATMUL_SUBGROUP, "matmul_forward_subgroup", n.div_ceil(8) as u32, t.div_ceil(32) as u32)
+                }
+                _ if broadcast_rows == 1 => (
                     &MATMUL_SUBGROUP,
-                    "matmul_forward_subgroup",
+                    "matmul_forward_subgroup_1row",
                     n.div_ceil(8) as u32,
-                    (t as u32).div_ceil(32),
+                    t.div_ceil(8) as u32,
                 ),
                 (true, true, KernelProfile::Gpu, true) => {
                     (&MATMUL_ROWS_SUBGROUP, "matmul_rows_subgroup_forward", n as u32, t as u32)

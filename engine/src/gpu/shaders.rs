@@ -126,7 +126,10 @@ mod tests {
             (&NORM, &["rms_norm_train_forward", "rms_norm_backward"]),
             (&ELEMENTWISE, &["swiglu_backward", "dropout_forward", "dropout_backward"]),
             (&MATMUL, &["matmul_backward_dx", "matmul_backward_dx_scalar"]),
-            (&MATMUL_SUBGROUP, &["matmul_forward_subgroup", "matmul_backward_dx_subgroup"]),
+            (
+                &MATMUL_SUBGROUP,
+                &["matmul_forward_subgroup", "matmul_forward_subgroup_1row", "matmul_backward_dx_subgroup"],
+            ),
             (
                 &CROSS_ENTROPY,
                 &[
