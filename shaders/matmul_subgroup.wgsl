@@ -4,9 +4,12 @@
 // GFLOP/s against 12 for the per-lane 4×4 tile on the same f32 GEMM). One workgroup is one subgroup of
 // eight lanes; the host picks these entry points only where the adapter's subgroup size is exactly 8
 // (`AdapterSummary::subgroup_size` = (8, 8)), and a lane is named by subgroup_invocation_id so the
-// broadcast indices are lanes of the same subgroup. Register tiles: 4 rows × 8 columns per lane
-// (32 accumulators; 8 rows spilled and ran at half the speed). Only built on adapters with
-// Features::SUBGROUP (naga does not take `enable subgroups;`: the builtins are enough).
+// broadcast indices are lanes of the same subgroup. Register tiles: at most 4 rows × 8 columns per lane
+// (32 accumulators; 8 rows spilled and ran at half the speed in ../shared/lavapipe), and the forward
+// walks each step of eight K values in two halves to keep fewer values live (19 → 24 GFLOP/s). Only
+// built on adapters with Features::SUBGROUP (naga does not take `enable subgroups;`: the builtins are
+// enough). Measured on lavapipe (2 cores, SmolLM2 shapes, `babelrl bench --gemm-only`): the forward at
+// T = 128 ≈ 45 GFLOP/s against ≈ 20 for the 4×4 tile; at T = 8 (one row per lane) ≈ 30 against ≈ 17.
 
 // matmul_forward_subgroup: Y = X · Wᵀ (+ bias) (+ residual), the same Params, bindings and flags as
 // matmul_forward in matmul.wgsl (ldy, n_off, columns folded into z). X (T, K) f32, W (N, K) f16 packed

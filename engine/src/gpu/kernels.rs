@@ -167,10 +167,10 @@ impl<'g> Batch<'g> {
         }
         let gpu = self.gpu_ref();
         let flags = bias.is_some() as u32 | (residual.is_some() as u32) << 1;
-        // CPU adapters with subgroups of eight, from 8 rows: weights shared across the subgroup by
-        // broadcast, one row per lane (8 rows × 8 columns per workgroup) or from 32 rows four (32 × 8).
-        // Other CPU adapters or fewer rows, few rows (decoding): four columns per invocation; many rows:
-        // a 4×4 tile per invocation. GPUs, few rows: a workgroup per output, reduced with subgroup
+        // CPU adapters with subgroups of eight, from `SubgroupMatmulRows` rows (5 and 32 by default):
+        // weights shared across the subgroup by broadcast, one row per lane (8 rows × 8 columns per
+        // workgroup) or four (32 × 8). Other CPU adapters or fewer rows, few rows (decoding): four
+        // columns per invocation; many rows: a 4×4 tile per invocation. GPUs, few rows: a workgroup per output, reduced with subgroup
         // operations where the adapter has them; many rows: 64×64 tiles staged through workgroup memory.
         // Grid: x = column groups (folded into z past the adapter's limit), y = row groups.
         // Rows per lane of the broadcast kernel that applies, if one does.
