@@ -33,6 +33,36 @@ pub struct GpuOptions {
     /// debugging a kernel. By default the engine's own modules are built without them: every launch
     /// checks its buffers' sizes on the host first (see [`crate::gpu::shaders::ShaderSource::trusted`]).
     pub shader_checks: bool,
+    /// Row counts from which the CPU family's forward matmul shares weights across a subgroup
+    /// (`BABELRL_SUBGROUP_MATMUL_ROWS=ONE,FOUR`; default [`SubgroupMatmulRows::DEFAULT`]): `1,1` sends
+    /// every matmul with K % 8 == 0 to the four-rows-per-lane kernel (tests of small shapes), a huge
+    /// value keeps the per-lane tile (A/B runs).
+    pub subgroup_matmul_rows: Option<SubgroupMatmulRows>,
+}
+
+/// Fewest rows (tokens) for each of the CPU family's subgroup-broadcast forward matmuls
+/// (matmul_subgroup.wgsl); fewer rows than both keep the per-lane kernels of matmul.wgsl.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubgroupMatmulRows {
+    /// `matmul_forward_subgroup_1row`: one row per lane, 8 rows × 8 columns per workgroup.
+    pub one_per_lane: usize,
+    /// `matmul_forward_subgroup`: four rows per lane, 32 rows × 8 columns per workgroup (fewer loads
+    /// per FMA, but shorter inputs spend its lanes on clamped rows). Takes precedence over the above.
+    pub four_per_lane: usize,
+}
+
+impl SubgroupMatmulRows {
+    /// Measured on lavapipe (2 cores, K = 576): the one-row kernel (≈ 17 GFLOP/s on full groups of
+    /// 8 rows) passes the per-lane kernels (≈ 10) from 5 rows; the four-row kernel (≈ 24 on full groups
+    /// of 32) passes the one-row one at 32 rows and from 48 on (33–47 rows lose up to 15% to it).
+    pub const DEFAULT: SubgroupMatmulRows = SubgroupMatmulRows { one_per_lane: 5, four_per_lane: 32 };
+
+    /// `ONE,FOUR` as `BABELRL_SUBGROUP_MATMUL_ROWS` gives them; None unless both are positive numbers.
+    fn parse(v: &str) -> Option<Self> {
+        let (one, four) = v.split_once(',')?;
+        let (one, four) = (one.trim().parse().ok()?, four.trim().parse().ok()?);
+        (one > 0 && four > 0).then_some(SubgroupMatmulRows { one_per_lane: one, four_per_lane: four })
+    }
 }
 
 impl GpuOptions {
@@ -56,6 +86,9 @@ impl GpuOptions {
                 .and_then(|v| v.parse().ok())
                 .filter(|&n: &u32| n > 0),
             shader_checks: std::env::var("BABELRL_SHADER_CHECKS").is_ok_and(|v| v == "1"),
+            subgroup_matmul_rows: std::env::var("BABELRL_SUBGROUP_MATMUL_ROWS")
+                .ok()
+                .and_then(|v| SubgroupMatmulRows::parse(&v)),
         }
     }
 }
@@ -109,6 +142,9 @@ pub struct Gpu {
     pub(crate) grid_limit: GridLimit,
     /// Kernel launches submitted since the device was opened (see [`Gpu::dispatch_count`]).
     pub(crate) dispatches: AtomicU64,
+    /// Where the CPU family's subgroup-broadcast matmuls (matmul_subgroup.wgsl) may run: `Some(the
+    /// forward's row thresholds)` on a CPU-family device with subgroups of exactly eight lanes.
+    pub(crate) subgroup_matmul: Option<SubgroupMatmulRows>,
     errors: Arc<Mutex<Vec<String>>>,
 }
 
@@ -237,6 +273,11 @@ impl Gpu {
             summary.device_type,
             profile
         );
+        // The broadcast kernels are written for one subgroup of eight lanes per workgroup: other or
+        // varying subgroup sizes (SwiftShader's 4, GPUs' 32 or 64) keep the per-lane kernels.
+        let subgroup_matmul =
+            (profile == KernelProfile::Cpu && summary.subgroups && summary.subgroup_size == (8, 8))
+                .then(|| options.subgroup_matmul_rows.unwrap_or(SubgroupMatmulRows::DEFAULT));
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("dummy"),
             size: 16,
@@ -257,6 +298,7 @@ impl Gpu {
                 GridLimit { fold_at, max }
             },
             dispatches: AtomicU64::new(0),
+            subgroup_matmul,
             errors,
         }))
     }
@@ -299,8 +341,30 @@ impl Gpu {
         self.pipelines.checked(&crate::gpu::shaders::MATMUL)
     }
 
+    /// `Some(row thresholds)` where the CPU family's matmuls share weights (forward, from those row
+    /// counts) and dY values (backward dX) across a subgroup by broadcast; `None` where they keep the
+    /// per-lane kernels (no subgroups, subgroups not of exactly eight lanes, or the GPU family).
+    pub fn subgroup_matmul_rows(&self) -> Option<SubgroupMatmulRows> {
+        self.subgroup_matmul
+    }
+
     /// Largest buffer the engine may bind as one storage binding.
     pub fn max_binding(&self) -> u64 {
         self.summary.max_storage_binding.min(self.summary.max_buffer_size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SubgroupMatmulRows;
+
+    #[test]
+    fn subgroup_matmul_rows_parse_from_the_environment_form() {
+        let rows = |one, four| Some(SubgroupMatmulRows { one_per_lane: one, four_per_lane: four });
+        assert_eq!(SubgroupMatmulRows::parse("8,32"), rows(8, 32));
+        assert_eq!(SubgroupMatmulRows::parse(" 1 , 1 "), rows(1, 1));
+        for bad in ["", "8", "8,", "0,32", "8,0", "a,32", "8;32", "-1,4"] {
+            assert_eq!(SubgroupMatmulRows::parse(bad), None, "{bad:?}");
+        }
     }
 }

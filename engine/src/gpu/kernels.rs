@@ -8,7 +8,9 @@ use crate::Result;
 use crate::gpu::KernelProfile;
 use crate::gpu::check::{fail, need, need_weight};
 use crate::gpu::device::GridLimit;
-use crate::gpu::shaders::{ATTENTION, ELEMENTWISE, MATMUL, MATMUL_ROWS_SUBGROUP, MATMUL_WORKGROUP, NORM};
+use crate::gpu::shaders::{
+    ATTENTION, ELEMENTWISE, MATMUL, MATMUL_ROWS_SUBGROUP, MATMUL_SUBGROUP, MATMUL_WORKGROUP, NORM,
+};
 use crate::gpu::{Batch, BlockedWeight16, Tensor, Weight16};
 
 mod backward;
@@ -165,12 +167,29 @@ impl<'g> Batch<'g> {
         }
         let gpu = self.gpu_ref();
         let flags = bias.is_some() as u32 | (residual.is_some() as u32) << 1;
-        // CPU adapters, few rows (decoding): four columns per invocation; many rows: a 4×4 tile per
-        // invocation. GPUs, few rows: a workgroup per output, reduced with subgroup operations where
-        // the adapter has them; many rows: 64×64 tiles staged through workgroup memory.
+        // CPU adapters with subgroups of eight, from `SubgroupMatmulRows` rows (5 and 32 by default):
+        // weights shared across the subgroup by broadcast, one row per lane (8 rows × 8 columns per
+        // workgroup) or four (32 × 8). Other CPU adapters or fewer rows, few rows (decoding): four
+        // columns per invocation; many rows: a 4×4 tile per invocation. GPUs, few rows: a workgroup per output, reduced with subgroup
+        // operations where the adapter has them; many rows: 64×64 tiles staged through workgroup memory.
         // Grid: x = column groups (folded into z past the adapter's limit), y = row groups.
+        // Rows per lane of the broadcast kernel that applies, if one does.
+        let broadcast_rows = match gpu.subgroup_matmul {
+            Some(r) if k % 8 == 0 && t >= r.four_per_lane => 4,
+            Some(r) if k % 8 == 0 && t >= r.one_per_lane => 1,
+            _ => 0,
+        };
         let (shader, entry, column_groups, row_groups) =
             match (k % 8 == 0, t < 4, gpu.profile, gpu.summary.subgroups) {
+                _ if broadcast_rows == 4 => {
+                    (&MATMUL_SUBGROUP, "matmul_forward_subgroup", n.div_ceil(8) as u32, t.div_ceil(32) as u32)
+                }
+                _ if broadcast_rows == 1 => (
+                    &MATMUL_SUBGROUP,
+                    "matmul_forward_subgroup_1row",
+                    n.div_ceil(8) as u32,
+                    t.div_ceil(8) as u32,
+                ),
                 (true, true, KernelProfile::Gpu, true) => {
                     (&MATMUL_ROWS_SUBGROUP, "matmul_rows_subgroup_forward", n as u32, t as u32)
                 }

@@ -13,6 +13,6 @@ pub mod shaders;
 mod tensor;
 
 pub use batch::Batch;
-pub use device::{AdapterSummary, Gpu, GpuOptions, KernelProfile, list_adapters};
+pub use device::{AdapterSummary, Gpu, GpuOptions, KernelProfile, SubgroupMatmulRows, list_adapters};
 pub use profile::KernelTime;
 pub use tensor::{BlockedWeight16, Tensor, Weight16};

@@ -44,6 +44,7 @@ shader!(ATTENTION, "attention.wgsl", NONE, false);
 shader!(ELEMENTWISE, "elementwise.wgsl", NONE, true);
 shader!(MATMUL_WORKGROUP, "matmul_workgroup.wgsl", NONE, true);
 shader!(MATMUL_ROWS_SUBGROUP, "matmul_rows_subgroup.wgsl", wgpu::Features::SUBGROUP, true);
+shader!(MATMUL_SUBGROUP, "matmul_subgroup.wgsl", wgpu::Features::SUBGROUP, true);
 shader!(LORA, "lora.wgsl", NONE, true);
 shader!(ADAMW, "adamw.wgsl", NONE, true);
 // Targets are range-tested against the chunk's vocabulary ids in the shader.
@@ -61,6 +62,7 @@ pub const ALL: &[ShaderSource] = &[
     ELEMENTWISE,
     MATMUL_WORKGROUP,
     MATMUL_ROWS_SUBGROUP,
+    MATMUL_SUBGROUP,
     LORA,
     ADAMW,
     CROSS_ENTROPY,
@@ -92,9 +94,10 @@ mod tests {
                 validate(shader.name, shader.source, shader.features).unwrap_or_else(|e| panic!("{e}"));
             assert!(!module.entry_points.is_empty(), "{} has no entry point", shader.name);
         }
-        // Only the subgroup variant of the few-row matmul needs an adapter feature.
+        // Only the subgroup matmuls (the GPU family's few-row one, the CPU family's broadcast one) need
+        // an adapter feature.
         let needing: Vec<_> = ALL.iter().filter(|s| !s.features.is_empty()).map(|s| s.name).collect();
-        assert_eq!(needing, ["matmul_rows_subgroup.wgsl"]);
+        assert_eq!(needing, ["matmul_rows_subgroup.wgsl", "matmul_subgroup.wgsl"]);
     }
 
     /// The check has teeth: the workgroup-memory matmul (the GPU family without subgroups) with its tree
@@ -138,6 +141,10 @@ mod tests {
             (&NORM, &["rms_norm_train_forward", "rms_norm_backward"]),
             (&ELEMENTWISE, &["swiglu_backward", "dropout_forward", "dropout_backward"]),
             (&MATMUL, &["matmul_backward_dx", "matmul_backward_dx_scalar"]),
+            (
+                &MATMUL_SUBGROUP,
+                &["matmul_forward_subgroup", "matmul_forward_subgroup_1row", "matmul_backward_dx_subgroup"],
+            ),
             (
                 &CROSS_ENTROPY,
                 &[

@@ -36,7 +36,7 @@ fn matmul_tolerance(
     tol
 }
 
-fn check_matmul(gpu: &Gpu, t: usize, n: usize, k: usize, bias: bool, residual: bool, seed: u64) {
+pub(crate) fn check_matmul(gpu: &Gpu, t: usize, n: usize, k: usize, bias: bool, residual: bool, seed: u64) {
     let x = random(t * k, 1.0, seed);
     let w = to_f16(&random(n * k, 0.5, seed + 1));
     let b = random(n, 1.0, seed + 2);
@@ -394,7 +394,9 @@ fn profiled_batches_compute_the_same_and_count_every_step() {
     assert!(cleared.iter().all(|&v| v == 0.0));
     let calls = |name: &str| profile.iter().find(|p| p.kernel.contains(name)).map_or(0, |p| p.calls);
     assert_eq!(
-        (calls("matmul.wgsl::matmul_forward"), calls("copy"), calls("clear")),
+        // Whichever forward matmul the adapter takes for five rows (the per-lane tile, or on subgroups
+        // of eight the one-row broadcast kernel).
+        (calls("::matmul_forward"), calls("copy"), calls("clear")),
         (2, 1, 1),
         "{profile:?}"
     );

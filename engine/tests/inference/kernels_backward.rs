@@ -377,7 +377,11 @@ fn matmul_backward_dx_matches_reference_on_awkward_sizes() {
 /// dX against the reference; the output starts as random values that an overwrite must replace and an
 /// accumulate must add to.
 fn check_dx(t: usize, n: usize, k: usize, write: GradWrite, seed: u64) {
-    let gpu = gpu();
+    check_dx_on(&gpu(), t, n, k, write, seed);
+}
+
+/// [`check_dx`] on a given device (a kernel family or option the default device does not take).
+pub(crate) fn check_dx_on(gpu: &Gpu, t: usize, n: usize, k: usize, write: GradWrite, seed: u64) {
     let dy = random(t * n, 1.0, seed);
     let w = to_f16(&random(n * k, 0.5, seed + 1));
     let prior = random(t * k, 1.0, seed + 2);

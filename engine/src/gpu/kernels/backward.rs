@@ -8,7 +8,7 @@ use bytemuck::{Pod, Zeroable};
 use super::{AttnParams, ElementwiseParams, NormParams, grid_1d, grid_rows, groups};
 use crate::Result;
 use crate::gpu::check::{fail, need, need_weight, to_u32};
-use crate::gpu::shaders::{ATTENTION, ELEMENTWISE, MATMUL, NORM};
+use crate::gpu::shaders::{ATTENTION, ELEMENTWISE, MATMUL, MATMUL_SUBGROUP, NORM};
 use crate::gpu::{Batch, Tensor, Weight16};
 
 /// Whether a backward launch overwrites its gradient output or adds into it (a residual stream's
@@ -209,9 +209,17 @@ impl<'g> Batch<'g> {
         need_weight(k, "w", w)?;
         need(k, "dy", dy, &[t, ldy])?;
         need(k, "dx", dx, &[t, cols])?;
-        let entry = if cols % 8 == 0 { "matmul_backward_dx" } else { "matmul_backward_dx_scalar" };
         let t32 = to_u32(k, "tokens", t)?;
-        let grid = [groups(if cols % 8 == 0 { cols / 8 } else { cols / 2 }), t32.div_ceil(4), 1];
+        // CPU family with subgroups of eight: dY values shared by broadcast, 64 columns × 4 rows per
+        // workgroup of eight; else 8 (K % 8 == 0) or 2 columns × 4 rows per invocation.
+        let (shader, entry, column_groups) = match (cols % 8 == 0, self.gpu_ref().subgroup_matmul) {
+            (true, Some(_)) => {
+                (&MATMUL_SUBGROUP, "matmul_backward_dx_subgroup", (cols / 8).div_ceil(8) as u32)
+            }
+            (true, None) => (&MATMUL, "matmul_backward_dx", groups(cols / 8)),
+            (false, _) => (&MATMUL, "matmul_backward_dx_scalar", groups(cols / 2)),
+        };
+        let grid = [column_groups, t32.div_ceil(4), 1];
         let (k32, ldy32, n_off32) =
             (to_u32(k, "K", cols)?, to_u32(k, "ldy", ldy)?, to_u32(k, "n_off", n_off)?);
         for first in (0..n).step_by(DX_ROWS_PER_LAUNCH) {
@@ -226,7 +234,7 @@ impl<'g> Batch<'g> {
                 first: to_u32(k, "first row", first)?,
                 pad: 0,
             };
-            self.dispatch(&MATMUL, entry, &params, &[&dy.buffer, &w.buffer, &dx.buffer], grid);
+            self.dispatch(shader, entry, &params, &[&dy.buffer, &w.buffer, &dx.buffer], grid);
         }
         Ok(())
     }
