@@ -151,6 +151,16 @@ fn run_services_chunk_long_lists_and_explain_a_missing_default_encoder() {
         let e = services.embed(&["x".into()]).unwrap_err();
         assert!(e.contains("scripts/fetch_models.sh") && e.contains(&missing.display().to_string()), "{e}");
     }
+    // A failed load is not remembered: once the folder is there, the next embed loads it.
+    std::fs::create_dir_all(&missing).unwrap();
+    for f in std::fs::read_dir(fixture("tiny-bert")).unwrap() {
+        let f = f.unwrap().path();
+        if f.is_file() {
+            std::fs::copy(&f, missing.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    assert_eq!(services.embed(&texts[..3]).unwrap(), encoder.embed(&texts[..3]).unwrap());
+    assert!(services.encoder().is_some());
     let services = RunServices::new().with_lazy_encoder(gpu(), fixture("tiny-bert"));
     assert!(services.encoder().is_none(), "loaded before the first embed");
     assert_eq!(services.embed(&texts[..3]).unwrap(), encoder.embed(&texts[..3]).unwrap());

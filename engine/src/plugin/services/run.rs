@@ -25,11 +25,12 @@ pub fn default_encoder_dir() -> PathBuf {
 enum EncoderSlot {
     None,
     Loaded(Arc<Encoder>),
-    /// The default encoder, loaded on first use; the outcome (or its error) is kept.
+    /// The default encoder, loaded on first use and kept; a failed load is tried again at the next
+    /// `embed` (a transient failure, e.g. GPU memory taken by a training step, does not last the run).
     Lazy {
         gpu: Arc<Gpu>,
         dir: PathBuf,
-        cell: OnceLock<Result<Arc<Encoder>, String>>,
+        cell: OnceLock<Arc<Encoder>>,
     },
 }
 
@@ -96,7 +97,7 @@ impl RunServices {
     pub fn encoder(&self) -> Option<&Arc<Encoder>> {
         match &self.encoder {
             EncoderSlot::Loaded(e) => Some(e),
-            EncoderSlot::Lazy { cell, .. } => cell.get().and_then(|r| r.as_ref().ok()),
+            EncoderSlot::Lazy { cell, .. } => cell.get(),
             EncoderSlot::None => None,
         }
     }
@@ -127,14 +128,12 @@ impl RunServices {
             EncoderSlot::None => Err(super::NoServices.embed(&[]).unwrap_err()),
             EncoderSlot::Loaded(e) => Ok(e),
             EncoderSlot::Lazy { gpu, dir, cell } => {
-                let loaded = cell.get_or_init(|| {
-                    let r = Self::load_encoder(gpu, dir);
-                    if let Err(e) = &r {
-                        log::error!("embed: {e}");
-                    }
-                    r
-                });
-                loaded.as_deref().map_err(Clone::clone)
+                if let Some(e) = cell.get() {
+                    return Ok(e);
+                }
+                let loaded = Self::load_encoder(gpu, dir).inspect_err(|e| log::error!("embed: {e}"))?;
+                // Another thread may have loaded it meanwhile: keep whichever came first.
+                Ok(cell.get_or_init(|| loaded))
             }
         }
     }
