@@ -209,7 +209,7 @@ impl<'m> GrpoTrainer<'m> {
             self.generation = Some(self.generate(rollout_prompts, reward)?);
         }
         let mut generation = self.generation.take().expect("set above");
-        let out = self.update(&generation, fresh);
+        let out = self.update(&mut generation, fresh);
         generation.iterations_done += 1;
         if out.is_ok() && generation.iterations_done < self.options.num_iterations {
             self.generation = Some(generation);
@@ -330,7 +330,7 @@ impl<'m> GrpoTrainer<'m> {
     }
 
     /// One optimizer step over every micro-batch of `generation`.
-    fn update(&mut self, generation: &Generation, fresh: bool) -> Result<GrpoStepMetrics> {
+    fn update(&mut self, generation: &mut Generation, fresh: bool) -> Result<GrpoStepMetrics> {
         let start = Instant::now();
         let step = self.optim.step_count();
         let gpu = self.decoder.gpu().clone();
@@ -340,17 +340,18 @@ impl<'m> GrpoTrainer<'m> {
         let (mut loss, mut clip, mut kl, mut kl_parts) = (0.0f64, 0.0f64, 0.0f64, 0usize);
         let mut completion_tokens = 0;
         let of = generation.micro.len();
-        for (k, m) in generation.micro.iter().enumerate() {
+        for (k, m) in generation.micro.iter_mut().enumerate() {
             self.report(GrpoPhase::Update { done: k, of });
             let o = &self.options;
-            let mut batch = m.batch.clone();
-            batch.dropout_seed = crate::gpu::kernels::dropout_seed(o.seed, step, k as u64, 0, 0);
+            // Each optimizer step draws its own dropout masks on the same rollouts.
+            m.batch.dropout_seed = crate::gpu::kernels::dropout_seed(o.seed, step, k as u64, 0, 0);
+            let batch = &m.batch;
             let shape = TrainShape { tokens: batch.len(), slots: batch.slots, span: batch.span };
             let (acts, scratch) =
                 self.decoder.grow_train_buffers(&mut self.buffers, shape, &self.adapter, false)?;
-            self.decoder.train_forward(acts, &batch, &self.adapter, None)?;
+            self.decoder.train_forward(acts, batch, &self.adapter, None)?;
             let nll = gpu.read_words::<f32>(&acts.nll.buffer, 0, batch.len())?;
-            let logp = completion_logp(&batch, &nll)?;
+            let logp = completion_logp(batch, &nll)?;
             let inputs = LossInputs {
                 logp: &logp,
                 old_logp: m.old_logp.as_deref(),
@@ -361,7 +362,7 @@ impl<'m> GrpoTrainer<'m> {
                 num_items_in_batch: generation.num_items.max(1),
             };
             let out = grpo_loss(&inputs, &o.loss)?;
-            let token_grad = nll_grad(&batch, &out.dlogp)?;
+            let token_grad = nll_grad(batch, &out.dlogp)?;
             self.decoder.train_backward(acts, scratch, &self.adapter, &self.grads, Some(&token_grad))?;
             loss += out.loss;
             clip += out.metrics.clip_ratio_region_mean;
