@@ -10,7 +10,7 @@ use babelrl::generate::FinishReason;
 use babelrl::model::{Encoder, RewardModel};
 use babelrl::plugin::{RewardSet, RunServices, Sample, default_encoder_dir};
 use babelrl::train::grpo::{
-    GrpoOptions, GrpoPhase, GrpoPrompt, GrpoTrainer, LanguageRouter, PromptOrder, Rollout, RoutedRollout,
+    GrpoPhase, GrpoPrompt, GrpoTrainer, LanguageRouter, PromptOrder, Rollout, RoutedRollout,
     load_grpo_prompts,
 };
 use babelrl::train::{ROUTER_STATE_FILE, Stage};
@@ -138,15 +138,7 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
     let adapter = s.adapter()?;
     let total = g.max_steps;
     let schedule = s.run.schedule(total)?;
-    let options = GrpoOptions {
-        num_generations: g.num_generations,
-        sampling: g.sampling(),
-        loss: g.loss(),
-        scale_rewards: g.scale_rewards,
-        mask_truncated_completions: g.mask_truncated_completions,
-        num_iterations: g.num_iterations,
-        seed: g.seed,
-    };
+    let options = g.options();
     let optimizer = s.run.optimizer_for(Stage::Grpo);
     let mut trainer = GrpoTrainer::new(&s.lm.decoder, tokenizer, adapter, optimizer, schedule, options)?;
     if let Some(c) = &s.checkpoint {

@@ -60,6 +60,19 @@ impl GrpoSection {
         }
     }
 
+    /// The trainer's options: [`Self::sampling`], [`Self::loss`] and the section's other keys.
+    pub fn options(&self) -> crate::train::grpo::GrpoOptions {
+        crate::train::grpo::GrpoOptions {
+            num_generations: self.num_generations,
+            sampling: self.sampling(),
+            loss: self.loss(),
+            scale_rewards: self.scale_rewards,
+            mask_truncated_completions: self.mask_truncated_completions,
+            num_iterations: self.num_iterations,
+            seed: self.seed,
+        }
+    }
+
     /// The loss's options.
     pub fn loss(&self) -> GrpoLossConfig {
         GrpoLossConfig {
