@@ -11,6 +11,15 @@ The data stay where they are; this writes derived JSONL (gitignored) under --out
            cold-start SFT part (the first --sft-lines, conversational prompt-completion) and GRPO prompts
            (the rest), and devtest prompts for evaluation; every prompt asks for a translation into TGT,
            `reference` = the TGT line, `language` = TGT, `source` = the SRC line.
+  preference
+           preference/{train,test}.{en,zh}.jsonl from LLaMA-Factory's DPO demo pairs (LLaMA-Factory's pairwise
+           format, which `babelrl train` and `babelrl eval --reward-model` read as it is, plus `language`),
+           keeping the pairs whose prompt plus longer side has at most --max-chars characters (a stand-in
+           for a token limit: TRL's RewardTrainer drops pairs over max_length tokens) after optional cuts
+           (--prompt-chars keeps the end of the last prompt turn, --side-chars the start of each side; pairs
+           whose cut sides become equal are dropped), per --languages (default en,zh), the first
+           --test-share of them (default 0.25) as test, the rest as train; also preference/prompts.LANG.jsonl,
+           the test pairs' prompts alone (chat prompts with the chosen answer as `reference`) for best-of-n.
 
 Reads $BABELRL_DATA (default ../shared/data next to the repository). Python 3 standard library only.
 """
@@ -119,6 +128,44 @@ def flores(args):
     write_jsonl(os.path.join(out, "devtest.jsonl"), [grpo_row(n, s, t) for n, (s, t) in enumerate(pairs("devtest"))])
 
 
+def preference(args):
+    for lang in args.languages.split(","):
+        path = os.path.join(DATA, "preference", f"llamafactory_dpo_{lang}_demo.json")
+        try:
+            with open(path, encoding="utf-8") as f:
+                rows = json.load(f)
+        except (OSError, ValueError) as e:
+            fail(f"{path}: {e} (set BABELRL_DATA to the folder holding preference/)")
+
+        def chars(row):
+            prompt = sum(len(turn["value"]) for turn in row["conversations"])
+            return prompt + max(len(row["chosen"]["value"]), len(row["rejected"]["value"]))
+
+        def cut(row):
+            row = json.loads(json.dumps(row))
+            if args.prompt_chars:
+                last = row["conversations"][-1]
+                last["value"] = last["value"][-args.prompt_chars:]
+            if args.side_chars:
+                for side in ("chosen", "rejected"):
+                    row[side]["value"] = row[side]["value"][:args.side_chars]
+            return row
+
+        rows = [cut(row) for row in rows]
+        kept = [dict(row, language=lang, id=f"pref-{lang}-{n}") for n, row in enumerate(rows)
+                if chars(row) <= args.max_chars and row["chosen"]["value"].strip() != row["rejected"]["value"].strip()]
+        cut = int(round(len(kept) * args.test_share))
+        test, train = kept[:cut], kept[cut:]
+        out = os.path.join(args.out, "preference")
+        write_jsonl(os.path.join(out, f"train.{lang}.jsonl"), train)
+        write_jsonl(os.path.join(out, f"test.{lang}.jsonl"), test)
+        prompts = [{"prompt": [{"role": "user" if turn["from"] == "human" else "assistant", "content": turn["value"]}
+                               for turn in row["conversations"]],
+                    "reference": row["chosen"]["value"], "language": lang, "id": row["id"]}
+                   for row in test]
+        write_jsonl(os.path.join(out, f"prompts.{lang}.jsonl"), prompts)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.path.join(ROOT, "examples", "data"), help="output folder")
@@ -129,8 +176,14 @@ def main():
     f.add_argument("--src", default="eng_Latn", help="source language (FLORES code)")
     f.add_argument("--tgt", default="zho_Hans", help="target language (FLORES code)")
     f.add_argument("--sft-lines", type=int, default=200, help="dev lines for the cold-start SFT")
+    p = sub.add_parser("preference", help="LLaMA-Factory DPO pairs, en and zh: train/test JSONL with `language`")
+    p.add_argument("--max-chars", type=int, default=100000, help="longest prompt + longer side kept, in characters")
+    p.add_argument("--prompt-chars", type=int, default=0, help="keep the last N characters of the last prompt turn")
+    p.add_argument("--side-chars", type=int, default=0, help="keep the first N characters of each side")
+    p.add_argument("--languages", default="en,zh", help="comma-separated: en, zh")
+    p.add_argument("--test-share", type=float, default=0.25, help="share of the kept pairs held out as test")
     args = parser.parse_args()
-    {"mgsm": mgsm, "flores": flores}[args.set](args)
+    {"mgsm": mgsm, "flores": flores, "preference": preference}[args.set](args)
 
 
 if __name__ == "__main__":
