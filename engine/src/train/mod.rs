@@ -1,11 +1,12 @@
 //! Training: the optimizer (AdamW on the GPU, global-norm clipping, gradient-accumulation scaling),
-//! learning-rate schedules, the run file, SFT data and checkpoints, and the GRPO objective (`grpo`).
-//! The run loops build on these.
+//! learning-rate schedules, the run file, SFT data and checkpoints, the GRPO objective (`grpo`), DPO
+//! (`dpo`) and preference pairs (`pairs`). The run loops build on these.
 
 pub mod activations;
 pub mod batch;
 pub mod checkpoint;
 pub mod data;
+pub mod dpo;
 pub mod grpo;
 pub mod lora_grads;
 pub mod optim;

@@ -41,6 +41,7 @@ mod train_cli_lrpo;
 mod train_cli_recipe;
 mod train_cli_services;
 mod train_data;
+mod train_dpo;
 mod train_grpo;
 mod train_grpo_loss;
 mod train_lora;
