@@ -49,7 +49,8 @@ fn dpo_loss_metrics_and_gradients_match_trl_on_tiny_qwen2() {
         (0..p).map(|i| (seqs[i].clone(), seqs[p + i].clone())).collect();
     let batch = pair_batch(&pairs, dec).unwrap();
     let grads = LoraGrads::new(&gpu(), &adapter).unwrap();
-    let mut z = gpu().batch();
+    let g = gpu();
+    let mut z = g.batch();
     grads.zero(&mut z);
     z.submit().unwrap();
     let config = DpoLossConfig { beta: f64::from(floats(&st, "beta")[0]), ..Default::default() };
