@@ -8,6 +8,7 @@ mod common;
 mod gguf_support;
 
 mod bad_inputs;
+mod best_of_n;
 mod decoder_tiny;
 mod encoder_models;
 mod encoder_tiny;
