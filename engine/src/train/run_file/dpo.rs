@@ -276,3 +276,111 @@ impl RawDpo {
         Ok(s)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::train::run_file::{RunFile, Stage};
+
+    const PATH: &str = "/work/runs/dpo.toml";
+
+    fn parse(text: &str) -> crate::Result<RunFile> {
+        RunFile::from_toml(text, Path::new(PATH))
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_dpo_file_takes_trls_names_and_defaults() {
+        let rf = parse("[dpo]\ndata = \"pairs.jsonl\"\nmax_steps = 10\n").unwrap();
+        let d = rf.dpo.clone().unwrap();
+        assert_eq!(d.data, Path::new("/work/runs/pairs.jsonl"));
+        assert_eq!((d.pairs.clone(), d.length), (DpoPairs::File, TrainLength::MaxSteps(10)));
+        assert_eq!((d.beta, d.loss_type, d.label_smoothing), (0.1, DpoLossType::Sigmoid, 0.0));
+        assert_eq!(
+            (d.per_device_train_batch_size, d.gradient_accumulation_steps, d.max_length),
+            (8, 1, 1024)
+        );
+        assert!(!d.precompute_ref_log_probs && d.shuffle);
+        assert_eq!(rf.stages(), [Stage::Dpo]);
+        assert_eq!(rf.stage_dir(Stage::Dpo), Path::new("/work/runs/runs/dpo"));
+        let rf = parse(
+            "[dpo]\ndata = \"p.jsonl\"\nnum_train_epochs = 2.0\nper_device_train_batch_size = 2\n\
+             gradient_accumulation_steps = 2\nloss_type = \"robust\"\nlabel_smoothing = 0.1\nbeta = 0.5\n\
+             learning_rate = 5e-6\nprecompute_ref_log_probs = true\n",
+        )
+        .unwrap();
+        let d = rf.dpo.clone().unwrap();
+        assert_eq!(d.total_steps(9), 6, "⌈9/2⌉ = 5 micro-batches, ⌈5/2⌉ = 3 steps an epoch, 2 epochs");
+        assert_eq!(d.loss().label_smoothing, 0.1);
+        assert_eq!(rf.optimizer_for(Stage::Dpo).learning_rate, 5e-6);
+        let two =
+            parse("[sft]\ndata = \"s.jsonl\"\nmax_steps = 2\n[dpo]\ndata = \"p.jsonl\"\nmax_steps = 2\n")
+                .unwrap();
+        assert_eq!(two.stages(), [Stage::Sft, Stage::Dpo]);
+        assert!(two.is_two_stage());
+        assert!(two.stage_dir(Stage::Dpo).ends_with("dpo"));
+    }
+
+    #[test]
+    fn on_policy_pairs_need_a_reward_model_and_take_sampling_options() {
+        let text = "[dpo]\ndata = \"prompts.jsonl\"\npairs = \"on_policy\"\nmax_steps = 3\n";
+        let e = error(text);
+        assert!(e.contains("needs a [reward_model]") && e.contains(PATH), "{e}");
+        let rf =
+            parse(&format!("{text}num_generations = 6\ntemperature = 0.7\n[reward_model]\npath = \"rm\"\n"))
+                .unwrap();
+        match rf.dpo.unwrap().pairs {
+            DpoPairs::OnPolicy { num_generations, temperature, max_completion_length, .. } => {
+                assert_eq!((num_generations, temperature, max_completion_length), (6, 0.7, 256))
+            }
+            p => panic!("{p:?}"),
+        }
+        assert_eq!(rf.reward_model.unwrap().path, Path::new("/work/runs/rm"));
+    }
+
+    #[test]
+    fn bad_dpo_files_are_clear_errors() {
+        let base = "[dpo]\ndata = \"p.jsonl\"\n";
+        let cases = [
+            ("max_steps = 1\npairs = \"both\"", "pairs = \"both\""),
+            ("", "needs max_steps"),
+            ("max_steps = 1\nnum_train_epochs = 1.0", "both set"),
+            ("max_steps = 0", "[dpo] max_steps = 0"),
+            ("max_steps = 1\nbeta = 0.0", "`beta`"),
+            ("max_steps = 1\nloss_type = \"ipo\"", "loss_type = \"ipo\""),
+            ("max_steps = 1\nlabel_smoothing = 0.2", "robust"),
+            ("max_steps = 1\nloss_type = \"robust\"\nlabel_smoothing = 0.5", "[0, 0.5)"),
+            ("max_steps = 1\nmax_prompt_length = 10", "max_prompt_length"),
+            ("max_steps = 1\nnum_generations = 4", "on-policy sampling option"),
+            ("max_steps = 1\nmax_length = 1", "max_length = 1"),
+            ("max_steps = 1\nper_device_train_batch_size = 0", "per_device_train_batch_size = 0"),
+            ("max_steps = 1\n[reward_model]\npath = \"rm\"", "[reward_model] ranks on-policy samples"),
+            ("max_steps = 1\n[grpo]\ndata = \"q.jsonl\"\nmax_steps = 1", "[grpo] and [dpo] are both set"),
+            ("max_steps = 1\nbogus = 1", "bogus"),
+        ];
+        for (extra, want) in cases {
+            let e = error(&format!("{base}{extra}\n"));
+            assert!(e.contains(want) && e.contains(PATH), "{extra:?}: {e}");
+        }
+        assert!(error("[dpo]\nmax_steps = 1\n").contains("[dpo] data is missing"));
+        let e = error(
+            "[dpo]\ndata = \"p.jsonl\"\npairs = \"on_policy\"\nnum_train_epochs = 1.0\n[reward_model]\npath = \"rm\"\n",
+        );
+        assert!(e.contains("give max_steps"), "{e}");
+        let e = error(
+            "[dpo]\ndata = \"p.jsonl\"\npairs = \"on_policy\"\nmax_steps = 1\nprecompute_ref_log_probs = true\n\
+             [reward_model]\npath = \"rm\"\n",
+        );
+        assert!(e.contains("precompute_ref_log_probs"), "{e}");
+        let e = error(
+            "[dpo]\ndata = \"p.jsonl\"\npairs = \"on_policy\"\nmax_steps = 1\nnum_generations = 1\n\
+             [reward_model]\npath = \"rm\"\n",
+        );
+        assert!(e.contains("num_generations = 1"), "{e}");
+    }
+}
