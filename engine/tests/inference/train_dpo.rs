@@ -317,3 +317,29 @@ fn train_dpo_bad_inputs_are_clear_errors() {
     assert!(e.contains("[grpo] and [dpo] are both set"), "{e}");
     assert!(!dir.join("out-same").exists() && !dir.join("out-ls").exists(), "a failed run wrote output");
 }
+
+#[test]
+fn sft_then_dpo_trains_two_stages_from_the_sft_adapter() {
+    let dir = temp("two-stage");
+    write_pairs(&dir);
+    let sft: Vec<String> = [("sky is", " blue."), ("grass is", " green.")]
+        .iter()
+        .map(|(p, c)| serde_json::json!({"prompt": p, "completion": c}).to_string())
+        .collect();
+    std::fs::write(dir.join("sft.jsonl"), sft.join("\n") + "\n").unwrap();
+    let dpo = "data = \"pairs.jsonl\"\nmax_steps = 2\nper_device_train_batch_size = 2\nlearning_rate = 5e-3";
+    let run = write_run(&dir, "two", dpo, "[sft]\ndata = \"sft.jsonl\"\nmax_steps = 2\nbatch_size = 2\n");
+    let text = ok(&babelrl(&["train", run.to_str().unwrap()], &[]));
+    assert!(text.contains("[dpo] trained to step 2"), "{text}");
+    let out = dir.join("out-two");
+    for p in ["sft/checkpoint-2", "sft-adapter", "dpo/checkpoint-2", "adapter"] {
+        assert!(out.join(p).is_dir(), "{p} missing");
+    }
+    let stages: Vec<String> =
+        metrics(&out).iter().map(|l| format!("{}:{}", l["stage"].as_str().unwrap(), l["step"])).collect();
+    assert_eq!(stages, ["sft:1", "sft:2", "dpo:1", "dpo:2"]);
+    // DPO starts from the SFT adapter: its first step's policy is not the base model, and its reference
+    // (adapter off) is, so the first step's log-ratios are not all zero.
+    let first_dpo = &metrics(&out)[2];
+    assert!(first_dpo["rewards/chosen"].as_f64().unwrap() != 0.0, "{first_dpo}");
+}
