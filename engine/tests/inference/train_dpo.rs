@@ -196,7 +196,8 @@ fn write_pairs(dir: &Path) {
 fn write_run(dir: &Path, name: &str, dpo: &str, extra: &str) -> PathBuf {
     let text = format!(
         "[model]\npath = {model:?}\n\n[lora]\nr = 4\nalpha = 8.0\ndropout = 0.1\nseed = 3\n\n\
-         [optimizer]\nlearning_rate = 1e-2\n\n[schedule]\nlr_scheduler_type = \"cosine\"\nwarmup_steps = 1\n\n\
+         [optimizer]\nlearning_rate = 1e-2\n\n\
+         [schedule]\nlr_scheduler_type = \"cosine\"\nwarmup_steps = 1\n\n\
          [dpo]\n{dpo}\n\n{extra}\n[output]\ndir = \"out-{name}\"\nsave_steps = 1\nsave_total_limit = 2\n",
         model = tiny_model().to_str().unwrap(),
     );
@@ -265,8 +266,9 @@ fn train_dpo_on_policy_pairs_ranked_by_a_reward_model() {
         ["sky is", "grass is"].iter().map(|p| serde_json::json!({"prompt": p}).to_string()).collect();
     std::fs::write(dir.join("prompts.jsonl"), prompts.join("\n") + "\n").unwrap();
     let rm = repo_root().join("tests/fixtures/tiny-rm-llama");
-    let dpo = "data = \"prompts.jsonl\"\npairs = \"on_policy\"\nmax_steps = 2\nper_device_train_batch_size = 2\n\
-               num_generations = 4\nmax_completion_length = 6\ntemperature = 1.0\nseed = 1";
+    let dpo = "data = \"prompts.jsonl\"\npairs = \"on_policy\"\nmax_steps = 2\n\
+               per_device_train_batch_size = 2\nnum_generations = 4\nmax_completion_length = 6\n\
+               temperature = 1.0\nseed = 1";
     let run = write_run(&dir, "op", dpo, &format!("[reward_model]\npath = {:?}\n", rm.to_str().unwrap()));
     ok(&babelrl(&["train", run.to_str().unwrap()], &[]));
     let lines = metrics(&dir.join("out-op"));

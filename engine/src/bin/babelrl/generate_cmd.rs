@@ -110,7 +110,8 @@ fn check_best_of(args: &GenerateArgs) -> anyhow::Result<()> {
         Some(0) => bail!("--best-of 0: sample at least one completion per prompt"),
         Some(_) if !judged => {
             bail!(
-                "--best-of needs a judge: --reward-model DIR (a reward model) or --plugin FILE.wasm (reward plugins)"
+                "--best-of needs a judge: --reward-model DIR (a reward model) or --plugin FILE.wasm (reward \
+                 plugins)"
             )
         }
         Some(_) => {}

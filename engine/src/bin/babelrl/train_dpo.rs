@@ -135,8 +135,9 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
         let want = c.state.step * prompts_per_step;
         if c.state.examples_seen != want || c.state.data_seed != d.seed {
             bail!(
-                "{}: the checkpoint has seen {} pairs with data seed {}; this run file takes {prompts_per_step} \
-                 a step with seed {} (expected {want} at step {}): resume with the run file it was trained with",
+                "{}: the checkpoint has seen {} pairs with data seed {}; this run file takes \
+                 {prompts_per_step} a step with seed {} (expected {want} at step {}): resume with the run \
+                 file it was trained with",
                 c.dir.display(),
                 c.state.examples_seen,
                 c.state.data_seed,

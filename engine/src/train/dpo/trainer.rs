@@ -105,6 +105,10 @@ pub struct DpoStepMetrics {
 /// The reference log-probs of a micro-batch: `[chosen, rejected]`, one sum per pair each.
 pub type RefLogps = [Vec<f64>; 2];
 
+/// A micro-batch to run: its pairs as (chosen, rejected) sequences, and their reference log-probs when
+/// already known.
+type MicroBatch = (Vec<(TrainSequence, TrainSequence)>, Option<RefLogps>);
+
 /// A micro-batch's loss and the reference log-probs it used.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PairPass {
@@ -154,6 +158,7 @@ pub fn reference_logps(
 /// with the adapter off unless given), the policy's forward, the loss, and its backward into `grads`
 /// (added to what they hold): every completion token of chosen sequence i gets `d loss / d c_i`, of
 /// rejected sequence i `d loss / d r_i`.
+#[allow(clippy::too_many_arguments)]
 pub fn pair_pass(
     decoder: &Decoder,
     adapter: &Adapter,
@@ -164,7 +169,7 @@ pub fn pair_pass(
     config: &DpoLossConfig,
     checkpointing: bool,
 ) -> Result<PairPass> {
-    if batch.slots % 2 != 0 {
+    if !batch.slots.is_multiple_of(2) {
         return Err(Error::Input(format!(
             "dpo: a pair batch holds chosen then rejected sequences, {} is odd",
             batch.slots
@@ -441,11 +446,7 @@ impl<'m> DpoTrainer<'m> {
 
     /// Zeroes the gradients, runs every micro-batch (reference log-probs given or computed), and steps
     /// the optimizer.
-    fn update(
-        &mut self,
-        micro: Vec<(Vec<(TrainSequence, TrainSequence)>, Option<RefLogps>)>,
-        start: Instant,
-    ) -> Result<DpoStepMetrics> {
+    fn update(&mut self, micro: Vec<MicroBatch>, start: Instant) -> Result<DpoStepMetrics> {
         let gpu = self.decoder.gpu().clone();
         let mut zero = gpu.batch();
         self.grads.zero(&mut zero);

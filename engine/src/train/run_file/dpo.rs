@@ -127,8 +127,8 @@ impl RawDpo {
             Some("on_policy") => true,
             Some(other) => {
                 return Err(err(format!(
-                    "[dpo] pairs = \"{other}\": expected \"file\" (a preference file in `data`) or \"on_policy\" \
-                     (pairs sampled from the policy and ranked by [reward_model])"
+                    "[dpo] pairs = \"{other}\": expected \"file\" (a preference file in `data`) or \
+                     \"on_policy\" (pairs sampled from the policy and ranked by [reward_model])"
                 )));
             }
         };
@@ -175,7 +175,8 @@ impl RawDpo {
             };
             if *num_generations < 2 {
                 return Err(err(format!(
-                    "[dpo] num_generations = {num_generations}: on-policy pairs need at least 2 samples per prompt"
+                    "[dpo] num_generations = {num_generations}: on-policy pairs need at least 2 samples per \
+                     prompt"
                 )));
             }
             if *max_completion_length == 0 || *max_prompt_length == 0 {
@@ -237,7 +238,8 @@ impl RawDpo {
             Some("robust") => DpoLossType::Robust,
             Some(other) => {
                 return Err(err(format!(
-                    "[dpo] loss_type = \"{other}\": babelrl implements \"sigmoid\" (TRL's default) and \"robust\""
+                    "[dpo] loss_type = \"{other}\": babelrl implements \"sigmoid\" (TRL's default) and \
+                     \"robust\""
                 )));
             }
         };
@@ -369,12 +371,13 @@ mod tests {
         }
         assert!(error("[dpo]\nmax_steps = 1\n").contains("[dpo] data is missing"));
         let e = error(
-            "[dpo]\ndata = \"p.jsonl\"\npairs = \"on_policy\"\nnum_train_epochs = 1.0\n[reward_model]\npath = \"rm\"\n",
+            "[dpo]\ndata = \"p.jsonl\"\npairs = \"on_policy\"\nnum_train_epochs = 1.0\n\
+             [reward_model]\npath = \"rm\"\n",
         );
         assert!(e.contains("give max_steps"), "{e}");
         let e = error(
-            "[dpo]\ndata = \"p.jsonl\"\npairs = \"on_policy\"\nmax_steps = 1\nprecompute_ref_log_probs = true\n\
-             [reward_model]\npath = \"rm\"\n",
+            "[dpo]\ndata = \"p.jsonl\"\npairs = \"on_policy\"\nmax_steps = 1\n\
+             precompute_ref_log_probs = true\n[reward_model]\npath = \"rm\"\n",
         );
         assert!(e.contains("precompute_ref_log_probs"), "{e}");
         let e = error(
