@@ -33,8 +33,8 @@ pub struct RunFile {
     /// `None` when the file has no `[dpo]` section; with `[sft]`, SFT then DPO (a file has `[grpo]` or
     /// `[dpo]`, not both).
     pub dpo: Option<DpoSection>,
-    /// `on_error` and the `[[reward]]` tables of a `[grpo]` job (at least one), plugin paths resolved
-    /// against the run file's folder; `None` without `[grpo]`.
+    /// `on_error` and the `[[reward]]` tables of a `[grpo]` job (at least one) or of an on-policy `[dpo]`
+    /// job (its judge), plugin paths resolved against the run file's folder; `None` otherwise.
     pub rewards: Option<RunRewards>,
     /// `[encoder]` (a `[grpo]` job only): `None` when absent, and then plugins still get the default
     /// encoder on their first `embed`.
@@ -372,7 +372,8 @@ impl RunFile {
         let dpo = match raw.dpo {
             None => None,
             Some(d) => {
-                let d = d.validate(raw.reward_model.is_some(), resolve, err)?;
+                let plugins = raw.reward.is_some() || raw.rewards.is_some();
+                let d = d.validate(raw.reward_model.is_some() || plugins, resolve, err)?;
                 check_learning_rate("dpo", d.learning_rate, err)?;
                 if !matches!(d.pairs, DpoPairs::OnPolicy { .. }) && raw.reward_model.is_some() {
                     return Err(err(
@@ -384,12 +385,15 @@ impl RunFile {
                 Some(d)
             }
         };
+        // An on-policy [dpo] job may rank its samples with reward plugins, as a [grpo] job scores rollouts.
+        let on_policy = dpo.as_ref().is_some_and(|d| matches!(d.pairs, DpoPairs::OnPolicy { .. }));
+        let plugins = raw.reward.is_some() || raw.rewards.is_some();
         let (grpo, rewards, router) = match raw.grpo {
             None => {
                 if let Some(key) = [
-                    ("on_error", raw.on_error.is_some()),
-                    ("[[reward]]", raw.reward.is_some() || raw.rewards.is_some()),
-                    ("[encoder]", raw.encoder.is_some()),
+                    ("on_error", raw.on_error.is_some() && !(on_policy && plugins)),
+                    ("[[reward]]", plugins && !on_policy),
+                    ("[encoder]", raw.encoder.is_some() && !on_policy),
                     ("[reward_model]", raw.reward_model.is_some() && dpo.is_none()),
                     ("[router]", raw.router.is_some()),
                 ]
@@ -402,7 +406,17 @@ impl RunFile {
                          [grpo]"
                     )));
                 }
-                (None, None, None)
+                let rewards = match on_policy && plugins {
+                    true => {
+                        let mut rewards = RunRewards::from_toml(text, path)?;
+                        for spec in &mut rewards.rewards {
+                            spec.path = resolve(std::mem::take(&mut spec.path));
+                        }
+                        Some(rewards)
+                    }
+                    false => None,
+                };
+                (None, rewards, None)
             }
             Some(g) => {
                 let g = g.validate(resolve, err)?;

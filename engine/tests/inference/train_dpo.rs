@@ -284,6 +284,29 @@ fn train_dpo_on_policy_pairs_ranked_by_a_reward_model() {
 }
 
 #[test]
+fn train_dpo_on_policy_pairs_ranked_by_reward_plugins() {
+    let Some(plugin) = crate::train_cli_grpo::length_guard() else { return };
+    let dir = temp("on-policy-plugins");
+    std::fs::copy(plugin, dir.join("length_guard.wasm")).unwrap();
+    let prompts: Vec<String> = [("sky is", "blue sky"), ("grass is", "green")]
+        .iter()
+        .map(|(p, r)| serde_json::json!({"prompt": p, "reference": r}).to_string())
+        .collect();
+    std::fs::write(dir.join("prompts.jsonl"), prompts.join("\n") + "\n").unwrap();
+    let dpo = "data = \"prompts.jsonl\"\npairs = \"on_policy\"\nmax_steps = 2\n\
+               per_device_train_batch_size = 2\nnum_generations = 4\nmax_completion_length = 8\nseed = 2";
+    let reward = "[[reward]]\nname = \"length\"\npath = \"length_guard.wasm\"\n";
+    let run = write_run(&dir, "plugins", dpo, reward);
+    ok(&babelrl(&["train", run.to_str().unwrap()], &[]));
+    let lines = metrics(&dir.join("out-plugins"));
+    assert_eq!(lines.len(), 2);
+    for l in &lines {
+        let r = l["reward_mean"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&r) && l["pairs"].as_u64().unwrap() >= 1, "{l}");
+    }
+}
+
+#[test]
 fn train_dpo_bad_inputs_are_clear_errors() {
     let dir = temp("bad");
     write_pairs(&dir);
@@ -296,7 +319,7 @@ fn train_dpo_bad_inputs_are_clear_errors() {
         ],
         &[],
     ));
-    assert!(e.contains("[dpo] pairs = \"on_policy\" needs a [reward_model]"), "{e}");
+    assert!(e.contains("[dpo] pairs = \"on_policy\" needs a judge"), "{e}");
     std::fs::write(dir.join("missing.jsonl"), "{\"prompt\": \"a\", \"chosen\": \"b\"}\n").unwrap();
     let run = write_run(&dir, "missing", "data = \"missing.jsonl\"\nmax_steps = 1", "");
     let e = err(&babelrl(&["train", run.to_str().unwrap()], &[]));

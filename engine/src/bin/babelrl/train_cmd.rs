@@ -437,7 +437,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         match last {
             Stage::Grpo => crate::train_grpo::preflight(&s)?,
             Stage::Dpo => crate::train_dpo::preflight(&s)?,
-            Stage::Sft => {}
+            _ => {}
         }
         let (done, total) = run_sft(&s)?;
         if done < total || last == Stage::Sft {

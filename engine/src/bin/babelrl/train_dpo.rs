@@ -1,14 +1,16 @@
 //! `babelrl train RUN.toml` for a `[dpo]` job (alone, or the stage after `[sft]`): the pairs — a preference
 //! file, or on-policy pairs (each step samples `num_generations` completions of each prompt with the current
-//! policy, the `[reward_model]` scores them, the best is chosen and the worst rejected) — then DPO steps with
+//! policy, the judge — `[[reward]]` plugins, else the `[reward_model]` — scores them, the best is chosen and
+//! the worst rejected) — then DPO steps with
 //! TRL's metrics (loss, rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, logps/*),
 //! checkpoints and resume.
 
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use babelrl::generate::{SamplingConfig, generate};
+use babelrl::generate::{SamplingConfig, argmax, generate};
 use babelrl::model::RewardModel;
+use babelrl::plugin::{RewardSet, Sample};
 use babelrl::train::Stage;
 use babelrl::train::dpo::{DpoPair, DpoStepMetrics, DpoTrainer, load_dpo_pairs};
 use babelrl::train::grpo::{GrpoPrompt, PromptOrder, load_grpo_prompts};
@@ -22,10 +24,18 @@ pub fn file_pairs(s: &Session) -> anyhow::Result<Vec<DpoPair>> {
     Ok(load_dpo_pairs(&d.data, s.lm.tokenizer()?)?)
 }
 
+/// What ranks an on-policy stage's samples.
+enum Ranker {
+    /// `[[reward]]` plugins, each prompt's samples scored as one group (their `[reward_model]` and
+    /// `[encoder]`, if any, serve the plugins).
+    Plugins(RewardSet),
+    RewardModel(Box<RewardModel>),
+}
+
 /// What an on-policy stage samples from and ranks with.
 struct OnPolicy {
     prompts: Vec<GrpoPrompt>,
-    reward_model: RewardModel,
+    ranker: Ranker,
     sampling: SamplingConfig,
     n: usize,
 }
@@ -42,14 +52,15 @@ fn on_policy(s: &Session, d: &DpoSection) -> anyhow::Result<Option<OnPolicy>> {
     else {
         return Ok(None);
     };
-    let rm = s.run.reward_model.as_ref().context("[dpo] pairs = \"on_policy\" needs [reward_model]")?;
-    let reward_model = RewardModel::load(Arc::clone(&s.gpu), &rm.path).with_context(|| {
-        format!(
-            "{}: [reward_model] path = {}: the reward model does not load",
-            s.run.path.display(),
-            rm.path.display()
-        )
-    })?;
+    let ranker = match &s.run.rewards {
+        Some(specs) => {
+            let services = Arc::new(crate::train_grpo::services(s)?);
+            let set = RewardSet::load(&specs.rewards, specs.on_error, std::path::Path::new(""), services)
+                .with_context(|| format!("{}: loading the [[reward]] plugins", s.run.path.display()))?;
+            Ranker::Plugins(set)
+        }
+        None => Ranker::RewardModel(Box::new(load_reward_model(s)?)),
+    };
     let prompts = load_grpo_prompts(&d.data, s.lm.tokenizer()?, max_prompt_length)?;
     let sampling = SamplingConfig {
         temperature,
@@ -59,7 +70,19 @@ fn on_policy(s: &Session, d: &DpoSection) -> anyhow::Result<Option<OnPolicy>> {
         max_new_tokens: max_completion_length,
         ..SamplingConfig::default()
     };
-    Ok(Some(OnPolicy { prompts, reward_model, sampling, n: num_generations }))
+    Ok(Some(OnPolicy { prompts, ranker, sampling, n: num_generations }))
+}
+
+/// The `[reward_model]` that ranks on-policy samples.
+fn load_reward_model(s: &Session) -> anyhow::Result<RewardModel> {
+    let rm = s.run.reward_model.as_ref().context("[dpo] pairs = \"on_policy\" needs a judge")?;
+    RewardModel::load(Arc::clone(&s.gpu), &rm.path).with_context(|| {
+        format!(
+            "{}: [reward_model] path = {}: the reward model does not load",
+            s.run.path.display(),
+            rm.path.display()
+        )
+    })
 }
 
 /// Checks the stage's inputs before an `[sft]` stage spends time: the pairs, or the prompts and the
@@ -73,40 +96,66 @@ pub fn preflight(s: &Session) -> anyhow::Result<()> {
     .context("checking the [dpo] stage before the [sft] stage starts")
 }
 
-/// The pairs of one on-policy step: for each prompt, the best- and worst-scoring of its samples (prompts
-/// whose samples all score the same, or are all the same tokens, give none). Returns the pairs, the mean
-/// reward of the samples and the prompts skipped.
+/// The pairs of one on-policy step: for each prompt, the best- and worst-scoring of its samples (the first
+/// on a tie; samples the judge did not score take no part). A prompt gives none when fewer than two samples
+/// were scored, all score the same, or the two are the same tokens. Returns the pairs, the mean score of
+/// the scored samples and the prompts skipped.
 fn sample_pairs(
     trainer: &DpoTrainer,
     s: &Session,
-    op: &OnPolicy,
+    op: &mut OnPolicy,
     picked: &[usize],
     step: u64,
 ) -> anyhow::Result<(Vec<DpoPair>, f64, usize)> {
     let tok = s.lm.tokenizer()?;
+    let n = op.n;
     let repeated: Vec<Vec<u32>> =
-        picked.iter().flat_map(|&p| std::iter::repeat_n(op.prompts[p].tokens.clone(), op.n)).collect();
+        picked.iter().flat_map(|&p| std::iter::repeat_n(op.prompts[p].tokens.clone(), n)).collect();
     let sampling = SamplingConfig { seed: op.sampling.seed.wrapping_add(step), ..op.sampling.clone() };
     let done = generate(s.lm.decoder.with_adapter(trainer.adapter()), tok, &repeated, &sampling, |_| {})?;
-    let texts: Vec<String> = done.iter().map(|c| c.text.clone()).collect();
-    let prompt_texts: Vec<String> =
-        picked.iter().flat_map(|&p| std::iter::repeat_n(op.prompts[p].text.clone(), op.n)).collect();
-    let scores =
-        op.reward_model.score(&prompt_texts, &texts).context("scoring the samples with [reward_model]")?;
-    let mean = scores.iter().map(|&v| f64::from(v)).sum::<f64>() / scores.len().max(1) as f64;
+    let scores: Vec<Option<f32>> = match &mut op.ranker {
+        Ranker::RewardModel(rm) => {
+            let texts: Vec<String> = done.iter().map(|c| c.text.clone()).collect();
+            let prompts: Vec<String> =
+                picked.iter().flat_map(|&p| std::iter::repeat_n(op.prompts[p].text.clone(), n)).collect();
+            let scores = rm.score(&prompts, &texts).context("scoring the samples with [reward_model]")?;
+            scores.into_iter().map(Some).collect()
+        }
+        Ranker::Plugins(set) => {
+            let mut all = Vec::with_capacity(done.len());
+            for (g, &p) in picked.iter().enumerate() {
+                let group: Vec<Sample> =
+                    done[g * n..(g + 1) * n].iter().map(|c| op.prompts[p].sample(&c.text)).collect();
+                let scored = set.score(&group).context("scoring the samples with the [[reward]] plugins")?;
+                all.extend(
+                    (0..n)
+                        .map(|k| scored.per_plugin.iter().any(|s| s[k].is_some()).then_some(scored.total[k])),
+                );
+            }
+            all
+        }
+    };
+    let scores: Vec<Option<f32>> = scores.into_iter().map(|v| v.filter(|v| !v.is_nan())).collect();
+    let finite: Vec<f64> = scores.iter().flatten().map(|&v| f64::from(v)).collect();
+    let mean = finite.iter().sum::<f64>() / finite.len().max(1) as f64;
     let (mut pairs, mut skipped) = (Vec::new(), 0);
     for (g, &p) in picked.iter().enumerate() {
-        let range = g * op.n..(g + 1) * op.n;
-        let best = range.clone().max_by(|&a, &b| scores[a].total_cmp(&scores[b])).expect("n ≥ 2");
-        let worst = range.clone().min_by(|&a, &b| scores[a].total_cmp(&scores[b])).expect("n ≥ 2");
-        if scores[best] == scores[worst] || done[best].tokens == done[worst].tokens {
+        let group = &scores[g * n..(g + 1) * n];
+        let best = argmax(group);
+        let worst = argmax(&group.iter().map(|v| v.map(|v| -v)).collect::<Vec<_>>());
+        let (Some(best), Some(worst)) = (best, worst) else {
+            skipped += 1;
+            continue;
+        };
+        let (b, w) = (g * n + best, g * n + worst);
+        if group[best] == group[worst] || done[b].tokens == done[w].tokens {
             skipped += 1;
             continue;
         }
         pairs.push(DpoPair {
             prompt: op.prompts[p].tokens.clone(),
-            chosen: done[best].tokens.clone(),
-            rejected: done[worst].tokens.clone(),
+            chosen: done[b].tokens.clone(),
+            rejected: done[w].tokens.clone(),
         });
     }
     Ok((pairs, mean, skipped))
@@ -116,7 +165,7 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
     let d = s.run.dpo.clone().context("no [dpo] section")?;
     let adapter = s.adapter()?;
     let optimizer = s.run.optimizer_for(Stage::Dpo);
-    let op = on_policy(s, &d)?;
+    let mut op = on_policy(s, &d)?;
     let (mut trainer, total) = match &op {
         None => {
             let pairs = file_pairs(s)?;
@@ -156,15 +205,16 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
     let mut last: Option<DpoStepMetrics> = None;
     while trainer.step_count() < stop {
         let step0 = trainer.step_count();
-        let (m, sampled) = match (&op, &mut order) {
+        let (m, sampled) = match (&mut op, &mut order) {
             (Some(op), Some(order)) => {
                 let first = step0 * prompts_per_step;
                 let picked: Vec<usize> = (first..first + prompts_per_step).map(|k| order.at(k)).collect();
                 let (pairs, mean, skipped) = sample_pairs(&trainer, s, op, &picked, step0)?;
                 if pairs.is_empty() {
                     bail!(
-                        "step {}: every prompt's {} samples scored the same under [reward_model]: no pair to \
-                         learn from (raise temperature or num_generations); the last checkpoint is intact",
+                        "step {}: no prompt's {} samples gave a pair (all scored alike by the judge, or \
+                         too few were scored): raise temperature or num_generations; the last checkpoint is \
+                         intact",
                         step0 + 1,
                         op.n
                     );

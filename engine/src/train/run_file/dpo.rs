@@ -15,8 +15,9 @@ pub enum DpoPairs {
     /// `pairs = "file"` (the default): `data` is a preference file (prompt / chosen / rejected).
     File,
     /// `pairs = "on_policy"`: `data` is a prompt file (as `[grpo]` reads); every step samples
-    /// `num_generations` completions per prompt with the current policy, the `[reward_model]` scores them,
-    /// and the best and worst make the pair (prompts whose samples all score the same are skipped).
+    /// `num_generations` completions per prompt with the current policy, the judge scores them — the
+    /// `[[reward]]` plugins if the file has any, else the `[reward_model]` — and the best and worst make the
+    /// pair (prompts whose samples all score the same are skipped).
     OnPolicy {
         num_generations: usize,
         max_completion_length: usize,
@@ -115,10 +116,11 @@ pub(super) struct RawDpo {
 }
 
 impl RawDpo {
-    /// The section, validated; `has_reward_model`: the file has `[reward_model]` (on-policy pairs need it).
+    /// The section, validated; `has_judge`: the file has `[reward_model]` or `[[reward]]` tables (on-policy
+    /// pairs need one).
     pub(super) fn validate(
         self,
-        has_reward_model: bool,
+        has_judge: bool,
         resolve: impl Fn(PathBuf) -> PathBuf,
         err: impl Fn(String) -> crate::Error,
     ) -> crate::Result<DpoSection> {
@@ -147,10 +149,10 @@ impl RawDpo {
             ("top_k", self.top_k.is_some()),
         ];
         let pairs = if on_policy {
-            if !has_reward_model {
+            if !has_judge {
                 return Err(err(
-                    "[dpo] pairs = \"on_policy\" needs a [reward_model] section (path = the reward \
-                                model that picks each prompt's chosen and rejected samples)"
+                    "[dpo] pairs = \"on_policy\" needs a judge to pick each prompt's chosen and rejected \
+                     samples: a [reward_model] section (path = the reward model) or [[reward]] plugin tables"
                         .into(),
                 ));
             }
@@ -332,7 +334,16 @@ mod tests {
     fn on_policy_pairs_need_a_reward_model_and_take_sampling_options() {
         let text = "[dpo]\ndata = \"prompts.jsonl\"\npairs = \"on_policy\"\nmax_steps = 3\n";
         let e = error(text);
-        assert!(e.contains("needs a [reward_model]") && e.contains(PATH), "{e}");
+        assert!(e.contains("needs a judge") && e.contains("[reward_model]") && e.contains(PATH), "{e}");
+        let plugins = parse(&format!(
+            "on_error = \"skip\"\n{text}[[reward]]\nname = \"len\"\npath = \"plugins/length_guard.wasm\"\n"
+        ))
+        .unwrap();
+        let rewards = plugins.rewards.unwrap();
+        assert_eq!(rewards.rewards[0].path, Path::new("/work/runs/plugins/length_guard.wasm"));
+        let e =
+            error("[dpo]\ndata = \"p.jsonl\"\nmax_steps = 1\n[[reward]]\nname = \"x\"\npath = \"x.wasm\"\n");
+        assert!(e.contains("[[reward]] belongs to a [grpo] job"), "{e}");
         let rf =
             parse(&format!("{text}num_generations = 6\ntemperature = 0.7\n[reward_model]\npath = \"rm\"\n"))
                 .unwrap();
