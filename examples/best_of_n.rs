@@ -1,6 +1,7 @@
-//! Reward reuse through best-of-n, with the engine embedded as a library: sample n chat completions per
-//! MGSM question on the GPU, score every group with reward plugins (sandboxed WebAssembly components)
-//! combined with weights, and keep the best completion of each group.
+//! Reward reuse through best-of-n, with the engine embedded as a library: `babelrl::generate::best_of_n`
+//! samples n chat completions per MGSM question on the GPU (every question × n in one batch), scores every
+//! group with reward plugins (sandboxed WebAssembly components) combined with weights, and keeps the best
+//! completion of each group.
 //!
 //! Run (after `scripts/fetch_models.sh` and `plugins/build.sh`):
 //!   cargo run --release -p babelrl --example best_of_n -- [LANG] [QUESTIONS] [N]
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use babelrl::generate::{SamplingConfig, generate};
+use babelrl::generate::{BestOfPrompt, Judge, SamplingConfig, best_of_n};
 use babelrl::gpu::{Gpu, GpuOptions};
 use babelrl::model::{cache_dir, load_language_model};
 use babelrl::plugin::{NoServices, RewardSet, RunRewards, Sample};
@@ -91,36 +92,35 @@ fn main() -> anyhow::Result<()> {
         rewards.names()
     );
 
-    let (mut first_correct, mut best_correct) = (0, 0);
-    for (i, (question, answer)) in rows.iter().enumerate() {
-        let messages = [ChatMessage::new("user", format!("{question} Answer with a number."))];
-        let prompt = tokenizer.encode(&template.render(&messages, true)?, false)?;
-        // n copies of the prompt in one batch: one prefill and one decode step per token for all.
-        let cfg = SamplingConfig {
-            temperature: 0.8,
-            top_p: 0.95,
-            seed: i as u64,
-            max_new_tokens: 96,
-            ..Default::default()
-        };
-        let completions = generate(&lm.decoder, tokenizer, &vec![prompt; n], &cfg, |_| {})?;
-        let group: Vec<Sample> = completions
-            .iter()
-            .map(|c| Sample {
-                prompt: question.to_string(),
-                completion: c.text.clone(),
-                reference: Some(answer.clone()),
-                language: Some(lang.to_string()),
-                fields: Vec::new(),
+    let prompts = rows
+        .iter()
+        .map(|(question, answer)| {
+            let messages = [ChatMessage::new("user", format!("{question} Answer with a number."))];
+            Ok(BestOfPrompt {
+                tokens: tokenizer.encode(&template.render(&messages, true)?, false)?,
+                sample: Sample {
+                    prompt: question.to_string(),
+                    completion: String::new(),
+                    reference: Some(answer.clone()),
+                    language: Some(lang.to_string()),
+                    fields: Vec::new(),
+                },
             })
-            .collect();
-        let scored = rewards.score(&group)?;
-        let best = (0..n).max_by(|&a, &b| scored.total[a].total_cmp(&scored.total[b])).unwrap_or(0);
-        let correct = |k: usize| scored.per_plugin[0][k] == Some(1.0);
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cfg =
+        SamplingConfig { temperature: 0.8, top_p: 0.95, seed: 0, max_new_tokens: 96, ..Default::default() };
+    let results = best_of_n(&lm.decoder, tokenizer, &prompts, n, &cfg, Judge::Plugins(&mut rewards))?;
+
+    let (mut first_correct, mut best_correct) = (0, 0);
+    for (i, ((question, answer), r)) in rows.iter().zip(&results).enumerate() {
+        // The first plugin is exact-match: 1 for the right number.
+        let correct = |k: usize| r.per_plugin[0][k] == Some(1.0);
         first_correct += usize::from(correct(0));
-        best_correct += usize::from(correct(best));
-        println!("\nQ{i}: {question}\n  reference: {answer}; rewards: {:?}", scored.total);
-        println!("  best (sample {best}): {}", completions[best].text.trim().replace('\n', " "));
+        best_correct += usize::from(correct(r.best));
+        let totals: Vec<f32> = r.scores.iter().map(|s| s.unwrap_or(f32::NAN)).collect();
+        println!("\nQ{i}: {question}\n  reference: {answer}; rewards: {totals:?}");
+        println!("  best (sample {}): {}", r.best, r.best().text.trim().replace('\n', " "));
     }
     println!(
         "\ncorrect: first sample {first_correct}/{}, best of {n} {best_correct}/{}",

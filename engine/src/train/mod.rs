@@ -1,14 +1,16 @@
 //! Training: the optimizer (AdamW on the GPU, global-norm clipping, gradient-accumulation scaling),
-//! learning-rate schedules, the run file, SFT data and checkpoints, and the GRPO objective (`grpo`).
-//! The run loops build on these.
+//! learning-rate schedules, the run file, SFT data and checkpoints, the GRPO objective (`grpo`), DPO
+//! (`dpo`) and preference pairs (`pairs`). The run loops build on these.
 
 pub mod activations;
 pub mod batch;
 pub mod checkpoint;
 pub mod data;
+pub mod dpo;
 pub mod grpo;
 pub mod lora_grads;
 pub mod optim;
+pub mod pairs;
 pub mod run_file;
 pub mod schedule;
 pub mod sft;
@@ -22,6 +24,7 @@ pub use checkpoint::{
 pub use data::{SftExample, load_sft_jsonl};
 pub use lora_grads::LoraGrads;
 pub use optim::{AdamW, AdamWConfig, AdamWState, GradNorm, ParamSpec, ParamState};
+pub use pairs::{PairContent, PairOrigin, PairTexts, PreferencePair, read_pairs, render_pairs};
 pub use run_file::{
     EncoderSection, GrpoSection, LoraSection, ModelSection, OutputSection, RewardModelSection, RouterSection,
     RunFile, SFT_ADAPTER_DIR, ScheduleSection, SftSection, Stage, TrainLength,

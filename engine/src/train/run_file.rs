@@ -30,13 +30,16 @@ pub struct RunFile {
     /// `None` when the file has no `[grpo]` section. With both `[sft]` and `[grpo]`, the run trains two
     /// stages ([`RunFile::stages`]).
     pub grpo: Option<GrpoSection>,
-    /// `on_error` and the `[[reward]]` tables of a `[grpo]` job (at least one), plugin paths resolved
-    /// against the run file's folder; `None` without `[grpo]`.
+    /// `None` when the file has no `[dpo]` section; with `[sft]`, SFT then DPO (a file has `[grpo]` or
+    /// `[dpo]`, not both).
+    pub dpo: Option<DpoSection>,
+    /// `on_error` and the `[[reward]]` tables of a `[grpo]` job (at least one) or of an on-policy `[dpo]`
+    /// job (its judge), plugin paths resolved against the run file's folder; `None` otherwise.
     pub rewards: Option<RunRewards>,
     /// `[encoder]` (a `[grpo]` job only): `None` when absent, and then plugins still get the default
     /// encoder on their first `embed`.
     pub encoder: Option<EncoderSection>,
-    /// `[reward_model]` (a `[grpo]` job only).
+    /// `[reward_model]`: serves a `[grpo]` job's plugins, or ranks a `[dpo]` job's on-policy samples.
     pub reward_model: Option<RewardModelSection>,
     /// LRPO's language router of a `[grpo]` job (`None`: every rollout in the prompt's own language).
     pub router: Option<RouterSection>,
@@ -159,6 +162,7 @@ struct RawRunFile {
     schedule: ScheduleSection,
     sft: Option<RawSft>,
     grpo: Option<grpo::RawGrpo>,
+    dpo: Option<dpo::RawDpo>,
     encoder: Option<services::RawEncoder>,
     reward_model: Option<services::RawRewardModel>,
     router: Option<router::RawRouter>,
@@ -358,13 +362,39 @@ impl RunFile {
             }
         };
 
+        if raw.grpo.is_some() && raw.dpo.is_some() {
+            return Err(err(
+                "[grpo] and [dpo] are both set: a run file trains one of them (optionally after \
+                            [sft]); split them into two run files"
+                    .into(),
+            ));
+        }
+        let dpo = match raw.dpo {
+            None => None,
+            Some(d) => {
+                let plugins = raw.reward.is_some() || raw.rewards.is_some();
+                let d = d.validate(raw.reward_model.is_some() || plugins, resolve, err)?;
+                check_learning_rate("dpo", d.learning_rate, err)?;
+                if !matches!(d.pairs, DpoPairs::OnPolicy { .. }) && raw.reward_model.is_some() {
+                    return Err(err(
+                        "[reward_model] ranks on-policy samples of a [dpo] job: set [dpo] pairs = \
+                                    \"on_policy\" or remove [reward_model]"
+                            .into(),
+                    ));
+                }
+                Some(d)
+            }
+        };
+        // An on-policy [dpo] job may rank its samples with reward plugins, as a [grpo] job scores rollouts.
+        let on_policy = dpo.as_ref().is_some_and(|d| matches!(d.pairs, DpoPairs::OnPolicy { .. }));
+        let plugins = raw.reward.is_some() || raw.rewards.is_some();
         let (grpo, rewards, router) = match raw.grpo {
             None => {
                 if let Some(key) = [
-                    ("on_error", raw.on_error.is_some()),
-                    ("[[reward]]", raw.reward.is_some() || raw.rewards.is_some()),
-                    ("[encoder]", raw.encoder.is_some()),
-                    ("[reward_model]", raw.reward_model.is_some()),
+                    ("on_error", raw.on_error.is_some() && !(on_policy && plugins)),
+                    ("[[reward]]", plugins && !on_policy),
+                    ("[encoder]", raw.encoder.is_some() && !on_policy),
+                    ("[reward_model]", raw.reward_model.is_some() && dpo.is_none()),
                     ("[router]", raw.router.is_some()),
                 ]
                 .iter()
@@ -376,7 +406,17 @@ impl RunFile {
                          [grpo]"
                     )));
                 }
-                (None, None, None)
+                let rewards = match on_policy && plugins {
+                    true => {
+                        let mut rewards = RunRewards::from_toml(text, path)?;
+                        for spec in &mut rewards.rewards {
+                            spec.path = resolve(std::mem::take(&mut spec.path));
+                        }
+                        Some(rewards)
+                    }
+                    false => None,
+                };
+                (None, rewards, None)
             }
             Some(g) => {
                 let g = g.validate(resolve, err)?;
@@ -423,6 +463,7 @@ impl RunFile {
             schedule: raw.schedule,
             sft,
             grpo,
+            dpo,
             rewards,
             encoder,
             reward_model,
@@ -483,10 +524,12 @@ fn check_learning_rate(section: &str, lr: Option<f64>, err: impl Fn(String) -> E
     }
 }
 
+mod dpo;
 mod grpo;
 mod router;
 mod services;
 mod stage;
+pub use dpo::{DpoPairs, DpoSection};
 pub use grpo::GrpoSection;
 pub use router::RouterSection;
 pub use services::{EncoderSection, RewardModelSection};

@@ -8,6 +8,7 @@ mod common;
 mod gguf_support;
 
 mod bad_inputs;
+mod best_of_n;
 mod decoder_tiny;
 mod encoder_models;
 mod encoder_tiny;
@@ -41,6 +42,7 @@ mod train_cli_lrpo;
 mod train_cli_recipe;
 mod train_cli_services;
 mod train_data;
+mod train_dpo;
 mod train_grpo;
 mod train_grpo_loss;
 mod train_lora;

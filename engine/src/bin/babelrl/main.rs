@@ -9,6 +9,7 @@ mod info;
 mod plot_cmd;
 mod plugin_cmd;
 mod train_cmd;
+mod train_dpo;
 mod train_grpo;
 mod train_lrpo;
 
@@ -33,7 +34,7 @@ enum Command {
     Generate(generate_cmd::GenerateArgs),
     /// Print sentence embeddings (one JSON array per input line).
     Embed(generate_cmd::EmbedArgs),
-    /// Train a LoRA adapter from a run file (an [sft] job).
+    /// Train a LoRA adapter from a run file (an [sft], [grpo] or [dpo] job, or SFT then GRPO or DPO).
     Train(train_cmd::TrainArgs),
     /// Score the base model and LoRA adapters on held-out data (chrF, BLEU, semantic similarity,
     /// language consistency, exact match).

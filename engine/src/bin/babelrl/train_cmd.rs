@@ -1,5 +1,6 @@
-//! `babelrl train RUN.toml`: runs the run file's job — `[sft]` here, `[grpo]` in `train_grpo`, or both as
-//! two stages (cold-start SFT, then GRPO from the SFT adapter with a fresh optimizer) — with what they
+//! `babelrl train RUN.toml`: runs the run file's job — `[sft]` here, `[grpo]` in `train_grpo`, `[dpo]` in
+//! `train_dpo`, or SFT and then one of the others as two stages (the second from the SFT adapter with a
+//! fresh optimizer) — with what they
 //! share: the model and adapter, a progress bar, metrics as JSONL (one line per step, naming its stage),
 //! atomic checkpoints that record their stage, `--resume` into the right stage, and each stage's final
 //! adapter as a PEFT folder.
@@ -22,10 +23,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 #[derive(clap::Args)]
 pub struct TrainArgs {
     /// The run file (TOML): [model], [lora], [optimizer], [schedule], the job ([sft], [grpo] with
-    /// [[reward]] tables, or both: SFT, then GRPO from the SFT adapter), [output].
+    /// [[reward]] tables, [dpo], or SFT then GRPO or DPO from the SFT adapter), [output].
     run_file: PathBuf,
     /// Continue from a checkpoint: a `checkpoint-N` folder, or without a value the newest one in the
-    /// run's output folder (of a two-stage run: of its latest stage, `grpo/` then `sft/`).
+    /// run's output folder (of a two-stage run: of its latest stage, `grpo/` or `dpo/`, then `sft/`).
     #[arg(long, num_args = 0..=1)]
     #[allow(clippy::option_option)]
     resume: Option<Option<PathBuf>>,
@@ -87,7 +88,7 @@ fn latest_of(stages: &[Stage], dir: impl Fn(Stage) -> PathBuf) -> anyhow::Result
 /// `OUT/grpo/…` for a one-stage one) make `--resume` an error that names the layouts.
 fn resume_from(args: &TrainArgs, run: &RunFile) -> anyhow::Result<Option<PathBuf>> {
     let out = &run.output.dir;
-    let all = [Stage::Sft, Stage::Grpo];
+    let all = Stage::ALL;
     let own = latest_of(&run.stages(), |s| run.stage_dir(s))?;
     let foreign = match run.is_two_stage() {
         true => latest_checkpoint(out)?,
@@ -191,18 +192,19 @@ impl Session {
             Some(c) => run.resume_stage(&c.state, &c.dir)?,
             None => run.stages()[0],
         };
-        let grpo_dir = run.stage_dir(Stage::Grpo);
+        let second = run.stages().last().copied().unwrap_or(Stage::Grpo);
+        let second_dir = run.stage_dir(second);
         if let (Some(c), Stage::Sft, true) = (&checkpoint, stage, run.is_two_stage())
-            && let Some(later) = latest_checkpoint(&grpo_dir)?
+            && let Some(later) = latest_checkpoint(&second_dir)?
         {
             bail!(
-                "{} is a checkpoint of the [sft] stage, but {} already holds the [grpo] stage's {}, trained \
+                "{} is a checkpoint of the [sft] stage, but {} already holds the [{second}] stage's {}, trained \
                  from the SFT adapter this resume would replace: resume from the newest checkpoint (--resume \
-                 without a folder), or remove {} to train GRPO again",
+                 without a folder), or remove {} to train [{second}] again",
                 c.dir.display(),
-                grpo_dir.display(),
+                second_dir.display(),
                 later.display(),
-                grpo_dir.display()
+                second_dir.display()
             );
         }
         let model_path = run.model.path.clone().unwrap_or_else(crate::default_model);
@@ -230,7 +232,7 @@ impl Session {
         self.run.stage_dir(self.stage)
     }
 
-    /// `"[sft] "` or `"[grpo] "` before messages in a two-stage run, else nothing.
+    /// `"[sft] "`, `"[grpo] "` or `"[dpo] "` before messages in a two-stage run, else nothing.
     pub fn label(&self) -> String {
         if self.run.is_two_stage() { format!("[{}] ", self.stage) } else { String::new() }
     }
@@ -243,7 +245,7 @@ impl Session {
         lora.base_model = Some(fingerprint.clone());
         if let (None, Some(dir)) = (&self.checkpoint, &self.start_from) {
             return Adapter::load_peft(gpu.clone(), dir, lm.decoder.config()).with_context(|| {
-                format!("loading the [sft] stage's adapter {} to start GRPO", dir.display())
+                format!("loading the [sft] stage's adapter {} to start [{}]", dir.display(), self.stage)
             });
         }
         Ok(match (&self.checkpoint, &run.lora.init_from) {
@@ -430,24 +432,31 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         run.sft()?;
     }
     let mut s = Session::open(&args, run)?;
+    let last = *s.run.stages().last().expect("checked above");
     if s.stage == Stage::Sft {
-        if s.run.is_two_stage() {
-            crate::train_grpo::preflight(&s)?;
+        match last {
+            Stage::Grpo => crate::train_grpo::preflight(&s)?,
+            Stage::Dpo => crate::train_dpo::preflight(&s)?,
+            _ => {}
         }
         let (done, total) = run_sft(&s)?;
-        if done < total || s.run.grpo.is_none() {
+        if done < total || last == Stage::Sft {
             return Ok(());
         }
-        // GRPO starts from the SFT stage's final adapter (as written to disk, so an uninterrupted run and
-        // one resumed at any point take the same path), with a fresh optimizer and schedule.
-        s.stage = Stage::Grpo;
+        // The second stage starts from the SFT stage's final adapter (as written to disk, so an
+        // uninterrupted run and one resumed at any point take the same path), with a fresh optimizer and
+        // schedule.
+        s.stage = last;
         s.checkpoint = None;
         s.start_from = Some(s.run.stage_adapter_dir(Stage::Sft));
         s.steps_before = total;
     } else if s.run.is_two_stage() && s.stop_at.is_some() {
         s.steps_before = s.run.sft()?.total_steps(sft_data(&s)?.len());
     }
-    crate::train_grpo::run(&s)
+    match s.stage {
+        Stage::Dpo => crate::train_dpo::run(&s),
+        _ => crate::train_grpo::run(&s),
+    }
 }
 
 /// The `[sft]` examples as training sequences.

@@ -81,7 +81,7 @@ fn show_phase(bar: &indicatif::ProgressBar, phase: GrpoPhase) {
 /// The host services of the run's plugins: `[encoder] path` and `[reward_model]` loaded now (a model that
 /// does not load stops the run before any rollout); without `[encoder] path`, the cached default
 /// encoder, loaded when a plugin first calls `embed`.
-fn services(s: &Session) -> anyhow::Result<RunServices> {
+pub fn services(s: &Session) -> anyhow::Result<RunServices> {
     let gpu = &s.gpu;
     let run = s.run.path.display();
     let mut services = RunServices::new();

@@ -1,5 +1,5 @@
-//! The stages of a run: `[sft]`, `[grpo]`, or both (cold-start SFT, then GRPO from the SFT adapter, as
-//! the semantic-reward recipe trains); where each stage's checkpoints and final adapter go, its
+//! The stages of a run: `[sft]`, `[grpo]`, `[dpo]`, or SFT then one of the others (cold-start SFT, then
+//! GRPO or DPO from the SFT adapter, as the semantic-reward recipe trains); where each stage's checkpoints and final adapter go, its
 //! optimizer options, and the check that a checkpoint belongs to the run file's stage layout.
 
 use std::fmt;
@@ -11,7 +11,7 @@ use super::RunFile;
 use crate::train::{AdamWConfig, TrainerState};
 use crate::{Error, Result};
 
-/// One job of a run file. A file with both runs them in this order (`Sft < Grpo`).
+/// One job of a run file. A file with two runs them in this order (`Sft` first).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
@@ -19,20 +19,26 @@ pub enum Stage {
     Sft,
     /// `[grpo]`: reinforcement learning with plugin rewards.
     Grpo,
+    /// `[dpo]`: direct preference optimisation.
+    Dpo,
 }
 
 impl Stage {
-    /// The section's name, as in the run file and in checkpoints and metrics (`sft`, `grpo`).
+    /// The section's name, as in the run file and in checkpoints and metrics (`sft`, `grpo`, `dpo`).
     pub fn name(self) -> &'static str {
         match self {
             Stage::Sft => "sft",
             Stage::Grpo => "grpo",
+            Stage::Dpo => "dpo",
         }
     }
 
-    /// The stage of `name` (`sft` or `grpo`).
+    /// Every stage, in run order.
+    pub const ALL: [Stage; 3] = [Stage::Sft, Stage::Grpo, Stage::Dpo];
+
+    /// The stage of `name` (`sft`, `grpo` or `dpo`).
     pub fn parse(name: &str) -> Option<Stage> {
-        [Stage::Sft, Stage::Grpo].into_iter().find(|s| s.name() == name)
+        Stage::ALL.into_iter().find(|s| s.name() == name)
     }
 }
 
@@ -54,7 +60,7 @@ pub fn layout_text(stages: &[Stage]) -> String {
 pub const SFT_ADAPTER_DIR: &str = "sft-adapter";
 
 impl RunFile {
-    /// The file's stages in the order they run: `[sft]`, `[grpo]` or both.
+    /// The file's stages in the order they run: `[sft]`, `[grpo]`, `[dpo]`, or `[sft]` and one other.
     pub fn stages(&self) -> Vec<Stage> {
         let mut stages = Vec::with_capacity(2);
         if self.sft.is_some() {
@@ -63,16 +69,19 @@ impl RunFile {
         if self.grpo.is_some() {
             stages.push(Stage::Grpo);
         }
+        if self.dpo.is_some() {
+            stages.push(Stage::Dpo);
+        }
         stages
     }
 
-    /// Whether the file runs cold-start SFT and then GRPO.
+    /// Whether the file runs cold-start SFT and then GRPO or DPO.
     pub fn is_two_stage(&self) -> bool {
-        self.sft.is_some() && self.grpo.is_some()
+        self.stages().len() == 2
     }
 
     /// The folder of `stage`'s checkpoints: `[output] dir` itself for a one-stage run; `dir/sft` and
-    /// `dir/grpo` for a two-stage run (each stage counts its steps from 1).
+    /// `dir/grpo` (or `dir/dpo`) for a two-stage run (each stage counts its steps from 1).
     pub fn stage_dir(&self, stage: Stage) -> PathBuf {
         if self.is_two_stage() { self.output.dir.join(stage.name()) } else { self.output.dir.clone() }
     }
@@ -93,6 +102,7 @@ impl RunFile {
         let lr = match stage {
             Stage::Sft => self.sft.as_ref().and_then(|s| s.learning_rate),
             Stage::Grpo => self.grpo.as_ref().and_then(|g| g.learning_rate),
+            Stage::Dpo => self.dpo.as_ref().and_then(|d| d.learning_rate),
         };
         AdamWConfig { learning_rate: lr.unwrap_or(self.optimizer.learning_rate), ..self.optimizer }
     }
