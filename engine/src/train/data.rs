@@ -61,7 +61,7 @@ const FORMATS: &str = "{\"prompt\": \"…\", \"completion\": \"…\"}, {\"messag
                        \"content\": …}, …]} or {\"prompt\": [messages], \"completion\": [messages]}";
 
 /// The JSON kind of `v`, for errors (the value itself may be long).
-fn kind(v: &Value) -> &'static str {
+pub(crate) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -73,7 +73,7 @@ fn kind(v: &Value) -> &'static str {
 }
 
 /// The chat messages of field `key`.
-fn messages(v: &Value, key: &str) -> std::result::Result<Vec<ChatMessage>, String> {
+pub(crate) fn messages(v: &Value, key: &str) -> std::result::Result<Vec<ChatMessage>, String> {
     let Value::Array(items) = v else {
         return Err(format!("`{key}` must be a list of messages, found {})", kind(v)));
     };
@@ -150,7 +150,7 @@ fn parse_line(row: &Value) -> std::result::Result<Line, String> {
 
 /// Renders a chat line with the model's template into (prompt text, completion text): the prompt with
 /// the generation prompt, the completion the rest of the whole conversation's rendering.
-fn render_chat(
+pub(crate) fn render_chat(
     template: &ChatTemplate,
     prompt: &[ChatMessage],
     completion: &[ChatMessage],

@@ -9,6 +9,7 @@ pub mod data;
 pub mod grpo;
 pub mod lora_grads;
 pub mod optim;
+pub mod pairs;
 pub mod run_file;
 pub mod schedule;
 pub mod sft;
@@ -22,6 +23,7 @@ pub use checkpoint::{
 pub use data::{SftExample, load_sft_jsonl};
 pub use lora_grads::LoraGrads;
 pub use optim::{AdamW, AdamWConfig, AdamWState, GradNorm, ParamSpec, ParamState};
+pub use pairs::{PairContent, PairOrigin, PairTexts, PreferencePair, read_pairs, render_pairs};
 pub use run_file::{
     EncoderSection, GrpoSection, LoraSection, ModelSection, OutputSection, RewardModelSection, RouterSection,
     RunFile, SFT_ADAPTER_DIR, ScheduleSection, SftSection, Stage, TrainLength,
