@@ -10,6 +10,7 @@ pub mod grpo;
 pub mod lora_grads;
 pub mod optim;
 pub mod pairs;
+pub mod reward;
 pub mod run_file;
 pub mod schedule;
 pub mod sft;
@@ -24,6 +25,10 @@ pub use data::{SftExample, load_sft_jsonl};
 pub use lora_grads::LoraGrads;
 pub use optim::{AdamW, AdamWConfig, AdamWState, GradNorm, ParamSpec, ParamState};
 pub use pairs::{PairContent, PairOrigin, PairTexts, PreferencePair, read_pairs, render_pairs};
+pub use reward::{
+    RewardOptions, RewardPair, RewardStepMetrics, RewardTrainer, bradley_terry, load_reward_adapter,
+    save_reward_adapter, tokenize_reward_pairs,
+};
 pub use run_file::{
     EncoderSection, GrpoSection, LoraSection, ModelSection, OutputSection, RewardModelSection, RouterSection,
     RunFile, SFT_ADAPTER_DIR, ScheduleSection, SftSection, Stage, TrainLength,
