@@ -32,6 +32,7 @@ mod kernels_subgroup;
 mod lora_peft;
 mod plot_cli;
 mod reward_model;
+mod reward_train;
 mod tokenizer_chat;
 mod tokenizer_gguf;
 mod train_checkpoint;

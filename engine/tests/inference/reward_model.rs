@@ -71,6 +71,13 @@ fn scores_match_peft_for_a_seq_cls_lora_adapter_with_its_score_head() {
 }
 
 #[test]
+fn a_reward_model_babelrl_trained_and_saved_scores_the_same_in_peft() {
+    // tiny-rm-llama/babelrl-rm: peft/ trained three steps by RewardTrainer and saved by babelrl; its
+    // expected.json holds PEFT's scores with it (scripts/fixtures_reward_train.py).
+    check(&fixture("tiny-rm-llama/babelrl-rm"));
+}
+
+#[test]
 fn the_score_position_is_the_last_token_that_is_not_pad_as_transformers_picks_it() {
     // tiny-rm-qwen2 pads with its EOS (TRL's fallback): the head reads the token before the EOS.
     let rm = RewardModel::load(gpu(), &fixture("tiny-rm-qwen2")).unwrap();
