@@ -19,7 +19,7 @@ pub use activations::{Activations, Gradients, TrainShape};
 pub use batch::{TrainBatch, TrainSequence};
 pub use checkpoint::{
     CHECKPOINT_FORMAT, Checkpoint, ROUTER_STATE_FILE, TrainerState, latest_checkpoint, load_checkpoint,
-    prune_checkpoints, save_checkpoint, save_checkpoint_with_files,
+    prune_checkpoints, save_checkpoint, save_checkpoint_with, save_checkpoint_with_files,
 };
 pub use data::{SftExample, load_sft_jsonl};
 pub use lora_grads::LoraGrads;
@@ -27,7 +27,7 @@ pub use optim::{AdamW, AdamWConfig, AdamWState, GradNorm, ParamSpec, ParamState}
 pub use pairs::{PairContent, PairOrigin, PairTexts, PreferencePair, read_pairs, render_pairs};
 pub use reward::{
     RewardOptions, RewardPair, RewardStepMetrics, RewardTrainer, bradley_terry, load_reward_adapter,
-    save_reward_adapter, tokenize_reward_pairs,
+    reward_pad_id, save_reward_adapter, tokenize_reward_pairs,
 };
 pub use run_file::{
     EncoderSection, GrpoSection, LoraSection, ModelSection, OutputSection, RewardModelSection, RouterSection,

@@ -222,8 +222,25 @@ pub fn initial_head(base_dir: &Path, cfg: &DecoderConfig, seed: u64) -> Result<V
         .collect())
 }
 
-/// Writes `adapter` and `head` as a PEFT SEQ_CLS adapter folder (LoRA + `score` in `modules_to_save`).
-pub fn save_reward_adapter(adapter: &Adapter, head: &[f32], dir: &Path) -> Result<()> {
+/// The pad token a trained reward model's score position skips, as [`crate::model::RewardModel`] reads
+/// it for an adapter: `pad_token_id` of the base's config.json, else the tokenizer's pad token, else its
+/// EOS (TRL's fallback).
+pub fn reward_pad_id(base_dir: &Path, tok: &Tokenizer) -> Result<Option<u32>> {
+    let config_path = base_dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Config { path: config_path.clone(), message: format!("invalid JSON: {e}") })?;
+    Ok(v["pad_token_id"].as_u64().map(|p| p as u32).or(tok.pad_id()).or(tok.eos_ids().first().copied()))
+}
+
+/// Writes `adapter` and `head` as a PEFT SEQ_CLS adapter folder (LoRA + `score` in `modules_to_save`),
+/// with `base_model` as its `base_model_name_or_path` when given (else the adapter config's).
+pub fn save_reward_adapter(
+    adapter: &Adapter,
+    head: &[f32],
+    dir: &Path,
+    base_model: Option<&str>,
+) -> Result<()> {
     let hidden = adapter.model_config().hidden;
     if head.len() != hidden {
         return Err(Error::Input(format!("a score head of {} values for hidden size {hidden}", head.len())));
@@ -231,6 +248,9 @@ pub fn save_reward_adapter(adapter: &Adapter, head: &[f32], dir: &Path) -> Resul
     adapter.save_peft_with(dir, &[(PEFT_SCORE_WEIGHT, vec![1, hidden], head)], |c| {
         c["task_type"] = serde_json::json!("SEQ_CLS");
         c["modules_to_save"] = serde_json::json!(["classifier", "score"]);
+        if let Some(base) = base_model {
+            c["base_model_name_or_path"] = serde_json::json!(base);
+        }
     })
 }
 
@@ -437,9 +457,10 @@ impl<'m> RewardTrainer<'m> {
         Ok(())
     }
 
-    /// Saves the adapter and head as a PEFT SEQ_CLS adapter in `dir`.
-    pub fn save(&self, dir: &Path) -> Result<()> {
-        save_reward_adapter(&self.adapter, &self.head()?, dir)
+    /// Saves the adapter and head as a PEFT SEQ_CLS adapter in `dir` (`base_model`: see
+    /// [`save_reward_adapter`]).
+    pub fn save(&self, dir: &Path, base_model: Option<&str>) -> Result<()> {
+        save_reward_adapter(&self.adapter, &self.head()?, dir, base_model)
     }
 
     fn example_at(&mut self, k: u64) -> usize {

@@ -40,6 +40,7 @@ mod train_cli;
 mod train_cli_grpo;
 mod train_cli_lrpo;
 mod train_cli_recipe;
+mod train_cli_reward;
 mod train_cli_services;
 mod train_data;
 mod train_grpo;

@@ -141,7 +141,7 @@ fn trained_reward_model(out: &Path, steps: u64) -> (Vec<RewardPair>, Vec<f64>) {
         last = t.step().unwrap();
     }
     assert!(last.loss < first.loss, "training did not lower the loss: {first:?} → {last:?}");
-    t.save(out).unwrap();
+    t.save(out, None).unwrap();
     // The trainer's own scores of the held-out pairs, for the loader to reproduce.
     let held = held_out.clone();
     let mut eval = RewardTrainer::new(
@@ -190,7 +190,7 @@ fn the_head_round_trips_through_save_and_load() {
     let (dec, _) = body();
     let (adapter, head) = load_reward_adapter(gpu(), &base_dir().join("peft"), dec.config()).unwrap();
     let out = std::env::temp_dir().join(format!("babelrl-rm-save-{}", std::process::id()));
-    save_reward_adapter(&adapter, &head, &out).unwrap();
+    save_reward_adapter(&adapter, &head, &out, None).unwrap();
     let (again, head2) = load_reward_adapter(gpu(), &out, dec.config()).unwrap();
     assert_eq!(head2, head);
     assert_eq!(again.to_host().unwrap(), adapter.to_host().unwrap());
@@ -262,5 +262,5 @@ fn write_babelrl_trained_reward_model() {
     }
     let out = base_dir().join("babelrl-rm");
     // The adapter keeps peft/'s base, "..": tiny-rm-llama from babelrl-rm/ too.
-    t.save(&out).unwrap();
+    t.save(&out, None).unwrap();
 }

@@ -22,7 +22,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 #[derive(clap::Args)]
 pub struct TrainArgs {
     /// The run file (TOML): [model], [lora], [optimizer], [schedule], the job ([sft], [grpo] with
-    /// [[reward]] tables, or both: SFT, then GRPO from the SFT adapter), [output].
+    /// [[reward]] tables, or both: SFT, then GRPO from the SFT adapter; or [reward_model_training]),
+    /// [output].
     run_file: PathBuf,
     /// Continue from a checkpoint: a `checkpoint-N` folder, or without a value the newest one in the
     /// run's output folder (of a two-stage run: of its latest stage, `grpo/` then `sft/`).
@@ -207,8 +208,12 @@ impl Session {
         }
         let model_path = run.model.path.clone().unwrap_or_else(crate::default_model);
         let gpu = Gpu::new(&GpuOptions::from_env())?;
-        let lm = load_language_model(gpu.clone(), &model_path)
-            .with_context(|| format!("loading the model {}", model_path.display()))?;
+        let lm = if stage == Stage::RewardModel {
+            crate::train_reward::load_body(gpu.clone(), &model_path)
+        } else {
+            load_language_model(gpu.clone(), &model_path).map_err(anyhow::Error::from)
+        }
+        .with_context(|| format!("loading the model {}", model_path.display()))?;
         let fingerprint = base_fingerprint(&lm)?;
         let (start_from, steps_before) = (None, 0);
         Ok(Session {
@@ -430,6 +435,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         run.sft()?;
     }
     let mut s = Session::open(&args, run)?;
+    if s.stage == Stage::RewardModel {
+        return crate::train_reward::run(&s);
+    }
     if s.stage == Stage::Sft {
         if s.run.is_two_stage() {
             crate::train_grpo::preflight(&s)?;

@@ -19,6 +19,9 @@ pub enum Stage {
     Sft,
     /// `[grpo]`: reinforcement learning with plugin rewards.
     Grpo,
+    /// `[reward_model_training]`: a Bradley–Terry reward model (a run file's only job).
+    #[serde(rename = "reward_model_training")]
+    RewardModel,
 }
 
 impl Stage {
@@ -27,12 +30,13 @@ impl Stage {
         match self {
             Stage::Sft => "sft",
             Stage::Grpo => "grpo",
+            Stage::RewardModel => "reward_model_training",
         }
     }
 
     /// The stage of `name` (`sft` or `grpo`).
     pub fn parse(name: &str) -> Option<Stage> {
-        [Stage::Sft, Stage::Grpo].into_iter().find(|s| s.name() == name)
+        [Stage::Sft, Stage::Grpo, Stage::RewardModel].into_iter().find(|s| s.name() == name)
     }
 }
 
@@ -62,6 +66,9 @@ impl RunFile {
         }
         if self.grpo.is_some() {
             stages.push(Stage::Grpo);
+        }
+        if self.reward_training.is_some() {
+            stages.push(Stage::RewardModel);
         }
         stages
     }
@@ -93,6 +100,7 @@ impl RunFile {
         let lr = match stage {
             Stage::Sft => self.sft.as_ref().and_then(|s| s.learning_rate),
             Stage::Grpo => self.grpo.as_ref().and_then(|g| g.learning_rate),
+            Stage::RewardModel => self.reward_training.as_ref().and_then(|r| r.learning_rate),
         };
         AdamWConfig { learning_rate: lr.unwrap_or(self.optimizer.learning_rate), ..self.optimizer }
     }

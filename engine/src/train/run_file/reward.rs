@@ -1,0 +1,162 @@
+//! `[reward_model_training]` of a run file: a Bradley–Terry reward model trained from preference pairs
+//! (see [`crate::train::reward`]), with TRL's `RewardConfig` names, read strictly and range-checked with
+//! errors naming `[reward_model_training] key`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::TrainLength;
+use crate::train::RewardOptions;
+use crate::{Error, Result};
+
+/// The section's name in the run file.
+pub const SECTION: &str = "reward_model_training";
+
+/// `[reward_model_training]`: the pairs and how the run walks them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RewardTrainingSection {
+    /// Preference pairs, JSONL or a JSON array (see [`crate::train::pairs`]).
+    pub data: PathBuf,
+    pub length: TrainLength,
+    /// Pairs per micro-batch (`per_device_train_batch_size`, 8); each runs both sides.
+    pub batch_size: usize,
+    pub gradient_accumulation_steps: usize,
+    /// Most tokens of one side (prompt and answer); a longer pair is an error (1024, TRL's default).
+    pub max_length: usize,
+    pub seed: u64,
+    pub shuffle: bool,
+    pub gradient_checkpointing: bool,
+    /// In place of `[optimizer] learning_rate`.
+    pub learning_rate: Option<f64>,
+    /// TRL's `center_rewards_coefficient` (off by default).
+    pub center_rewards_coefficient: Option<f64>,
+}
+
+impl RewardTrainingSection {
+    /// Optimizer steps over `pairs` pairs, counted as transformers counts them (see
+    /// [`super::SftSection::total_steps`]).
+    pub fn total_steps(&self, pairs: usize) -> u64 {
+        match self.length {
+            TrainLength::MaxSteps(n) => n,
+            TrainLength::Epochs(e) => {
+                let batches = pairs.div_ceil(self.batch_size) as u64;
+                let per_epoch = batches.div_ceil(self.gradient_accumulation_steps as u64).max(1);
+                (e * per_epoch as f64).ceil() as u64
+            }
+        }
+    }
+
+    /// The trainer's options with the model's pad token.
+    pub fn options(&self, pad_id: Option<u32>) -> RewardOptions {
+        RewardOptions {
+            batch_size: self.batch_size,
+            gradient_accumulation_steps: self.gradient_accumulation_steps,
+            seed: self.seed,
+            shuffle: self.shuffle,
+            gradient_checkpointing: self.gradient_checkpointing,
+            center_rewards_coefficient: self.center_rewards_coefficient,
+            pad_id,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRewardTraining {
+    data: Option<PathBuf>,
+    max_steps: Option<u64>,
+    #[serde(alias = "num_train_epochs")]
+    epochs: Option<f64>,
+    #[serde(alias = "per_device_train_batch_size")]
+    batch_size: Option<usize>,
+    gradient_accumulation_steps: Option<usize>,
+    max_length: Option<usize>,
+    seed: Option<u64>,
+    shuffle: Option<bool>,
+    gradient_checkpointing: Option<bool>,
+    learning_rate: Option<f64>,
+    center_rewards_coefficient: Option<f64>,
+}
+
+impl RawRewardTraining {
+    pub(super) fn validate(
+        self,
+        resolve: impl Fn(PathBuf) -> PathBuf,
+        err: impl Fn(String) -> Error,
+    ) -> Result<RewardTrainingSection> {
+        let s = self;
+        let data = s.data.ok_or_else(|| {
+            err(format!(
+                "[{SECTION}] data is missing: name the file of preference pairs (prompt, chosen, rejected)"
+            ))
+        })?;
+        let length = match (s.max_steps, s.epochs) {
+            (Some(_), Some(_)) => {
+                return Err(err(format!(
+                    "[{SECTION}] max_steps and num_train_epochs are both set: give exactly one of them"
+                )));
+            }
+            (None, None) => {
+                return Err(err(format!(
+                    "[{SECTION}] needs max_steps (optimizer steps) or num_train_epochs (passes over the pairs)"
+                )));
+            }
+            (Some(0), None) => return Err(err(format!("[{SECTION}] max_steps = 0: must be at least 1"))),
+            (Some(n), None) => TrainLength::MaxSteps(n),
+            (None, Some(e)) if !(e > 0.0 && e.is_finite()) => {
+                return Err(err(format!("[{SECTION}] num_train_epochs = {e}: must be a number above 0")));
+            }
+            (None, Some(e)) => TrainLength::Epochs(e),
+        };
+        let section = RewardTrainingSection {
+            data: resolve(data),
+            length,
+            batch_size: s.batch_size.unwrap_or(8),
+            gradient_accumulation_steps: s.gradient_accumulation_steps.unwrap_or(1),
+            max_length: s.max_length.unwrap_or(1024),
+            seed: s.seed.unwrap_or(0),
+            shuffle: s.shuffle.unwrap_or(true),
+            gradient_checkpointing: s.gradient_checkpointing.unwrap_or(false),
+            learning_rate: s.learning_rate,
+            center_rewards_coefficient: s.center_rewards_coefficient,
+        };
+        for (key, v) in [
+            ("per_device_train_batch_size", section.batch_size),
+            ("gradient_accumulation_steps", section.gradient_accumulation_steps),
+            ("max_length", section.max_length),
+        ] {
+            if v == 0 {
+                return Err(err(format!("[{SECTION}] {key} = 0: must be at least 1")));
+            }
+        }
+        if let Some(lr) = section.learning_rate
+            && !(lr > 0.0 && lr.is_finite())
+        {
+            return Err(err(format!("[{SECTION}] learning_rate = {lr}: must be a finite number above 0")));
+        }
+        if let Some(c) = section.center_rewards_coefficient
+            && !(c >= 0.0 && c.is_finite())
+        {
+            return Err(err(format!(
+                "[{SECTION}] center_rewards_coefficient = {c}: must be a finite number ≥ 0 (TRL suggests 0.01)"
+            )));
+        }
+        Ok(section)
+    }
+}
+
+/// Checks that the run file's other jobs are absent: a reward model trains alone.
+pub(super) fn check_alone(path: &Path, sft: bool, grpo: bool) -> Result<()> {
+    if sft || grpo {
+        return Err(Error::Config {
+            path: path.to_path_buf(),
+            message: format!(
+                "[{SECTION}] trains a reward model on its own: remove [{}] (train the policy in another run \
+                 file, with the reward model in its [reward_model] section)",
+                if sft { "sft" } else { "grpo" }
+            ),
+        });
+    }
+    Ok(())
+}
