@@ -160,3 +160,65 @@ pub(super) fn check_alone(path: &Path, sft: bool, grpo: bool) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{RunFile, Stage};
+    use super::*;
+
+    fn parse(text: &str) -> Result<RunFile> {
+        RunFile::from_toml(text, Path::new("/work/runs/rm.toml"))
+    }
+
+    #[test]
+    fn trls_reward_config_names_and_defaults() {
+        let rf = parse(
+            "[reward_model_training]\ndata = \"pairs.jsonl\"\nnum_train_epochs = 2\n\
+             per_device_train_batch_size = 4\ncenter_rewards_coefficient = 0.01\nlearning_rate = 1e-4\n",
+        )
+        .unwrap();
+        let r = rf.reward_training().unwrap();
+        assert_eq!(r.data, PathBuf::from("/work/runs/pairs.jsonl"));
+        assert_eq!((r.length, r.batch_size, r.gradient_accumulation_steps), (TrainLength::Epochs(2.0), 4, 1));
+        assert_eq!((r.max_length, r.shuffle, r.center_rewards_coefficient), (1024, true, Some(0.01)));
+        assert_eq!(rf.stages(), [Stage::RewardModel]);
+        assert_eq!(rf.optimizer_for(Stage::RewardModel).learning_rate, 1e-4);
+        // 10 pairs, 4 per batch → 3 batches an epoch, 2 epochs.
+        assert_eq!(r.total_steps(10), 6);
+        assert_eq!(Stage::parse("reward_model_training"), Some(Stage::RewardModel));
+        let short =
+            parse("[reward_model_training]\ndata = \"p.jsonl\"\nmax_steps = 3\nbatch_size = 2\n").unwrap();
+        assert_eq!(short.reward_training().unwrap().batch_size, 2);
+    }
+
+    #[test]
+    fn bad_sections_name_the_key() {
+        let cases = [
+            ("[reward_model_training]\nmax_steps = 3\n", "data is missing"),
+            ("[reward_model_training]\ndata = \"p\"\n", "needs max_steps"),
+            ("[reward_model_training]\ndata = \"p\"\nmax_steps = 3\nepochs = 1\n", "both set"),
+            ("[reward_model_training]\ndata = \"p\"\nmax_steps = 0\n", "max_steps = 0"),
+            (
+                "[reward_model_training]\ndata = \"p\"\nmax_steps = 1\nper_device_train_batch_size = 0\n",
+                "batch_size = 0",
+            ),
+            (
+                "[reward_model_training]\ndata = \"p\"\nmax_steps = 1\ncenter_rewards_coefficient = -1\n",
+                "center_rewards",
+            ),
+            ("[reward_model_training]\ndata = \"p\"\nmax_steps = 1\nbeta = 0.1\n", "unknown field `beta`"),
+            (
+                "[reward_model_training]\ndata = \"p\"\nmax_steps = 1\n[sft]\ndata = \"x\"\nmax_steps = 1\n",
+                "remove [sft]",
+            ),
+            (
+                "[reward_model]\npath = \"rm\"\n[sft]\ndata = \"x\"\nmax_steps = 1\n",
+                "[reward_model_training]",
+            ),
+        ];
+        for (text, says) in cases {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(says) && e.contains("rm.toml"), "{text}: {e}");
+        }
+    }
+}
