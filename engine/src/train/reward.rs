@@ -342,6 +342,16 @@ fn dot_rows(hidden: &[f32], w: &[f32]) -> Vec<f64> {
         .collect()
 }
 
+/// What one pass over a micro-batch gave.
+struct PassOutput {
+    /// Rewards of the chosen sides, then of the rejected.
+    chosen: Vec<f64>,
+    rejected: Vec<f64>,
+    /// The head's gradient (zero without a backward).
+    dhead: Vec<f64>,
+    tokens: usize,
+}
+
 /// A reward-model run in progress.
 pub struct RewardTrainer<'m> {
     decoder: &'m Decoder,
@@ -479,14 +489,14 @@ impl<'m> RewardTrainer<'m> {
 
     /// The rewards (chosen, rejected) of `pairs` with the current adapter and head, and, with `grad`, the
     /// backward of the Bradley–Terry loss over `denominator` pairs (LoRA gradients added into the
-    /// trainer's, the head's returned). Returns (rewards chosen, rewards rejected, head gradient, tokens).
+    /// trainer's, the head's returned).
     fn pass(
         &mut self,
         pairs: &[usize],
         head: &[f32],
         seed: u64,
         denominator: Option<usize>,
-    ) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>, usize)> {
+    ) -> Result<PassOutput> {
         let cfg = self.decoder.config();
         let seqs: Vec<&[u32]> = pairs
             .iter()
@@ -521,14 +531,14 @@ impl<'m> RewardTrainer<'m> {
             }
             self.decoder.train_backward_hidden(acts, scratch, &self.adapter, &self.grads, &rows, &drows)?;
         }
-        Ok((rc, rr, dhead, batch.len()))
+        Ok(PassOutput { chosen: rc, rejected: rr, dhead, tokens: batch.len() })
     }
 
     /// The rewards of pairs `indices` of the data with the current adapter and head (no update).
     pub fn rewards(&mut self, indices: &[usize]) -> Result<(Vec<f64>, Vec<f64>)> {
         let head = self.head()?;
-        let (rc, rr, _, _) = self.pass(indices, &head, 0, None)?;
-        Ok((rc, rr))
+        let out = self.pass(indices, &head, 0, None)?;
+        Ok((out.chosen, out.rejected))
     }
 
     /// The loss, the head's gradient and the LoRA gradients (left in the trainer's gradient buffers,
@@ -538,9 +548,10 @@ impl<'m> RewardTrainer<'m> {
         let mut zero = self.decoder.gpu().batch();
         self.grads.zero(&mut zero);
         zero.submit()?;
-        let (rc, rr, dhead, _) = self.pass(indices, &head, 0, Some(indices.len()))?;
-        let (loss, _, _) = bradley_terry(&rc, &rr, self.options.center_rewards_coefficient, indices.len());
-        Ok((loss, dhead))
+        let out = self.pass(indices, &head, 0, Some(indices.len()))?;
+        let c = self.options.center_rewards_coefficient;
+        let (loss, _, _) = bradley_terry(&out.chosen, &out.rejected, c, indices.len());
+        Ok((loss, out.dhead))
     }
 
     /// The LoRA gradients of the last step or [`RewardTrainer::loss_and_grads`].
@@ -571,13 +582,13 @@ impl<'m> RewardTrainer<'m> {
                 idx.push(i);
             }
             let seed = dropout_seed(o.seed, step, micro as u64, 0, 0);
-            let (rc, rr, dh, t) = self.pass(&idx, &head, seed, Some(denominator))?;
-            for (a, b) in dhead.iter_mut().zip(dh) {
+            let out = self.pass(&idx, &head, seed, Some(denominator))?;
+            for (a, b) in dhead.iter_mut().zip(out.dhead) {
                 *a += b;
             }
-            all_c.extend(rc);
-            all_r.extend(rr);
-            tokens += t;
+            all_c.extend(out.chosen);
+            all_r.extend(out.rejected);
+            tokens += out.tokens;
         }
         let (loss, _, _) = bradley_terry(&all_c, &all_r, o.center_rewards_coefficient, denominator);
         let dhead: Vec<f32> = dhead.iter().map(|&v| v as f32).collect();

@@ -28,7 +28,7 @@ fn body() -> (Decoder, Tokenizer) {
     let cfg = DecoderConfig::from_hf_file(&dir.join("config.json")).unwrap();
     let src = WeightSource::Safetensors(SafetensorsFolder::open(&dir).unwrap());
     let dec = Decoder::load_headless(gpu(), &src, cfg).unwrap();
-    (dec, Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap())
+    (dec, Tokenizer::from_file(dir.join("tokenizer.json")).unwrap())
 }
 
 /// tiny-rm-llama's pad token (config.json `pad_token_id`).

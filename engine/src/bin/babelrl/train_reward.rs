@@ -34,7 +34,7 @@ pub fn load_body(gpu: Arc<Gpu>, path: &Path) -> anyhow::Result<LanguageModel> {
         );
     }
     let cfg = DecoderConfig::from_hf_file(&path.join("config.json"))?;
-    let tokenizer = Tokenizer::from_file(&path.join("tokenizer.json"))?;
+    let tokenizer = Tokenizer::from_file(path.join("tokenizer.json"))?;
     let decoder =
         Decoder::load_headless(gpu, &WeightSource::Safetensors(SafetensorsFolder::open(path)?), cfg)?;
     Ok(LanguageModel { decoder, tokenizer: Some(tokenizer), path: path.to_path_buf() })
