@@ -49,6 +49,12 @@ fn f32s(v: &Value) -> Vec<f32> {
 
 #[test]
 fn bradley_terry_loss_and_gradients_match_trl_and_torch_autograd() {
+    for checkpointing in [false, true] {
+        bradley_terry_against_the_fixture(checkpointing);
+    }
+}
+
+fn bradley_terry_against_the_fixture(gradient_checkpointing: bool) {
     let doc: Value =
         serde_json::from_str(&std::fs::read_to_string(base_dir().join("peft/bt-reference.json")).unwrap())
             .unwrap();
@@ -70,9 +76,8 @@ fn bradley_terry_loss_and_gradients_match_trl_and_torch_autograd() {
     let (adapter, head) = load_reward_adapter(gpu(), &base_dir().join("peft"), dec.config()).unwrap();
     let center = doc["center_rewards_coefficient"].as_f64();
     let schedule = Schedule::new(SchedulerType::Constant, 0.0, 1).unwrap();
-    let mut t =
-        RewardTrainer::new(&dec, adapter, &head, data, AdamWConfig::default(), schedule, options(center, 3))
-            .unwrap();
+    let o = RewardOptions { gradient_checkpointing, ..options(center, 3) };
+    let mut t = RewardTrainer::new(&dec, adapter, &head, data, AdamWConfig::default(), schedule, o).unwrap();
     let (rc, rr) = t.rewards(&[0, 1, 2]).unwrap();
     let as32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
     assert_close("rewards chosen", &as32(&rc), &f32s(&doc["rewards_chosen"]), 1e-4, 1e-4);
