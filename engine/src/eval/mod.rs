@@ -15,6 +15,7 @@
 
 pub mod bleu;
 pub mod chrf;
+pub mod pairwise;
 pub mod report;
 pub mod tokenize;
 

@@ -175,6 +175,18 @@ impl Adapter {
     /// `adapter_model.safetensors` (f32), each through a temporary file that is synced and renamed
     /// into place, so a crash leaves either the old file or the new one.
     pub fn save_peft(&self, dir: &Path) -> Result<()> {
+        self.save_peft_with(dir, &[], |_| {})
+    }
+
+    /// [`Adapter::save_peft`] with more tensors in the weights file (`(name, shape, data)`, e.g. a
+    /// sequence-classification adapter's `base_model.model.score.weight`) and the config edited by
+    /// `patch` before it is written (e.g. `task_type`, `modules_to_save`).
+    pub fn save_peft_with(
+        &self,
+        dir: &Path,
+        extra: &[(&str, Vec<usize>, &[f32])],
+        patch: impl FnOnce(&mut serde_json::Value),
+    ) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let host = self.to_host()?;
         let model = self.model_config();
@@ -193,6 +205,9 @@ impl Adapter {
                 bytemuck::cast_slice(&p.b).to_vec(),
             ));
         }
+        for (name, shape, data) in extra {
+            named.push((name.to_string(), shape.clone(), bytemuck::cast_slice(data).to_vec()));
+        }
         let views = named
             .iter()
             .map(|(n, shape, data)| {
@@ -203,7 +218,9 @@ impl Adapter {
         let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
         let bytes = safetensors::serialize(views, Some(metadata))
             .map_err(|e| Error::format(dir.join(WEIGHTS_FILE), format!("serializing: {e}")))?;
-        let json = serde_json::to_string_pretty(&self.config().to_peft_json()).expect("a JSON value prints");
+        let mut config = self.config().to_peft_json();
+        patch(&mut config);
+        let json = serde_json::to_string_pretty(&config).expect("a JSON value prints");
         write_atomic(&dir.join(WEIGHTS_FILE), &bytes)?;
         write_atomic(&dir.join(CONFIG_FILE), format!("{json}\n").as_bytes())
     }

@@ -13,6 +13,7 @@ use crate::model::weights::{WeightSource, concat_rows};
 use crate::{Error, Result};
 
 mod train;
+mod train_hidden;
 
 /// Longest context the kernels support: their per-invocation loops over keys must stay under 16384
 /// iterations, where lavapipe silently stops loops.

@@ -296,15 +296,27 @@ impl RewardModel {
     }
 
     /// Scores of token sequences (as [`RewardModel::input_ids`] makes them), in order; all run as flat
-    /// batches of at most 8192 tokens.
+    /// batches of at most 8192 tokens ([`RewardModel::pass_ranges`]).
     pub fn score_ids(&self, seqs: &[Vec<u32>]) -> Result<Vec<f32>> {
-        let heads = self.decoder.config().n_head;
+        let lengths: Vec<usize> = seqs.iter().map(Vec::len).collect();
         let mut out = Vec::with_capacity(seqs.len());
+        for range in self.pass_ranges(&lengths) {
+            out.extend(self.pass(&seqs[range])?);
+        }
+        Ok(out)
+    }
+
+    /// How [`RewardModel::score_ids`] splits sequences of `lengths` into GPU passes: consecutive ranges,
+    /// each as many sequences as fit 8192 tokens, the attention scores' budget and the model's rows per
+    /// pass (a group of a few hundred short samples is one pass).
+    pub fn pass_ranges(&self, lengths: &[usize]) -> Vec<std::ops::Range<usize>> {
+        let heads = self.decoder.config().n_head;
+        let mut out = Vec::new();
         let mut start = 0;
-        while start < seqs.len() {
+        while start < lengths.len() {
             let (mut tokens, mut longest, mut end) = (0, 0, start);
-            while end < seqs.len() {
-                let (t, l) = (tokens + seqs[end].len(), longest.max(seqs[end].len()));
+            while end < lengths.len() {
+                let (t, l) = (tokens + lengths[end], longest.max(lengths[end]));
                 let too_big =
                     t > TOKENS_PER_PASS.min(MAX_STEP_TOKENS) || t * heads * l * 4 > SCORE_BYTES_PER_PASS;
                 if end > start && (too_big || end - start >= self.decoder.max_logit_rows()) {
@@ -312,10 +324,10 @@ impl RewardModel {
                 }
                 (tokens, longest, end) = (t, l, end + 1);
             }
-            out.extend(self.pass(&seqs[start..end])?);
+            out.push(start..end);
             start = end;
         }
-        Ok(out)
+        out
     }
 
     fn pass(&self, seqs: &[Vec<u32>]) -> Result<Vec<f32>> {

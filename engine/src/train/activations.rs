@@ -111,6 +111,9 @@ pub struct LastPass {
     pub span: usize,
     pub slots: usize,
     pub head_grad: bool,
+    /// The pass stopped at the final-normed hidden states (no LM head): only
+    /// `Decoder::train_backward_hidden` goes back through it.
+    pub hidden_only: bool,
     /// Seed of the pass's LoRA dropout masks.
     pub dropout_seed: u64,
     /// The temperature the pass's log-probs were taken at.

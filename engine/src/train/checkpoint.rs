@@ -156,7 +156,7 @@ pub fn save_checkpoint_with_files(
 }
 
 /// [`save_checkpoint`] with the adapter's two files written by `write_adapter` into the folder given.
-pub(crate) fn save_checkpoint_with(
+pub fn save_checkpoint_with(
     out_dir: &Path,
     write_adapter: impl FnOnce(&Path) -> Result<()>,
     optim: &AdamWState,

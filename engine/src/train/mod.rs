@@ -11,6 +11,7 @@ pub mod grpo;
 pub mod lora_grads;
 pub mod optim;
 pub mod pairs;
+pub mod reward;
 pub mod run_file;
 pub mod schedule;
 pub mod sft;
@@ -19,12 +20,16 @@ pub use activations::{Activations, Gradients, TrainShape};
 pub use batch::{TrainBatch, TrainSequence};
 pub use checkpoint::{
     CHECKPOINT_FORMAT, Checkpoint, ROUTER_STATE_FILE, TrainerState, latest_checkpoint, load_checkpoint,
-    prune_checkpoints, save_checkpoint, save_checkpoint_with_files,
+    prune_checkpoints, save_checkpoint, save_checkpoint_with, save_checkpoint_with_files,
 };
 pub use data::{SftExample, load_sft_jsonl};
 pub use lora_grads::LoraGrads;
 pub use optim::{AdamW, AdamWConfig, AdamWState, GradNorm, ParamSpec, ParamState};
 pub use pairs::{PairContent, PairOrigin, PairTexts, PreferencePair, read_pairs, render_pairs};
+pub use reward::{
+    RewardOptions, RewardPair, RewardStepMetrics, RewardTrainer, bradley_terry, load_reward_adapter,
+    reward_pad_id, save_reward_adapter, tokenize_reward_pairs,
+};
 pub use run_file::{
     EncoderSection, GrpoSection, LoraSection, ModelSection, OutputSection, RewardModelSection, RouterSection,
     RunFile, SFT_ADAPTER_DIR, ScheduleSection, SftSection, Stage, TrainLength,

@@ -408,6 +408,29 @@ mod tests {
     }
 
     #[test]
+    fn chat_pairs_render_with_the_template_and_need_one() {
+        let src = "{% for m in messages %}<{{ m.role }}>{{ m.content }}</s>{% endfor %}\
+                   {% if add_generation_prompt %}<assistant>{% endif %}";
+        let t = ChatTemplate::new(src, None, None).unwrap();
+        let pair = PreferencePair {
+            content: parse_pair(&json!({
+                "conversations": [{"from": "human", "value": "Hi"}],
+                "chosen": {"from": "gpt", "value": "Hello"},
+                "rejected": {"from": "gpt", "value": "Go"},
+            }))
+            .unwrap(),
+            language: None,
+            origin: PairOrigin::Item(1),
+        };
+        let texts = pair.render(Some(&t)).unwrap();
+        assert_eq!(
+            (texts.prompt.as_str(), texts.chosen.as_str(), texts.rejected.as_str(), texts.chat),
+            ("<user>Hi</s><assistant>", "Hello</s>", "Go</s>", true)
+        );
+        assert!(pair.render(None).unwrap_err().contains("chat template"));
+    }
+
+    #[test]
     fn llamafactory_demo_file_reads() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../shared/data/preference/llamafactory_dpo_en_demo.json");

@@ -43,6 +43,8 @@ pub struct RunFile {
     pub reward_model: Option<RewardModelSection>,
     /// LRPO's language router of a `[grpo]` job (`None`: every rollout in the prompt's own language).
     pub router: Option<RouterSection>,
+    /// `[reward_model_training]`: a Bradley–Terry reward model (a job of its own).
+    pub reward_training: Option<RewardTrainingSection>,
     pub output: OutputSection,
 }
 
@@ -166,6 +168,7 @@ struct RawRunFile {
     encoder: Option<services::RawEncoder>,
     reward_model: Option<services::RawRewardModel>,
     router: Option<router::RawRouter>,
+    reward_model_training: Option<reward::RawRewardTraining>,
     #[serde(default)]
     output: RawOutput,
     // Read by `RunRewards::from_toml`; listed here so they are not unknown keys.
@@ -403,7 +406,7 @@ impl RunFile {
                     return Err(err(format!(
                         "{key} belongs to a [grpo] job (reward plugins score its rollouts, a router picks \
                          their languages, the encoder and reward model serve the plugins); remove it or add \
-                         [grpo]"
+                         [grpo] (to train a reward model, the section is [reward_model_training])"
                     )));
                 }
                 let rewards = match on_policy && plugins {
@@ -437,6 +440,10 @@ impl RunFile {
             }
         };
 
+        let reward_training = raw.reward_model_training.map(|r| r.validate(resolve, err)).transpose()?;
+        if reward_training.is_some() {
+            reward::check_alone(path, sft.is_some(), grpo.is_some(), dpo.is_some())?;
+        }
         let encoder = raw.encoder.map(|e| e.validate(resolve));
         let reward_model = raw.reward_model.map(|r| r.validate(resolve, err)).transpose()?;
 
@@ -468,6 +475,7 @@ impl RunFile {
             encoder,
             reward_model,
             router,
+            reward_training,
             output,
         })
     }
@@ -493,6 +501,16 @@ impl RunFile {
                     .into(),
             }),
         }
+    }
+
+    /// The `[reward_model_training]` section, or an error saying the file lacks one.
+    pub fn reward_training(&self) -> Result<&RewardTrainingSection> {
+        self.reward_training.as_ref().ok_or_else(|| Error::Config {
+            path: self.path.clone(),
+            message: "no [reward_model_training] section: a reward-model run needs it with at least `data` \
+                      and `max_steps` (or `num_train_epochs`)"
+                .into(),
+        })
     }
 
     /// The LoRA config of a fresh adapter (with `init_from`, the adapter folder's config is used
@@ -526,11 +544,13 @@ fn check_learning_rate(section: &str, lr: Option<f64>, err: impl Fn(String) -> E
 
 mod dpo;
 mod grpo;
+pub mod reward;
 mod router;
 mod services;
 mod stage;
 pub use dpo::{DpoPairs, DpoSection};
 pub use grpo::GrpoSection;
+pub use reward::RewardTrainingSection;
 pub use router::RouterSection;
 pub use services::{EncoderSection, RewardModelSection};
 pub use stage::{SFT_ADAPTER_DIR, Stage, layout_text};

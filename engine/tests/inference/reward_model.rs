@@ -71,6 +71,26 @@ fn scores_match_peft_for_a_seq_cls_lora_adapter_with_its_score_head() {
 }
 
 #[test]
+fn a_group_of_samples_is_scored_in_one_gpu_pass() {
+    // What `reward-model-score` sends for one group (RunServices passes up to 64 pairs per call).
+    let rm = RewardModel::load(gpu(), &fixture("tiny-rm-llama/babelrl-rm")).unwrap();
+    let lengths: Vec<usize> = (0..64).map(|i| 20 + i % 37).collect();
+    assert_eq!(rm.pass_ranges(&lengths), vec![0..64]);
+    // Longer inputs split at the token budget, in order, covering every sequence once.
+    let long = vec![1000; 20];
+    let ranges = rm.pass_ranges(&long);
+    assert!(ranges.len() > 1 && ranges[0].start == 0 && ranges.last().unwrap().end == 20, "{ranges:?}");
+    assert!(ranges.windows(2).all(|w| w[0].end == w[1].start), "{ranges:?}");
+}
+
+#[test]
+fn a_reward_model_babelrl_trained_and_saved_scores_the_same_in_peft() {
+    // tiny-rm-llama/babelrl-rm: peft/ trained three steps by RewardTrainer and saved by babelrl; its
+    // expected.json holds PEFT's scores with it (scripts/fixtures_reward_train.py).
+    check(&fixture("tiny-rm-llama/babelrl-rm"));
+}
+
+#[test]
 fn the_score_position_is_the_last_token_that_is_not_pad_as_transformers_picks_it() {
     // tiny-rm-qwen2 pads with its EOS (TRL's fallback): the head reads the token before the EOS.
     let rm = RewardModel::load(gpu(), &fixture("tiny-rm-qwen2")).unwrap();

@@ -110,17 +110,24 @@ fn plugin_score_with_reward_model_serves_the_reward_models_scores() {
     let rows =
         [("hello", " world", ""), ("the quick brown fox", " jumps over the lazy dog.", ""), ("hi", "!", "")];
     let data = write_rows(&dir, &rows);
-    let rm_dir = fixture("tiny-rm-llama");
     let (w, d) = (wasm.to_str().unwrap(), data.to_str().unwrap());
     let args = ["plugin", "score", "--plugin", w, "--data", d, "--print-scores", "--group-by", "reference"];
-    let got = printed_scores(&babelrl(&[&args[..], &["--reward-model", rm_dir.to_str().unwrap()]].concat()));
-    let rm = RewardModel::load(gpu(), &rm_dir).unwrap();
-    let prompts: Vec<String> = rows.iter().map(|r| r.0.to_string()).collect();
-    let completions: Vec<String> = rows.iter().map(|r| r.1.to_string()).collect();
-    let want = rm.score(&prompts, &completions).unwrap();
-    assert_eq!(got.len(), want.len());
-    for (g, w) in got.iter().zip(&want) {
-        assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "plugin {g}, reward model {w}");
+    // A transformers-saved reward model, and one babelrl trained and saved (a SEQ_CLS adapter).
+    for rm_dir in [fixture("tiny-rm-llama"), fixture("tiny-rm-llama/babelrl-rm")] {
+        let got =
+            printed_scores(&babelrl(&[&args[..], &["--reward-model", rm_dir.to_str().unwrap()]].concat()));
+        let rm = RewardModel::load(gpu(), &rm_dir).unwrap();
+        let prompts: Vec<String> = rows.iter().map(|r| r.0.to_string()).collect();
+        let completions: Vec<String> = rows.iter().map(|r| r.1.to_string()).collect();
+        let want = rm.score(&prompts, &completions).unwrap();
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                "{}: plugin {g}, reward model {w}",
+                rm_dir.display()
+            );
+        }
     }
     let e = stderr(&babelrl(&args));
     assert!(e.contains("no reward model configured") && e.contains("--reward-model"), "{e}");

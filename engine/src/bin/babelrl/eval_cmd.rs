@@ -1,6 +1,8 @@
 //! `babelrl eval DATA.jsonl`: greedy completions of the base model and each `--adapter` on a held-out
 //! set, scored with chrF / chrF++ / BLEU, semantic similarity, language consistency and exact match
 //! (`babelrl::eval::report`); a table on stdout and, with `--json`, every number and completion.
+//! With `--reward-model DIR`, the data are preference pairs and the report is the reward model's pairwise
+//! accuracy (`eval_reward`).
 
 use std::path::{Path, PathBuf};
 
@@ -16,8 +18,20 @@ use babelrl::train::grpo::{GrpoPrompt, load_grpo_prompts};
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
-    /// Held-out JSONL, as GRPO data: `prompt` (text or chat messages), `reference`, `language`.
-    data: PathBuf,
+    /// Held-out JSONL, as GRPO data: `prompt` (text or chat messages), `reference`, `language`; with
+    /// --reward-model, preference pairs (`prompt`, `chosen`, `rejected`, `language`).
+    data: Option<PathBuf>,
+    /// The data file, as an option (in place of the positional argument).
+    #[arg(long = "data", value_name = "FILE")]
+    data_flag: Option<PathBuf>,
+    /// Evaluate this reward model (a *ForSequenceClassification folder or a PEFT SEQ_CLS adapter, e.g.
+    /// a run's `reward-model` folder) on preference pairs: pairwise accuracy overall and per language,
+    /// and the distribution of the reward margins.
+    #[arg(long, value_name = "DIR")]
+    reward_model: Option<PathBuf>,
+    /// With --reward-model: the language of the pairs that have no `language` field.
+    #[arg(long, value_name = "CODE")]
+    language: Option<String>,
     /// A GGUF file or a Hugging Face folder (default: SmolLM2-135M-Instruct from the model cache).
     #[arg(long)]
     model: Option<PathBuf>,
@@ -90,7 +104,32 @@ fn default_metrics(path: &Path, rows: &[GrpoPrompt]) -> Vec<Metric> {
     Metric::ALL.into_iter().filter(|&m| check_rows(path, rows, &[m]).is_ok()).collect()
 }
 
-pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+pub fn run(mut args: EvalArgs) -> anyhow::Result<()> {
+    let data = match (args.data.take(), args.data_flag.take()) {
+        (Some(a), Some(b)) if a != b => {
+            bail!("two data files, {} and --data {}: give one", a.display(), b.display())
+        }
+        (Some(d), _) | (None, Some(d)) => d,
+        (None, None) => bail!("no data file: babelrl eval DATA.jsonl (or --data DATA.jsonl)"),
+    };
+    args.data = Some(data.clone());
+    if let Some(rm) = &args.reward_model {
+        if !args.adapters.is_empty() || args.metrics.is_some() {
+            bail!(
+                "--reward-model evaluates preference pairs: --adapter and --metrics are for generation; drop them"
+            );
+        }
+        return crate::eval_reward::run(
+            rm,
+            &data,
+            args.language.as_deref(),
+            args.limit,
+            args.json.as_deref(),
+        );
+    }
+    if args.language.is_some() {
+        bail!("--language names the language of preference pairs, with --reward-model");
+    }
     let explicit = args.metrics.as_deref().map(Metric::parse_list).transpose()?;
     let bleu = BleuConfig { tokenize: Tokenize::from_name(&args.bleu_tokenize)?, ..BleuConfig::default() };
     let entries = parse_adapters(&args.adapters)?;
@@ -102,7 +141,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let lm =
         load_language_model(gpu.clone(), &path).with_context(|| format!("loading {}", path.display()))?;
     let tokenizer = lm.tokenizer()?;
-    let mut rows = load_grpo_prompts(&args.data, tokenizer, lm.decoder.max_context() - 1)?;
+    let mut rows = load_grpo_prompts(&data, tokenizer, lm.decoder.max_context() - 1)?;
     if let Some(n) = args.limit {
         if n == 0 {
             bail!("--limit must be at least 1");
@@ -111,16 +150,16 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     }
     let metrics = match explicit {
         Some(m) => m,
-        None => default_metrics(&args.data, &rows),
+        None => default_metrics(&data, &rows),
     };
     if metrics.is_empty() {
         bail!(
             "{}: no metric applies (rows need `reference` for chrf, bleu, semantic and exact, `language` for \
              language)",
-            args.data.display()
+            data.display()
         );
     }
-    check_rows(&args.data, &rows, &metrics)?;
+    check_rows(&data, &rows, &metrics)?;
     let mut adapters = Vec::with_capacity(entries.len());
     for entry in &entries {
         adapters.push(match &entry.dir {
@@ -151,7 +190,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     eprintln!(
         "eval: {} rows of {}, metrics {}, models {}",
         rows.len(),
-        args.data.display(),
+        data.display(),
         metrics.iter().map(|m| m.name()).collect::<Vec<_>>().join(","),
         entries.iter().map(|e| e.label.as_str()).collect::<Vec<_>>().join(", ")
     );

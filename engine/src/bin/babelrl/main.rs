@@ -4,6 +4,7 @@ mod bench;
 mod bench_grpo;
 mod bench_train;
 mod eval_cmd;
+mod eval_reward;
 mod generate_cmd;
 mod info;
 mod plot_cmd;
@@ -12,6 +13,7 @@ mod train_cmd;
 mod train_dpo;
 mod train_grpo;
 mod train_lrpo;
+mod train_reward;
 
 use std::path::PathBuf;
 

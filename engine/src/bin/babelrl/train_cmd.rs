@@ -23,7 +23,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 #[derive(clap::Args)]
 pub struct TrainArgs {
     /// The run file (TOML): [model], [lora], [optimizer], [schedule], the job ([sft], [grpo] with
-    /// [[reward]] tables, [dpo], or SFT then GRPO or DPO from the SFT adapter), [output].
+    /// [[reward]] tables, [dpo], or SFT then GRPO or DPO from the SFT adapter; or
+    /// [reward_model_training]), [output].
     run_file: PathBuf,
     /// Continue from a checkpoint: a `checkpoint-N` folder, or without a value the newest one in the
     /// run's output folder (of a two-stage run: of its latest stage, `grpo/` or `dpo/`, then `sft/`).
@@ -209,8 +210,12 @@ impl Session {
         }
         let model_path = run.model.path.clone().unwrap_or_else(crate::default_model);
         let gpu = Gpu::new(&GpuOptions::from_env())?;
-        let lm = load_language_model(gpu.clone(), &model_path)
-            .with_context(|| format!("loading the model {}", model_path.display()))?;
+        let lm = if stage == Stage::RewardModel {
+            crate::train_reward::load_body(gpu.clone(), &model_path)
+        } else {
+            load_language_model(gpu.clone(), &model_path).map_err(anyhow::Error::from)
+        }
+        .with_context(|| format!("loading the model {}", model_path.display()))?;
         let fingerprint = base_fingerprint(&lm)?;
         let (start_from, steps_before) = (None, 0);
         Ok(Session {
@@ -432,6 +437,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         run.sft()?;
     }
     let mut s = Session::open(&args, run)?;
+    if s.stage == Stage::RewardModel {
+        return crate::train_reward::run(&s);
+    }
     let last = *s.run.stages().last().expect("checked above");
     if s.stage == Stage::Sft {
         match last {

@@ -20,6 +20,15 @@ use crate::{Error, Result};
 
 use super::Layer;
 
+/// What a training forward ends with.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Head<'a> {
+    /// The LM head's cross-entropy, with each row's upstream gradient when known before the forward.
+    Lm(Option<&'a [f32]>),
+    /// Nothing: the pass stops at the final-normed hidden states (a scalar head's input).
+    None,
+}
+
 impl KvCache {
     /// Bytes of GPU memory the cache holds.
     pub fn bytes(&self) -> u64 {
@@ -100,7 +109,7 @@ impl Decoder {
         adapter: &Adapter,
         token_grad: Option<&[f32]>,
     ) -> Result<()> {
-        self.forward_walk(acts, batch, Some(adapter), token_grad)
+        self.forward_walk(acts, batch, Some(adapter), Head::Lm(token_grad))
     }
 
     /// The same walk with the adapter switched off: the reference policy's (the base model's) nll of
@@ -108,21 +117,25 @@ impl Decoder {
     /// It overwrites the activations and leaves nothing to go back through: run it before the policy's
     /// [`Decoder::train_forward`].
     pub fn reference_forward(&self, acts: &mut Activations, batch: &TrainBatch) -> Result<()> {
-        self.forward_walk(acts, batch, None, None)?;
+        self.forward_walk(acts, batch, None, Head::Lm(None))?;
         acts.last = None;
         Ok(())
     }
 
-    fn forward_walk(
+    pub(super) fn forward_walk(
         &self,
         acts: &mut Activations,
         batch: &TrainBatch,
         adapter: Option<&Adapter>,
-        token_grad: Option<&[f32]>,
+        head: Head<'_>,
     ) -> Result<()> {
         // A forward that fails part-way leaves nothing a backward could mistake for its pass.
         acts.last = None;
-        if self.headless {
+        let token_grad = match head {
+            Head::Lm(g) => g,
+            Head::None => None,
+        };
+        if self.headless && matches!(head, Head::Lm(_)) {
             return Err(Error::Input(
                 "this decoder was loaded without its LM head (a reward model's body): it cannot be \
                  trained on next-token log-probs"
@@ -179,12 +192,14 @@ impl Decoder {
         let x_last = &acts.layer_inputs[self.layers.len()];
         let final_norm = self.final_norm_at(acts, temperature);
         b.rms_norm_train(x_last, final_norm, &acts.normed, &acts.inv_rms_final, t, c.rms_eps)?;
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let a = &*acts;
-        if token_grad.is_some() {
+        if matches!(head, Head::None) {
+            // Stopped at the final-normed hidden states: another head reads `acts.normed`.
+        } else if token_grad.is_some() {
             b.lm_head_cross_entropy_with_grad(
                 &a.normed,
-                head,
+                lm_head,
                 &a.targets,
                 &a.token_grad,
                 &a.xent_scratch,
@@ -197,7 +212,7 @@ impl Decoder {
         } else {
             b.lm_head_cross_entropy(
                 &a.normed,
-                head,
+                lm_head,
                 &a.targets,
                 &a.xent_scratch,
                 &a.xent_stats,
@@ -212,6 +227,7 @@ impl Decoder {
             span: batch.span,
             slots: batch.slots,
             head_grad: token_grad.is_some(),
+            hidden_only: matches!(head, Head::None),
             dropout_seed: batch.dropout_seed,
             temperature,
         });
@@ -232,6 +248,13 @@ impl Decoder {
         let Some(last) = acts.last else {
             return Err(Error::Input("training backward: no forward pass to go back through".into()));
         };
+        if last.hidden_only {
+            return Err(Error::Input(
+                "training backward: the forward stopped at the hidden states (a scalar head's pass); go \
+                 back through it with train_backward_hidden"
+                    .into(),
+            ));
+        }
         let t = last.tokens;
         let g = &self.gpu;
         let p = self.attn_params(t, &acts.cache, last.span);
@@ -270,6 +293,23 @@ impl Decoder {
                 ));
             }
         }
+        self.body_backward(&mut b, &p, acts, scratch, adapter, grads, last)?;
+        b.submit()
+    }
+
+    /// Records the backward from `acts.dnormed` (the gradient of the final-normed hidden states) down
+    /// through the final norm and every layer, adding the LoRA gradients into `grads`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn body_backward(
+        &self,
+        b: &mut Batch<'_>,
+        p: &AttnParams,
+        acts: &Activations,
+        scratch: &Gradients,
+        adapter: &Adapter,
+        grads: &LoraGrads,
+        last: LastPass,
+    ) -> Result<()> {
         let x_last = &acts.layer_inputs[self.layers.len()];
         b.rms_norm_backward(
             x_last,
@@ -277,19 +317,19 @@ impl Decoder {
             &acts.dnormed,
             &acts.inv_rms_final,
             &scratch.dres,
-            t,
+            last.tokens,
             GradWrite::Overwrite,
         )?;
         for l in (0..self.layers.len()).rev() {
             let saved = if acts.checkpointing {
-                self.layer_forward(&mut b, &p, acts, 0, l, Some(adapter), last.dropout_seed)?;
+                self.layer_forward(b, p, acts, 0, l, Some(adapter), last.dropout_seed)?;
                 0
             } else {
                 l
             };
-            self.layer_backward(&mut b, &p, acts, saved, l, scratch, adapter, grads, last)?;
+            self.layer_backward(b, p, acts, saved, l, scratch, adapter, grads, last)?;
         }
-        b.submit()
+        Ok(())
     }
 
     /// The final norm's weights of a pass at `temperature` (divided by it unless it is 1).

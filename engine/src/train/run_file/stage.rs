@@ -21,22 +21,27 @@ pub enum Stage {
     Grpo,
     /// `[dpo]`: direct preference optimisation.
     Dpo,
+    /// `[reward_model_training]`: a Bradley–Terry reward model (a run file's only job).
+    #[serde(rename = "reward_model_training")]
+    RewardModel,
 }
 
 impl Stage {
-    /// The section's name, as in the run file and in checkpoints and metrics (`sft`, `grpo`, `dpo`).
+    /// The section's name, as in the run file and in checkpoints and metrics (`sft`, `grpo`, `dpo`,
+    /// `reward_model_training`).
     pub fn name(self) -> &'static str {
         match self {
             Stage::Sft => "sft",
             Stage::Grpo => "grpo",
             Stage::Dpo => "dpo",
+            Stage::RewardModel => "reward_model_training",
         }
     }
 
     /// Every stage, in run order.
-    pub const ALL: [Stage; 3] = [Stage::Sft, Stage::Grpo, Stage::Dpo];
+    pub const ALL: [Stage; 4] = [Stage::Sft, Stage::Grpo, Stage::Dpo, Stage::RewardModel];
 
-    /// The stage of `name` (`sft`, `grpo` or `dpo`).
+    /// The stage of `name` (one of [`Stage::name`]'s).
     pub fn parse(name: &str) -> Option<Stage> {
         Stage::ALL.into_iter().find(|s| s.name() == name)
     }
@@ -72,6 +77,9 @@ impl RunFile {
         if self.dpo.is_some() {
             stages.push(Stage::Dpo);
         }
+        if self.reward_training.is_some() {
+            stages.push(Stage::RewardModel);
+        }
         stages
     }
 
@@ -103,6 +111,7 @@ impl RunFile {
             Stage::Sft => self.sft.as_ref().and_then(|s| s.learning_rate),
             Stage::Grpo => self.grpo.as_ref().and_then(|g| g.learning_rate),
             Stage::Dpo => self.dpo.as_ref().and_then(|d| d.learning_rate),
+            Stage::RewardModel => self.reward_training.as_ref().and_then(|r| r.learning_rate),
         };
         AdamWConfig { learning_rate: lr.unwrap_or(self.optimizer.learning_rate), ..self.optimizer }
     }
