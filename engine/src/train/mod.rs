@@ -27,8 +27,8 @@ pub use lora_grads::LoraGrads;
 pub use optim::{AdamW, AdamWConfig, AdamWState, GradNorm, ParamSpec, ParamState};
 pub use pairs::{PairContent, PairOrigin, PairTexts, PreferencePair, read_pairs, render_pairs};
 pub use reward::{
-    RewardOptions, RewardPair, RewardStepMetrics, RewardTrainer, bradley_terry, load_reward_adapter,
-    reward_pad_id, save_reward_adapter, tokenize_reward_pairs,
+    RewardOptions, RewardPair, RewardStepMetrics, RewardTrainer, TokenizedPairs, bradley_terry,
+    load_reward_adapter, reward_pad_id, save_reward_adapter, tokenize_reward_pairs,
 };
 pub use run_file::{
     EncoderSection, GrpoSection, LoraSection, ModelSection, OutputSection, RewardModelSection, RouterSection,

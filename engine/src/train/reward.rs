@@ -66,15 +66,24 @@ pub fn reward_input_ids(
     tok.encode(&text, true)
 }
 
+/// Pairs tokenized for a reward model, and where the ones left out were.
+#[derive(Debug, Clone)]
+pub struct TokenizedPairs {
+    pub pairs: Vec<RewardPair>,
+    /// The pairs with a side over `max_length` tokens, left out as TRL's `RewardTrainer` filters them.
+    pub too_long: Vec<PairOrigin>,
+}
+
 /// Tokenizes `pairs` (read from `path`) for a reward model: chat pairs rendered with `tok`'s chat
-/// template. A side longer than `max_length` tokens is an error naming the file and line (nothing is
-/// truncated or dropped); so is a pair whose two sides tokenize the same.
+/// template. A pair with a side longer than `max_length` tokens is left out (TRL's `RewardTrainer`
+/// filters them; nothing is truncated) and listed in `too_long`; an error names the file when every
+/// pair is. A pair whose two sides tokenize the same is an error naming the file and line.
 pub fn tokenize_reward_pairs(
     path: &Path,
     pairs: &[PreferencePair],
     tok: &Tokenizer,
     max_length: usize,
-) -> Result<Vec<RewardPair>> {
+) -> Result<TokenizedPairs> {
     let eos_id = *tok.eos_ids().first().ok_or_else(|| {
         Error::Tokenizer(format!(
             "{}: the tokenizer has no EOS token, which ends a reward model's input",
@@ -83,23 +92,33 @@ pub fn tokenize_reward_pairs(
     })?;
     let eos = tok.id_to_token(eos_id).unwrap_or_default();
     let texts = render_pairs(path, pairs, tok)?;
-    let mut out = Vec::with_capacity(pairs.len());
+    let mut out = TokenizedPairs { pairs: Vec::with_capacity(pairs.len()), too_long: Vec::new() };
     for (p, t) in pairs.iter().zip(texts) {
-        let bad = |m: String| Error::format(path, format!("{}: {m}", p.origin));
         let chosen = reward_input_ids(tok, &eos, &t.prompt, &t.chosen, t.chat)?;
         let rejected = reward_input_ids(tok, &eos, &t.prompt, &t.rejected, t.chat)?;
-        for (side, ids) in [("chosen", &chosen), ("rejected", &rejected)] {
-            if ids.len() > max_length {
-                return Err(bad(format!(
-                    "the {side} side is {} tokens; max_length is {max_length}: shorten it or raise max_length",
-                    ids.len()
-                )));
-            }
-        }
         if chosen == rejected {
-            return Err(bad("`chosen` and `rejected` tokenize the same: there is nothing to prefer".into()));
+            return Err(Error::format(
+                path,
+                format!(
+                    "{}: `chosen` and `rejected` tokenize the same: there is nothing to prefer",
+                    p.origin
+                ),
+            ));
         }
-        out.push(RewardPair { chosen, rejected, language: p.language.clone(), origin: p.origin });
+        if chosen.len().max(rejected.len()) > max_length {
+            out.too_long.push(p.origin);
+            continue;
+        }
+        out.pairs.push(RewardPair { chosen, rejected, language: p.language.clone(), origin: p.origin });
+    }
+    if out.pairs.is_empty() && !out.too_long.is_empty() {
+        return Err(Error::format(
+            path,
+            format!(
+                "every pair has a side over max_length = {max_length} tokens (TRL's RewardTrainer leaves such \
+                 pairs out): raise max_length or shorten the pairs"
+            ),
+        ));
     }
     Ok(out)
 }

@@ -61,7 +61,7 @@ fn bradley_terry_against_the_fixture(gradient_checkpointing: bool) {
     let (dec, tok) = body();
     let path = base_dir().join("pairs.jsonl");
     let pairs = read_pairs(&path).unwrap();
-    let data = tokenize_reward_pairs(&path, &pairs, &tok, 1024).unwrap();
+    let data = tokenize_reward_pairs(&path, &pairs, &tok, 1024).unwrap().pairs;
     let ids = |k: &str| -> Vec<Vec<u32>> {
         doc[k]
             .as_array()
@@ -131,8 +131,8 @@ fn synthetic(n: usize, seed: u64) -> Vec<PreferencePair> {
 fn trained_reward_model(out: &Path, steps: u64) -> (Vec<RewardPair>, Vec<f64>) {
     let (dec, tok) = body();
     let path = Path::new("synthetic.jsonl");
-    let train = tokenize_reward_pairs(path, &synthetic(32, 1), &tok, 256).unwrap();
-    let held_out = tokenize_reward_pairs(path, &synthetic(16, 2), &tok, 256).unwrap();
+    let train = tokenize_reward_pairs(path, &synthetic(32, 1), &tok, 256).unwrap().pairs;
+    let held_out = tokenize_reward_pairs(path, &synthetic(16, 2), &tok, 256).unwrap().pairs;
     let mut cfg = LoraConfig::new(4, 8.0, &Target::ALL).unwrap();
     cfg.base_model = Some("..".into());
     let adapter = Adapter::init(gpu(), cfg, dec.config(), 3).unwrap();
@@ -241,11 +241,25 @@ fn bad_pair_files_name_the_file_and_line() {
     std::fs::write(&f, "{\"prompt\": \"a\", \"chosen\": \" b\", \"rejected\": \" b\"}\n").unwrap();
     let e = read_pairs(&f).unwrap_err().to_string();
     assert!(e.contains("line 1") && e.contains("the same"), "{e}");
-    // Too long for max_length.
-    std::fs::write(&f, "{\"prompt\": \"a\", \"chosen\": \" the thing\", \"rejected\": \" b\"}\n").unwrap();
+    // Over max_length: left out as TRL's RewardTrainer filters it; an error when no pair is left.
+    std::fs::write(
+        &f,
+        "{\"prompt\": \"a\", \"chosen\": \" the thing and the other thing\", \"rejected\": \" b\"}\n\
+         {\"prompt\": \"a\", \"chosen\": \" b\", \"rejected\": \" c\"}\n",
+    )
+    .unwrap();
     let (_, tok) = body();
-    let e = tokenize_reward_pairs(&f, &read_pairs(&f).unwrap(), &tok, 3).unwrap_err().to_string();
-    assert!(e.contains("line 1") && e.contains("max_length is 3"), "{e}");
+    let pairs = read_pairs(&f).unwrap();
+    let longest = |p: &babelrl::train::RewardPair| p.chosen.len().max(p.rejected.len());
+    let all = tokenize_reward_pairs(&f, &pairs, &tok, 1000).unwrap();
+    let limit = longest(&all.pairs[1]);
+    assert!(longest(&all.pairs[0]) > limit, "the first pair must be the longer one: {:?}", all.pairs);
+    let kept = tokenize_reward_pairs(&f, &pairs, &tok, limit).unwrap();
+    assert_eq!(kept.pairs.len(), 1);
+    assert_eq!(kept.pairs[0].chosen, all.pairs[1].chosen);
+    assert_eq!(kept.too_long.iter().map(|o| o.to_string()).collect::<Vec<_>>(), ["line 1"]);
+    let e = tokenize_reward_pairs(&f, &pairs[..1], &tok, limit).unwrap_err().to_string();
+    assert!(e.contains("pairs.jsonl") && e.contains("every pair") && e.contains("max_length"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -256,7 +270,7 @@ fn bad_pair_files_name_the_file_and_line() {
 fn write_babelrl_trained_reward_model() {
     let (dec, tok) = body();
     let path = base_dir().join("pairs.jsonl");
-    let data = tokenize_reward_pairs(&path, &read_pairs(&path).unwrap(), &tok, 1024).unwrap();
+    let data = tokenize_reward_pairs(&path, &read_pairs(&path).unwrap(), &tok, 1024).unwrap().pairs;
     let (adapter, head) = load_reward_adapter(gpu(), &base_dir().join("peft"), dec.config()).unwrap();
     let optim = AdamWConfig { learning_rate: 1e-2, ..AdamWConfig::default() };
     let schedule = Schedule::new(SchedulerType::Constant, 0.0, 3).unwrap();

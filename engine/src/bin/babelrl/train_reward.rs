@@ -29,7 +29,7 @@ pub fn load_body(gpu: Arc<Gpu>, path: &Path) -> anyhow::Result<LanguageModel> {
     if !path.is_dir() {
         bail!(
             "{}: a reward model trains on a Hugging Face model folder (config.json, safetensors, \
-             tokenizer.json), which its adapter names as its base; a GGUF file cannot be that base",
+             tokenizer.json), which its adapter names as its base; a GGUF file cannot be that base: write one with `python scripts/gguf_to_hf.py GGUF OUT` (needs transformers and gguf) and set [model] path to OUT",
             path.display()
         );
     }
@@ -75,7 +75,18 @@ pub fn run(s: &Session) -> anyhow::Result<()> {
     let section = s.run.reward_training()?.clone();
     let tok = s.lm.tokenizer()?;
     let pairs = read_pairs(&section.data)?;
-    let data = tokenize_reward_pairs(&section.data, &pairs, tok, section.max_length)?;
+    let tokenized = tokenize_reward_pairs(&section.data, &pairs, tok, section.max_length)?;
+    if let Some(first) = tokenized.too_long.first() {
+        eprintln!(
+            "{}: left out {} of {} pairs with a side over max_length = {} tokens, as TRL's RewardTrainer \
+             does (the first: {first})",
+            section.data.display(),
+            tokenized.too_long.len(),
+            pairs.len(),
+            section.max_length
+        );
+    }
+    let data = tokenized.pairs;
     let n_pairs = data.len();
     let base_path = std::fs::canonicalize(&s.lm.path).unwrap_or_else(|_| s.lm.path.clone());
     let base = base_path.to_string_lossy().into_owned();
