@@ -105,6 +105,7 @@ fn main() -> anyhow::Result<()> {
                     language: Some(lang.to_string()),
                     fields: Vec::new(),
                 },
+                messages: Some(messages.to_vec()),
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;

@@ -5,14 +5,16 @@
 
 use super::{Completion, SamplingConfig, generate};
 use crate::lora::Adapted;
-use crate::model::RewardModel;
+use crate::model::{RewardModel, RmPrompt};
 use crate::plugin::{RewardSet, Sample};
+use crate::text::ChatMessage;
 use crate::text::Tokenizer;
 use crate::{Error, Result};
 
 /// What scores the completions.
 pub enum Judge<'a> {
-    /// A scalar-head reward model: `score(prompt text, completion text)`.
+    /// A scalar-head reward model: `prompt + completion` as text, or a chat prompt's messages with the
+    /// completion as the assistant's reply (see [`BestOfPrompt::messages`]).
     RewardModel(&'a RewardModel),
     /// Reward plugins with weights: the weighted sum of the plugins that scored a completion.
     Plugins(&'a mut RewardSet),
@@ -24,6 +26,9 @@ pub enum Judge<'a> {
 pub struct BestOfPrompt {
     pub tokens: Vec<u32>,
     pub sample: Sample,
+    /// The messages of a chat prompt: a reward-model judge then scores the conversation with the
+    /// completion as the assistant's reply, rendered with its own chat template (`None`: text).
+    pub messages: Option<Vec<ChatMessage>>,
 }
 
 /// A prompt's n completions, their scores and the best.
@@ -82,9 +87,13 @@ pub fn best_of_n<'m>(
             completions.iter().map(|c| Sample { completion: c.text.clone(), ..p.sample.clone() }).collect();
         let (scores, per_plugin): (Vec<Option<f32>>, _) = match &mut judge {
             Judge::RewardModel(rm) => {
-                let prompts: Vec<String> = group.iter().map(|s| s.prompt.clone()).collect();
+                let prompt = match &p.messages {
+                    Some(m) => RmPrompt::Chat(m),
+                    None => RmPrompt::Text(&p.sample.prompt),
+                };
                 let texts: Vec<String> = group.iter().map(|s| s.completion.clone()).collect();
-                (rm.score(&prompts, &texts)?.into_iter().map(Some).collect(), Vec::new())
+                let prompts = vec![prompt; texts.len()];
+                (rm.score_prompts(&prompts, &texts)?.into_iter().map(Some).collect(), Vec::new())
             }
             Judge::Plugins(set) => {
                 let scored = set.score(&group)?;

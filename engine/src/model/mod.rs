@@ -15,4 +15,4 @@ pub use config::{Arch, DecoderConfig, cache_dir};
 pub use decoder::{Decoder, KvCache};
 pub use encoder::{Encoder, EncoderArch, EncoderConfig, EncoderOptions};
 pub use loader::{LanguageModel, load_language_model};
-pub use reward_model::RewardModel;
+pub use reward_model::{RewardModel, RmPrompt};

@@ -6,7 +6,9 @@
 //!
 //! Input, as TRL's `RewardTrainer` builds a standard (non-conversational) example: the text
 //! `prompt + completion + eos_token` (EOS appended unless the completion already ends with it),
-//! tokenized with the tokenizer's special tokens (BOS where its post-processor adds one).
+//! tokenized with the tokenizer's special tokens (BOS where its post-processor adds one). A chat prompt
+//! ([`RmPrompt::Chat`]) is scored as TRL builds a conversational example: the messages with the
+//! completion as the assistant's reply, rendered whole with the reward model's chat template.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use crate::lora::{Adapter, LoraConfig};
 use crate::model::config::DecoderConfig;
 use crate::model::decoder::{Decoder, MAX_STEP_TOKENS};
 use crate::model::weights::{HostTensor, SafetensorsFolder, WeightSource};
-use crate::text::Tokenizer;
+use crate::text::{ChatMessage, Tokenizer};
 use crate::{Error, Result};
 
 /// Most tokens in one scoring pass (longer batches are split).
@@ -29,6 +31,16 @@ const SCORE_BYTES_PER_PASS: usize = 256 << 20;
 /// Names PEFT saves a sequence-classification adapter's `score` head under (`modules_to_save`).
 const PEFT_SCORE: [&str; 2] =
     ["base_model.model.score.weight", "base_model.model.score.modules_to_save.default.weight"];
+
+/// What a reward model reads of a prompt.
+#[derive(Debug, Clone, Copy)]
+pub enum RmPrompt<'a> {
+    /// Plain text: the input is `prompt + completion + eos_token`.
+    Text(&'a str),
+    /// Chat messages: the input is the conversation with the completion as the assistant's reply,
+    /// rendered with the reward model's chat template (as its conversational training pairs were).
+    Chat(&'a [ChatMessage]),
+}
 
 /// A scalar-head reward model resident on the GPU.
 pub struct RewardModel {
@@ -261,6 +273,29 @@ impl RewardModel {
             text.push_str(&self.eos);
         }
         let ids = self.tokenizer.encode(&text, true)?;
+        self.check_length(&ids)?;
+        Ok(ids)
+    }
+
+    /// The input ids of a chat prompt answered by `completion`: `messages` + the assistant's reply,
+    /// rendered with the reward model's chat template and tokenized without adding special tokens, as
+    /// TRL tokenizes a conversational reward-model example.
+    pub fn chat_input_ids(&self, messages: &[ChatMessage], completion: &str) -> Result<Vec<u32>> {
+        let template = self.tokenizer.chat_template_renderer()?.ok_or_else(|| {
+            Error::Input(format!(
+                "reward model {}: a chat prompt needs the reward model's chat template and its tokenizer \
+                 has none: give the prompt as text",
+                self.dir.display()
+            ))
+        })?;
+        let mut conversation = messages.to_vec();
+        conversation.push(ChatMessage::new("assistant", completion));
+        let ids = self.tokenizer.encode(&template.render(&conversation, false)?, false)?;
+        self.check_length(&ids)?;
+        Ok(ids)
+    }
+
+    fn check_length(&self, ids: &[u32]) -> Result<()> {
         let max = self.decoder.max_context();
         if ids.is_empty() || ids.len() > max {
             return Err(Error::Input(format!(
@@ -269,7 +304,27 @@ impl RewardModel {
                 ids.len()
             )));
         }
-        Ok(ids)
+        Ok(())
+    }
+
+    /// Scores of `(prompts[i], completions[i])`, text or chat prompts, in order.
+    pub fn score_prompts(&self, prompts: &[RmPrompt<'_>], completions: &[String]) -> Result<Vec<f32>> {
+        if prompts.len() != completions.len() {
+            return Err(Error::Input(format!(
+                "{} prompts but {} completions to score",
+                prompts.len(),
+                completions.len()
+            )));
+        }
+        let seqs = prompts
+            .iter()
+            .zip(completions)
+            .map(|(p, c)| match p {
+                RmPrompt::Text(p) => self.input_ids(p, c),
+                RmPrompt::Chat(m) => self.chat_input_ids(m, c),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.score_ids(&seqs)
     }
 
     /// The row of `ids` the head reads: the rightmost token that is not the pad token (position 0 when

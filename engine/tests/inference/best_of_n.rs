@@ -42,6 +42,7 @@ fn best_of_n_keeps_the_highest_scoring_completion() {
                 language: None,
                 fields: Vec::new(),
             },
+            messages: None,
         })
         .collect();
     let cfg = SamplingConfig { temperature: 1.0, max_new_tokens: 12, seed: 5, ..Default::default() };

@@ -137,3 +137,50 @@ fn folders_that_are_not_reward_models_are_clear_errors() {
     assert!(e.contains("absent"), "{e}");
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// A chat prompt is scored as the reward model's conversational training pairs are tokenized: the
+/// messages with the completion as the assistant's reply, rendered whole with the model's chat template
+/// (best-of-n and on-policy DPO judge chat prompts this way), not as `prompt + completion + EOS` text.
+#[test]
+fn a_chat_prompt_is_scored_as_conversational_training_pairs_are_tokenized() {
+    use babelrl::model::RmPrompt;
+    use babelrl::text::ChatMessage;
+    use babelrl::train::{read_pairs, tokenize_reward_pairs};
+
+    let dir = std::env::temp_dir().join(format!("babelrl-rm-chat-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(fixture("tiny-rm-llama").join(f), dir.join(f)).unwrap();
+    }
+    std::fs::write(
+        dir.join("chat_template.jinja"),
+        "{% for m in messages %}{% if m.role == 'user' %}hello {% endif %}{{ m.content }}{% endfor %}",
+    )
+    .unwrap();
+    let rm = RewardModel::load(gpu(), &dir).unwrap();
+    let pairs_file = dir.join("pairs.jsonl");
+    std::fs::write(
+        &pairs_file,
+        "{\"prompt\": [{\"role\": \"user\", \"content\": \"the quick brown fox\"}], \
+         \"chosen\": [{\"role\": \"assistant\", \"content\": \" jumps over the lazy dog.\"}], \
+         \"rejected\": [{\"role\": \"assistant\", \"content\": \" sat.\"}]}\n",
+    )
+    .unwrap();
+    let pairs = read_pairs(&pairs_file).unwrap();
+    let trained = tokenize_reward_pairs(&pairs_file, &pairs, rm.tokenizer(), 1000).unwrap().pairs;
+    let messages = [ChatMessage::new("user", "the quick brown fox")];
+    let chosen = rm.chat_input_ids(&messages, " jumps over the lazy dog.").unwrap();
+    assert_eq!(chosen, trained[0].chosen);
+    assert_ne!(chosen, rm.input_ids("the quick brown fox", " jumps over the lazy dog.").unwrap());
+    let completions = [" jumps over the lazy dog.".to_string(), " sat.".to_string()];
+    let scores = rm.score_prompts(&[RmPrompt::Chat(&messages); 2], &completions).unwrap();
+    let direct = rm.score_ids(&[trained[0].chosen.clone(), trained[0].rejected.clone()]).unwrap();
+    assert_eq!(scores, direct);
+    // Text prompts score as before.
+    let text = rm.score_prompts(&[RmPrompt::Text("the quick brown fox"); 2], &completions).unwrap();
+    assert_eq!(
+        text,
+        rm.score(&["the quick brown fox".into(), "the quick brown fox".into()], &completions).unwrap()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -85,18 +85,24 @@ fn model_text(
     prompt: &str,
     model: &Path,
 ) -> anyhow::Result<(String, bool)> {
-    if !args.chat {
-        return Ok((prompt.to_string(), true));
-    }
+    let Some(messages) = chat_messages(args, prompt) else { return Ok((prompt.to_string(), true)) };
     let template = tokenizer
         .chat_template_renderer()?
         .with_context(|| format!("{} has no chat template", model.display()))?;
+    Ok((template.render(&messages, true)?, false))
+}
+
+/// With `--chat`: the prompt as messages (`--system`, then the user's).
+fn chat_messages(args: &GenerateArgs, prompt: &str) -> Option<Vec<ChatMessage>> {
+    if !args.chat {
+        return None;
+    }
     let mut messages = Vec::new();
     if let Some(system) = &args.system {
         messages.push(ChatMessage::new("system", system.clone()));
     }
     messages.push(ChatMessage::new("user", prompt));
-    Ok((template.render(&messages, true)?, false))
+    Some(messages)
 }
 
 /// Checks the best-of-n options before any model loads.
@@ -248,7 +254,11 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             .iter()
             .map(|s| {
                 let (text, special) = model_text(tokenizer, &args, &s.prompt, &path)?;
-                Ok(BestOfPrompt { tokens: tokenizer.encode(&text, special)?, sample: s.clone() })
+                Ok(BestOfPrompt {
+                    tokens: tokenizer.encode(&text, special)?,
+                    sample: s.clone(),
+                    messages: chat_messages(&args, &s.prompt),
+                })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let rm = match &args.reward_model {

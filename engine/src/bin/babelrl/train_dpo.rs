@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use babelrl::generate::{SamplingConfig, argmax, generate};
-use babelrl::model::RewardModel;
+use babelrl::model::{RewardModel, RmPrompt};
 use babelrl::plugin::{RewardSet, Sample};
 use babelrl::train::Stage;
 use babelrl::train::dpo::{DpoPair, DpoStepMetrics, DpoTrainer, load_dpo_pairs};
@@ -116,9 +116,19 @@ fn sample_pairs(
     let scores: Vec<Option<f32>> = match &mut op.ranker {
         Ranker::RewardModel(rm) => {
             let texts: Vec<String> = done.iter().map(|c| c.text.clone()).collect();
-            let prompts: Vec<String> =
-                picked.iter().flat_map(|&p| std::iter::repeat_n(op.prompts[p].text.clone(), n)).collect();
-            let scores = rm.score(&prompts, &texts).context("scoring the samples with [reward_model]")?;
+            let prompts: Vec<RmPrompt> = picked
+                .iter()
+                .flat_map(|&p| {
+                    let prompt = &op.prompts[p];
+                    let rm_prompt = match &prompt.messages {
+                        Some(m) => RmPrompt::Chat(m),
+                        None => RmPrompt::Text(&prompt.text),
+                    };
+                    std::iter::repeat_n(rm_prompt, n)
+                })
+                .collect();
+            let scores =
+                rm.score_prompts(&prompts, &texts).context("scoring the samples with [reward_model]")?;
             scores.into_iter().map(Some).collect()
         }
         Ranker::Plugins(set) => {
