@@ -18,8 +18,9 @@ The data stay where they are; this writes derived JSONL (gitignored) under --out
            for a token limit: TRL's RewardTrainer drops pairs over max_length tokens) after optional cuts
            (--prompt-chars keeps the end of the last prompt turn, --side-chars the start of each side; pairs
            whose cut sides become equal are dropped), per --languages (default en,zh), the first
-           --test-share of them (default 0.25) as test, the rest as train; also preference/prompts.LANG.jsonl,
-           the test pairs' prompts alone (chat prompts with the chosen answer as `reference`) for best-of-n.
+           --test-share of them (default 0.25) as test, the rest as train; also the single-turn pairs' prompts
+           alone, with the chosen answer as `reference`: prompts.SPLIT.LANG.jsonl (text, for `babelrl generate
+           --prompts … --chat`) and chat_prompts.SPLIT.LANG.jsonl (chat messages, for [dpo] / [grpo] runs).
 
 Reads $BABELRL_DATA (default ../shared/data next to the repository). Python 3 standard library only.
 """
@@ -159,11 +160,15 @@ def preference(args):
         out = os.path.join(args.out, "preference")
         write_jsonl(os.path.join(out, f"train.{lang}.jsonl"), train)
         write_jsonl(os.path.join(out, f"test.{lang}.jsonl"), test)
-        prompts = [{"prompt": [{"role": "user" if turn["from"] == "human" else "assistant", "content": turn["value"]}
-                               for turn in row["conversations"]],
-                    "reference": row["chosen"]["value"], "language": lang, "id": row["id"]}
-                   for row in test]
-        write_jsonl(os.path.join(out, f"prompts.{lang}.jsonl"), prompts)
+        for split, part in (("train", train), ("test", test)):
+            single = [row for row in part if len(row["conversations"]) == 1]
+            # Text prompts for `babelrl generate --prompts … --chat`; chat prompts for [dpo] / [grpo] runs.
+            write_jsonl(os.path.join(out, f"prompts.{split}.{lang}.jsonl"),
+                        [{"prompt": row["conversations"][0]["value"], "reference": row["chosen"]["value"],
+                          "language": lang, "id": row["id"]} for row in single])
+            write_jsonl(os.path.join(out, f"chat_prompts.{split}.{lang}.jsonl"),
+                        [{"prompt": user(row["conversations"][0]["value"]), "reference": row["chosen"]["value"],
+                          "language": lang, "id": row["id"]} for row in single])
 
 
 def main():
