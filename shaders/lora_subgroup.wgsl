@@ -25,6 +25,9 @@
 // over k takes one loop iteration per k (lavapipe stops an invocation after about 65536 loop iterations
 // in all; the host keeps every reduced length ≤ 60000). Grid: x (and z past the per-dimension limit) =
 // groups of eight columns, y = groups of 32 rows. Only built on adapters with Features::SUBGROUP.
+// Measured in a profiled SFT step on lavapipe (`babelrl bench --train-only --profile`, SmolLM2-135M,
+// r = 16 on all seven projections, 2 × 64 tokens, 2 cores loaded by other builds, so ±30%): the six
+// products took 3.4 s of the step (7.9%) against 11.6 s (26.6%) for lora.wgsl.
 
 struct Params {
     m: u32,       // rows of out

@@ -73,8 +73,9 @@ fn check_launch(
         )));
     }
     // Each invocation walks one of these lengths in a loop (K in the down projection, N in du, T in dA
-    // and dB), and lavapipe stops an invocation after about 65536 loop iterations in all; rows also
-    // index the grid's y dimension.
+    // and dB, R in the up projection and dx), and lavapipe stops an invocation after about 65536 loop
+    // iterations in all; rows also index the grid's y dimension (lora.wgsl: one row per group;
+    // lora_subgroup.wgsl: 32 rows per group, of T, N or K).
     if s.t > LOOP_BUDGET || s.n > LOOP_BUDGET || s.k > LOOP_BUDGET || s.r > LOOP_BUDGET {
         return Err(Error::Input(format!(
             "{op}: {} rows, {} outputs, {} inputs, rank {} in one launch; at most {LOOP_BUDGET} of each \
