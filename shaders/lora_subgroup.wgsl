@@ -26,8 +26,10 @@
 // in all; the host keeps every reduced length ≤ 60000). Grid: x (and z past the per-dimension limit) =
 // groups of eight columns, y = groups of 32 rows. Only built on adapters with Features::SUBGROUP.
 // Measured in a profiled SFT step on lavapipe (`babelrl bench --train-only --profile`, SmolLM2-135M,
-// r = 16 on all seven projections, 2 × 64 tokens, 2 cores loaded by other builds, so ±30%): the six
-// products took 3.4 s of the step (7.9%) against 11.6 s (26.6%) for lora.wgsl.
+// r = 16 on all seven projections, 2 × 256 tokens, 2 cores loaded by other builds, so ±30%): the six
+// products took 10.6 s of the step (7.8%) against 38.1 s (30.9%) for lora.wgsl; the forward's two
+// 2.3 s (7.2%) against 13.0 s (31.6%). The largest is now lora_up_subgroup (R = 16 FMAs per output
+// against a read and a write of it).
 
 struct Params {
     m: u32,       // rows of out
