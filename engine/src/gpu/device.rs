@@ -38,6 +38,10 @@ pub struct GpuOptions {
     /// every matmul with K % 8 == 0 to the four-rows-per-lane kernel (tests of small shapes), a huge
     /// value keeps the per-lane tile (A/B runs).
     pub subgroup_matmul_rows: Option<SubgroupMatmulRows>,
+    /// Keep the per-element LoRA kernels (lora.wgsl) where the broadcast ones (lora_subgroup.wgsl)
+    /// would run (`BABELRL_SUBGROUP_LORA=0`): for A/B runs and tests of the fallback. The base
+    /// matmuls' choice is unchanged.
+    pub per_lane_lora: bool,
 }
 
 /// Fewest rows (tokens) for each of the CPU family's subgroup-broadcast forward matmuls
@@ -89,6 +93,7 @@ impl GpuOptions {
             subgroup_matmul_rows: std::env::var("BABELRL_SUBGROUP_MATMUL_ROWS")
                 .ok()
                 .and_then(|v| SubgroupMatmulRows::parse(&v)),
+            per_lane_lora: std::env::var("BABELRL_SUBGROUP_LORA").is_ok_and(|v| v == "0"),
         }
     }
 }
@@ -145,6 +150,9 @@ pub struct Gpu {
     /// Where the CPU family's subgroup-broadcast matmuls (matmul_subgroup.wgsl) may run: `Some(the
     /// forward's row thresholds)` on a CPU-family device with subgroups of exactly eight lanes.
     pub(crate) subgroup_matmul: Option<SubgroupMatmulRows>,
+    /// Whether the LoRA products share values across a subgroup (lora_subgroup.wgsl): where the
+    /// broadcast matmuls run, unless `GpuOptions::per_lane_lora`.
+    pub(crate) subgroup_lora: bool,
     errors: Arc<Mutex<Vec<String>>>,
 }
 
@@ -298,6 +306,7 @@ impl Gpu {
                 GridLimit { fold_at, max }
             },
             dispatches: AtomicU64::new(0),
+            subgroup_lora: subgroup_matmul.is_some() && !options.per_lane_lora,
             subgroup_matmul,
             errors,
         }))
@@ -346,6 +355,13 @@ impl Gpu {
     /// per-lane kernels (no subgroups, subgroups not of exactly eight lanes, or the GPU family).
     pub fn subgroup_matmul_rows(&self) -> Option<SubgroupMatmulRows> {
         self.subgroup_matmul
+    }
+
+    /// Whether the LoRA kernels share values across a subgroup by broadcast (lora_subgroup.wgsl): where
+    /// [`Gpu::subgroup_matmul_rows`] is Some and `BABELRL_SUBGROUP_LORA=0` is not set; otherwise the
+    /// per-element kernels of lora.wgsl run.
+    pub fn subgroup_lora(&self) -> bool {
+        self.subgroup_lora
     }
 
     /// Largest buffer the engine may bind as one storage binding.

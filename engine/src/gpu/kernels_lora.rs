@@ -1,17 +1,19 @@
-//! Typed launches of the LoRA kernels (shaders/lora.wgsl), with their shapes checked as real errors:
-//! a mis-sized buffer would otherwise be clamped by wgpu's bounds checks into silently wrong numbers.
+//! Typed launches of the LoRA kernels, with their shapes checked as real errors: a mis-sized buffer
+//! would otherwise be clamped by wgpu's bounds checks into silently wrong numbers. The per-element
+//! kernels of shaders/lora.wgsl run everywhere; where the CPU family's broadcast matmuls run (subgroups
+//! of eight, see [`crate::gpu::Gpu::subgroup_lora`]) the same products go through
+//! shaders/lora_subgroup.wgsl, one strided GEMM entry point per product.
 
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::check::{need, to_u32};
-use crate::gpu::kernels::grid_1d;
-use crate::gpu::shaders::LORA;
+use crate::gpu::kernels::{grid_1d, split_groups};
+use crate::gpu::shaders::{LORA, LORA_SUBGROUP};
 use crate::gpu::{Batch, Tensor};
 use crate::{Error, Result};
 
 /// Workgroup size of the LoRA kernels (`WG` in lora.wgsl).
 const WG: usize = 64;
-/// Largest grid dimension wgpu guarantees.
 /// Longest loop one LoRA invocation may walk (see `check_launch`).
 const LOOP_BUDGET: usize = 60000;
 
@@ -71,13 +73,14 @@ fn check_launch(
         )));
     }
     // Each invocation walks one of these lengths in a loop (K in the down projection, N in du, T in dA
-    // and dB), and lavapipe stops an invocation after about 65536 loop iterations in all; rows also
-    // index the grid's y dimension.
-    if s.t > LOOP_BUDGET || s.n > LOOP_BUDGET || s.k > LOOP_BUDGET {
+    // and dB, R in the up projection and dx), and lavapipe stops an invocation after about 65536 loop
+    // iterations in all; rows also index the grid's y dimension (lora.wgsl: one row per group;
+    // lora_subgroup.wgsl: 32 rows per group, of T, N or K).
+    if s.t > LOOP_BUDGET || s.n > LOOP_BUDGET || s.k > LOOP_BUDGET || s.r > LOOP_BUDGET {
         return Err(Error::Input(format!(
-            "{op}: {} rows, {} outputs, {} inputs in one launch; at most {LOOP_BUDGET} of each (split \
-             the tokens into several passes)",
-            s.t, s.n, s.k
+            "{op}: {} rows, {} outputs, {} inputs, rank {} in one launch; at most {LOOP_BUDGET} of each \
+             (split the tokens into several passes)",
+            s.t, s.n, s.k, s.r
         )));
     }
     for (what, v) in [("rows × rank", s.t * s.r), ("outputs × rank", s.n * s.r), ("rank × inputs", s.r * s.k)]
@@ -119,6 +122,32 @@ impl<'g> Batch<'g> {
         need(op, "x", x, &[s.t, s.k])?;
         need(op, "u", u, &[s.t, s.r])?;
         need(op, "y", y, &[s.t, out.ldy])?;
+        if self.gpu_ref().subgroup_lora {
+            let (t, k, r) = (s.t, s.k, s.r);
+            self.lora_product(Product {
+                entry: "lora_down_subgroup",
+                m: t,
+                n: r,
+                kred: k,
+                lhs: Strided::new(&x.buffer, 0, k, 1),
+                rhs: Strided::new(&a.buffer, 0, k, 1),
+                out: Strided::new(&u.buffer, 0, r, 1),
+                alpha: 1.0,
+                accumulate: false,
+            });
+            self.lora_product(Product {
+                entry: "lora_up_subgroup",
+                m: t,
+                n: s.n,
+                kred: r,
+                lhs: Strided::new(&u.buffer, 0, r, 1),
+                rhs: Strided::new(&b.buffer, 0, r, 1),
+                out: Strided::new(&y.buffer, out.n_off, out.ldy, 1),
+                alpha: scale,
+                accumulate: true,
+            });
+            return Ok(());
+        }
         self.dispatch(
             &LORA,
             "lora_down_forward",
@@ -181,6 +210,10 @@ impl<'g> Batch<'g> {
         if let Some(dx) = grads.dx {
             need(op, "dx", dx, &[s.t, s.k])?;
         }
+        if self.gpu_ref().subgroup_lora {
+            self.lora_backward_subgroup(dy, x, a, b, u, scale, grads, s, out);
+            return Ok(());
+        }
         self.dispatch(
             &LORA,
             "lora_du_backward",
@@ -207,5 +240,152 @@ impl<'g> Batch<'g> {
             self.dispatch(&LORA, "lora_dx_backward", p, &[&grads.du.buffer, &a.buffer, &dx.buffer], grid);
         }
         Ok(())
+    }
+}
+
+/// Parameters of the broadcast LoRA products (mirrors `Params` in lora_subgroup.wgsl):
+/// out[m, n] = alpha · Σ_k lhs[m, k] · rhs[n, k] (+ out[m, n] when `flags & 1`).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug)]
+struct ProductParams {
+    m: u32,
+    n: u32,
+    kred: u32,
+    flags: u32,
+    p_off: u32,
+    p_sm: u32,
+    p_sk: u32,
+    q_off: u32,
+    q_sn: u32,
+    q_sk: u32,
+    c_off: u32,
+    c_sm: u32,
+    c_sn: u32,
+    alpha: f32,
+    pad0: u32,
+    pad1: u32,
+}
+
+/// One matrix of a strided product: element (i, j) at `off + i · s_i + j · s_j` of `buf`.
+#[derive(Clone, Copy)]
+struct Strided<'b> {
+    buf: &'b wgpu::Buffer,
+    off: usize,
+    s_i: usize,
+    s_j: usize,
+}
+
+impl<'b> Strided<'b> {
+    fn new(buf: &'b wgpu::Buffer, off: usize, s_i: usize, s_j: usize) -> Self {
+        Strided { buf, off, s_i, s_j }
+    }
+}
+
+/// One launch of lora_subgroup.wgsl: out (m, n) (+)= alpha · lhs (m, kred) · rhs (n, kred)ᵀ.
+struct Product<'b> {
+    entry: &'static str,
+    m: usize,
+    n: usize,
+    kred: usize,
+    lhs: Strided<'b>,
+    rhs: Strided<'b>,
+    out: Strided<'b>,
+    alpha: f32,
+    accumulate: bool,
+}
+
+impl<'g> Batch<'g> {
+    /// Records one broadcast product. The callers checked every buffer against the shapes (so every
+    /// index below fits its buffer and u32) and every reduced length against `LOOP_BUDGET`.
+    fn lora_product(&mut self, pr: Product<'_>) {
+        let params = ProductParams {
+            m: pr.m as u32,
+            n: pr.n as u32,
+            kred: pr.kred as u32,
+            flags: pr.accumulate as u32,
+            p_off: pr.lhs.off as u32,
+            p_sm: pr.lhs.s_i as u32,
+            p_sk: pr.lhs.s_j as u32,
+            q_off: pr.rhs.off as u32,
+            q_sn: pr.rhs.s_i as u32,
+            q_sk: pr.rhs.s_j as u32,
+            c_off: pr.out.off as u32,
+            c_sm: pr.out.s_i as u32,
+            c_sn: pr.out.s_j as u32,
+            alpha: pr.alpha,
+            pad0: 0,
+            pad1: 0,
+        };
+        // Grid: x = groups of eight columns (folded into z past the limit), y = groups of 32 rows
+        // (at most LOOP_BUDGET / 32 of them).
+        let (x, hi) = split_groups(pr.n.div_ceil(8) as u32, self.gpu_ref().grid_limit);
+        let grid = [x, pr.m.div_ceil(32) as u32, hi];
+        self.dispatch(&LORA_SUBGROUP, pr.entry, &params, &[pr.lhs.buf, pr.rhs.buf, pr.out.buf], grid);
+    }
+
+    /// `lora_backward` through the broadcast products (shapes already checked): du (T, R) =
+    /// scale · dy · B, dB (N, R) += scale · dyᵀ · u, dA (R, K) += duᵀ · x (computed as its transpose:
+    /// rows are inputs, columns the rank), dx (T, K) += du · A.
+    #[allow(clippy::too_many_arguments)]
+    fn lora_backward_subgroup(
+        &mut self,
+        dy: &Tensor,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        u: &Tensor,
+        scale: f32,
+        grads: LoraGradBuffers<'_>,
+        s: LoraShape,
+        out: OutputSlice,
+    ) {
+        let LoraShape { t, k, r, n } = s;
+        let OutputSlice { ldy, n_off } = out;
+        self.lora_product(Product {
+            entry: "lora_du_subgroup",
+            m: t,
+            n: r,
+            kred: n,
+            lhs: Strided::new(&dy.buffer, n_off, ldy, 1),
+            rhs: Strided::new(&b.buffer, 0, 1, r),
+            out: Strided::new(&grads.du.buffer, 0, r, 1),
+            alpha: scale,
+            accumulate: false,
+        });
+        self.lora_product(Product {
+            entry: "lora_db_subgroup",
+            m: n,
+            n: r,
+            kred: t,
+            lhs: Strided::new(&dy.buffer, n_off, 1, ldy),
+            rhs: Strided::new(&u.buffer, 0, 1, r),
+            out: Strided::new(&grads.db.buffer, 0, r, 1),
+            alpha: scale,
+            accumulate: true,
+        });
+        self.lora_product(Product {
+            entry: "lora_da_subgroup",
+            m: k,
+            n: r,
+            kred: t,
+            lhs: Strided::new(&x.buffer, 0, 1, k),
+            rhs: Strided::new(&grads.du.buffer, 0, 1, r),
+            out: Strided::new(&grads.da.buffer, 0, 1, k),
+            alpha: 1.0,
+            accumulate: true,
+        });
+        if let Some(dx) = grads.dx {
+            self.lora_product(Product {
+                entry: "lora_dx_subgroup",
+                m: t,
+                n: k,
+                kred: r,
+                lhs: Strided::new(&grads.du.buffer, 0, r, 1),
+                rhs: Strided::new(&a.buffer, 0, 1, k),
+                out: Strided::new(&dx.buffer, 0, k, 1),
+                alpha: 1.0,
+                accumulate: true,
+            });
+        }
     }
 }

@@ -46,6 +46,7 @@ shader!(MATMUL_WORKGROUP, "matmul_workgroup.wgsl", NONE, true);
 shader!(MATMUL_ROWS_SUBGROUP, "matmul_rows_subgroup.wgsl", wgpu::Features::SUBGROUP, true);
 shader!(MATMUL_SUBGROUP, "matmul_subgroup.wgsl", wgpu::Features::SUBGROUP, true);
 shader!(LORA, "lora.wgsl", NONE, true);
+shader!(LORA_SUBGROUP, "lora_subgroup.wgsl", wgpu::Features::SUBGROUP, true);
 shader!(ADAMW, "adamw.wgsl", NONE, true);
 // Targets are range-tested against the chunk's vocabulary ids in the shader.
 shader!(CROSS_ENTROPY, "cross_entropy.wgsl", NONE, true);
@@ -64,6 +65,7 @@ pub const ALL: &[ShaderSource] = &[
     MATMUL_ROWS_SUBGROUP,
     MATMUL_SUBGROUP,
     LORA,
+    LORA_SUBGROUP,
     ADAMW,
     CROSS_ENTROPY,
 ];
@@ -94,10 +96,10 @@ mod tests {
                 validate(shader.name, shader.source, shader.features).unwrap_or_else(|e| panic!("{e}"));
             assert!(!module.entry_points.is_empty(), "{} has no entry point", shader.name);
         }
-        // Only the subgroup matmuls (the GPU family's few-row one, the CPU family's broadcast one) need
-        // an adapter feature.
+        // Only the subgroup kernels (the GPU family's few-row matmul, the CPU family's broadcast matmuls
+        // and LoRA products) need an adapter feature.
         let needing: Vec<_> = ALL.iter().filter(|s| !s.features.is_empty()).map(|s| s.name).collect();
-        assert_eq!(needing, ["matmul_rows_subgroup.wgsl", "matmul_subgroup.wgsl"]);
+        assert_eq!(needing, ["matmul_rows_subgroup.wgsl", "matmul_subgroup.wgsl", "lora_subgroup.wgsl"]);
     }
 
     /// The check has teeth: the workgroup-memory matmul (the GPU family without subgroups) with its tree
@@ -144,6 +146,18 @@ mod tests {
             (
                 &MATMUL_SUBGROUP,
                 &["matmul_forward_subgroup", "matmul_forward_subgroup_1row", "matmul_backward_dx_subgroup"],
+            ),
+            (&LORA, &["lora_du_backward", "lora_db_backward", "lora_da_backward", "lora_dx_backward"]),
+            (
+                &LORA_SUBGROUP,
+                &[
+                    "lora_down_subgroup",
+                    "lora_up_subgroup",
+                    "lora_du_subgroup",
+                    "lora_db_subgroup",
+                    "lora_da_subgroup",
+                    "lora_dx_subgroup",
+                ],
             ),
             (
                 &CROSS_ENTROPY,

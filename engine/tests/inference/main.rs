@@ -28,6 +28,7 @@ mod kernels_encoder;
 mod kernels_folded_grids;
 mod kernels_gpu_family;
 mod kernels_lora;
+mod kernels_lora_subgroup;
 mod kernels_loss;
 mod kernels_subgroup;
 mod lora_peft;
