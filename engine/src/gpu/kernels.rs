@@ -180,7 +180,7 @@ impl<'g> Batch<'g> {
     /// ([`MATMUL_SWIGLU`]), equal bit for bit to [`Batch::matmul`] into (T, 2I) then [`Batch::swiglu`].
     pub fn matmul_swiglu(&mut self, x: &Tensor, w: &Weight16, act: &Tensor, t: usize) -> Result<()> {
         let op = "matmul_swiglu";
-        if w.rows % 2 != 0 {
+        if !w.rows.is_multiple_of(2) {
             return Err(fail(op, format!("`w` has {} rows; gate and up need an even count", w.rows)));
         }
         let inter = w.rows / 2;
@@ -220,12 +220,12 @@ impl<'g> Batch<'g> {
         // Grid: x = column groups (folded into z past the adapter's limit), y = row groups.
         // Rows per lane of the broadcast kernel that applies, if one does.
         let broadcast_rows = match gpu.subgroup_matmul {
-            Some(r) if k % 8 == 0 && t >= r.four_per_lane => 4,
-            Some(r) if k % 8 == 0 && t >= r.one_per_lane => 1,
+            Some(r) if k.is_multiple_of(8) && t >= r.four_per_lane => 4,
+            Some(r) if k.is_multiple_of(8) && t >= r.one_per_lane => 1,
             _ => 0,
         };
         let (shader, entry, column_groups, row_groups) =
-            match (k % 8 == 0, t < 4, gpu.profile, gpu.summary.subgroups) {
+            match (k.is_multiple_of(8), t < 4, gpu.profile, gpu.summary.subgroups) {
                 _ if broadcast_rows == 4 => (
                     &MATMUL_SUBGROUP,
                     "matmul_forward_subgroup",
@@ -247,7 +247,7 @@ impl<'g> Batch<'g> {
                 (true, true, KernelProfile::Cpu, _) => {
                     (&MATMUL, "matmul_forward_cols4", groups(n.div_ceil(per(4))), t as u32)
                 }
-                (true, false, KernelProfile::Gpu, _) if k % 32 == 0 => (
+                (true, false, KernelProfile::Gpu, _) if k.is_multiple_of(32) => (
                     &MATMUL_WORKGROUP,
                     "matmul_tiled_forward",
                     n.div_ceil(per(64)) as u32,
@@ -610,7 +610,7 @@ fn check_matmul(x: &Tensor, w: &Weight16, y: &Tensor, t: usize, ldy: usize, n_of
 /// Whether [`Batch::attention`] runs as one launch: the fused kernel reads q, k, v in whole `vec4`s and
 /// gives each of its 64 lanes one feature quad of a head (hd / 4 ≤ 64).
 fn fused_attention_fits(p: &AttnParams) -> bool {
-    p.head_dim % 4 == 0 && (4..=256).contains(&p.head_dim)
+    p.head_dim.is_multiple_of(4) && (4..=256).contains(&p.head_dim)
 }
 
 /// The sizes a row gather reads and writes: ids (T), out (T, D).
