@@ -9,6 +9,13 @@
 // attn_scores_forward: s (T, H, L) = q·k / sqrt(hd) for keys j < n_keys(t) (−inf after).
 // attn_softmax_forward: in place over each row of s, the first n_keys(t) entries.
 // attn_values_forward: out (T, H·hd) = Σ_j s[t, h, j] · v[slot, h / (H / Hkv), j].
+// attn_fused_forward: the three above in one launch (inference: no lse saved), one workgroup of 64 per
+//   (head, token): lane l scores keys l, l + 64, … into s (scratch, (T, H, L)), a workgroup max, the
+//   exponentials in place and their sum, then out = Σ_j e_j · v_j / Σ_j e_j with lane l summing feature
+//   quad l % (hd/4) over keys l / (hd/4), + 64 / (hd/4), … and a workgroup sum of the partial vectors.
+//   hd % 4 == 0 and hd ≤ 256 (the host uses the three kernels otherwise). Loop iterations per invocation
+//   (lavapipe stops one after about 65536 in all), n keys: ⌈n/64⌉·(hd/4 + 2) + n·hd/256 + 16, at most
+//   33040 at the longest context (16384) with hd = 256. Grid: x = head, y = token.
 // Training: the backward entry points (and the softmax variant saving lse) follow the forward ones below;
 // nothing here has a parameter gradient (the q/k norm weights are frozen).
 
@@ -158,6 +165,88 @@ fn attn_values_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     var acc = 0.0;
     for (var j = 0u; j < info.z; j++) { acc += probs[row + j] * v_in[vb + j * hd]; }
     o[(t * p.n_head + h) * hd + i] = acc;
+}
+
+@group(0) @binding(2) var<storage, read> q4_f: array<vec4<f32>>;            // fused: (T, H, hd)
+@group(0) @binding(3) var<storage, read> k4_f: array<vec4<f32>>;            // fused: k cache (S, Hkv, C, hd)
+@group(0) @binding(4) var<storage, read_write> s_f: array<f32>;             // fused: (T, H, L) scratch
+@group(0) @binding(5) var<storage, read> v4_f: array<vec4<f32>>;            // fused: v cache (S, Hkv, C, hd)
+@group(0) @binding(6) var<storage, read_write> o4_f: array<vec4<f32>>;      // fused: (T, H·hd)
+
+const FUSED_LANES: u32 = 64u;
+var<workgroup> red_f: array<f32, 64>;
+var<workgroup> acc_f: array<vec4<f32>, 64>;
+
+// red_f[0] = max (or sum) of red_f[0..64]; every lane reaches every barrier.
+fn reduce_red_f(lane: u32, take_max: bool) {
+    workgroupBarrier();
+    for (var stride = FUSED_LANES / 2u; stride > 0u; stride /= 2u) {
+        if (lane < stride) {
+            if (take_max) {
+                red_f[lane] = max(red_f[lane], red_f[lane + stride]);
+            } else {
+                red_f[lane] += red_f[lane + stride];
+            }
+        }
+        workgroupBarrier();
+    }
+}
+
+@compute @workgroup_size(64)
+fn attn_fused_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let h = wid.x;
+    let t = wid.y;
+    // Uniform over the workgroup: no lane leaves while others wait at a barrier.
+    if (h >= p.n_head || t >= p.t) { return; }
+    let info = tok[t];
+    let n = info.z;
+    let hd4 = p.head_dim / 4u;
+    let kvh = h / (p.n_head / p.n_kv_head);
+    let base = (info.y * p.n_kv_head + kvh) * p.ctx; // cache row of key 0
+    let r = t * p.n_head + h;
+    let row = r * p.span;
+    let scale = inverseSqrt(f32(p.head_dim));
+
+    var m = -3.0e38;
+    for (var j = lane; j < n; j += FUSED_LANES) {
+        var acc = 0.0;
+        for (var i = 0u; i < hd4; i++) { acc += dot(q4_f[r * hd4 + i], k4_f[(base + j) * hd4 + i]); }
+        let sc = acc * scale;
+        s_f[row + j] = sc;
+        m = max(m, sc);
+    }
+    red_f[lane] = m;
+    reduce_red_f(lane, true);
+    let mx = red_f[0];
+    workgroupBarrier(); // every lane has read the max before the slots are reused
+
+    var sum = 0.0;
+    for (var j = lane; j < n; j += FUSED_LANES) {
+        let e = exp(s_f[row + j] - mx);
+        s_f[row + j] = e;
+        sum += e;
+    }
+    red_f[lane] = sum;
+    storageBarrier(); // the exponentials are read by other lanes below
+    reduce_red_f(lane, false);
+    let total = red_f[0];
+
+    let groups = FUSED_LANES / hd4;
+    let f = lane % hd4;
+    let g = lane / hd4;
+    var acc = vec4<f32>(0.0);
+    if (g < groups) {
+        for (var j = g; j < n; j += groups) { acc += s_f[row + j] * v4_f[(base + j) * hd4 + f]; }
+    }
+    acc_f[lane] = acc;
+    workgroupBarrier();
+    if (lane < hd4) {
+        var out = vec4<f32>(0.0);
+        for (var gg = 0u; gg < groups; gg++) { out += acc_f[gg * hd4 + lane]; }
+        var inv = 0.0;
+        if (total > 0.0) { inv = 1.0 / total; }
+        o4_f[r * hd4 + lane] = out * inv;
+    }
 }
 
 // Backward (training). Gradients of k and v have the caches' layout (S, Hkv, C, hd): an entry's gradient

@@ -1,6 +1,13 @@
 // matmul_forward: Y = X · Wᵀ (+ bias) (+ residual)
 //   X (T, K) f32 activations, W (N, K) frozen f16 weights packed two per u32, Y (T, N) f32.
-//   flags bit 0: add bias (N); bit 1: add residual (T, N).
+//   flags bit 0: add bias (N); bit 1: add residual (T, N); bit 2 (SWIGLU, an epilogue mode): W holds
+//   2·N rows, the gate rows 0..N then the up rows N..2N (p.n = N, the output width), and
+//   y[t, n_off + n] = silu(x·W[n]) · (x·W[N + n]) with silu(g) = g / (1 + exp(−g)); bias and residual
+//   stay off with it. Each output's two dot products are computed exactly as the plain mode computes
+//   those columns, so the result equals a plain matmul followed by swiglu_forward bit for bit.
+//   Every forward matmul entry point (here, matmul_subgroup.wgsl, matmul_rows_subgroup.wgsl and
+//   matmul_workgroup.wgsl) implements the flag; a kernel whose invocation holds a tile of 2B columns
+//   gives its first B to gate rows and its last B to the matching up rows, and outputs B columns.
 // Three entry points, chosen on the host by shape: matmul_forward (a 4×4 register tile, K % 8 == 0),
 // matmul_forward_cols4 (four columns of one row, for T < 4, K % 8 == 0) and matmul_forward_scalar (any
 // even K). No workgroup memory or barriers (fast on CPU adapters such as lavapipe: the 4×4 tile measured
@@ -21,6 +28,21 @@ struct Params { t: u32, n: u32, k: u32, flags: u32, ldy: u32, n_off: u32, pad0: 
 
 override WG: u32 = 64u;
 
+const FLAG_SWIGLU: u32 = 4u;
+
+fn swiglu(g: f32, u: f32) -> f32 { return g / (1.0 + exp(-g)) * u; }
+
+fn swiglu_on() -> bool { return (p.flags & FLAG_SWIGLU) != 0u; }
+
+// Weight row of tile column c (of 2·half) for the output columns n0.. : in SWIGLU mode the first half
+// are gate rows n0 + c and the second the up rows N + n0 + c − half; else row n0 + c. Clamped to the end.
+fn tile_row(n0: u32, c: u32, half: u32) -> u32 {
+    let last = p.n - 1u;
+    if (!swiglu_on()) { return min(n0 + c, last); }
+    if (c < half) { return min(n0 + c, last); }
+    return p.n + min(n0 + c - half, last);
+}
+
 fn store(t0: u32, n: u32, acc: vec4<f32>) {
     var b = 0.0;
     if ((p.flags & 1u) != 0u) { b = bias[n]; }
@@ -37,12 +59,9 @@ fn store(t0: u32, n: u32, acc: vec4<f32>) {
 fn x_at(e: u32) -> f32 { return x4[e >> 2u][e & 3u]; }
 fn w_at(e: u32) -> u32 { return w4[e >> 2u][e & 3u]; }
 
-// Any even K: scalar loads, two halves at a time.
-@compute @workgroup_size(WG)
-fn matmul_forward_scalar(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let n = gid.x + gid.z * nwg.x * WG;
-    let t0 = gid.y * 4u;
-    if (n >= p.n || t0 >= p.t) { return; }
+// Any even K: scalar loads, two halves at a time. In SWIGLU mode the invocation walks its gate row and
+// then its up row.
+fn rows4_scalar(n: u32, t0: u32) -> vec4<f32> {
     let k2 = p.k / 2u;
     let last = p.t - 1u;
     var acc = vec4<f32>(0.0);
@@ -54,7 +73,24 @@ fn matmul_forward_scalar(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
             acc[m] += x_at(r) * wv.x + x_at(r + 1u) * wv.y;
         }
     }
-    store(t0, n, acc);
+    return acc;
+}
+
+@compute @workgroup_size(WG)
+fn matmul_forward_scalar(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let n = gid.x + gid.z * nwg.x * WG;
+    let t0 = gid.y * 4u;
+    if (n >= p.n || t0 >= p.t) { return; }
+    if (swiglu_on()) {
+        let g = rows4_scalar(n, t0);
+        let u = rows4_scalar(p.n + n, t0);
+        for (var m = 0u; m < 4u; m++) {
+            let t = t0 + m;
+            if (t < p.t) { y[t * p.ldy + p.n_off + n] = swiglu(g[m], u[m]); }
+        }
+        return;
+    }
+    store(t0, n, rows4_scalar(n, t0));
 }
 
 fn unpack8(q: vec4<u32>, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
@@ -65,18 +101,20 @@ fn unpack8(q: vec4<u32>, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
 // For few rows (decoding, T < 4): one invocation computes four consecutive output columns of one row,
 // so each activation vector is read once per four weight rows and no work is spent on clamped rows.
 // K must be a multiple of 8. Grid: x (and z, past the per-dimension limit) = groups of four columns, y = row.
+// SWIGLU: two output columns per invocation (gate and up rows of each), groups of two columns.
 @compute @workgroup_size(WG)
 fn matmul_forward_cols4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let n0 = (gid.x + gid.z * nwg.x * WG) * 4u;
+    let sw = swiglu_on();
+    let n0 = (gid.x + gid.z * nwg.x * WG) * select(4u, 2u, sw);
     let t = gid.y;
     if (n0 >= p.n || t >= p.t) { return; }
     let k8 = p.k / 8u;
     let xr = t * (p.k / 4u);
-    let last = p.n - 1u;
-    let w0 = n0 * k8;
-    let w1 = min(n0 + 1u, last) * k8;
-    let w2 = min(n0 + 2u, last) * k8;
-    let w3 = min(n0 + 3u, last) * k8;
+    let half = select(4u, 2u, sw);
+    let w0 = tile_row(n0, 0u, half) * k8;
+    let w1 = tile_row(n0, 1u, half) * k8;
+    let w2 = tile_row(n0, 2u, half) * k8;
+    let w3 = tile_row(n0, 3u, half) * k8;
     var acc = vec4<f32>(0.0);
     for (var i = 0u; i < k8; i++) {
         let xa = x4[xr + 2u * i];
@@ -85,6 +123,13 @@ fn matmul_forward_cols4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
         acc.y += unpack8(w4[w1 + i], xa, xb);
         acc.z += unpack8(w4[w2 + i], xa, xb);
         acc.w += unpack8(w4[w3 + i], xa, xb);
+    }
+    if (sw) {
+        for (var m = 0u; m < 2u; m++) {
+            let n = n0 + m;
+            if (n < p.n) { y[t * p.ldy + p.n_off + n] = swiglu(acc[m], acc[m + 2u]); }
+        }
+        return;
     }
     for (var m = 0u; m < 4u; m++) {
         let n = n0 + m;
@@ -100,20 +145,21 @@ fn matmul_forward_cols4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
 // For many rows (prefill, batches): a 4×4 register tile, four rows × four columns per invocation, so
 // each loaded weight vector serves four rows and each activation vector four columns. K a multiple of 8.
 // Grid: x (and z, past the per-dimension limit) = groups of four columns, y = groups of four rows.
+// SWIGLU: four rows × two output columns per invocation (tile columns 0, 1 gate, 2, 3 up), groups of two.
 @compute @workgroup_size(WG)
 fn matmul_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let n0 = (gid.x + gid.z * nwg.x * WG) * 4u;
+    let sw = swiglu_on();
+    let n0 = (gid.x + gid.z * nwg.x * WG) * select(4u, 2u, sw);
     let t0 = gid.y * 4u;
     if (n0 >= p.n || t0 >= p.t) { return; }
     let k8 = p.k / 8u;
     let kx = p.k / 4u;
     let last_t = p.t - 1u;
-    let last_n = p.n - 1u;
     var xr: array<u32, 4>;
     var wr: array<u32, 4>;
     for (var m = 0u; m < 4u; m++) {
         xr[m] = min(t0 + m, last_t) * kx;
-        wr[m] = min(n0 + m, last_n) * k8;
+        wr[m] = tile_row(n0, m, select(4u, 2u, sw)) * k8;
     }
     var acc: array<vec4<f32>, 4>; // acc[row][column]
     for (var i = 0u; i < k8; i++) {
@@ -134,6 +180,16 @@ fn matmul_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
                 dot(wa[3], xa) + dot(wb[3], xb),
             );
         }
+    }
+    if (sw) {
+        for (var r = 0u; r < 4u; r++) {
+            let t = t0 + r;
+            for (var c = 0u; c < 2u; c++) {
+                let n = n0 + c;
+                if (t < p.t && n < p.n) { y[t * p.ldy + p.n_off + n] = swiglu(acc[r][c], acc[r][c + 2u]); }
+            }
+        }
+        return;
     }
     for (var r = 0u; r < 4u; r++) {
         let t = t0 + r;

@@ -18,6 +18,9 @@
 // accumulates all eight columns for them. Grid: x (and z past the per-dimension limit) = groups of
 // eight columns, y = groups of 32 rows. Rows and columns past the ends are clamped for loads and never
 // stored; a lane whose rows all lie past the end still loads and broadcasts its weight row.
+// flags bit 2 (SWIGLU, as matmul.wgsl defines it): a workgroup outputs four columns n0.., lanes 0..3
+// loading gate rows n0 + j and lanes 4..7 the up rows N + n0 + j − 4; column c's output is
+// silu(acc[c]) · acc[c + 4]. Grid x then counts groups of four output columns.
 struct Params { t: u32, n: u32, k: u32, flags: u32, ldy: u32, n_off: u32, pad0: u32, pad1: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -29,6 +32,23 @@ struct Params { t: u32, n: u32, k: u32, flags: u32, ldy: u32, n_off: u32, pad0: 
 
 const ROWS: u32 = 4u;    // rows of X per lane
 const LANES: u32 = 8u;   // lanes per subgroup = columns per workgroup
+const FLAG_SWIGLU: u32 = 4u;
+
+fn swiglu(g: f32, u: f32) -> f32 { return g / (1.0 + exp(-g)) * u; }
+
+fn swiglu_on() -> bool { return (p.flags & FLAG_SWIGLU) != 0u; }
+
+// First output column of workgroup `g`: eight per workgroup, four in SWIGLU mode.
+fn first_column(g: u32) -> u32 { return g * select(LANES, LANES / 2u, swiglu_on()); }
+
+// The weight row lane `lane` loads for the output columns n0..: row n0 + lane, or in SWIGLU mode gate
+// row n0 + lane (lanes 0..3) or up row N + n0 + lane − 4 (lanes 4..7). Clamped to the end.
+fn lane_row(n0: u32, lane: u32) -> u32 {
+    let last = p.n - 1u;
+    if (!swiglu_on()) { return min(n0 + lane, last); }
+    if (lane < LANES / 2u) { return min(n0 + lane, last); }
+    return p.n + min(n0 + lane - LANES / 2u, last);
+}
 
 // acc[r][c] += x[row r][4 · j .. 4 · j + 4] · (lane c's w4), for this lane's four rows and the
 // subgroup's eight columns: lane c's weights come by broadcast (a constant lane: one block per column).
@@ -51,7 +71,7 @@ fn matmul_forward_subgroup(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(subgroup_invocation_id) lane: u32,
 ) {
-    let n0 = (wid.x + wid.z * nwg.x) * LANES;
+    let n0 = first_column(wid.x + wid.z * nwg.x);
     // Uniform over the workgroup: no lane leaves while others still broadcast.
     if (n0 >= p.n) { return; }
     let t0 = wid.y * (LANES * ROWS) + lane * ROWS;
@@ -60,13 +80,25 @@ fn matmul_forward_subgroup(
     let last_t = p.t - 1u;
     var xr: array<u32, 4>;
     for (var r = 0u; r < ROWS; r++) { xr[r] = min(t0 + r, last_t) * kx; }
-    let wr = min(n0 + lane, p.n - 1u) * k8;
+    let wr = lane_row(n0, lane) * k8;
     var acc: array<array<f32, 8>, 4>; // acc[row][column]
     for (var i = 0u; i < k8; i++) {
         // Two halves of the eight K values, one after the other, to keep fewer values live.
         let q = w4[wr + i];
         acc_half(&acc, vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)), &xr, 2u * i);
         acc_half(&acc, vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)), &xr, 2u * i + 1u);
+    }
+    if (swiglu_on()) {
+        for (var r = 0u; r < ROWS; r++) {
+            let t = t0 + r;
+            for (var c = 0u; c < LANES / 2u; c++) {
+                let n = n0 + c;
+                if (t < p.t && n < p.n) {
+                    y[t * p.ldy + p.n_off + n] = swiglu(acc[r][c], acc[r][c + LANES / 2u]);
+                }
+            }
+        }
+        return;
     }
     for (var r = 0u; r < ROWS; r++) {
         let t = t0 + r;
@@ -94,13 +126,13 @@ fn matmul_forward_subgroup_1row(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(subgroup_invocation_id) lane: u32,
 ) {
-    let n0 = (wid.x + wid.z * nwg.x) * LANES;
+    let n0 = first_column(wid.x + wid.z * nwg.x);
     // Uniform over the workgroup: no lane leaves while others still broadcast.
     if (n0 >= p.n) { return; }
     let t = wid.y * LANES + lane;
     let k8 = p.k / 8u;
     let xr = min(t, p.t - 1u) * (p.k / 4u);
-    let wr = min(n0 + lane, p.n - 1u) * k8;
+    let wr = lane_row(n0, lane) * k8;
     var lo = vec4<f32>(0.0); // columns 0..3
     var hi = vec4<f32>(0.0); // columns 4..7
     for (var i = 0u; i < k8; i++) {
@@ -117,6 +149,16 @@ fn matmul_forward_subgroup_1row(
         hi.y += dot(xa, subgroupBroadcast(wa, 5u)) + dot(xb, subgroupBroadcast(wb, 5u));
         hi.z += dot(xa, subgroupBroadcast(wa, 6u)) + dot(xb, subgroupBroadcast(wb, 6u));
         hi.w += dot(xa, subgroupBroadcast(wa, 7u)) + dot(xb, subgroupBroadcast(wb, 7u));
+    }
+    if (swiglu_on()) {
+        // lo holds the gate columns, hi the up columns.
+        if (t < p.t) {
+            for (var c = 0u; c < LANES / 2u; c++) {
+                let n = n0 + c;
+                if (n < p.n) { y[t * p.ldy + p.n_off + n] = swiglu(lo[c], hi[c]); }
+            }
+        }
+        return;
     }
     if (t < p.t) {
         for (var c = 0u; c < LANES; c++) {

@@ -10,6 +10,10 @@
 //   invocation keeps a 4 × 4 register tile of rows ly + 16·i and columns lx + 16·j. K a multiple of 32;
 //   rows and columns past the ends are clamped for loads and never stored.
 //   Grid: x (and z past the limit) = groups of 64 columns, y = groups of 64 rows.
+// flags bit 2 (SWIGLU, as matmul.wgsl defines it): the few-row kernel reduces its column's gate row n
+//   and up row N + n side by side; the tiled one covers 32 output columns per workgroup, its tile's
+//   columns 0..31 being gate rows and 32..63 the matching up rows (an invocation's columns lx + 16·j
+//   pair j = 0, 1 with j + 2), and writes silu(gate) · up.
 // (The CPU-adapter family in matmul.wgsl avoids workgroup memory and barriers instead; the subgroup
 // variant of the few-row kernel is in matmul_rows_subgroup.wgsl, as it needs the adapter feature.)
 
@@ -23,7 +27,15 @@ struct Params { t: u32, n: u32, k: u32, flags: u32, ldy: u32, n_off: u32, pad0: 
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;   // (T, ldy)
 
 const WG: u32 = 64u;
-var<workgroup> partial: array<f32, 64>;
+const FLAG_SWIGLU: u32 = 4u;
+var<workgroup> partial: array<vec2<f32>, 64>;
+
+fn swiglu(g: f32, u: f32) -> f32 { return g / (1.0 + exp(-g)) * u; }
+
+fn dot8(q: vec4<u32>, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
+    return dot(vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)), xa)
+         + dot(vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)), xb);
+}
 
 @compute @workgroup_size(64)
 fn matmul_rows_wg_forward(
@@ -34,13 +46,16 @@ fn matmul_rows_wg_forward(
     let n = wid.x + wid.z * nwg.x;
     let t = wid.y;
     let k8 = p.k / 8u;
-    var acc = 0.0;
+    let sw = (p.flags & FLAG_SWIGLU) != 0u;
+    var acc = vec2<f32>(0.0); // (this column, or gate; up in SWIGLU mode)
     if (n < p.n && t < p.t) {
         let xr = t * (p.k / 4u);
+        let up = (p.n + n) * k8;
         for (var i = lid; i < k8; i += WG) {
-            let q = w4[n * k8 + i];
-            acc += dot(vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)), x4[xr + 2u * i])
-                 + dot(vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)), x4[xr + 2u * i + 1u]);
+            let xa = x4[xr + 2u * i];
+            let xb = x4[xr + 2u * i + 1u];
+            acc.x += dot8(w4[n * k8 + i], xa, xb);
+            if (sw) { acc.y += dot8(w4[up + i], xa, xb); }
         }
     }
     partial[lid] = acc;
@@ -50,9 +65,13 @@ fn matmul_rows_wg_forward(
         workgroupBarrier();
     }
     if (lid == 0u && n < p.n && t < p.t) {
-        var v = partial[0];
-        if ((p.flags & 1u) != 0u) { v += bias[n]; }
-        if ((p.flags & 2u) != 0u) { v += residual[t * p.ldy + p.n_off + n]; }
+        var v = partial[0].x;
+        if (sw) {
+            v = swiglu(v, partial[0].y);
+        } else {
+            if ((p.flags & 1u) != 0u) { v += bias[n]; }
+            if ((p.flags & 2u) != 0u) { v += residual[t * p.ldy + p.n_off + n]; }
+        }
         y[t * p.ldy + p.n_off + n] = v;
     }
 }
@@ -77,7 +96,8 @@ fn matmul_tiled_forward(
     @builtin(local_invocation_id) lid: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let n0 = (wid.x + wid.z * nwg.x) * TILE;
+    let sw = (p.flags & FLAG_SWIGLU) != 0u;
+    let n0 = (wid.x + wid.z * nwg.x) * select(TILE, TILE / 2u, sw);
     let t0 = wid.y * TILE;
     let kx = p.k / 4u;
     let k8 = p.k / 8u;
@@ -89,7 +109,9 @@ fn matmul_tiled_forward(
             let row = min(t0 + e / (SLICE / 4u), p.t - 1u);
             xs[e] = x4[row * kx + kb / 4u + e % (SLICE / 4u)];
         }
-        let col = min(n0 + li / (SLICE / 8u), p.n - 1u);
+        let tc = li / (SLICE / 8u);
+        var col = min(n0 + tc, p.n - 1u);
+        if (sw && tc >= TILE / 2u) { col = p.n + min(n0 + tc - TILE / 2u, p.n - 1u); }
         ws[li] = w4[col * k8 + kb / 8u + li % (SLICE / 8u)];
         workgroupBarrier();
 
@@ -110,6 +132,16 @@ fn matmul_tiled_forward(
         workgroupBarrier();
     }
 
+    if (sw) {
+        for (var i = 0u; i < 4u; i++) {
+            let t = t0 + lid.y + 16u * i;
+            for (var j = 0u; j < 2u; j++) {
+                let n = n0 + lid.x + 16u * j;
+                if (t < p.t && n < p.n) { y[t * p.ldy + p.n_off + n] = swiglu(acc[i][j], acc[i][j + 2u]); }
+            }
+        }
+        return;
+    }
     for (var i = 0u; i < 4u; i++) {
         let t = t0 + lid.y + 16u * i;
         for (var j = 0u; j < 4u; j++) {

@@ -430,6 +430,13 @@ pub fn swiglu_forward(gu: &[f32], t: usize, inter: usize) -> Vec<f32> {
     out
 }
 
+/// act (T, I) = silu(x · gateᵀ) · (x · upᵀ) for w (2I, K) holding the gate rows then the up rows, given
+/// as f16: what the matmuls' SwiGLU epilogue computes (`MATMUL_SWIGLU`), each dot product rounded to f32
+/// as [`matmul_forward`] rounds it.
+pub fn matmul_swiglu_forward(x: &[f32], w: &[f16], t: usize, inter: usize, k: usize) -> Vec<f32> {
+    swiglu_forward(&matmul_forward(x, w, None, None, t, 2 * inter, k), t, inter)
+}
+
 /// dgu (T, 2I) = (d gate, d up) of act = silu(g) · u: dact · u · σ(g) · (1 + g(1 − σ(g))), dact · silu(g).
 pub fn swiglu_backward(gu: &[f32], dact: &[f32], t: usize, inter: usize) -> Vec<f32> {
     let mut dgu = vec![0.0; t * 2 * inter];

@@ -98,6 +98,11 @@ struct MatmulParams {
     pad1: u32,
 }
 
+/// `MatmulParams::flags` bit 2, the SwiGLU epilogue (every forward matmul entry point implements it; see
+/// matmul.wgsl): the weight holds 2N rows, gate rows 0..N then up rows N..2N, `n` is N (the output
+/// width), and y[t, n_off + c] = silu(x·w[c]) · (x·w[N + c]); bias and residual flags stay off.
+pub const MATMUL_SWIGLU: u32 = 4;
+
 /// Parameters of the norms (mirrors `Params` in norm.wgsl).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -157,7 +162,7 @@ impl<'g> Batch<'g> {
         ldy: usize,
         n_off: usize,
     ) -> Result<()> {
-        let (n, k) = (w.rows, w.cols);
+        let n = w.rows;
         check_matmul(x, w, y, t, ldy, n_off)?;
         if let Some(b) = bias {
             need("matmul", "bias", b, &[n])?;
@@ -165,8 +170,48 @@ impl<'g> Batch<'g> {
         if let Some(r) = residual {
             need("matmul", "residual", r, &[t, ldy])?;
         }
-        let gpu = self.gpu_ref();
         let flags = bias.is_some() as u32 | (residual.is_some() as u32) << 1;
+        self.record_matmul(x, w, bias, residual, y, t, ldy, n_off, n, flags);
+        Ok(())
+    }
+
+    /// act (T, I) = silu(x · gateᵀ) · (x · upᵀ) for a fused weight `w` (2I, K) holding the gate rows
+    /// 0..I then the up rows I..2I: the gate/up matmul with SwiGLU as its epilogue
+    /// ([`MATMUL_SWIGLU`]), equal bit for bit to [`Batch::matmul`] into (T, 2I) then [`Batch::swiglu`].
+    pub fn matmul_swiglu(&mut self, x: &Tensor, w: &Weight16, act: &Tensor, t: usize) -> Result<()> {
+        let op = "matmul_swiglu";
+        if !w.rows.is_multiple_of(2) {
+            return Err(fail(op, format!("`w` has {} rows; gate and up need an even count", w.rows)));
+        }
+        let inter = w.rows / 2;
+        need_weight(op, "w", w)?;
+        need(op, "x", x, &[t, w.cols])?;
+        need(op, "act", act, &[t, inter])?;
+        self.record_matmul(x, w, None, None, act, t, inter, 0, inter, MATMUL_SWIGLU);
+        Ok(())
+    }
+
+    /// Records one forward matmul launch of `n` output columns (checked by the caller), picking the
+    /// kernel by shape and adapter.
+    #[allow(clippy::too_many_arguments)]
+    fn record_matmul(
+        &mut self,
+        x: &Tensor,
+        w: &Weight16,
+        bias: Option<&Tensor>,
+        residual: Option<&Tensor>,
+        y: &Tensor,
+        t: usize,
+        ldy: usize,
+        n_off: usize,
+        n: usize,
+        flags: u32,
+    ) {
+        let k = w.cols;
+        let gpu = self.gpu_ref();
+        // SwiGLU: kernels with a tile of columns per invocation (or workgroup) give half of it to gate
+        // rows and half to the matching up rows, so each covers half as many output columns.
+        let per = |cols: usize| if flags & MATMUL_SWIGLU != 0 { (cols / 2).max(1) } else { cols };
         // CPU adapters with subgroups of eight, from `SubgroupMatmulRows` rows (5 and 32 by default):
         // weights shared across the subgroup by broadcast, one row per lane (8 rows × 8 columns per
         // workgroup) or four (32 × 8). Other CPU adapters or fewer rows, few rows (decoding): four
@@ -175,19 +220,22 @@ impl<'g> Batch<'g> {
         // Grid: x = column groups (folded into z past the adapter's limit), y = row groups.
         // Rows per lane of the broadcast kernel that applies, if one does.
         let broadcast_rows = match gpu.subgroup_matmul {
-            Some(r) if k % 8 == 0 && t >= r.four_per_lane => 4,
-            Some(r) if k % 8 == 0 && t >= r.one_per_lane => 1,
+            Some(r) if k.is_multiple_of(8) && t >= r.four_per_lane => 4,
+            Some(r) if k.is_multiple_of(8) && t >= r.one_per_lane => 1,
             _ => 0,
         };
         let (shader, entry, column_groups, row_groups) =
-            match (k % 8 == 0, t < 4, gpu.profile, gpu.summary.subgroups) {
-                _ if broadcast_rows == 4 => {
-                    (&MATMUL_SUBGROUP, "matmul_forward_subgroup", n.div_ceil(8) as u32, t.div_ceil(32) as u32)
-                }
+            match (k.is_multiple_of(8), t < 4, gpu.profile, gpu.summary.subgroups) {
+                _ if broadcast_rows == 4 => (
+                    &MATMUL_SUBGROUP,
+                    "matmul_forward_subgroup",
+                    n.div_ceil(per(8)) as u32,
+                    t.div_ceil(32) as u32,
+                ),
                 _ if broadcast_rows == 1 => (
                     &MATMUL_SUBGROUP,
                     "matmul_forward_subgroup_1row",
-                    n.div_ceil(8) as u32,
+                    n.div_ceil(per(8)) as u32,
                     t.div_ceil(8) as u32,
                 ),
                 (true, true, KernelProfile::Gpu, true) => {
@@ -197,16 +245,16 @@ impl<'g> Batch<'g> {
                     (&MATMUL_WORKGROUP, "matmul_rows_wg_forward", n as u32, t as u32)
                 }
                 (true, true, KernelProfile::Cpu, _) => {
-                    (&MATMUL, "matmul_forward_cols4", groups(n.div_ceil(4)), t as u32)
+                    (&MATMUL, "matmul_forward_cols4", groups(n.div_ceil(per(4))), t as u32)
                 }
-                (true, false, KernelProfile::Gpu, _) if k % 32 == 0 => (
+                (true, false, KernelProfile::Gpu, _) if k.is_multiple_of(32) => (
                     &MATMUL_WORKGROUP,
                     "matmul_tiled_forward",
-                    n.div_ceil(64) as u32,
+                    n.div_ceil(per(64)) as u32,
                     (t as u32).div_ceil(64),
                 ),
                 (true, false, ..) => {
-                    (&MATMUL, "matmul_forward", groups(n.div_ceil(4)), (t as u32).div_ceil(4))
+                    (&MATMUL, "matmul_forward", groups(n.div_ceil(per(4))), (t as u32).div_ceil(4))
                 }
                 (false, ..) => (&MATMUL, "matmul_forward_scalar", groups(n), (t as u32).div_ceil(4)),
             };
@@ -224,7 +272,6 @@ impl<'g> Batch<'g> {
         let bias = bias.map_or(&gpu.dummy, |b| &b.buffer);
         let residual = residual.map_or(&gpu.dummy, |r| &r.buffer);
         self.dispatch(shader, entry, &params, &[&x.buffer, &w.buffer, bias, residual, &y.buffer], grid);
-        Ok(())
     }
 
     /// y (T, N) = x (T, K) · wᵀ for a weight stored in row blocks.
@@ -361,7 +408,8 @@ impl<'g> Batch<'g> {
     }
 
     /// Scaled dot-product attention of q (T, H, hd) over the caches; writes out (T, H·hd).
-    /// `scores` holds (T, H, span) floats.
+    /// `scores` holds (T, H, span) floats (scratch). One launch (`attn_fused_forward`: scores, softmax
+    /// and values per (head, token) workgroup) where hd % 4 == 0 and hd ≤ 256, else three.
     #[allow(clippy::too_many_arguments)]
     pub fn attention(
         &mut self,
@@ -381,6 +429,13 @@ impl<'g> Batch<'g> {
         need(op, "scores", scores, &[tu, hu, p.span as usize])?;
         need(op, "out", out, &[tu, hu * hd])?;
         let (t, h) = (p.t, p.n_head);
+        if fused_attention_fits(p) {
+            // One workgroup per (head, token); both stay within the limit (t ≤ MAX_STEP_TOKENS).
+            let buffers =
+                [&tok.buffer, &q.buffer, &k_cache.buffer, &scores.buffer, &v_cache.buffer, &out.buffer];
+            self.dispatch(&ATTENTION, "attn_fused_forward", p, &buffers, [h, t, 1]);
+            return Ok(());
+        }
         let limit = self.gpu_ref().grid_limit;
         // Scores and values use all three dimensions; their x counts stay small (at most
         // MAX_CONTEXT / 64 = 256 key groups; head_dim / 64), and t ≤ MAX_STEP_TOKENS.
@@ -550,6 +605,12 @@ fn check_matmul(x: &Tensor, w: &Weight16, y: &Tensor, t: usize, ldy: usize, n_of
         ));
     }
     Ok(())
+}
+
+/// Whether [`Batch::attention`] runs as one launch: the fused kernel reads q, k, v in whole `vec4`s and
+/// gives each of its 64 lanes one feature quad of a head (hd / 4 ≤ 64).
+fn fused_attention_fits(p: &AttnParams) -> bool {
+    p.head_dim.is_multiple_of(4) && (4..=256).contains(&p.head_dim)
 }
 
 /// The sizes a row gather reads and writes: ids (T), out (T, D).

@@ -125,11 +125,15 @@ mod tests {
     /// An f16 type needs `Features::SHADER_F16`: the same check catches a core shader using one.
     #[test]
     fn an_f16_type_in_a_shader_without_the_feature_is_rejected() {
-        let line = "    var acc = 0.0;";
+        let line = "    var acc = vec2<f32>(0.0);";
         assert!(MATMUL_WORKGROUP.source.contains(line));
         let mutated = format!(
             "enable f16;\n{}",
-            MATMUL_WORKGROUP.source.replacen(line, "    var acc = 0.0;\n    let h = f16(acc);", 1)
+            MATMUL_WORKGROUP.source.replacen(
+                line,
+                "    var acc = vec2<f32>(0.0);\n    let h = f16(acc.x);",
+                1
+            )
         );
         assert!(validate("mutated", &mutated, MATMUL_WORKGROUP.features).is_err());
         validate("mutated", &mutated, wgpu::Features::SHADER_F16).unwrap_or_else(|e| panic!("{e}"));

@@ -472,10 +472,17 @@ impl Decoder {
             b.matmul(&ws.attn, &layer.o, None, Some(&ws.x), &ws.x2, t)?;
             lora(&mut b, l, Target::O, &ws.attn, &ws.x2, c.hidden, 0)?;
             b.rms_norm(&ws.x2, &layer.mlp_norm, None, &ws.h, t, c.rms_eps)?;
-            b.matmul(&ws.h, &layer.gate_up, None, None, &ws.gu, t)?;
-            lora(&mut b, l, Target::Gate, &ws.h, &ws.gu, 2 * inter, 0)?;
-            lora(&mut b, l, Target::Up, &ws.h, &ws.gu, 2 * inter, inter)?;
-            b.swiglu(&ws.gu, &ws.act, t, c.intermediate)?;
+            // SwiGLU as the gate/up matmul's epilogue, unless an adapter adds its terms to gate or up
+            // first.
+            let adapted = |target| adapter.is_some_and(|a| a.pair(l, target).is_some());
+            if adapted(Target::Gate) || adapted(Target::Up) {
+                b.matmul(&ws.h, &layer.gate_up, None, None, &ws.gu, t)?;
+                lora(&mut b, l, Target::Gate, &ws.h, &ws.gu, 2 * inter, 0)?;
+                lora(&mut b, l, Target::Up, &ws.h, &ws.gu, 2 * inter, inter)?;
+                b.swiglu(&ws.gu, &ws.act, t, c.intermediate)?;
+            } else {
+                b.matmul_swiglu(&ws.h, &layer.gate_up, &ws.act, t)?;
+            }
             b.matmul(&ws.act, &layer.down, None, Some(&ws.x2), &ws.x, t)?;
             lora(&mut b, l, Target::Down, &ws.act, &ws.x, c.hidden, 0)?;
         }

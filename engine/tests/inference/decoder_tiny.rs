@@ -172,3 +172,31 @@ fn hidden_states_before_the_lm_head_give_transformers_logits() {
         assert_close(&format!("hidden row {row} · lm_head"), &got, &want[at..at + vocab], 2e-5, 0.0);
     }
 }
+
+/// A decode step launches at most eight kernels per layer (norm, q/k/v matmul, split + RoPE + cache
+/// write, fused attention, o matmul + residual, norm, gate/up matmul with the SwiGLU epilogue, down
+/// matmul + residual) and three around them (embedding, final norm, LM head), on a device of its own so
+/// no other test's launches are counted.
+#[test]
+fn a_decode_step_launches_at_most_eight_kernels_per_layer() {
+    use babelrl::gpu::{Gpu, GpuOptions};
+    let gpu = Gpu::new(&GpuOptions::from_env()).unwrap();
+    let root = repo_root().join("tests/fixtures/tiny-llama");
+    let lm = load_language_model(gpu.clone(), &root).unwrap();
+    let model = &lm.decoder;
+    let cache = model.new_cache(2, 16).unwrap();
+    let prompt = [5u32, 17, 99];
+    let info: Vec<TokenInfo> = (0..3).map(|p| TokenInfo { pos: p, slot: 0, n_keys: p + 1 }).collect();
+    model.forward(&cache, &prompt, &info, &[2]).unwrap();
+    for batch in [1usize, 2] {
+        let tokens = vec![42u32; batch];
+        let info: Vec<TokenInfo> =
+            (0..batch as u32).map(|s| TokenInfo { pos: 3, slot: s, n_keys: 4 }).collect();
+        let rows: Vec<u32> = (0..batch as u32).collect();
+        let before = gpu.dispatch_count();
+        model.forward(&cache, &tokens, &info, &rows).unwrap();
+        let launched = gpu.dispatch_count() - before;
+        let layers = model.config().layers as u64;
+        assert!(launched <= 8 * layers + 3, "batch {batch}: {launched} launches for {layers} layers");
+    }
+}

@@ -87,6 +87,69 @@ pub(crate) fn check_matmul_awkward_sizes(gpu: &Gpu) {
     }
 }
 
+/// The SwiGLU epilogue (`Batch::matmul_swiglu`) for x (T, K) and a gate/up weight (2I, K): against the
+/// reference, and bit for bit against the plain matmul into (T, 2I) followed by `Batch::swiglu` on the
+/// same adapter (each output's two dot products are computed as the plain kernel computes them).
+pub(crate) fn check_matmul_swiglu(gpu: &Gpu, t: usize, inter: usize, k: usize, seed: u64) {
+    let x = random(t * k, 1.0, seed);
+    let w = to_f16(&random(2 * inter * k, 0.5, seed + 1));
+    let gu = cpu_ref::matmul_forward(&x, &w, None, None, t, 2 * inter, k);
+    let want = cpu_ref::matmul_swiglu_forward(&x, &w, t, inter, k);
+    let xg = gpu.upload_f32("x", &x, &[t, k]).unwrap();
+    let wg = gpu.upload_weight_f16("w", &w, 2 * inter, k).unwrap();
+    let act = gpu.zeros("act", &[t, inter]).unwrap();
+    let gug = gpu.zeros("gu", &[t, 2 * inter]).unwrap();
+    let act2 = gpu.zeros("act2", &[t, inter]).unwrap();
+    let mut batch = gpu.batch();
+    batch.matmul_swiglu(&xg, &wg, &act, t).unwrap();
+    batch.matmul(&xg, &wg, None, None, &gug, t).unwrap();
+    batch.swiglu(&gug, &act2, t, inter).unwrap();
+    batch.submit().unwrap();
+    let got = gpu.read_f32(&act).unwrap();
+    let what = format!("matmul_swiglu t={t} inter={inter} k={k}");
+    assert_eq!(
+        got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        gpu.read_f32(&act2).unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        "{what}: the epilogue equals matmul then swiglu bit for bit"
+    );
+    // d(silu(g)·u) = silu'(g)·u·dg + silu(g)·du with |silu'| < 1.1, each dot product off by at most
+    // its matmul tolerance; then the epilogue's own few roundings.
+    let tol = matmul_tolerance(&x, &w, None, None, (t, 2 * inter, k));
+    let silu = |g: f32| g / (1.0 + (-g).exp());
+    assert_close_by(&what, &got, &want, |o| {
+        let (r, c) = (o / inter, o % inter);
+        let (g, u) = (gu[r * 2 * inter + c], gu[r * 2 * inter + inter + c]);
+        let (eg, eu) = (tol[r * 2 * inter + c], tol[r * 2 * inter + inter + c]);
+        1.1 * u.abs() * eg + silu(g).abs() * eu + 8.0 * f32::EPSILON * want[o].abs() + 1e-7
+    });
+}
+
+/// Output widths below, at and past each kernel's tile (2, 4, 32 columns of output), one and several
+/// row groups, K a multiple of 8 or only of 2 (the scalar kernel).
+pub(crate) const SWIGLU_SHAPES: &[(usize, usize, usize)] = &[
+    (1, 1, 8),
+    (1, 67, 576),
+    (2, 3, 24),
+    (3, 130, 64),
+    (4, 5, 16),
+    (5, 33, 64),
+    (8, 64, 576),
+    (9, 31, 40),
+    (13, 97, 40),
+    (33, 70, 64),
+    (67, 65, 96),
+    (2, 33, 6),
+    (7, 9, 74),
+];
+
+#[test]
+fn matmul_swiglu_matches_reference_on_awkward_sizes() {
+    let gpu = gpu();
+    for (i, &(t, inter, k)) in SWIGLU_SHAPES.iter().enumerate() {
+        check_matmul_swiglu(&gpu, t, inter, k, 500 + 10 * i as u64);
+    }
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig { cases: 12, ..Default::default() })]
     #[test]
@@ -347,6 +410,47 @@ fn attention_over_the_longest_context_matches_reference() {
     b.attention(&p, &tok_gpu, &q_gpu, &k_gpu, &v_gpu, &scores, &out).unwrap();
     b.submit().unwrap();
     assert_close("attention over 16384 keys", &gpu.read_f32(&out).unwrap(), &want, 1e-4, 1e-4);
+}
+
+/// The fused attention kernel's worst case for lavapipe's loop cut-off: 16384 keys with the largest
+/// head it takes (hd = 256, one key group per feature quad), and a decode row among short prefill rows
+/// of another slot in the same launch.
+#[test]
+fn fused_attention_over_the_longest_context_with_wide_heads_matches_reference() {
+    let gpu = gpu();
+    let (ctx, hd) = (babelrl::model::decoder::MAX_CONTEXT, 256usize);
+    let s = AttnShape { n_head: 2, n_kv_head: 1, head_dim: hd, ctx };
+    let keys = random(2 * ctx * hd, 1.0, 51);
+    let mut values = random(2 * ctx * hd, 1.0, 52);
+    values[(ctx - 64) * hd..ctx * hd].iter_mut().for_each(|v| *v += 50.0);
+    let tok = [
+        TokenInfo { pos: ctx as u32 - 1, slot: 0, n_keys: ctx as u32 },
+        TokenInfo { pos: 0, slot: 1, n_keys: 1 },
+        TokenInfo { pos: 69, slot: 1, n_keys: 70 },
+    ];
+    let q = random(3 * 2 * hd, 0.2, 53);
+    let want = cpu_ref::attention_forward(s, &tok, &q, &keys, &values);
+    let p = AttnParams {
+        t: 3,
+        n_head: 2,
+        n_kv_head: 1,
+        head_dim: hd as u32,
+        ctx: ctx as u32,
+        span: ctx as u32,
+        flags: 0,
+        eps: 0.0,
+    };
+    let tok_gpu = gpu.upload_u32("tok", &TokenInfo::words(&tok), &[3, 4]).unwrap();
+    let q_gpu = gpu.upload_f32("q", &q, &[3, 2, hd]).unwrap();
+    let k_gpu = gpu.upload_f32("k", &keys, &[2 * ctx * hd]).unwrap();
+    let v_gpu = gpu.upload_f32("v", &values, &[2 * ctx * hd]).unwrap();
+    let scores = gpu.zeros("scores", &[3, 2, ctx]).unwrap();
+    let out = gpu.zeros("out", &[3, 2 * hd]).unwrap();
+    let mut b = gpu.batch();
+    b.attention(&p, &tok_gpu, &q_gpu, &k_gpu, &v_gpu, &scores, &out).unwrap();
+    assert_eq!(b.len(), 1, "one launch");
+    b.submit().unwrap();
+    assert_close("fused attention over 16384 keys, hd 256", &gpu.read_f32(&out).unwrap(), &want, 1e-4, 1e-4);
 }
 
 /// A 1-D launch of more than 65535 workgroups folds into the grid's y dimension.

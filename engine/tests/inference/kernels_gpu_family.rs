@@ -4,6 +4,7 @@
 //! (prefill included) equal to the CPU family's.
 
 use crate::common;
+use crate::kernels::{SWIGLU_SHAPES, check_matmul_swiglu};
 
 use std::sync::Arc;
 
@@ -127,6 +128,26 @@ fn tiled_matmul_writes_its_row_block_of_the_output() {
         })
         .collect();
     assert_close_by("tiled matmul into a row block", &got, &want, |_| 1e-4);
+}
+
+/// The SwiGLU epilogue in the GPU family: the few-row kernels (gate and up reduced side by side, with
+/// workgroup memory or subgroup operations) and the tiled one (32 gate and 32 up columns per tile), with
+/// K a multiple of 32 or not (the CPU family's tile then), against the reference and bit for bit against
+/// matmul then swiglu; and a gate/up weight past 65,535 output columns folding its grid.
+#[test]
+fn swiglu_epilogue_matches_reference_in_the_gpu_family() {
+    let mut shapes = SWIGLU_SHAPES.to_vec();
+    shapes.extend([(70, 40, 64), (130, 100, 32), (65, 33, 576)]);
+    for subgroups in [false, true] {
+        let gpu = gpu_family(subgroups);
+        if subgroups && !gpu.summary.subgroups {
+            continue;
+        }
+        for (i, &(t, inter, k)) in shapes.iter().enumerate() {
+            check_matmul_swiglu(&gpu, t, inter, k, 9000 + i as u64);
+        }
+        check_matmul_swiglu(&gpu, 1, 65_537, 8, 9999);
+    }
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! still the fallback, on the same shapes.
 
 use crate::common;
-use crate::kernels::check_matmul;
+use crate::kernels::{SWIGLU_SHAPES, check_matmul, check_matmul_swiglu};
 use crate::kernels_backward::check_dx_on;
 
 use std::sync::Arc;
@@ -257,4 +257,40 @@ fn per_lane_fallback_matches_reference_on_the_same_shapes() {
     check_dx_shapes(&gpu);
     let profile = gpu.take_profile();
     assert!(profile.iter().all(|p| !p.kernel.contains("subgroup")), "{profile:?}");
+}
+
+/// The SwiGLU epilogue in both broadcast kernels (lanes 0..3 gate rows, 4..7 up rows), with grids
+/// folded, and in the per-lane kernels they replace (four columns of one row, the 4×4 tile, and the
+/// scalar kernel for K not a multiple of 8): against the reference and bit for bit against matmul then
+/// swiglu.
+#[test]
+fn swiglu_epilogue_matches_reference_in_every_cpu_family_kernel() {
+    for (rows, kernel) in [(ALL_FOUR, FORWARD), (ALL_ONE, FORWARD_1ROW)] {
+        for fold in [None, Some(1)] {
+            let Some(gpu) = broadcasting(rows, fold) else { return };
+            gpu.take_profile();
+            let mut vector_shapes = 0;
+            for (i, &(t, inter, k)) in SWIGLU_SHAPES.iter().enumerate() {
+                check_matmul_swiglu(&gpu, t, inter, k, 7000 + i as u64);
+                vector_shapes += (k % 8 == 0) as u64;
+            }
+            // Each vector shape ran the kernel twice: the epilogue and the plain matmul it is compared with.
+            assert_eq!(launches(&gpu, kernel), 2 * vector_shapes, "every shape ran {kernel}");
+        }
+    }
+    let per_lane = Gpu::new(&GpuOptions {
+        kernels: Some(KernelProfile::Cpu),
+        disable_subgroups: true,
+        profile: true,
+        ..GpuOptions::from_env()
+    })
+    .unwrap();
+    per_lane.take_profile();
+    for (i, &(t, inter, k)) in SWIGLU_SHAPES.iter().enumerate() {
+        check_matmul_swiglu(&per_lane, t, inter, k, 8000 + i as u64);
+    }
+    let profile = per_lane.take_profile();
+    for kernel in ["matmul_forward_cols4", "matmul_forward_scalar", "matmul.wgsl::matmul_forward"] {
+        assert!(profile.iter().any(|p| p.kernel.ends_with(kernel)), "{kernel} ran: {profile:?}");
+    }
 }
