@@ -38,6 +38,10 @@ pub struct GpuOptions {
     /// every matmul with K % 8 == 0 to the four-rows-per-lane kernel (tests of small shapes), a huge
     /// value keeps the per-lane tile (A/B runs).
     pub subgroup_matmul_rows: Option<SubgroupMatmulRows>,
+    /// Keep the per-lane kernels for forward matmuls of fewer than 5 rows instead of the decode kernels
+    /// of matmul_decode.wgsl (`BABELRL_DECODE_MATMUL=0`), for A/B runs. Packed weights then run on
+    /// their f16 expansion.
+    pub disable_decode_matmul: bool,
 }
 
 /// Fewest rows (tokens) for each of the CPU family's subgroup-broadcast forward matmuls
@@ -89,6 +93,7 @@ impl GpuOptions {
             subgroup_matmul_rows: std::env::var("BABELRL_SUBGROUP_MATMUL_ROWS")
                 .ok()
                 .and_then(|v| SubgroupMatmulRows::parse(&v)),
+            disable_decode_matmul: std::env::var("BABELRL_DECODE_MATMUL").is_ok_and(|v| v == "0"),
         }
     }
 }
@@ -145,6 +150,12 @@ pub struct Gpu {
     /// Where the CPU family's subgroup-broadcast matmuls (matmul_subgroup.wgsl) may run: `Some(the
     /// forward's row thresholds)` on a CPU-family device with subgroups of exactly eight lanes.
     pub(crate) subgroup_matmul: Option<SubgroupMatmulRows>,
+    /// Whether forward matmuls of T ≤ 4 rows take the decode kernels (matmul_decode.wgsl): where the
+    /// subgroup matmuls may run, unless `GpuOptions::disable_decode_matmul`.
+    pub(crate) decode_matmul: bool,
+    /// Where packed weights are expanded to f16 for the launches that cannot read their blocks (see
+    /// `Batch::expand_packed`); grown to the largest expansion so far, shared by every batch.
+    pub(crate) weight_scratch: Mutex<Option<wgpu::Buffer>>,
     errors: Arc<Mutex<Vec<String>>>,
 }
 
@@ -298,7 +309,9 @@ impl Gpu {
                 GridLimit { fold_at, max }
             },
             dispatches: AtomicU64::new(0),
+            decode_matmul: subgroup_matmul.is_some() && !options.disable_decode_matmul,
             subgroup_matmul,
+            weight_scratch: Mutex::new(None),
             errors,
         }))
     }
@@ -346,6 +359,13 @@ impl Gpu {
     /// per-lane kernels (no subgroups, subgroups not of exactly eight lanes, or the GPU family).
     pub fn subgroup_matmul_rows(&self) -> Option<SubgroupMatmulRows> {
         self.subgroup_matmul
+    }
+
+    /// Whether forward matmuls of at most four rows take the decode kernels (matmul_decode.wgsl: f16 or
+    /// packed weights, activations shared by broadcast): the CPU family with subgroups of eight, unless
+    /// `BABELRL_DECODE_MATMUL=0`.
+    pub fn decode_matmul(&self) -> bool {
+        self.decode_matmul
     }
 
     /// Largest buffer the engine may bind as one storage binding.

@@ -45,6 +45,8 @@ shader!(ELEMENTWISE, "elementwise.wgsl", NONE, true);
 shader!(MATMUL_WORKGROUP, "matmul_workgroup.wgsl", NONE, true);
 shader!(MATMUL_ROWS_SUBGROUP, "matmul_rows_subgroup.wgsl", wgpu::Features::SUBGROUP, true);
 shader!(MATMUL_SUBGROUP, "matmul_subgroup.wgsl", wgpu::Features::SUBGROUP, true);
+shader!(MATMUL_DECODE, "matmul_decode.wgsl", wgpu::Features::SUBGROUP, true);
+shader!(DEQUANT, "dequant.wgsl", NONE, true);
 shader!(LORA, "lora.wgsl", NONE, true);
 shader!(ADAMW, "adamw.wgsl", NONE, true);
 // Targets are range-tested against the chunk's vocabulary ids in the shader.
@@ -63,6 +65,8 @@ pub const ALL: &[ShaderSource] = &[
     MATMUL_WORKGROUP,
     MATMUL_ROWS_SUBGROUP,
     MATMUL_SUBGROUP,
+    MATMUL_DECODE,
+    DEQUANT,
     LORA,
     ADAMW,
     CROSS_ENTROPY,
@@ -94,10 +98,10 @@ mod tests {
                 validate(shader.name, shader.source, shader.features).unwrap_or_else(|e| panic!("{e}"));
             assert!(!module.entry_points.is_empty(), "{} has no entry point", shader.name);
         }
-        // Only the subgroup matmuls (the GPU family's few-row one, the CPU family's broadcast one) need
-        // an adapter feature.
+        // Only the subgroup matmuls (the GPU family's few-row one, the CPU family's broadcast and decode
+        // ones) need an adapter feature.
         let needing: Vec<_> = ALL.iter().filter(|s| !s.features.is_empty()).map(|s| s.name).collect();
-        assert_eq!(needing, ["matmul_rows_subgroup.wgsl", "matmul_subgroup.wgsl"]);
+        assert_eq!(needing, ["matmul_rows_subgroup.wgsl", "matmul_subgroup.wgsl", "matmul_decode.wgsl"]);
     }
 
     /// The check has teeth: the workgroup-memory matmul (the GPU family without subgroups) with its tree
