@@ -344,8 +344,8 @@ fn bench_gemm(gpu: &Gpu, model: &Decoder, figures: &mut Figures) -> anyhow::Resu
     }
     // Packed GGUF blocks (`BABELRL_PACKED_WEIGHTS=1`), random scales and values: the decode kernels
     // read them at T ≤ 4 where the adapter has them; other launches run on their f16 expansion.
-    println!("\n| packed GEMM (N×K) | Q4_1 T=1 | Q4_1 T=4 | Q8_0 T=1 | Q8_0 T=4 | GFLOP/s |");
-    println!("|---|---|---|---|---|---|");
+    println!("\n| packed GEMM (N×K), GFLOP/s | Q4_1 T=1 | Q4_1 T=4 | Q8_0 T=1 | Q8_0 T=4 |");
+    println!("|---|---|---|---|---|");
     for (name, n, k) in shapes {
         if !k.is_multiple_of(babelrl::gpu::PACKED_BLOCK) {
             continue;
@@ -371,12 +371,13 @@ fn bench_gemm(gpu: &Gpu, model: &Decoder, figures: &mut Figures) -> anyhow::Resu
                 figures.add(format!("packed {ty:?} GEMM GFLOP/s, {name} ({n}×{k}), T={t}"), gflops);
             }
         }
-        println!("{row} |");
+        println!("{row}");
     }
     Ok(())
 }
 
-/// GFLOP/s of y (T, N) = x (T, K) · wᵀ, repeated for about 0.3 s in one batch after a warm-up.
+/// GFLOP/s of y (T, N) = x (T, K) · wᵀ, repeated for about 0.3 s in one batch after a warm-up: the
+/// best of three such batches (other work on the machine only ever slows a batch down).
 fn time_matmul(gpu: &Gpu, w: &Weight16, t: usize, rng: &mut rand_chacha::ChaCha8Rng) -> anyhow::Result<f64> {
     let (n, k) = (w.rows, w.cols);
     let x: Vec<f32> = (0..t * k).map(|_| rng.random_range(-1.0..1.0)).collect();
@@ -395,6 +396,7 @@ fn time_matmul(gpu: &Gpu, w: &Weight16, t: usize, rng: &mut rand_chacha::ChaCha8
     run(1)?;
     let once = run(1)?;
     let reps = ((0.3 / once) as usize).clamp(1, 200);
-    let secs = run(reps)?;
+    let secs =
+        (0..3).map(|_| run(reps)).collect::<anyhow::Result<Vec<f64>>>()?.into_iter().fold(f64::MAX, f64::min);
     Ok(2.0 * (t * n * k * reps) as f64 / secs / 1e9)
 }
