@@ -3,6 +3,7 @@
 //! naga's runtime bounds checks (`pipeline.rs`): a launch that passes them cannot index outside its
 //! buffers, and one that fails them is refused before anything is recorded.
 
+use crate::gpu::packed::PACKED_BLOCK;
 use crate::gpu::{Tensor, Weight16};
 use crate::{Error, Result};
 
@@ -39,6 +40,13 @@ pub(crate) fn need(op: &str, name: &str, tensor: &Tensor, shape: &[usize]) -> Re
 /// buffer holds its `rows × cols` halves, padded to whole 16-byte vectors (as `Gpu::upload_weight`
 /// makes them). `Weight16`'s fields are public: a weight put together by hand is checked like a tensor.
 pub(crate) fn need_weight(op: &str, name: &str, w: &Weight16) -> Result<()> {
+    if let Some(p) = &w.packed {
+        return Err(Error::Input(format!(
+            "{op}: weight `{name}` is packed {:?} blocks, which this kernel cannot read; expand it to f16 \
+             first (`Batch::expand_packed`) or load the model without packed weights",
+            p.format
+        )));
+    }
     if w.rows == 0 || w.cols == 0 || !w.cols.is_multiple_of(2) {
         return Err(Error::Input(format!(
             "{op}: weight `{name}` is {} × {}; it needs at least one row and an even, non-zero number of \
@@ -53,6 +61,32 @@ pub(crate) fn need_weight(op: &str, name: &str, w: &Weight16) -> Result<()> {
             w.rows,
             w.cols,
             w.buffer.size()
+        )));
+    }
+    Ok(())
+}
+
+/// As [`need_weight`] for either storage: f16, or packed blocks whose buffers hold `rows × cols / 32`
+/// blocks of the format (cols a multiple of 32).
+pub(crate) fn need_any_weight(op: &str, name: &str, w: &Weight16) -> Result<()> {
+    let Some(p) = &w.packed else { return need_weight(op, name, w) };
+    let blocks = w.rows * (w.cols / PACKED_BLOCK);
+    let (quants, scales) = ((16 * blocks * p.format.quant_words() / 4) as u64, (4 * blocks) as u64);
+    if w.rows == 0 || w.cols == 0 || !w.cols.is_multiple_of(PACKED_BLOCK) {
+        return Err(Error::Input(format!(
+            "{op}: packed weight `{name}` is {} × {}; it needs at least one row and a non-zero multiple of \
+             {PACKED_BLOCK} columns",
+            w.rows, w.cols
+        )));
+    }
+    if w.buffer.size() < quants || p.scales.size() < scales {
+        return Err(Error::Input(format!(
+            "{op}: packed weight `{name}` of {} × {} needs {quants} bytes of quants and {scales} of scales; \
+             its buffers have {} and {}",
+            w.rows,
+            w.cols,
+            w.buffer.size(),
+            p.scales.size()
         )));
     }
     Ok(())

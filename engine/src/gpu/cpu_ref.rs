@@ -13,12 +13,27 @@ pub fn matmul_forward(
     n: usize,
     k: usize,
 ) -> Vec<f32> {
+    let w: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+    matmul_forward_f32(x, &w, bias, residual, t, n, k)
+}
+
+/// [`matmul_forward`] with w (N, K) given as f32: a packed weight's values (`PackedHost::dequantize`),
+/// the reference of the packed decode kernels (matmul_decode.wgsl).
+pub fn matmul_forward_f32(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    t: usize,
+    n: usize,
+    k: usize,
+) -> Vec<f32> {
     let mut y = vec![0.0; t * n];
     for r in 0..t {
         for c in 0..n {
             let mut acc = 0.0f64;
             for i in 0..k {
-                acc += x[r * k + i] as f64 * w[c * k + i].to_f64();
+                acc += x[r * k + i] as f64 * w[c * k + i] as f64;
             }
             let mut v = acc as f32;
             if let Some(b) = bias {

@@ -42,6 +42,10 @@ pub struct GpuOptions {
     /// would run (`BABELRL_SUBGROUP_LORA=0`): for A/B runs and tests of the fallback. The base
     /// matmuls' choice is unchanged.
     pub per_lane_lora: bool,
+    /// Keep the per-lane kernels for forward matmuls of fewer than 5 rows instead of the decode kernels
+    /// of matmul_decode.wgsl (`BABELRL_DECODE_MATMUL=0`), for A/B runs. Packed weights then run on
+    /// their f16 expansion.
+    pub disable_decode_matmul: bool,
 }
 
 /// Fewest rows (tokens) for each of the CPU family's subgroup-broadcast forward matmuls
@@ -94,6 +98,7 @@ impl GpuOptions {
                 .ok()
                 .and_then(|v| SubgroupMatmulRows::parse(&v)),
             per_lane_lora: std::env::var("BABELRL_SUBGROUP_LORA").is_ok_and(|v| v == "0"),
+            disable_decode_matmul: std::env::var("BABELRL_DECODE_MATMUL").is_ok_and(|v| v == "0"),
         }
     }
 }
@@ -153,6 +158,12 @@ pub struct Gpu {
     /// Whether the LoRA products share values across a subgroup (lora_subgroup.wgsl): where the
     /// broadcast matmuls run, unless `GpuOptions::per_lane_lora`.
     pub(crate) subgroup_lora: bool,
+    /// Whether forward matmuls of T ≤ 4 rows take the decode kernels (matmul_decode.wgsl): where the
+    /// subgroup matmuls may run, unless `GpuOptions::disable_decode_matmul`.
+    pub(crate) decode_matmul: bool,
+    /// Where packed weights are expanded to f16 for the launches that cannot read their blocks (see
+    /// `Batch::expand_packed`); grown to the largest expansion so far, shared by every batch.
+    pub(crate) weight_scratch: Mutex<Option<wgpu::Buffer>>,
     errors: Arc<Mutex<Vec<String>>>,
 }
 
@@ -307,7 +318,9 @@ impl Gpu {
             },
             dispatches: AtomicU64::new(0),
             subgroup_lora: subgroup_matmul.is_some() && !options.per_lane_lora,
+            decode_matmul: subgroup_matmul.is_some() && !options.disable_decode_matmul,
             subgroup_matmul,
+            weight_scratch: Mutex::new(None),
             errors,
         }))
     }
@@ -362,6 +375,13 @@ impl Gpu {
     /// per-element kernels of lora.wgsl run.
     pub fn subgroup_lora(&self) -> bool {
         self.subgroup_lora
+    }
+
+    /// Whether forward matmuls of at most four rows take the decode kernels (matmul_decode.wgsl: f16 or
+    /// packed weights, activations shared by broadcast): the CPU family with subgroups of eight, unless
+    /// `BABELRL_DECODE_MATMUL=0`.
+    pub fn decode_matmul(&self) -> bool {
+        self.decode_matmul
     }
 
     /// Largest buffer the engine may bind as one storage binding.

@@ -6,7 +6,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::Result;
 use crate::gpu::KernelProfile;
-use crate::gpu::check::{fail, need, need_weight};
+use crate::gpu::check::{fail, need, need_any_weight, need_weight};
 use crate::gpu::device::GridLimit;
 use crate::gpu::shaders::{
     ATTENTION, ELEMENTWISE, MATMUL, MATMUL_ROWS_SUBGROUP, MATMUL_SUBGROUP, MATMUL_WORKGROUP, NORM,
@@ -14,9 +14,11 @@ use crate::gpu::shaders::{
 use crate::gpu::{Batch, BlockedWeight16, Tensor, Weight16};
 
 mod backward;
+mod decode;
 mod dropout;
 mod loss;
 pub use backward::{AttnBackward, GradWrite, KvCacheShape, MAX_PROMPT_FOLLOWERS, SharedPrompt};
+pub use decode::MAX_DECODE_ROWS;
 pub use dropout::dropout_seed;
 pub use loss::{XENT_CHUNK, XENT_IGNORE, xent_chunk_cols};
 
@@ -48,7 +50,7 @@ pub(crate) fn grid_1d(n: usize, limit: GridLimit) -> [u32; 3] {
 /// A grid of `x_groups` workgroups along x by `rows` along y, x folded into z past the limit:
 /// column index = gid.x + gid.z · nwg.x · WG (or wid.x + wid.z · nwg.x per workgroup). `rows` stays
 /// within the limit: at most `MAX_STEP_TOKENS` tokens (or a batch of as many rows) per launch.
-fn grid_rows(x_groups: u32, rows: u32, limit: GridLimit) -> [u32; 3] {
+pub(crate) fn grid_rows(x_groups: u32, rows: u32, limit: GridLimit) -> [u32; 3] {
     let (x, hi) = split_groups(x_groups, limit);
     [x, rows, hi]
 }
@@ -87,7 +89,7 @@ impl ElementwiseParams {
 /// matmul_rows_subgroup.wgsl).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-struct MatmulParams {
+pub(crate) struct MatmulParams {
     t: u32,
     n: u32,
     k: u32,
@@ -171,8 +173,7 @@ impl<'g> Batch<'g> {
             need("matmul", "residual", r, &[t, ldy])?;
         }
         let flags = bias.is_some() as u32 | (residual.is_some() as u32) << 1;
-        self.record_matmul(x, w, bias, residual, y, t, ldy, n_off, n, flags);
-        Ok(())
+        self.record_matmul(x, w, bias, residual, y, t, ldy, n_off, n, flags)
     }
 
     /// act (T, I) = silu(x · gateᵀ) · (x · upᵀ) for a fused weight `w` (2I, K) holding the gate rows
@@ -184,11 +185,10 @@ impl<'g> Batch<'g> {
             return Err(fail(op, format!("`w` has {} rows; gate and up need an even count", w.rows)));
         }
         let inter = w.rows / 2;
-        need_weight(op, "w", w)?;
+        need_any_weight(op, "w", w)?;
         need(op, "x", x, &[t, w.cols])?;
         need(op, "act", act, &[t, inter])?;
-        self.record_matmul(x, w, None, None, act, t, inter, 0, inter, MATMUL_SWIGLU);
-        Ok(())
+        self.record_matmul(x, w, None, None, act, t, inter, 0, inter, MATMUL_SWIGLU)
     }
 
     /// Records one forward matmul launch of `n` output columns (checked by the caller), picking the
@@ -206,12 +206,36 @@ impl<'g> Batch<'g> {
         n_off: usize,
         n: usize,
         flags: u32,
-    ) {
+    ) -> Result<()> {
         let k = w.cols;
         let gpu = self.gpu_ref();
         // SwiGLU: kernels with a tile of columns per invocation (or workgroup) give half of it to gate
         // rows and half to the matching up rows, so each covers half as many output columns.
         let per = |cols: usize| if flags & MATMUL_SWIGLU != 0 { (cols / 2).max(1) } else { cols };
+        let params = MatmulParams {
+            t: t as u32,
+            n: n as u32,
+            k: k as u32,
+            flags,
+            ldy: ldy as u32,
+            n_off: n_off as u32,
+            pad0: 0,
+            pad1: 0,
+        };
+        let bias = bias.map_or(&gpu.dummy, |b| &b.buffer);
+        let residual = residual.map_or(&gpu.dummy, |r| &r.buffer);
+        // T ≤ 4 on the CPU family with subgroups of eight: the decode kernels (kernels/decode.rs), for
+        // f16 and packed weights. Any other launch of a packed weight runs on its f16 expansion.
+        if self.matmul_decode(x, w, bias, residual, y, &params) {
+            return Ok(());
+        }
+        let expanded;
+        let w = if w.packed.is_some() {
+            expanded = self.expand_packed(w)?;
+            &expanded
+        } else {
+            w
+        };
         // CPU adapters with subgroups of eight, from `SubgroupMatmulRows` rows (5 and 32 by default):
         // weights shared across the subgroup by broadcast, one row per lane (8 rows × 8 columns per
         // workgroup) or four (32 × 8). Other CPU adapters or fewer rows, few rows (decoding): four
@@ -259,19 +283,8 @@ impl<'g> Batch<'g> {
                 (false, ..) => (&MATMUL, "matmul_forward_scalar", groups(n), (t as u32).div_ceil(4)),
             };
         let grid = grid_rows(column_groups, row_groups, gpu.grid_limit);
-        let params = MatmulParams {
-            t: t as u32,
-            n: n as u32,
-            k: k as u32,
-            flags,
-            ldy: ldy as u32,
-            n_off: n_off as u32,
-            pad0: 0,
-            pad1: 0,
-        };
-        let bias = bias.map_or(&gpu.dummy, |b| &b.buffer);
-        let residual = residual.map_or(&gpu.dummy, |r| &r.buffer);
         self.dispatch(shader, entry, &params, &[&x.buffer, &w.buffer, bias, residual, &y.buffer], grid);
+        Ok(())
     }
 
     /// y (T, N) = x (T, K) · wᵀ for a weight stored in row blocks.
@@ -595,7 +608,7 @@ impl<'g> Batch<'g> {
 /// the block's columns within y's row.
 fn check_matmul(x: &Tensor, w: &Weight16, y: &Tensor, t: usize, ldy: usize, n_off: usize) -> Result<()> {
     let (n, k) = (w.rows, w.cols);
-    need_weight("matmul", "w", w)?;
+    need_any_weight("matmul", "w", w)?;
     need("matmul", "x", x, &[t, k])?;
     need("matmul", "y", y, &[t, ldy])?;
     if n_off + n > ldy {

@@ -45,6 +45,8 @@ shader!(ELEMENTWISE, "elementwise.wgsl", NONE, true);
 shader!(MATMUL_WORKGROUP, "matmul_workgroup.wgsl", NONE, true);
 shader!(MATMUL_ROWS_SUBGROUP, "matmul_rows_subgroup.wgsl", wgpu::Features::SUBGROUP, true);
 shader!(MATMUL_SUBGROUP, "matmul_subgroup.wgsl", wgpu::Features::SUBGROUP, true);
+shader!(MATMUL_DECODE, "matmul_decode.wgsl", wgpu::Features::SUBGROUP, true);
+shader!(DEQUANT, "dequant.wgsl", NONE, true);
 shader!(LORA, "lora.wgsl", NONE, true);
 shader!(LORA_SUBGROUP, "lora_subgroup.wgsl", wgpu::Features::SUBGROUP, true);
 shader!(ADAMW, "adamw.wgsl", NONE, true);
@@ -64,6 +66,8 @@ pub const ALL: &[ShaderSource] = &[
     MATMUL_WORKGROUP,
     MATMUL_ROWS_SUBGROUP,
     MATMUL_SUBGROUP,
+    MATMUL_DECODE,
+    DEQUANT,
     LORA,
     LORA_SUBGROUP,
     ADAMW,
@@ -96,10 +100,13 @@ mod tests {
                 validate(shader.name, shader.source, shader.features).unwrap_or_else(|e| panic!("{e}"));
             assert!(!module.entry_points.is_empty(), "{} has no entry point", shader.name);
         }
-        // Only the subgroup kernels (the GPU family's few-row matmul, the CPU family's broadcast matmuls
-        // and LoRA products) need an adapter feature.
+        // Only the subgroup kernels (the GPU family's few-row matmul, the CPU family's broadcast and decode
+        // matmuls and LoRA products) need an adapter feature.
         let needing: Vec<_> = ALL.iter().filter(|s| !s.features.is_empty()).map(|s| s.name).collect();
-        assert_eq!(needing, ["matmul_rows_subgroup.wgsl", "matmul_subgroup.wgsl", "lora_subgroup.wgsl"]);
+        assert_eq!(
+            needing,
+            ["matmul_rows_subgroup.wgsl", "matmul_subgroup.wgsl", "matmul_decode.wgsl", "lora_subgroup.wgsl"]
+        );
     }
 
     /// The check has teeth: the workgroup-memory matmul (the GPU family without subgroups) with its tree

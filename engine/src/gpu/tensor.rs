@@ -3,10 +3,10 @@
 use half::f16;
 use wgpu::util::DeviceExt;
 
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, PackedBlocks};
 use crate::{Error, Result};
 
-const STORAGE: wgpu::BufferUsages =
+pub(crate) const STORAGE: wgpu::BufferUsages =
     wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
 
 /// A storage buffer of 32-bit elements (f32 or u32) with a row-major shape.
@@ -30,11 +30,17 @@ impl Tensor {
 
 /// A frozen weight matrix `[rows, cols]` stored as f16, two values per u32 (`unpack2x16float`), so it
 /// runs on adapters with and without `SHADER_F16`. `cols` is even.
+///
+/// Or, where `packed` is set ([`Gpu::upload_packed`]), as quantized blocks: `buffer` then holds the
+/// blocks' quantized values and `packed` their format and scales. Only the forward matmul
+/// ([`crate::gpu::Batch::matmul`]) and the backward dX take packed weights (the others refuse them);
+/// launches that cannot read blocks run on an f16 expansion ([`crate::gpu::Batch::expand_packed`]).
 #[derive(Debug, Clone)]
 pub struct Weight16 {
     pub buffer: wgpu::Buffer,
     pub rows: usize,
     pub cols: usize,
+    pub packed: Option<PackedBlocks>,
 }
 
 fn fits(label: &str, len: usize, shape: &[usize]) -> Result<()> {
@@ -45,7 +51,7 @@ fn fits(label: &str, len: usize, shape: &[usize]) -> Result<()> {
 }
 
 /// Buffers are padded to whole 16-byte vectors (kernels read them as `vec4`), and never empty.
-fn padded(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+pub(crate) fn padded(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     if !bytes.is_empty() && bytes.len().is_multiple_of(16) {
         return std::borrow::Cow::Borrowed(bytes);
     }
@@ -104,7 +110,7 @@ impl Gpu {
         Ok(BlockedWeight16 { blocks, rows, cols })
     }
 
-    fn check_size(&self, what: &str, bytes: u64) -> Result<()> {
+    pub(crate) fn check_size(&self, what: &str, bytes: u64) -> Result<()> {
         if bytes > self.max_binding() {
             return Err(Error::Gpu(format!(
                 "{what}: {bytes} bytes exceeds the adapter's largest storage binding ({} bytes)",
@@ -186,7 +192,7 @@ impl Gpu {
             contents: &padded(bytemuck::cast_slice(data)),
             usage: STORAGE,
         });
-        Ok(Weight16 { buffer, rows, cols })
+        Ok(Weight16 { buffer, rows, cols, packed: None })
     }
 
     /// Reads `len` 32-bit words starting at element `offset` of `buffer` back to the host.

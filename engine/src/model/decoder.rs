@@ -6,9 +6,10 @@ use std::sync::{Arc, Mutex};
 use crate::gpu::cpu_ref::{TokenInfo, rope_table};
 use crate::gpu::kernels::{ATTN_QK_NORM, ATTN_ROPE, AttnParams};
 use crate::gpu::kernels_lora::OutputSlice;
-use crate::gpu::{BlockedWeight16, Gpu, Tensor, Weight16};
+use crate::gpu::{BlockedWeight16, Gpu, PackedHost, Tensor, Weight16};
 use crate::lora::{Adapter, Target};
 use crate::model::config::DecoderConfig;
+use crate::model::loader::LoadOptions;
 use crate::model::weights::{WeightSource, concat_rows};
 use crate::{Error, Result};
 
@@ -89,17 +90,58 @@ enum Output {
     Hidden,
 }
 
+/// Uploads the rows of the `(name, rows)` matrices of `cols` columns stacked as one weight: as packed
+/// blocks if `packed` and every part packs to one format ([`WeightSource::get_packed`]), else f16.
+fn upload_linear(
+    gpu: &Gpu,
+    source: &WeightSource,
+    packed: bool,
+    label: &str,
+    parts: &[(String, usize)],
+    cols: usize,
+) -> Result<Weight16> {
+    if packed {
+        let mut blocks = Vec::with_capacity(parts.len());
+        for (name, rows) in parts {
+            match source.get_packed(name, [*rows, cols])? {
+                Some(b) => blocks.push(b),
+                None => break,
+            }
+        }
+        if blocks.len() == parts.len()
+            && let Some(all) = PackedHost::concat_rows(&blocks)
+        {
+            return gpu.upload_packed(label, &all);
+        }
+    }
+    let mut data = Vec::new();
+    for (name, rows) in parts {
+        data.extend_from_slice(&source.require(name, &[*rows, cols])?.data);
+    }
+    gpu.upload_weight(label, &data, parts.iter().map(|(_, r)| r).sum(), cols)
+}
+
 impl Decoder {
     /// Uploads the weights of `source` (checked against `cfg`) to the GPU at 16 bits.
     pub fn load(gpu: Arc<Gpu>, source: &WeightSource, cfg: DecoderConfig) -> Result<Decoder> {
-        Self::load_parts(gpu, source, cfg, false)
+        Self::load_parts(gpu, source, cfg, false, &LoadOptions::default())
+    }
+
+    /// [`Decoder::load`] with options (packed weights).
+    pub fn load_with(
+        gpu: Arc<Gpu>,
+        source: &WeightSource,
+        cfg: DecoderConfig,
+        options: &LoadOptions,
+    ) -> Result<Decoder> {
+        Self::load_parts(gpu, source, cfg, false, options)
     }
 
     /// [`Decoder::load`] without the LM head (`lm_head.weight` is neither needed nor read): the body of
     /// a model with another head, such as a `*ForSequenceClassification` reward model. Only
     /// [`Decoder::forward_hidden`] may run on it; a pass asking for logits is an error.
     pub fn load_headless(gpu: Arc<Gpu>, source: &WeightSource, cfg: DecoderConfig) -> Result<Decoder> {
-        Self::load_parts(gpu, source, cfg, true)
+        Self::load_parts(gpu, source, cfg, true, &LoadOptions::default())
     }
 
     fn load_parts(
@@ -107,6 +149,7 @@ impl Decoder {
         source: &WeightSource,
         cfg: DecoderConfig,
         headless: bool,
+        options: &LoadOptions,
     ) -> Result<Decoder> {
         let (d, hd) = (cfg.hidden, cfg.head_dim);
         let (qd, kvd, inter) = (cfg.n_head * hd, cfg.n_kv_head * hd, cfg.intermediate);
@@ -128,10 +171,19 @@ impl Decoder {
         let mut layers = Vec::with_capacity(cfg.layers);
         for l in 0..cfg.layers {
             let p = |s: &str| format!("model.layers.{l}.{s}");
-            let q = source.require(&p("self_attn.q_proj.weight"), &[qd, d])?;
-            let k = source.require(&p("self_attn.k_proj.weight"), &[kvd, d])?;
-            let v = source.require(&p("self_attn.v_proj.weight"), &[kvd, d])?;
-            let qkv = gpu.upload_weight(&p("qkv"), &concat_rows(&[&q, &k, &v]), cfg.qkv_width(), d)?;
+            let linear = |label: &str, parts: &[(&str, usize)], cols: usize| {
+                let parts: Vec<(String, usize)> = parts.iter().map(|&(n, rows)| (p(n), rows)).collect();
+                upload_linear(&gpu, source, options.packed_weights, &p(label), &parts, cols)
+            };
+            let qkv = linear(
+                "qkv",
+                &[
+                    ("self_attn.q_proj.weight", qd),
+                    ("self_attn.k_proj.weight", kvd),
+                    ("self_attn.v_proj.weight", kvd),
+                ],
+                d,
+            )?;
             let qkv_bias = if cfg.qkv_bias {
                 let qb = source.require(&p("self_attn.q_proj.bias"), &[qd])?;
                 let kb = source.require(&p("self_attn.k_proj.bias"), &[kvd])?;
@@ -147,19 +199,19 @@ impl Decoder {
             } else {
                 None
             };
-            let o = source.require(&p("self_attn.o_proj.weight"), &[d, qd])?;
-            let gate = source.require(&p("mlp.gate_proj.weight"), &[inter, d])?;
-            let up = source.require(&p("mlp.up_proj.weight"), &[inter, d])?;
-            let down = source.require(&p("mlp.down_proj.weight"), &[d, inter])?;
             layers.push(Layer {
                 attn_norm: f32_tensor(&p("input_layernorm.weight"), d)?,
                 qkv,
                 qkv_bias,
                 qk_norm,
-                o: gpu.upload_weight(&p("o_proj"), &o.data, d, qd)?,
+                o: linear("o_proj", &[("self_attn.o_proj.weight", d)], qd)?,
                 mlp_norm: f32_tensor(&p("post_attention_layernorm.weight"), d)?,
-                gate_up: gpu.upload_weight(&p("gate_up"), &concat_rows(&[&gate, &up]), 2 * inter, d)?,
-                down: gpu.upload_weight(&p("down_proj"), &down.data, d, inter)?,
+                gate_up: linear(
+                    "gate_up",
+                    &[("mlp.gate_proj.weight", inter), ("mlp.up_proj.weight", inter)],
+                    d,
+                )?,
+                down: linear("down_proj", &[("mlp.down_proj.weight", d)], inter)?,
             });
         }
         let final_norm_host = source.require("model.norm.weight", &[d])?.data.clone();

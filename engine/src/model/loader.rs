@@ -44,8 +44,33 @@ fn check_vocab(path: &Path, tokenizer: &Tokenizer, cfg: &DecoderConfig) -> Resul
     Ok(())
 }
 
-/// Loads a decoder from `path`: a folder with config.json + safetensors (+ tokenizer.json), or a .gguf file.
+/// How a decoder's weights go to the GPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Keep the layers' linear weights as packed blocks where the file has them (GGUF Q4_0, Q4_1, Q8_0;
+    /// a fused q|k|v or gate|up weight only when all its parts pack to one format), instead of
+    /// dequantizing them to f16 (`BABELRL_PACKED_WEIGHTS=1`). Decoding (T ≤ 4 rows on the CPU family
+    /// with subgroups of eight) reads the blocks; every other launch (prefill of more rows, training's
+    /// backward dX, other adapters) runs on a per-launch f16 expansion into one shared scratch buffer,
+    /// so resident memory stays that of the blocks. The embedding (and a tied LM head) stays f16.
+    pub packed_weights: bool,
+}
+
+impl LoadOptions {
+    /// Options from the environment: `BABELRL_PACKED_WEIGHTS=1` sets `packed_weights`.
+    pub fn from_env() -> Self {
+        LoadOptions { packed_weights: std::env::var("BABELRL_PACKED_WEIGHTS").is_ok_and(|v| v == "1") }
+    }
+}
+
+/// Loads a decoder from `path`: a folder with config.json + safetensors (+ tokenizer.json), or a .gguf file,
+/// with [`LoadOptions::from_env`].
 pub fn load_language_model(gpu: Arc<Gpu>, path: &Path) -> Result<LanguageModel> {
+    load_language_model_with(gpu, path, &LoadOptions::from_env())
+}
+
+/// [`load_language_model`] with explicit options.
+pub fn load_language_model_with(gpu: Arc<Gpu>, path: &Path, options: &LoadOptions) -> Result<LanguageModel> {
     if !path.exists() {
         return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "model not found")));
     }
@@ -58,7 +83,7 @@ pub fn load_language_model(gpu: Arc<Gpu>, path: &Path) -> Result<LanguageModel> 
             check_vocab(path, t, &cfg)?;
         }
         let source = WeightSource::Safetensors(SafetensorsFolder::open(path)?);
-        let decoder = Decoder::load(gpu, &source, cfg)?;
+        let decoder = Decoder::load_with(gpu, &source, cfg, options)?;
         return Ok(LanguageModel { decoder, tokenizer, path: path.to_path_buf() });
     }
     let file = Gguf::open(path)?;
@@ -71,6 +96,6 @@ pub fn load_language_model(gpu: Arc<Gpu>, path: &Path) -> Result<LanguageModel> 
         n_kv_head: cfg.n_kv_head,
         permuted_qk: cfg.arch == Arch::Llama,
     };
-    let decoder = Decoder::load(gpu, &source, cfg)?;
+    let decoder = Decoder::load_with(gpu, &source, cfg, options)?;
     Ok(LanguageModel { decoder, tokenizer: Some(tokenizer), path: path.to_path_buf() })
 }

@@ -14,5 +14,5 @@ pub mod weights;
 pub use config::{Arch, DecoderConfig, cache_dir};
 pub use decoder::{Decoder, KvCache};
 pub use encoder::{Encoder, EncoderArch, EncoderConfig, EncoderOptions};
-pub use loader::{LanguageModel, load_language_model};
+pub use loader::{LanguageModel, LoadOptions, load_language_model, load_language_model_with};
 pub use reward_model::{RewardModel, RmPrompt};

@@ -8,6 +8,8 @@
 
 use half::f16;
 
+use crate::gpu::{PackedHost, QuantFormat};
+
 /// Elements per block of the "K-quants" (Q2_K … Q8_K).
 pub const QK_K: usize = 256;
 
@@ -160,6 +162,52 @@ impl GgmlType {
         }
         (n_elements / block as u64).checked_mul(size as u64)
     }
+}
+
+/// A `[rows, cols]` tensor's GGUF Q4_0, Q4_1 or Q8_0 blocks repacked for the GPU (`PackedHost`: one
+/// scale word `d | m << 16` per block, Q4_0's offset as m = −8d, and the quantized bytes as
+/// little-endian words, unchanged); `Ok(None)` for any other type. The values are those of
+/// [`dequantize`]: `d · q + m` equals Q4_0's `(q − 8) · d` exactly (both products are exact in f32).
+/// Errors (a message for the caller to wrap with the file and tensor name) when the bytes do not
+/// hold `rows × cols` values or a row is not a whole number of blocks.
+pub fn pack_blocks(
+    ty: GgmlType,
+    bytes: &[u8],
+    rows: usize,
+    cols: usize,
+) -> Result<Option<PackedHost>, String> {
+    let format = match ty {
+        GgmlType::Q4_0 | GgmlType::Q4_1 => QuantFormat::Q4,
+        GgmlType::Q8_0 => QuantFormat::Q8,
+        _ => return Ok(None),
+    };
+    let (block, size) = ty.block_layout();
+    if !cols.is_multiple_of(block) || bytes.len() != rows * cols / block * size {
+        return Err(format!(
+            "{ty:?}: {} bytes do not hold {rows} rows of {cols} values in blocks of {block} ({size} bytes)",
+            bytes.len()
+        ));
+    }
+    let blocks = rows * cols / block;
+    let mut scales = Vec::with_capacity(blocks);
+    let mut quants = Vec::with_capacity(blocks * format.quant_words());
+    let bits = |b: &[u8], i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+    for b in bytes.chunks_exact(size) {
+        let (d, m, qs) = match ty {
+            GgmlType::Q4_0 => {
+                let m = f16::from_f32(-8.0 * f16::from_bits(bits(b, 0)).to_f32());
+                if !m.is_finite() {
+                    return Err(format!("Q4_0 block scale {} is too large to pack", f16_at(b, 0)));
+                }
+                (bits(b, 0), m.to_bits(), &b[2..])
+            }
+            GgmlType::Q4_1 => (bits(b, 0), bits(b, 2), &b[4..]),
+            _ => (bits(b, 0), 0, &b[2..]),
+        };
+        scales.push(d as u32 | (m as u32) << 16);
+        quants.extend(qs.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])));
+    }
+    Ok(Some(PackedHost { format, rows, cols, quants, scales }))
 }
 
 fn f16_at(b: &[u8], i: usize) -> f32 {

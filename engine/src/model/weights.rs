@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use half::{bf16, f16};
 use safetensors::{Dtype, SafeTensors};
 
+use crate::gpu::PackedHost;
 use crate::model::gguf::Gguf;
+use crate::model::quant::pack_blocks;
 use crate::{Error, Result};
 
 /// A tensor on the host: f32 values and a row-major shape.
@@ -194,6 +196,43 @@ impl WeightSource {
                 Ok(Some(HostTensor { data, shape }))
             }
         }
+    }
+
+    /// A `shape` = [rows, cols] matrix as packed blocks ([`crate::model::quant::pack_blocks`], q/k rows
+    /// unpermuted as [`WeightSource::get`] does): `None` unless the source is a GGUF file whose tensor
+    /// is Q4_0, Q4_1 or Q8_0. Errors like [`WeightSource::require`] when the tensor is missing or has
+    /// another shape.
+    pub fn get_packed(&self, name: &str, shape: [usize; 2]) -> Result<Option<PackedHost>> {
+        let WeightSource::Gguf { file, n_head, n_kv_head, permuted_qk } = self else { return Ok(None) };
+        let g = gguf_name(name).ok_or_else(|| Error::MissingTensor {
+            path: file.path().to_path_buf(),
+            name: name.to_string(),
+        })?;
+        let info = file.tensor_info(&g)?;
+        if info.shape() != shape {
+            return Err(Error::TensorShape {
+                path: file.path().to_path_buf(),
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                found: info.shape(),
+            });
+        }
+        let [rows, cols] = shape;
+        let fail = |m: String| Error::format(file.path(), format!("tensor `{g}`: {m}"));
+        let Some(mut w) = pack_blocks(info.dtype, file.tensor_bytes(&g)?, rows, cols).map_err(fail)? else {
+            return Ok(None);
+        };
+        if *permuted_qk && (g.ends_with("attn_q.weight") || g.ends_with("attn_k.weight")) {
+            let heads = if g.ends_with("attn_q.weight") { *n_head } else { *n_kv_head };
+            let per_row = cols / crate::gpu::PACKED_BLOCK;
+            let unpermute = |data: &[u32], words: usize| {
+                crate::model::gguf::unpermute_llama_qk(data, heads, rows, words)
+                    .map_err(|e| Error::format(file.path(), format!("tensor `{g}`: {e}")))
+            };
+            w.quants = unpermute(&w.quants, per_row * w.format.quant_words())?;
+            w.scales = unpermute(&w.scales, per_row)?;
+        }
+        Ok(Some(w))
     }
 
     /// A tensor that must exist, with the expected shape.

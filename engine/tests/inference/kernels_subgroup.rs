@@ -201,8 +201,13 @@ fn lavapipe_picks_the_subgroup_kernels_by_shape() {
         let _: Option<()> = common::skip(format!("adapter `{}` is not lavapipe", s.name));
         return;
     }
-    if std::env::var("BABELRL_SUBGROUP_MATMUL_ROWS").is_ok() || std::env::var("BABELRL_SUBGROUPS").is_ok() {
-        let _: Option<()> = common::skip("BABELRL_SUBGROUP_MATMUL_ROWS or BABELRL_SUBGROUPS is set".into());
+    if ["BABELRL_SUBGROUP_MATMUL_ROWS", "BABELRL_SUBGROUPS", "BABELRL_DECODE_MATMUL"]
+        .iter()
+        .any(|v| std::env::var(v).is_ok())
+    {
+        let _: Option<()> = common::skip(
+            "BABELRL_SUBGROUP_MATMUL_ROWS, BABELRL_SUBGROUPS or BABELRL_DECODE_MATMUL is set".into(),
+        );
         return;
     }
     assert_eq!(s.subgroup_size, (8, 8), "lavapipe's subgroups");
@@ -215,8 +220,9 @@ fn lavapipe_picks_the_subgroup_kernels_by_shape() {
         assert_eq!(profile.len(), 1, "{profile:?}");
         profile[0].kernel.clone()
     };
-    assert_eq!(run_forward(3, 64), "matmul.wgsl::matmul_forward_cols4");
-    assert_eq!(run_forward(4, 64), "matmul.wgsl::matmul_forward");
+    // Up to four rows: the decode kernels (kernels_decode.rs), one pipeline per row count.
+    assert_eq!(run_forward(3, 64), "matmul_decode.wgsl::matmul_decode_f16;ROWS=3");
+    assert_eq!(run_forward(4, 64), "matmul_decode.wgsl::matmul_decode_f16;ROWS=4");
     assert_eq!(run_forward(5, 64), FORWARD_1ROW);
     assert_eq!(run_forward(31, 64), FORWARD_1ROW);
     assert_eq!(run_forward(32, 64), FORWARD);

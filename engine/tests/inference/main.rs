@@ -23,6 +23,7 @@ mod gguf_quant;
 mod gguf_reader;
 mod kernels;
 mod kernels_backward;
+mod kernels_decode;
 mod kernels_dropout;
 mod kernels_encoder;
 mod kernels_folded_grids;

@@ -56,8 +56,8 @@ fn mis_sized_launches_are_refused_before_the_gpu_with_checks_off() {
     let lying_y = Tensor { buffer: storage(&gpu, 16), shape: vec![t, n] };
     // 6 floats in 24 bytes: enough words, but a `vec4` load of the last one reads past the buffer.
     let unpadded = Tensor { buffer: storage(&gpu, 24), shape: vec![6] };
-    let short_w = Weight16 { buffer: storage(&gpu, 16), rows: n, cols: k };
-    let odd_w = Weight16 { buffer: storage(&gpu, 4096), rows: n, cols: k - 1 };
+    let short_w = Weight16 { buffer: storage(&gpu, 16), rows: n, cols: k, packed: None };
+    let odd_w = Weight16 { buffer: storage(&gpu, 4096), rows: n, cols: k - 1, packed: None };
     let ids = gpu.zeros("ids", &[t]).unwrap();
     let param = Tensor { buffer: storage(&gpu, 16), shape: vec![64] };
     let moments = gpu.zeros("m", &[64]).unwrap();

@@ -9,8 +9,9 @@ use babelrl::generate::{
     LOGPROB_PACK_TOKENS, completion_logprobs, completion_logprobs_packed, forward_chunked,
 };
 use babelrl::gpu::cpu_ref::TokenInfo;
-use babelrl::gpu::{Gpu, GpuOptions, KernelTime};
-use babelrl::model::{Decoder, load_language_model};
+use babelrl::gpu::{Gpu, GpuOptions, KernelTime, Weight16};
+use babelrl::model::quant::{GgmlType, pack_blocks};
+use babelrl::model::{Decoder, LoadOptions, load_language_model};
 use rand::{Rng, SeedableRng};
 
 use crate::bench_grpo::{GrpoBench, bench_grpo};
@@ -115,6 +116,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         gpu.summary.backend,
         gpu.summary.device_type,
         if gpu.shader_checks() { "on (BABELRL_SHADER_CHECKS=1)" } else { "off (trusted modules)" }
+    );
+    println!(
+        "packed layer weights (BABELRL_PACKED_WEIGHTS=1): {}; decode matmuls for T ≤ 4 (BABELRL_DECODE_MATMUL): {}",
+        LoadOptions::from_env().packed_weights,
+        gpu.decode_matmul()
     );
     let mut figures = Figures::default();
     let p = args.prompt_tokens;
@@ -330,28 +336,67 @@ fn bench_gemm(gpu: &Gpu, model: &Decoder, figures: &mut Figures) -> anyhow::Resu
         let w = gpu.upload_weight(name, &w, n, k)?;
         let mut row = format!("| {name} ({n}×{k}) |");
         for t in [1usize, 8, 128] {
-            let x: Vec<f32> = (0..t * k).map(|_| rng.random_range(-1.0..1.0)).collect();
-            let x = gpu.upload_f32("x", &x, &[t, k])?;
-            let y = gpu.zeros("y", &[t, n])?;
-            let run = |reps: usize| -> anyhow::Result<f64> {
-                let start = Instant::now();
-                let mut b = gpu.batch();
-                for _ in 0..reps {
-                    b.matmul(&x, &w, None, None, &y, t)?;
-                }
-                b.submit()?;
-                gpu.wait()?;
-                Ok(start.elapsed().as_secs_f64())
-            };
-            run(1)?;
-            let once = run(1)?;
-            let reps = ((0.3 / once) as usize).clamp(1, 200);
-            let secs = run(reps)?;
-            let gflops = 2.0 * (t * n * k * reps) as f64 / secs / 1e9;
+            let gflops = time_matmul(gpu, &w, t, &mut rng)?;
             row.push_str(&format!(" {gflops:.2} |"));
             figures.add(format!("GEMM GFLOP/s, {name} ({n}×{k}), T={t}"), gflops);
         }
         println!("{row}");
     }
+    // Packed GGUF blocks (`BABELRL_PACKED_WEIGHTS=1`), random scales and values: the decode kernels
+    // read them at T ≤ 4 where the adapter has them; other launches run on their f16 expansion.
+    println!("\n| packed GEMM (N×K), GFLOP/s | Q4_1 T=1 | Q4_1 T=4 | Q8_0 T=1 | Q8_0 T=4 |");
+    println!("|---|---|---|---|---|");
+    for (name, n, k) in shapes {
+        if !k.is_multiple_of(babelrl::gpu::PACKED_BLOCK) {
+            continue;
+        }
+        let mut row = format!("| {name} ({n}×{k}) |");
+        for ty in [GgmlType::Q4_1, GgmlType::Q8_0] {
+            let (block, size) = ty.block_layout();
+            let mut bytes: Vec<u8> = (0..n * k / block * size).map(|_| rng.random()).collect();
+            // Finite scales: each block's f16 d (and m) set to small values.
+            for b in bytes.chunks_exact_mut(size) {
+                let scales = if ty == GgmlType::Q4_1 { 2 } else { 1 };
+                for s in 0..scales {
+                    let v = half::f16::from_f32(rng.random_range(-0.01..0.01)).to_le_bytes();
+                    b[2 * s..2 * s + 2].copy_from_slice(&v);
+                }
+            }
+            let host =
+                pack_blocks(ty, &bytes, n, k).map_err(anyhow::Error::msg)?.context("a packable type")?;
+            let w = gpu.upload_packed(name, &host)?;
+            for t in [1usize, 4] {
+                let gflops = time_matmul(gpu, &w, t, &mut rng)?;
+                row.push_str(&format!(" {gflops:.2} |"));
+                figures.add(format!("packed {ty:?} GEMM GFLOP/s, {name} ({n}×{k}), T={t}"), gflops);
+            }
+        }
+        println!("{row}");
+    }
     Ok(())
+}
+
+/// GFLOP/s of y (T, N) = x (T, K) · wᵀ, repeated for about 0.3 s in one batch after a warm-up: the
+/// best of three such batches (other work on the machine only ever slows a batch down).
+fn time_matmul(gpu: &Gpu, w: &Weight16, t: usize, rng: &mut rand_chacha::ChaCha8Rng) -> anyhow::Result<f64> {
+    let (n, k) = (w.rows, w.cols);
+    let x: Vec<f32> = (0..t * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let x = gpu.upload_f32("x", &x, &[t, k])?;
+    let y = gpu.zeros("y", &[t, n])?;
+    let run = |reps: usize| -> anyhow::Result<f64> {
+        let start = Instant::now();
+        let mut b = gpu.batch();
+        for _ in 0..reps {
+            b.matmul(&x, w, None, None, &y, t)?;
+        }
+        b.submit()?;
+        gpu.wait()?;
+        Ok(start.elapsed().as_secs_f64())
+    };
+    run(1)?;
+    let once = run(1)?;
+    let reps = ((0.3 / once) as usize).clamp(1, 200);
+    let secs =
+        (0..3).map(|_| run(reps)).collect::<anyhow::Result<Vec<f64>>>()?.into_iter().fold(f64::MAX, f64::min);
+    Ok(2.0 * (t * n * k * reps) as f64 / secs / 1e9)
 }

@@ -203,6 +203,14 @@ impl<'g> Batch<'g> {
         write: GradWrite,
     ) -> Result<()> {
         let (k, n, cols) = ("matmul_backward_dx", w.rows, w.cols);
+        // A packed weight runs on its f16 expansion.
+        let expanded;
+        let w = if w.packed.is_some() {
+            expanded = self.expand_packed(w)?;
+            &expanded
+        } else {
+            w
+        };
         if n_off + n > ldy {
             return Err(fail(k, format!("columns {n_off}..{} of dY exceed its row stride {ldy}", n_off + n)));
         }

@@ -37,14 +37,17 @@ impl KvCache {
 }
 
 impl Decoder {
-    /// Bytes of GPU memory the frozen model holds (16-bit weights, f32 norms and biases, RoPE table).
+    /// Bytes of GPU memory the frozen model holds (16-bit or packed weights, f32 norms and biases, RoPE table).
     pub fn weight_bytes(&self) -> u64 {
         let blocked =
             |w: &crate::gpu::BlockedWeight16| w.blocks.iter().map(|(_, b)| b.buffer.size()).sum::<u64>();
         let mut n = blocked(&self.embed) + self.lm_head.as_ref().map_or(0, blocked);
         n += self.final_norm.buffer.size() + self.rope.buffer.size();
         for l in &self.layers {
-            n += [&l.qkv, &l.o, &l.gate_up, &l.down].iter().map(|w| w.buffer.size()).sum::<u64>();
+            n += [&l.qkv, &l.o, &l.gate_up, &l.down]
+                .iter()
+                .map(|w| w.buffer.size() + w.packed.as_ref().map_or(0, |p| p.scales.size()))
+                .sum::<u64>();
             n += [&l.attn_norm, &l.mlp_norm].iter().map(|t| t.buffer.size()).sum::<u64>();
             n += l.qkv_bias.as_ref().map_or(0, |t| t.buffer.size())
                 + l.qk_norm.as_ref().map_or(0, |t| t.buffer.size());
