@@ -538,6 +538,281 @@ def bench_grpo(model, device, model_path, prompt_tokens, completion_tokens, gene
                        str(model.dtype).replace("torch.", ""), steps, kind + note)}
 
 
+def unmark_gguf(model, row):
+    """transformers' GGUF loader dequantizes every tensor but leaves the model marked as quantized (GGUF),
+    which Trainer refuses to train; the weights are plain tensors, so the quantizer's own
+    remove_quantization_config takes the mark off."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        method = str(quantizer.quantization_config.quant_method)
+        assert method.lower().endswith("gguf"), ("%s row: a model quantized with %s cannot be trained" % (row, method))
+        assert all(p.is_floating_point() for p in model.parameters()), "%s row: GGUF weights left quantized" % row
+        quantizer.remove_quantization_config(model)
+
+
+def load_tokenizer(model_path):
+    from transformers import AutoTokenizer
+
+    if os.path.isdir(model_path):
+        return AutoTokenizer.from_pretrained(model_path)
+    return AutoTokenizer.from_pretrained(os.path.dirname(model_path), gguf_file=os.path.basename(model_path))
+
+
+def load_reward_body(base, device, dtype):
+    """The reward model of the --reward and --best-of-n rows: AutoModelForSequenceClassification (num_labels 1,
+    a fresh score head) of the --reward-base folder, and its tokenizer (pad = eos when it has none, as TRL sets)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    attn = "eager" if device == "cpu" else "sdpa"
+    tok = AutoTokenizer.from_pretrained(base)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=dtype,
+                                                               attn_implementation=attn)
+    model.config.pad_token_id = tok.pad_token_id
+    return model.to(device), tok
+
+
+def random_ids(gen, vocab, n, avoid):
+    """n seeded random ids in [0, vocab), none of them in `avoid` (the pad id would move the score position)."""
+    import torch
+
+    ids = torch.randint(0, vocab, (n,), generator=gen).tolist()
+    return [i if i not in avoid else (i + 1) % vocab for i in ids]
+
+
+class StepClock:
+    """Wall time of each optimizer step, from the callbacks' on_step_begin to on_step_end."""
+
+    def __init__(self, device):
+        from transformers import TrainerCallback
+
+        clock = self
+        self.secs = []
+
+        class Callback(TrainerCallback):
+            def on_step_begin(self, *a, **k):
+                sync(device)
+                clock.t0 = time.perf_counter()
+
+            def on_step_end(self, *a, **k):
+                sync(device)
+                clock.secs.append(time.perf_counter() - clock.t0)
+
+        self.callback = Callback()
+
+
+def report_pref(key, title, secs, steps, tokens, mem, device, figures, extra=""):
+    s_step = sum(secs[1:]) / steps  # the first step is the warm-up
+    kind = "CUDA allocated" if device == "cuda" else "process RSS"
+    note = "" if mem.reset else " (since the process started: this kernel cannot reset it)"
+    print("\n| %s | s/step | tokens/s |%s peak %s (MiB)%s |" % (title, " reference s |" if extra else "", kind, note))
+    print("|---|---|---|%s---|" % ("---|" if extra else ""))
+    print("| mean of %d steps after 1 warm-up | %.2f | %.1f |%s %.0f |"
+          % (steps, s_step, tokens / s_step, extra, mem.peak / MIB))
+    figures["%s_step_seconds" % key] = s_step
+    figures["%s_tokens_per_s" % key] = tokens / s_step
+    figures["%s_peak_%s_bytes" % (key, "cuda_allocated" if device == "cuda" else "rss")] = mem.peak
+    return kind + note
+
+
+def bench_reward(base, device, dtype, pairs, tokens, steps, figures):
+    """TRL's RewardTrainer (Bradley–Terry) + a PEFT LoRA on AutoModelForSequenceClassification of --reward-base:
+    --reward-pairs pairs of --reward-tokens seeded random ids per side, given pre-tokenized (chosen_ids /
+    rejected_ids, so TRL adds no EOS and pads nothing), one micro-batch of all pairs per optimizer step, AdamW lr
+    1e-4, float32, no gradient checkpointing; 1 warm-up + --reward-steps timed steps (on_step_begin to
+    on_step_end); tokens/s counts both sides; memory = peak over the whole train()."""
+    import shutil
+    import tempfile
+    import peft
+    import torch
+    import trl
+    from datasets import Dataset
+
+    model, tok = load_reward_body(base, device, dtype)
+    gen = torch.Generator().manual_seed(13)
+    vocab = model.config.vocab_size
+    avoid = {tok.pad_token_id}
+    rows = [{"chosen_ids": random_ids(gen, vocab, tokens, avoid), "rejected_ids": random_ids(gen, vocab, tokens, avoid)}
+            for _ in range(pairs)]
+    lora = peft.LoraConfig(r=TRAIN_RANK, lora_alpha=TRAIN_ALPHA, lora_dropout=0.0, target_modules=TRAIN_TARGETS,
+                           bias="none", task_type="SEQ_CLS")
+    out_dir = tempfile.mkdtemp(prefix="bench-reward-")
+    args = trl.RewardConfig(
+        output_dir=out_dir, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True,
+        use_cpu=device == "cpu", bf16=False, fp16=False, gradient_checkpointing=False, seed=0,
+        max_steps=1 + steps, per_device_train_batch_size=pairs, gradient_accumulation_steps=1,
+        max_length=None, learning_rate=1e-4)
+    trainer = trl.RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                                peft_config=lora)
+    n_params = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    clock = StepClock(device)
+    trainer.add_callback(clock.callback)
+    with MemoryPhase(device) as mem:
+        trainer.train()
+    shutil.rmtree(out_dir, ignore_errors=True)
+    assert len(clock.secs) == 1 + steps, ("optimizer steps timed", clock.secs)
+    title = ("Reward-model step, TRL %s RewardTrainer, LoRA r=%d + score head (%d trainable parameters), %d pairs × "
+             "2 × %d tokens" % (trl.__version__, TRAIN_RANK, n_params, pairs, tokens))
+    kind = report_pref("reward", title, clock.secs, steps, pairs * 2 * tokens, mem, device, figures)
+    del trainer, model
+    return {"reward": "%s; random ids given as chosen_ids/rejected_ids; AdamW lr 1e-4; %s; mean of %d steps after 1 "
+                      "warm-up; memory = peak %s over the whole train()"
+                      % (title, str(dtype).replace("torch.", ""), steps, kind)}
+
+
+def bench_dpo(model, model_path, device, dtype, pairs, prompt_tokens, completion_tokens, steps, beta, figures):
+    """TRL's DPOTrainer (sigmoid loss, beta --dpo-beta) + a PEFT LoRA on the causal model, no ref_model (the
+    reference pass runs with the adapter off, TRL's default with PEFT), no precompute_ref_log_probs: --dpo-pairs
+    pairs of --dpo-prompt-tokens prompt ids and --dpo-completion-tokens ids per completion, seeded random, given
+    pre-tokenized (prompt_ids / chosen_ids / rejected_ids: the dataset preparation, which only tokenizes text, is
+    skipped), one micro-batch of all pairs per step, AdamW lr 1e-4, float32, no gradient checkpointing, max_length
+    None; 1 warm-up + --dpo-steps timed steps; reference s = time in compute_ref_log_probs; tokens/s counts prompt +
+    completion of both sides; memory = peak over the whole train()."""
+    import shutil
+    import tempfile
+    import peft
+    import torch
+    import contextlib
+    import trl
+    import trl.trainer.dpo_trainer as dpo_module
+    from datasets import Dataset
+
+    if model is None:  # the GRPO row left its LoRA in the loaded model
+        model, _ = load_model(model_path, device, dtype)
+    unmark_gguf(model, "DPO")
+    tok = load_tokenizer(model_path)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    gen = torch.Generator().manual_seed(17)
+    vocab = model.config.vocab_size
+    rows = [{"prompt_ids": random_ids(gen, vocab, prompt_tokens, set()),
+             "chosen_ids": random_ids(gen, vocab, completion_tokens, set()),
+             "rejected_ids": random_ids(gen, vocab, completion_tokens, set())} for _ in range(pairs)]
+    lora = peft.LoraConfig(r=TRAIN_RANK, lora_alpha=TRAIN_ALPHA, lora_dropout=0.0, target_modules=TRAIN_TARGETS,
+                           bias="none", task_type="CAUSAL_LM")
+
+    class PreTokenized(trl.DPOTrainer):
+        def _prepare_dataset(self, dataset, *a, **k):
+            return dataset
+
+    out_dir = tempfile.mkdtemp(prefix="bench-dpo-")
+    args = trl.DPOConfig(
+        output_dir=out_dir, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True,
+        use_cpu=device == "cpu", bf16=False, fp16=False, gradient_checkpointing=False, seed=0,
+        max_steps=1 + steps, per_device_train_batch_size=pairs, gradient_accumulation_steps=1,
+        max_length=None, beta=beta, loss_type=["sigmoid"], precompute_ref_log_probs=False, learning_rate=1e-4)
+    trainer = PreTokenized(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                           peft_config=lora)
+    assert trainer.ref_model is None, "DPO row: expected the PEFT reference (adapter off), not a reference copy"
+    n_params = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    # The reference forward runs inside the loss, under the module's use_adapter context (adapter off): time
+    # that context.
+    ref = []
+    use_adapter = dpo_module.use_adapter
+
+    @contextlib.contextmanager
+    def timed_use_adapter(*a, **k):
+        with use_adapter(*a, **k):
+            sync(device)
+            t0 = time.perf_counter()
+            yield
+            sync(device)
+            ref.append(time.perf_counter() - t0)
+
+    dpo_module.use_adapter = timed_use_adapter
+    clock = StepClock(device)
+    trainer.add_callback(clock.callback)
+    try:
+        with MemoryPhase(device) as mem:
+            trainer.train()
+    finally:
+        dpo_module.use_adapter = use_adapter
+    shutil.rmtree(out_dir, ignore_errors=True)
+    assert len(clock.secs) == 1 + steps, ("optimizer steps timed", clock.secs)
+    assert len(ref) == 1 + steps, ("reference passes: one per step", len(ref))
+    ref_s = sum(ref[1:]) / steps
+    title = ("DPO step, TRL %s DPOTrainer, sigmoid, beta %g, LoRA r=%d (%d trainable parameters), reference = "
+             "adapter off, %d pairs × (%d prompt + %d completion tokens) × 2 sides"
+             % (trl.__version__, beta, TRAIN_RANK, n_params, pairs, prompt_tokens, completion_tokens))
+    kind = report_pref("dpo", title, clock.secs, steps, pairs * 2 * (prompt_tokens + completion_tokens), mem, device,
+                       figures, extra=" %.2f |" % ref_s)
+    figures["dpo_reference_seconds"] = ref_s
+    del trainer, model
+    return {"dpo": "%s; random ids given as prompt_ids/chosen_ids/rejected_ids; AdamW lr 1e-4; %s; mean of %d steps "
+                   "after 1 warm-up; memory = peak %s over the whole train()"
+                   % (title, str(dtype).replace("torch.", ""), steps, kind)}
+
+
+BON_TEXT = "Write one sentence about the weather in the mountains, numbered"
+
+
+def bench_best_of_n(model, model_path, base, device, dtype, prompts, samples, tokens, figures):
+    """Best-of-n with a reward-model judge: transformers' generate (do_sample, temperature 1, KV cache) of
+    --best-of-n-samples completions of exactly --best-of-n-tokens new tokens (min_new_tokens) for each of
+    --best-of-n-prompts prompts (babelrl's prompt texts), all in one batch (num_return_sequences), then one forward
+    of the reward model (--reward-base + a fresh PEFT LoRA r=16 on all seven projections and a fresh score head)
+    over every prompt + completion + EOS text (right-padded), argmax per prompt. 1 warm-up + 1 timed run."""
+    import peft
+    import torch
+
+    if model is None:  # a training row left its LoRA in the loaded model
+        model, _ = load_model(model_path, device, dtype)
+    model.eval()
+    tok = load_tokenizer(model_path)
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    rm, rm_tok = load_reward_body(base, device, dtype)
+    rm_tok.padding_side = "right"
+    lora = peft.LoraConfig(r=TRAIN_RANK, lora_alpha=TRAIN_ALPHA, lora_dropout=0.0, target_modules=TRAIN_TARGETS,
+                           bias="none", task_type="SEQ_CLS")
+    rm = peft.get_peft_model(rm, lora).eval()
+    texts = ["%s %d." % (BON_TEXT, i + 1) for i in range(prompts)]
+    enc = tok(texts, return_tensors="pt", padding=True).to(device)
+    torch.manual_seed(1)
+
+    def run():
+        with torch.no_grad():
+            sync(device)
+            t0 = time.perf_counter()
+            out = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                                 num_return_sequences=samples, max_new_tokens=tokens, min_new_tokens=tokens,
+                                 pad_token_id=tok.pad_token_id)
+            new = out[:, enc["input_ids"].shape[1]:]
+            completions = tok.batch_decode(new, skip_special_tokens=True)
+            sync(device)
+            t1 = time.perf_counter()
+            inputs = [texts[i // samples] + c + rm_tok.eos_token for i, c in enumerate(completions)]
+            batch = rm_tok(inputs, return_tensors="pt", padding=True).to(device)
+            scores = rm(**batch).logits[:, 0].view(prompts, samples)
+            best = scores.argmax(-1).tolist()
+            sync(device)
+            t2 = time.perf_counter()
+        assert new.shape == (prompts * samples, tokens), ("completions", tuple(new.shape))
+        assert len(best) == prompts
+        return t1 - t0, t2 - t1
+
+    run()  # warm-up
+    gen_s, score_s = run()
+    total = gen_s + score_s
+    n = prompts * samples
+    print("\n| Best-of-n, transformers generate + reward-model forward, %d prompts × %d completions of %d tokens | "
+          "s/run | generation s | scoring s | new tokens | completions scored/s |" % (prompts, samples, tokens))
+    print("|---|---|---|---|---|---|")
+    print("| 1 run after 1 warm-up | %.2f | %.2f | %.2f | %d | %.2f |" % (total, gen_s, score_s, n * tokens, n / total))
+    figures["best_of_n_seconds"] = total
+    figures["best_of_n_generation_seconds"] = gen_s
+    figures["best_of_n_scoring_seconds"] = score_s
+    figures["best_of_n_new_tokens"] = n * tokens
+    figures["best_of_n_completions_per_s"] = n / total
+    del model, rm
+    return {"best_of_n": "transformers generate (sampling, temperature 1, exactly %d new tokens) of %d prompts × %d "
+                         "in one batch, then one forward of %s + PEFT LoRA r=%d + a fresh score head over the %d "
+                         "texts; 1 run after 1 warm-up" % (tokens, prompts, samples, os.path.basename(base),
+                                                          TRAIN_RANK, n)}
+
+
 def main():
     cache = os.environ.get("BABELRL_CACHE", os.path.expanduser("~/.cache/babelrl"))
     default = os.path.join(cache, "models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -566,6 +841,29 @@ def main():
     ap.add_argument("--grpo-steps", type=int, default=3, help="timed GRPO steps after one warm-up (default 3)")
     ap.add_argument("--grpo-beta", type=float, default=0.0, help="KL coefficient; 0 (the default) skips the "
                     "reference pass")
+    ap.add_argument("--reward", action="store_true", help="also the reward-model row (TRL RewardTrainer, LoRA r 16 "
+                    "+ score head on AutoModelForSequenceClassification of --reward-base)")
+    ap.add_argument("--reward-only", action="store_true", help="only the reward-model row (with --dpo-only and "
+                    "--best-of-n-only: those rows)")
+    ap.add_argument("--reward-base", help="the reward model's base, a Hugging Face folder (default: --model when "
+                    "it is one)")
+    ap.add_argument("--reward-pairs", type=int, default=8, help="pairs per reward-model step (default 8)")
+    ap.add_argument("--reward-tokens", type=int, default=256, help="tokens of each side of a pair (default 256)")
+    ap.add_argument("--reward-steps", type=int, default=2, help="timed steps after one warm-up (default 2)")
+    ap.add_argument("--dpo", action="store_true", help="also the DPO row (TRL DPOTrainer, LoRA r 16, reference = "
+                    "adapter off)")
+    ap.add_argument("--dpo-only", action="store_true", help="only the DPO row (see --reward-only)")
+    ap.add_argument("--dpo-pairs", type=int, default=8, help="pairs per DPO step (default 8)")
+    ap.add_argument("--dpo-prompt-tokens", type=int, default=64, help="prompt tokens of a pair (default 64)")
+    ap.add_argument("--dpo-completion-tokens", type=int, default=192, help="tokens of each completion (default 192)")
+    ap.add_argument("--dpo-steps", type=int, default=2, help="timed steps after one warm-up (default 2)")
+    ap.add_argument("--dpo-beta", type=float, default=0.1, help="DPO's beta (default 0.1)")
+    ap.add_argument("--best-of-n", action="store_true", help="also the best-of-n row (generate + reward-model "
+                    "forward): completions scored per second")
+    ap.add_argument("--best-of-n-only", action="store_true", help="only the best-of-n row (see --reward-only)")
+    ap.add_argument("--best-of-n-prompts", type=int, default=2, help="prompts (default 2)")
+    ap.add_argument("--best-of-n-samples", type=int, default=4, help="completions per prompt (default 4)")
+    ap.add_argument("--best-of-n-tokens", type=int, default=32, help="new tokens per completion (default 32)")
     ap.add_argument("--profile", action="store_true", help="accepted for babelrl's sake; ignored")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
@@ -573,8 +871,23 @@ def main():
     ap.add_argument("--json", help="also write the figures here, named as `babelrl bench --json` names them")
     ap.add_argument("--make-random-model", nargs=2, metavar=("CONFIG", "OUT_DIR"))
     args = ap.parse_args()
-    if sum((args.train_only, args.gemm_only, args.grpo_only)) > 1:
-        ap.error("--train-only, --gemm-only and --grpo-only exclude each other")
+    pref_only = args.reward_only or args.dpo_only or args.best_of_n_only
+    if sum((args.train_only, args.gemm_only, args.grpo_only, pref_only)) > 1:
+        ap.error("--train-only, --gemm-only, --grpo-only and the --reward-only / --dpo-only / --best-of-n-only "
+                 "group exclude each other")
+    any_only = args.train_only or args.gemm_only or args.grpo_only or pref_only
+    run_pref = lambda flag, only: only or (flag and (pref_only or not any_only))
+    run_reward = run_pref(args.reward, args.reward_only)
+    run_dpo = run_pref(args.dpo, args.dpo_only)
+    run_bon = run_pref(args.best_of_n, args.best_of_n_only)
+    reward_base = args.reward_base or (args.model if os.path.isdir(args.model) else None)
+    if (run_reward or run_bon) and reward_base is None:
+        ap.error("--reward, --best-of-n: the reward model's base is a Hugging Face folder; --model %s is not one: "
+                 "pass --reward-base DIR" % args.model)
+    if min(args.reward_pairs, args.reward_steps, args.dpo_pairs, args.dpo_steps, args.dpo_prompt_tokens,
+           args.dpo_completion_tokens, args.best_of_n_prompts, args.best_of_n_samples, args.best_of_n_tokens) < 1 \
+            or args.reward_tokens < 2:
+        ap.error("--reward-*, --dpo-* and --best-of-n-* counts must be at least 1 (--reward-tokens at least 2)")
     if min(args.grpo_prompt_tokens, args.grpo_completion_tokens, args.grpo_steps) < 1 or args.grpo_generations < 2:
         ap.error("--grpo-prompt-tokens, --grpo-completion-tokens and --grpo-steps must be at least 1, "
                  "--grpo-generations at least 2 (a group of one has no advantage)")
@@ -601,7 +914,7 @@ def main():
     gen = torch.Generator().manual_seed(1)
     figures = {}
     p = args.prompt_tokens
-    only = args.gemm_only or args.train_only or args.grpo_only
+    only = any_only
     if not only:
         print("\n| batch | prefill tokens/s (%d tokens) | decode tokens/s |" % args.prompt_tokens)
         print("|---|---|---|")
@@ -617,20 +930,32 @@ def main():
         rate = bench_logprobs(model, args.device, vocab, p, gen)
         print("| one pass over the 8 rows | %d | %.1f |" % (16 * p, rate))
         figures["teacher-forced log-probs tokens/s, 8 × (%d + %d) tokens" % (p, p)] = rate
-    if not (args.no_gemm or args.train_only or args.grpo_only):
+    if not (args.no_gemm or args.train_only or args.grpo_only or pref_only):
         bench_gemm(model.config, args.device, dtype, figures)
     train_meta = {}
-    if (args.train and not args.grpo_only) or args.train_only:
+    if (args.train and not (args.grpo_only or pref_only)) or args.train_only:
         train_meta = bench_train(model, args.device, vocab, args.train_batch, args.train_tokens, args.train_steps,
                                  torch.Generator().manual_seed(3), figures)
     grpo_meta = {}
-    if (args.grpo and not args.train_only) or args.grpo_only:
+    if (args.grpo and not (args.train_only or pref_only)) or args.grpo_only:
         grpo_meta = bench_grpo(model, args.device, args.model, args.grpo_prompt_tokens, args.grpo_completion_tokens,
                                args.grpo_generations, args.grpo_steps, args.grpo_beta, figures)
+    pref_meta = {}
+    if run_reward:
+        pref_meta.update(bench_reward(reward_base, args.device, dtype, args.reward_pairs, args.reward_tokens,
+                                      args.reward_steps, figures))
+    if run_dpo:
+        pref_meta.update(bench_dpo(None if grpo_meta else model, args.model, args.device, dtype, args.dpo_pairs,
+                                   args.dpo_prompt_tokens, args.dpo_completion_tokens, args.dpo_steps, args.dpo_beta,
+                                   figures))
+        model = None  # the DPO row leaves its LoRA in it
+    if run_bon:
+        pref_meta.update(bench_best_of_n(None if grpo_meta else model, args.model, reward_base, args.device, dtype,
+                                         args.best_of_n_prompts, args.best_of_n_samples, args.best_of_n_tokens, figures))
     if args.json:
         meta = {"engine": "PyTorch %s, transformers %s attention, %s" % (torch.__version__, attn, dtype_name),
                 "adapter": where, "model": os.path.basename(os.path.normpath(args.model)), **train_meta,
-                **grpo_meta}
+                **grpo_meta, **pref_meta}
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "figures": figures}, f, indent=2, ensure_ascii=False)
             f.write("\n")

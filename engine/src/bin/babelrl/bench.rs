@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use babelrl::generate::{
     LOGPROB_PACK_TOKENS, completion_logprobs, completion_logprobs_packed, forward_chunked,
 };
@@ -15,6 +15,7 @@ use babelrl::model::{Decoder, LoadOptions, load_language_model};
 use rand::{Rng, SeedableRng};
 
 use crate::bench_grpo::{GrpoBench, bench_grpo};
+use crate::bench_pref::{BestOfNBench, DpoBench, RewardBench, bench_best_of_n, bench_dpo, bench_reward};
 use crate::bench_train::{TrainBench, bench_train};
 
 #[derive(clap::Args)]
@@ -83,6 +84,63 @@ pub struct BenchArgs {
     /// KL weight (≠ 0 adds the reference pass).
     #[arg(long, default_value_t = 0.0)]
     grpo_beta: f64,
+    /// Also measure reward-model training: Bradley–Terry steps of the base's body + a score head, LoRA r =
+    /// 16 on all seven projections, on random pairs.
+    #[arg(long)]
+    reward: bool,
+    /// Only the reward-model measurement.
+    #[arg(long)]
+    reward_only: bool,
+    /// The reward model's base, a Hugging Face folder (default: --model when it is one).
+    #[arg(long)]
+    reward_base: Option<PathBuf>,
+    /// Pairs per reward-model step.
+    #[arg(long, default_value_t = 8)]
+    reward_pairs: usize,
+    /// Tokens of each side of a reward pair.
+    #[arg(long, default_value_t = 256)]
+    reward_tokens: usize,
+    /// Reward-model steps measured (after one warm-up step).
+    #[arg(long, default_value_t = 2)]
+    reward_steps: usize,
+    /// Also measure DPO training (sigmoid loss, LoRA r = 16 on all seven projections, the reference pass
+    /// with the adapter off every step) on random pairs.
+    #[arg(long)]
+    dpo: bool,
+    /// Only the DPO measurement.
+    #[arg(long)]
+    dpo_only: bool,
+    /// Pairs per DPO step.
+    #[arg(long, default_value_t = 8)]
+    dpo_pairs: usize,
+    /// Prompt tokens of a DPO pair.
+    #[arg(long, default_value_t = 64)]
+    dpo_prompt_tokens: usize,
+    /// Tokens of each completion (chosen and rejected) of a DPO pair.
+    #[arg(long, default_value_t = 192)]
+    dpo_completion_tokens: usize,
+    /// DPO steps measured (after one warm-up step).
+    #[arg(long, default_value_t = 2)]
+    dpo_steps: usize,
+    /// DPO's beta.
+    #[arg(long, default_value_t = 0.1)]
+    dpo_beta: f64,
+    /// Also measure best-of-n with a reward-model judge (the --reward-base body + a fresh head): completions
+    /// scored per second, split into generation and scoring.
+    #[arg(long)]
+    best_of_n: bool,
+    /// Only the best-of-n measurement.
+    #[arg(long)]
+    best_of_n_only: bool,
+    /// Prompts of the best-of-n measurement.
+    #[arg(long, default_value_t = 2)]
+    best_of_n_prompts: usize,
+    /// Completions sampled per prompt.
+    #[arg(long, default_value_t = 4)]
+    best_of_n_samples: usize,
+    /// Most new tokens per completion.
+    #[arg(long, default_value_t = 32)]
+    best_of_n_tokens: usize,
 }
 
 /// Every figure of one run, by the name the peer's script also uses, in the order measured.
@@ -104,7 +162,7 @@ impl Figures {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let path = args.model.unwrap_or_else(crate::default_model);
+    let path = args.model.clone().unwrap_or_else(crate::default_model);
     let gpu = Gpu::new(&GpuOptions { profile: args.profile, ..GpuOptions::from_env() })?;
     let lm =
         load_language_model(gpu.clone(), &path).with_context(|| format!("loading {}", path.display()))?;
@@ -124,7 +182,22 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
     let mut figures = Figures::default();
     let p = args.prompt_tokens;
-    if !args.gemm_only && !args.train_only && !args.grpo_only {
+    // The preference modes' --*-only flags go together (`--reward-only --dpo-only` runs both and nothing
+    // else); the other --*-only flags exclude each other and them.
+    let pref_only = args.reward_only || args.dpo_only || args.best_of_n_only;
+    let onlies = [args.gemm_only, args.train_only, args.grpo_only, pref_only];
+    if onlies.iter().filter(|&&o| o).count() > 1 {
+        bail!(
+            "--gemm-only, --train-only, --grpo-only and the --reward-only / --dpo-only / --best-of-n-only \
+             group exclude each other"
+        );
+    }
+    let any_only = onlies.contains(&true);
+    let run_pref = |flag: bool, only: bool| only || (flag && (pref_only || !any_only));
+    let run_reward = run_pref(args.reward, args.reward_only);
+    let run_dpo = run_pref(args.dpo, args.dpo_only);
+    let run_bon = run_pref(args.best_of_n, args.best_of_n_only);
+    if !args.gemm_only && !args.train_only && !args.grpo_only && !pref_only {
         println!("\n| batch | prefill tokens/s ({p} tokens) | decode tokens/s |");
         println!("|---|---|---|");
         let mut profiles = Vec::new();
@@ -155,13 +228,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
         }
     }
-    if !args.gemm_only && !args.train_only && !args.grpo_only {
+    if !args.gemm_only && !args.train_only && !args.grpo_only && !pref_only {
         bench_logprobs(model, p, &mut figures)?;
     }
-    if !args.no_gemm && !args.train_only && !args.grpo_only {
+    if !args.no_gemm && !args.train_only && !args.grpo_only && !pref_only {
         bench_gemm(&gpu, model, &mut figures)?;
     }
-    if args.grpo || args.grpo_only {
+    if (args.grpo && !pref_only) || args.grpo_only {
         let shape = GrpoBench {
             prompt_tokens: args.grpo_prompt_tokens,
             completion_tokens: args.grpo_completion_tokens,
@@ -171,10 +244,55 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         };
         bench_grpo(&lm, &shape, &mut figures)?;
     }
-    if args.train || args.train_only {
+    if (args.train && !pref_only) || args.train_only {
         let shape =
             TrainBench { batch: args.train_batch, tokens: args.train_tokens, steps: args.train_steps };
         bench_train(model, &shape, &mut figures)?;
+    }
+    if run_reward || run_dpo || run_bon {
+        let body = if run_reward || run_bon {
+            let base = match &args.reward_base {
+                Some(dir) => dir.clone(),
+                None if path.is_dir() => path.clone(),
+                None => bail!(
+                    "--reward, --best-of-n: the reward model's base is a Hugging Face folder; --model {} is not \
+                     one: pass --reward-base DIR (write one with `python scripts/gguf_to_hf.py GGUF DIR`)",
+                    path.display()
+                ),
+            };
+            Some(
+                crate::train_reward::load_body(gpu.clone(), &base)
+                    .with_context(|| format!("loading the reward model's base {}", base.display()))?,
+            )
+        } else {
+            None
+        };
+        if run_reward && let Some(body) = &body {
+            let shape = RewardBench {
+                pairs: args.reward_pairs,
+                tokens: args.reward_tokens,
+                steps: args.reward_steps,
+            };
+            bench_reward(body, &shape, &mut figures)?;
+        }
+        if run_dpo {
+            let shape = DpoBench {
+                pairs: args.dpo_pairs,
+                prompt_tokens: args.dpo_prompt_tokens,
+                completion_tokens: args.dpo_completion_tokens,
+                steps: args.dpo_steps,
+                beta: args.dpo_beta,
+            };
+            bench_dpo(model, &shape, &mut figures)?;
+        }
+        if run_bon && let Some(body) = &body {
+            let shape = BestOfNBench {
+                prompts: args.best_of_n_prompts,
+                samples: args.best_of_n_samples,
+                tokens: args.best_of_n_tokens,
+            };
+            bench_best_of_n(&lm, body, &shape, &mut figures)?;
+        }
     }
     if let Some(json) = &args.json {
         let meta = serde_json::json!({

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_grpo;
+mod bench_pref;
 mod bench_train;
 mod eval_cmd;
 mod eval_reward;

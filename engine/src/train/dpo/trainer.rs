@@ -318,6 +318,17 @@ impl<'m> DpoTrainer<'m> {
         &self.adapter
     }
 
+    /// GPU memory by kind, with the activations as allocated so far (after the first step: the
+    /// largest micro-batch's, the reference pass sharing them).
+    pub fn memory(&self) -> crate::train::MemoryReport {
+        let activations = self.buffers.as_ref().map_or(0, |(a, g)| a.bytes() + g.bytes());
+        crate::train::MemoryReport {
+            weights: self.decoder.weight_bytes(),
+            activations,
+            lora_and_optimizer: self.adapter.bytes() + self.grads.bytes() + self.optim.bytes(),
+        }
+    }
+
     pub fn step_count(&self) -> u64 {
         self.optim.step_count()
     }
