@@ -5,12 +5,21 @@
 #                         [--train | --train-only] [--train-batch 8] [--train-tokens 256] [--train-steps 3]
 #                         [--grpo | --grpo-only] [--grpo-prompt-tokens 64] [--grpo-completion-tokens 64]
 #                         [--grpo-generations 8] [--grpo-steps 3] [--grpo-beta 0.0]
+#                         [--reward | --reward-only] [--reward-base DIR] [--reward-pairs 8] [--reward-tokens 256]
+#                         [--reward-steps 2] [--dpo | --dpo-only] [--dpo-pairs 8] [--dpo-prompt-tokens 64]
+#                         [--dpo-completion-tokens 192] [--dpo-steps 2] [--dpo-beta 0.1]
+#                         [--best-of-n | --best-of-n-only] [--best-of-n-prompts 2] [--best-of-n-samples 4]
+#                         [--best-of-n-tokens 32]
 # Every option goes to both sides (scripts/bench_pytorch.py accepts babelrl bench's options and ignores
 # --profile), so the peer measures exactly the shapes babelrl does. --train adds the SFT row (LoRA r 16 on
 # all seven projections, with and without gradient checkpointing); --train-only runs nothing else. --grpo adds
 # the GRPO-step row after everything else (the peer: TRL's GRPOTrainer, same LoRA, one prompt × N completions
 # of a fixed length; s/step split into rollout / reward / reference / update, new tokens/s, peak memory);
-# --grpo-only runs nothing else. The peer needs torch + transformers (+ peft for --train, peft + trl for --grpo):
+# --grpo-only runs nothing else. --reward / --dpo / --best-of-n add, last, a reward-model step (TRL RewardTrainer),
+# a DPO step (TRL DPOTrainer, reference = adapter off) and best-of-n with a reward-model judge (completions
+# scored/s); their --*-only flags combine with each other and skip everything else; the reward model's base is
+# --reward-base (default: --model when it is a Hugging Face folder).
+# The peer needs torch + transformers (+ peft for --train, peft + trl for --grpo, --reward, --dpo):
 # BABELRL_PEER_PYTHON names the interpreter (default: the fixtures venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -41,9 +41,21 @@ on the same shapes, so the two tables compare like with like:
     step ÷ s/step; memory = peak process RSS over the whole train() (VmHWM reset before it), on CUDA
     torch.cuda.max_memory_allocated.
 
+  * with --reward, --dpo, --best-of-n (after everything else; their --*-only flags go together and skip the
+    rest): TRL's RewardTrainer on AutoModelForSequenceClassification of --reward-base (default: --model when it
+    is a folder) and TRL's DPOTrainer on the model, both with the PEFT LoRA above, on seeded random token pairs
+    given pre-tokenized, 1 warm-up + N timed optimizer steps, tokens/s over both sides of every pair, peak
+    memory over train(); DPO's reference is the adapter-off pass inside every step (no ref_model, no
+    precompute), timed on its own; best-of-n: transformers generate of prompts × samples completions of a fixed
+    length in one batch, then one forward of the reward model (the base + a fresh LoRA and score head),
+    completions scored per second (see bench_reward, bench_dpo, bench_best_of_n).
+
 Options mirror `babelrl bench` (--model, --prompt-tokens, --decode-tokens, --batch, --no-gemm,
 --gemm-only, --train, --train-only, --train-batch, --train-tokens, --train-steps, --grpo, --grpo-only,
---grpo-prompt-tokens, --grpo-completion-tokens, --grpo-generations, --grpo-steps, --grpo-beta); babelrl-only options
+--grpo-prompt-tokens, --grpo-completion-tokens, --grpo-generations, --grpo-steps, --grpo-beta, --reward[-only],
+--reward-base, --reward-pairs, --reward-tokens, --reward-steps, --dpo[-only], --dpo-pairs, --dpo-prompt-tokens,
+--dpo-completion-tokens, --dpo-steps, --dpo-beta, --best-of-n[-only], --best-of-n-prompts, --best-of-n-samples,
+--best-of-n-tokens); babelrl-only options
 (--profile) are accepted and ignored, so scripts/bench.sh can pass the same arguments to both sides.
 --device cuda runs the CUDA peer (scripts/bench_gpu.sh), in --dtype float16 by default there; on the CPU
 the default is float32 with eager attention.
