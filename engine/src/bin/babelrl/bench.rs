@@ -192,6 +192,20 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
              group exclude each other"
         );
     }
+    let counts = [
+        args.reward_pairs,
+        args.reward_steps,
+        args.dpo_pairs,
+        args.dpo_prompt_tokens,
+        args.dpo_completion_tokens,
+        args.dpo_steps,
+        args.best_of_n_prompts,
+        args.best_of_n_samples,
+        args.best_of_n_tokens,
+    ];
+    if counts.contains(&0) || args.reward_tokens < 2 {
+        bail!("--reward-*, --dpo-* and --best-of-n-* counts must be at least 1 (--reward-tokens at least 2)");
+    }
     let any_only = onlies.contains(&true);
     let run_pref = |flag: bool, only: bool| only || (flag && (pref_only || !any_only));
     let run_reward = run_pref(args.reward, args.reward_only);
