@@ -15,7 +15,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use crate::gpu::cpu_ref::TokenInfo;
@@ -26,6 +25,7 @@ use crate::model::Decoder;
 use crate::model::config::DecoderConfig;
 use crate::model::weights::SafetensorsFolder;
 use crate::text::Tokenizer;
+use crate::train::grpo::PromptOrder;
 use crate::train::pairs::{PairOrigin, PreferencePair, render_pairs};
 use crate::train::{
     Activations, AdamW, AdamWConfig, AdamWState, Gradients, LoraGrads, ParamSpec, Schedule, TrainBatch,
@@ -385,7 +385,7 @@ pub struct RewardTrainer<'m> {
     data: Vec<RewardPair>,
     options: RewardOptions,
     examples_seen: u64,
-    order: Option<(u64, Vec<usize>)>,
+    order: PromptOrder,
     buffers: Option<(Activations, Gradients)>,
 }
 
@@ -427,6 +427,7 @@ impl<'m> RewardTrainer<'m> {
         let optim = AdamW::new(gpu, optim, specs)?;
         let head_t = gpu.upload_f32("score.weight", head, &[1, cfg.hidden])?;
         let head_grad = gpu.zeros("grad.score.weight", &[1, cfg.hidden])?;
+        let order = PromptOrder::with_shuffle(data.len(), options.seed, options.shuffle);
         Ok(Self {
             decoder,
             adapter,
@@ -438,7 +439,7 @@ impl<'m> RewardTrainer<'m> {
             data,
             options,
             examples_seen: 0,
-            order: None,
+            order,
             buffers: None,
         })
     }
@@ -502,20 +503,6 @@ impl<'m> RewardTrainer<'m> {
     /// [`save_reward_adapter`]).
     pub fn save(&self, dir: &Path, base_model: Option<&str>) -> Result<()> {
         save_reward_adapter(&self.adapter, &self.head()?, dir, base_model)
-    }
-
-    fn example_at(&mut self, k: u64) -> usize {
-        let n = self.data.len() as u64;
-        let epoch = k / n;
-        if self.order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            let mut order: Vec<usize> = (0..self.data.len()).collect();
-            if self.options.shuffle {
-                let seed = self.options.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
-            }
-            self.order = Some((epoch, order));
-        }
-        self.order.as_ref().expect("order set above").1[(k % n) as usize]
     }
 
     /// The rewards (chosen, rejected) of `pairs` with the current adapter and head, and, with `grad`, the
@@ -608,7 +595,7 @@ impl<'m> RewardTrainer<'m> {
         for micro in 0..o.gradient_accumulation_steps {
             let mut idx = Vec::with_capacity(o.batch_size);
             for _ in 0..o.batch_size {
-                let i = self.example_at(self.examples_seen);
+                let i = self.order.at(self.examples_seen);
                 self.examples_seen += 1;
                 idx.push(i);
             }

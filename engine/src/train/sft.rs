@@ -5,12 +5,10 @@
 
 use std::time::Instant;
 
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
-
 use crate::gpu::kernels::dropout_seed;
 use crate::lora::Adapter;
 use crate::model::Decoder;
+use crate::train::grpo::PromptOrder;
 use crate::train::{
     Activations, AdamW, AdamWConfig, AdamWState, Gradients, LoraGrads, Schedule, TrainBatch, TrainSequence,
     TrainShape,
@@ -86,8 +84,8 @@ pub struct SftTrainer<'m> {
     data: Vec<TrainSequence>,
     options: SftOptions,
     examples_seen: u64,
-    /// The permutation of the epoch being walked: (epoch, order).
-    order: Option<(u64, Vec<usize>)>,
+    /// The data order (a permutation per epoch).
+    order: PromptOrder,
     buffers: Option<(Activations, Gradients)>,
 }
 
@@ -116,6 +114,7 @@ impl<'m> SftTrainer<'m> {
         }
         let grads = LoraGrads::new(decoder.gpu(), &adapter)?;
         let optim = AdamW::new(decoder.gpu(), optim, LoraGrads::param_specs(&adapter))?;
+        let order = PromptOrder::with_shuffle(data.len(), options.seed, options.shuffle);
         Ok(Self {
             decoder,
             adapter,
@@ -125,7 +124,7 @@ impl<'m> SftTrainer<'m> {
             data,
             options,
             examples_seen: 0,
-            order: None,
+            order,
             buffers: None,
         })
     }
@@ -183,21 +182,6 @@ impl<'m> SftTrainer<'m> {
         }
     }
 
-    /// The index of the example at position `k` of the data order.
-    fn example_at(&mut self, k: u64) -> usize {
-        let n = self.data.len() as u64;
-        let epoch = k / n;
-        if self.order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            let mut order: Vec<usize> = (0..self.data.len()).collect();
-            if self.options.shuffle {
-                let seed = self.options.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
-            }
-            self.order = Some((epoch, order));
-        }
-        self.order.as_ref().expect("order set above").1[(k % n) as usize]
-    }
-
     /// One optimizer step: `gradient_accumulation_steps` micro-batches of `batch_size` examples in the
     /// data order, their gradients summed, then clipping and the AdamW update at the schedule's rate.
     pub fn step(&mut self) -> Result<StepMetrics> {
@@ -207,7 +191,7 @@ impl<'m> SftTrainer<'m> {
         for _ in 0..o.gradient_accumulation_steps {
             let mut seqs = Vec::with_capacity(o.batch_size);
             for _ in 0..o.batch_size {
-                let i = self.example_at(self.examples_seen);
+                let i = self.order.at(self.examples_seen);
                 self.examples_seen += 1;
                 seqs.push(self.data[i].clone());
             }

@@ -7,13 +7,11 @@
 
 use std::time::Instant;
 
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
-
 use super::loss::{DpoLossConfig, DpoLossInputs, DpoLossOutput, DpoMetrics, dpo_loss};
 use crate::gpu::kernels::dropout_seed;
 use crate::lora::Adapter;
 use crate::model::Decoder;
+use crate::train::grpo::PromptOrder;
 use crate::train::grpo::{completion_lengths, completion_logp, nll_grad};
 use crate::train::{
     Activations, AdamW, AdamWConfig, AdamWState, Gradients, LoraGrads, Schedule, TrainBatch, TrainSequence,
@@ -213,7 +211,7 @@ pub struct DpoTrainer<'m> {
     pairs: Vec<(TrainSequence, TrainSequence)>,
     options: DpoOptions,
     pairs_seen: u64,
-    order: Option<(u64, Vec<usize>)>,
+    order: PromptOrder,
     buffers: Option<(Activations, Gradients)>,
     /// Every pair's reference log-probs, with `precompute_ref_log_probs` (filled at the first step).
     reference: Option<Vec<(f64, f64)>>,
@@ -299,6 +297,7 @@ impl<'m> DpoTrainer<'m> {
         }
         let grads = LoraGrads::new(decoder.gpu(), &adapter)?;
         let optim = AdamW::new(decoder.gpu(), optim, LoraGrads::param_specs(&adapter))?;
+        let order = PromptOrder::with_shuffle(kept.len(), options.seed, options.shuffle);
         Ok(Self {
             decoder,
             adapter,
@@ -308,7 +307,7 @@ impl<'m> DpoTrainer<'m> {
             pairs: kept,
             options,
             pairs_seen: 0,
-            order: None,
+            order,
             buffers: None,
             reference: None,
         })
@@ -369,20 +368,6 @@ impl<'m> DpoTrainer<'m> {
         Ok(())
     }
 
-    fn pair_at(&mut self, k: u64) -> usize {
-        let n = self.pairs.len() as u64;
-        let epoch = k / n;
-        if self.order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            let mut order: Vec<usize> = (0..self.pairs.len()).collect();
-            if self.options.shuffle {
-                let seed = self.options.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
-            }
-            self.order = Some((epoch, order));
-        }
-        self.order.as_ref().expect("order set above").1[(k % n) as usize]
-    }
-
     /// Every pair's reference log-probs, in file order and micro-batches of `batch_size` (so a resumed
     /// run computes exactly the same values).
     fn precompute(&mut self) -> Result<()> {
@@ -413,7 +398,7 @@ impl<'m> DpoTrainer<'m> {
         for _ in 0..self.options.loss.gradient_accumulation_steps {
             let idx: Vec<usize> = (0..self.options.batch_size)
                 .map(|_| {
-                    let i = self.pair_at(self.pairs_seen);
+                    let i = self.order.at(self.pairs_seen);
                     self.pairs_seen += 1;
                     i
                 })

@@ -224,18 +224,26 @@ pub fn load_grpo_prompts(path: &Path, tok: &Tokenizer, max_prompt_length: usize)
     Ok(prompts)
 }
 
-/// The order prompts are drawn in: epoch `e` is a permutation of the data seeded by `seed` and `e`.
+/// The order a trainer draws its data in (GRPO prompts, SFT examples, reward-model and DPO pairs): epoch
+/// `e` is a permutation of the data seeded by `seed` and `e` (the identity without shuffling), so the
+/// item at a position is a function of the position alone and a resumed run draws the same items.
 #[derive(Debug, Clone)]
 pub struct PromptOrder {
     len: usize,
     seed: u64,
+    shuffle: bool,
     epoch: Option<(u64, Vec<usize>)>,
 }
 
 impl PromptOrder {
-    /// The order over `len` prompts (at least 1).
+    /// The shuffled order over `len` items (at least 1).
     pub fn new(len: usize, seed: u64) -> PromptOrder {
-        PromptOrder { len: len.max(1), seed, epoch: None }
+        PromptOrder::with_shuffle(len, seed, true)
+    }
+
+    /// The order over `len` items (at least 1), shuffled each epoch or not.
+    pub fn with_shuffle(len: usize, seed: u64, shuffle: bool) -> PromptOrder {
+        PromptOrder { len: len.max(1), seed, shuffle, epoch: None }
     }
 
     /// The index of the prompt at position `k` (0-based, over all epochs).
@@ -244,8 +252,10 @@ impl PromptOrder {
         let epoch = k / n;
         if self.epoch.as_ref().is_none_or(|(e, _)| *e != epoch) {
             let mut order: Vec<usize> = (0..self.len).collect();
-            let seed = self.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+            if self.shuffle {
+                let seed = self.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+            }
             self.epoch = Some((epoch, order));
         }
         self.epoch.as_ref().expect("set above").1[(k % n) as usize]
@@ -268,5 +278,7 @@ mod tests {
         let mut b = PromptOrder::new(5, 7);
         assert_eq!((6..10).map(|k| b.at(k)).collect::<Vec<_>>(), first[6..]);
         assert_ne!((0..10).map(|k| PromptOrder::new(5, 8).at(k)).collect::<Vec<_>>(), first);
+        let mut plain = PromptOrder::with_shuffle(5, 7, false);
+        assert_eq!((0..7).map(|k| plain.at(k)).collect::<Vec<_>>(), [0, 1, 2, 3, 4, 0, 1]);
     }
 }
