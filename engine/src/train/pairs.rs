@@ -388,8 +388,8 @@ mod tests {
 
     #[test]
     fn a_file_names_the_bad_line_and_reads_json_arrays() {
-        let dir = std::env::temp_dir().join(format!("babelrl-pairs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new().prefix("babelrl-pairs-").tempdir().unwrap();
+        let dir = tmp.path();
         let jsonl = dir.join("p.jsonl");
         std::fs::write(&jsonl, "{\"prompt\": \"x\", \"chosen\": \"a\", \"rejected\": \"b\"}\n\n{\"prompt\": \"x\", \"chosen\": \"a\"}\n").unwrap();
         let e = read_pairs(&jsonl).unwrap_err().to_string();
@@ -404,7 +404,6 @@ mod tests {
         assert_eq!((pairs[0].origin, pairs[0].language.as_deref()), (PairOrigin::Item(1), Some("en")));
         std::fs::write(&array, "[]").unwrap();
         assert!(read_pairs(&array).unwrap_err().to_string().contains("no preference pairs"));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

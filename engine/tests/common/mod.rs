@@ -1,7 +1,7 @@
 //! Shared test helpers: one GPU per test binary, seeded random data, tolerant comparisons.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use babelrl::gpu::{Gpu, GpuOptions};
@@ -45,6 +45,33 @@ pub fn assert_close_by(what: &str, got: &[f32], want: &[f32], tol: impl Fn(usize
 /// Asserts |a − b| ≤ atol + rtol·|b| elementwise.
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
     assert_close_by(what, got, want, |i| atol + rtol * want[i].abs());
+}
+
+/// A test's scratch folder `babelrl-NAME-XXXXXX` in the system temp folder: it derefs to its path and is
+/// removed, with everything in it, when dropped, so when the test ends whether it passed or panicked.
+pub struct Scratch(tempfile::TempDir);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+/// A fresh, empty scratch folder named after `name` (see [`Scratch`]).
+pub fn scratch(name: &str) -> Scratch {
+    let dir = tempfile::Builder::new().prefix(&format!("babelrl-{name}-")).tempdir();
+    Scratch(
+        dir.unwrap_or_else(|e| {
+            panic!("creating a scratch folder in {}: {e}", std::env::temp_dir().display())
+        }),
+    )
 }
 
 /// Root of the repository (for fixtures).

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::common::{gpu, repo_root};
+use crate::common::{gpu, repo_root, scratch};
 use crate::train_cli::{babelrl, err, ok, tiny_model};
 use crate::train_cli_grpo::length_guard;
 
@@ -109,8 +109,7 @@ fn generate_best_of_prints_every_score_and_the_best() {
 fn generate_best_of_with_a_reward_model_judge() {
     let model = tiny_model();
     let rm = repo_root().join("tests/fixtures/tiny-rm-llama");
-    let dir = std::env::temp_dir().join(format!("babelrl-best-of-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("best-of");
     let prompts = dir.join("prompts.jsonl");
     std::fs::write(&prompts, "{\"prompt\": \"sky is\"}\n{\"prompt\": \"snow is\"}\n").unwrap();
     let text = ok(&babelrl(

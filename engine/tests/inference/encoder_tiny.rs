@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use babelrl::Error;
 use babelrl::model::{Encoder, EncoderOptions};
-use common::{gpu, repo_root};
+use common::{Scratch, gpu, repo_root, scratch};
 use serde_json::Value;
 
 fn fixture(name: &str) -> PathBuf {
@@ -80,10 +80,9 @@ fn options_come_from_babelrl_json_and_can_be_overridden() {
 }
 
 /// A copy of tiny-bert with `edit` applied to its config.json.
-fn edited_copy(tag: &str, edit: impl FnOnce(&mut Value)) -> PathBuf {
+fn edited_copy(tag: &str, edit: impl FnOnce(&mut Value)) -> Scratch {
     let src = fixture("tiny-bert");
-    let dir = std::env::temp_dir().join(format!("babelrl-encoder-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch(&format!("encoder-{tag}"));
     for f in ["model.safetensors", "tokenizer.json", "babelrl.json"] {
         std::fs::copy(src.join(f), dir.join(f)).unwrap();
     }
@@ -118,7 +117,6 @@ fn refuses_unsupported_settings_naming_them() {
             }
             other => panic!("{key}: expected Unsupported, got {other:?}"),
         }
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }
 
@@ -148,5 +146,4 @@ fn missing_corrupt_or_mismatched_weights_are_clear_errors() {
     std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
     let msg = load_err(&dir).to_string();
     assert!(msg.contains("tokenizer.json"), "{msg}");
-    std::fs::remove_dir_all(dir).unwrap();
 }

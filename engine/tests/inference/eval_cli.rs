@@ -8,14 +8,11 @@ use babelrl::eval::report::{exact_match, language_consistent};
 use babelrl::eval::{BleuConfig, ChrfConfig, corpus_bleu, corpus_chrf};
 use babelrl::model::Encoder;
 
-use crate::common::{self, repo_root};
+use crate::common::{self, Scratch, repo_root, scratch};
 use crate::train_cli::{babelrl, err, ok, tiny_model};
 
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("babelrl-eval-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp(name: &str) -> Scratch {
+    scratch(&format!("eval-{name}"))
 }
 
 fn fixture(name: &str) -> String {
@@ -169,7 +166,6 @@ fn eval_scores_equal_the_library_on_the_completions_it_wrote() {
         completions_of[0][..2],
         "batching does not change greedy completions"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -204,5 +200,4 @@ fn eval_bad_inputs_are_clear_errors() {
     assert!(e.contains("absent.jsonl"), "{e}");
     let e = err(&run(&data, &["--metrics", "exact", "--limit", "0"]));
     assert!(e.contains("--limit must be at least 1"), "{e}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

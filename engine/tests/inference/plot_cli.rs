@@ -4,13 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::common::{Scratch, scratch};
 use crate::train_cli::{babelrl, err, ok};
 
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("babelrl-plot-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp(name: &str) -> Scratch {
+    scratch(&format!("plot-{name}"))
 }
 
 /// A GRPO-like metrics file: reward rising at `rate`, `kl` null (β = 0), a nested per-plugin reward.
@@ -65,7 +63,6 @@ fn plot_overlays_files_into_a_png_of_the_asked_size() {
         &[],
     ));
     assert_eq!(read_png(&out).0, 300);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -99,7 +96,6 @@ fn plot_bad_keys_and_lines_are_errors_that_write_nothing() {
         "{e}"
     );
     assert!(!out.exists());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -120,5 +116,4 @@ fn same_named_files_are_labelled_by_folder_and_nested_keys_flattened() {
     assert_eq!(f.points["completion_length"][0], (1.0, 21.0));
     assert!(!f.points.contains_key("kl") && !f.points.contains_key("note") && !f.points.contains_key("step"));
     assert_eq!(babelrl::plot::choose_keys(&files, None).unwrap(), ["reward", "loss", "completion_length"]);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -4,7 +4,7 @@
 //! and a PEFT SEQ_CLS adapter (LoRA + `score` in modules_to_save); and clear errors for folders that are
 //! not reward models.
 
-use crate::common::{gpu, repo_root};
+use crate::common::{gpu, repo_root, scratch};
 
 use std::path::{Path, PathBuf};
 
@@ -105,8 +105,7 @@ fn the_score_position_is_the_last_token_that_is_not_pad_as_transformers_picks_it
 
 #[test]
 fn folders_that_are_not_reward_models_are_clear_errors() {
-    let tmp = std::env::temp_dir().join(format!("babelrl-rm-bad-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
+    let tmp = scratch("rm-bad");
     // A causal LM: no score head.
     let e = RewardModel::load(gpu(), &fixture("tiny-llama")).unwrap_err().to_string();
     assert!(e.contains("config.json") && e.contains("ForSequenceClassification"), "{e}");
@@ -115,7 +114,6 @@ fn folders_that_are_not_reward_models_are_clear_errors() {
     assert!(e.contains("adapter_config.json") && e.contains("SEQ_CLS"), "{e}");
     // A sequence-classification folder without score.weight.
     let src = fixture("tiny-rm-llama");
-    std::fs::create_dir_all(&tmp).unwrap();
     for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
         std::fs::copy(src.join(f), tmp.join(f)).unwrap();
     }
@@ -135,7 +133,6 @@ fn folders_that_are_not_reward_models_are_clear_errors() {
     // Missing folder.
     let e = RewardModel::load(gpu(), &tmp.join("absent")).unwrap_err().to_string();
     assert!(e.contains("absent"), "{e}");
-    let _ = std::fs::remove_dir_all(&tmp);
 }
 
 /// A chat prompt is scored as the reward model's conversational training pairs are tokenized: the
@@ -147,8 +144,7 @@ fn a_chat_prompt_is_scored_as_conversational_training_pairs_are_tokenized() {
     use babelrl::text::ChatMessage;
     use babelrl::train::{read_pairs, tokenize_reward_pairs};
 
-    let dir = std::env::temp_dir().join(format!("babelrl-rm-chat-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("rm-chat");
     for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
         std::fs::copy(fixture("tiny-rm-llama").join(f), dir.join(f)).unwrap();
     }
@@ -182,5 +178,4 @@ fn a_chat_prompt_is_scored_as_conversational_training_pairs_are_tokenized() {
         text,
         rm.score(&["the quick brown fox".into(), "the quick brown fox".into()], &completions).unwrap()
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }

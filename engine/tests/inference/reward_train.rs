@@ -3,7 +3,7 @@
 //! model trained on a separable synthetic preference set ranking held-out pairs; the saved adapter and
 //! head read back by `RewardModel` with the trainer's own scores; and the errors of bad inputs.
 
-use crate::common::{assert_close, gpu, repo_root};
+use crate::common::{assert_close, gpu, repo_root, scratch};
 
 use std::path::{Path, PathBuf};
 
@@ -166,9 +166,7 @@ fn trained_reward_model(out: &Path, steps: u64) -> (Vec<RewardPair>, Vec<f64>) {
 
 #[test]
 fn a_tiny_reward_model_learns_a_separable_preference_set_and_loads_back_scoring_the_same() {
-    let out = std::env::temp_dir().join(format!("babelrl-rm-train-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
-    std::fs::create_dir_all(&out).unwrap();
+    let out = scratch("rm-train");
     // The adapter's base is ".." in its config: put it where that resolves.
     let adapter_dir = out.join("rm");
     for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
@@ -187,14 +185,14 @@ fn a_tiny_reward_model_learns_a_separable_preference_set_and_loads_back_scoring_
     let n = held_out.len();
     let right = (0..n).filter(|&i| scores[i] > scores[n + i]).count();
     assert!(right as f64 / n as f64 >= 0.9, "held-out pairwise accuracy {right}/{n}");
-    std::fs::remove_dir_all(&out).unwrap();
 }
 
 #[test]
 fn the_head_round_trips_through_save_and_load() {
     let (dec, _) = body();
     let (adapter, head) = load_reward_adapter(gpu(), &base_dir().join("peft"), dec.config()).unwrap();
-    let out = std::env::temp_dir().join(format!("babelrl-rm-save-{}", std::process::id()));
+    let tmp = scratch("rm-save");
+    let out = tmp.join("rm");
     save_reward_adapter(&adapter, &head, &out, None).unwrap();
     let (again, head2) = load_reward_adapter(gpu(), &out, dec.config()).unwrap();
     assert_eq!(head2, head);
@@ -203,7 +201,6 @@ fn the_head_round_trips_through_save_and_load() {
         serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap()).unwrap();
     assert_eq!(config["task_type"], "SEQ_CLS");
     assert_eq!(config["modules_to_save"], serde_json::json!(["classifier", "score"]));
-    std::fs::remove_dir_all(&out).unwrap();
 }
 
 #[test]
@@ -214,7 +211,8 @@ fn a_reward_model_folder_without_a_head_is_refused_clearly() {
     let e = load_reward_adapter(gpu(), &lm_adapter, dec.config()).err().unwrap().to_string();
     assert!(e.contains("adapter_config.json") && e.contains("no head"), "{e}");
     // A SEQ_CLS adapter whose weights lack `score`.
-    let out = std::env::temp_dir().join(format!("babelrl-rm-headless-{}", std::process::id()));
+    let tmp = scratch("rm-headless");
+    let out = tmp.join("rm");
     let (adapter, _) = load_reward_adapter(gpu(), &base_dir().join("peft"), dec.config()).unwrap();
     adapter.save_peft(&out).unwrap();
     let mut c: Value =
@@ -227,13 +225,11 @@ fn a_reward_model_folder_without_a_head_is_refused_clearly() {
     assert!(e.contains("base_model.model.score.weight") && e.contains("adapter_model.safetensors"), "{e}");
     let e = RewardModel::load(gpu(), &out).unwrap_err().to_string();
     assert!(e.contains("base_model.model.score.weight"), "{e}");
-    std::fs::remove_dir_all(&out).unwrap();
 }
 
 #[test]
 fn bad_pair_files_name_the_file_and_line() {
-    let dir = std::env::temp_dir().join(format!("babelrl-rm-pairs-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("rm-pairs");
     let f = dir.join("pairs.jsonl");
     std::fs::write(&f, "{\"prompt\": \"a\", \"chosen\": \" b\", \"rejected\": \" c\"}\n{\"prompt\": \"a\", \"chosen\": \" b\"}\n").unwrap();
     let e = read_pairs(&f).unwrap_err().to_string();
@@ -260,7 +256,6 @@ fn bad_pair_files_name_the_file_and_line() {
     assert_eq!(kept.too_long.iter().map(|o| o.to_string()).collect::<Vec<_>>(), ["line 1"]);
     let e = tokenize_reward_pairs(&f, &pairs[..1], &tok, limit).unwrap_err().to_string();
     assert!(e.contains("pairs.jsonl") && e.contains("every pair") && e.contains("max_length"), "{e}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Writes tests/fixtures/tiny-rm-llama/babelrl-rm/: peft/ trained by babelrl for a few steps on

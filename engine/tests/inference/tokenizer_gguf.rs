@@ -10,6 +10,7 @@ use babelrl::model::gguf::Gguf;
 use babelrl::text::{ChatMessage, Tokenizer};
 use serde_json::Value;
 
+use crate::common::scratch;
 use crate::gguf_support;
 use gguf_support::Writer;
 
@@ -201,8 +202,7 @@ fn sentencepiece_gguf_matches_sentencepiece() {
 
 #[test]
 fn from_file_reads_configs_next_to_tokenizer_json() {
-    let dir = std::env::temp_dir().join(format!("babelrl-tok-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("tok");
     std::fs::copy(fixtures().join("tiny-llama-gguf/tokenizer.json"), dir.join("tokenizer.json")).unwrap();
     let config = r#"{"bos_token": "<|im_start|>", "eos_token": {"content": "<|im_end|>", "special": true},
         "pad_token": "<|endoftext|>", "chat_template": "{{ bos_token }}{{ messages[0].content }}{{ eos_token }}"}"#;

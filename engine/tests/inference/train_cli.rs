@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::common::repo_root;
+use crate::common::{Scratch, repo_root, scratch};
 
 pub(crate) fn tiny_model() -> PathBuf {
     repo_root().join("tests/fixtures/tiny-llama-gguf/tiny-llama.gguf")
@@ -30,11 +30,8 @@ pub(crate) fn err(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("babelrl-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp(name: &str) -> Scratch {
+    scratch(&format!("train-{name}"))
 }
 
 /// Prompt/completion pairs: each prompt names a colour, the completion is a fixed answer per colour.
@@ -233,5 +230,4 @@ fn bad_inputs_are_clear_errors_and_change_nothing() {
         before,
         "a refused resume changed the checkpoint"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

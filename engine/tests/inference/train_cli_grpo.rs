@@ -3,7 +3,7 @@
 //! resumed equals the uninterrupted one bit for bit, and bad run files or data are clear errors that
 //! create nothing.
 
-use crate::common::{self, repo_root};
+use crate::common::{self, Scratch, repo_root, scratch};
 use crate::train_cli::{babelrl, err, ok, tiny_model};
 use std::path::{Path, PathBuf};
 
@@ -24,9 +24,8 @@ pub(crate) fn length_guard() -> Option<PathBuf> {
 
 /// A fresh folder holding the prompts (with a `reference` column length-guard measures against) and a
 /// copy of the plugin, which run files name by a path relative to themselves.
-fn setup(name: &str, plugin: &Path) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("babelrl-grpo-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+fn setup(name: &str, plugin: &Path) -> Scratch {
+    let dir = scratch(&format!("grpo-{name}"));
     std::fs::create_dir_all(dir.join("plugins")).unwrap();
     std::fs::copy(plugin, dir.join("plugins/length_guard.wasm")).unwrap();
     let rows =
@@ -131,7 +130,6 @@ fn a_grpo_run_writes_metrics_and_an_adapter_and_resumes_bit_for_bit() {
     std::fs::write(&other, text).unwrap();
     let e = err(&babelrl(&["train", other.to_str().unwrap(), "--resume"], &[]));
     assert!(e.contains("checkpoint-5") && e.contains("prompts a step"), "{e}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `num_iterations = 2` with 2 micro-batches per step: every other step reuses the rollouts (no tokens
@@ -168,7 +166,6 @@ fn a_grpo_run_with_two_iterations_and_accumulation_resumes_bit_for_bit() {
         assert!(read(&out_full.join(file)) == read(&out_cut.join(file)), "{file} differs after the resume");
     }
     assert_eq!(metrics(&out_full), metrics(&out_cut), "metrics differ after the resume");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -208,7 +205,6 @@ fn bad_grpo_run_files_and_data_are_clear_errors_that_create_nothing() {
         assert!(e.contains("prompts.jsonl") && e.contains(want), "{want}: {e}");
         assert!(!dir.join("out-data").exists());
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -263,5 +259,4 @@ fn a_plugin_failing_mid_run_stops_it_with_fail_and_is_skipped_and_counted_with_s
     for (m, u) in lines.iter().zip(&unscored) {
         assert_eq!(m["skipped_groups"].as_u64(), Some(u / 4), "{m}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -4,15 +4,15 @@
 //! bit for bit (router state included), a router state that does not load is a clear error at resume,
 //! and data the router cannot use is a clear error before any rollout.
 
+use crate::common::{Scratch, scratch};
 use crate::train_cli::{babelrl, err, ok, tiny_model};
 use crate::train_cli_grpo::{built_plugins as plugins, metrics, read};
 use std::path::{Path, PathBuf};
 
 /// A fresh folder with copies of `plugins` in plugins/ and French text prompts with `language` and
 /// `id` columns (a row's columns are `extra` merged in, where given).
-fn setup(name: &str, plugins: &[PathBuf], extra: serde_json::Value) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("babelrl-lrpo-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+fn setup(name: &str, plugins: &[PathBuf], extra: serde_json::Value) -> Scratch {
+    let dir = scratch(&format!("lrpo-{name}"));
     std::fs::create_dir_all(dir.join("plugins")).unwrap();
     for p in plugins {
         std::fs::copy(p, dir.join("plugins").join(p.file_name().unwrap())).unwrap();
@@ -87,7 +87,6 @@ fn the_routers_share_moves_to_the_language_whose_rollouts_earn_more() {
         v.iter().sum::<f64>() / v.len() as f64
     };
     assert!(mean("en") > mean("zh") + 0.2 && mean("en") > mean("ru") + 0.2, "{lines:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 const LRPO: &str = "name = \"lrpo\"\npath = \"plugins/lrpo_softmax.wasm\"\nlanguages = [\"en\", \"fr\", \"zh\"]\n\
@@ -126,7 +125,6 @@ fn an_lrpo_run_killed_and_resumed_equals_the_uninterrupted_one_router_state_incl
             assert!((share * 6.0 - (share * 6.0).round()).abs() < 1e-9, "{m}");
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -166,7 +164,6 @@ fn a_router_state_that_does_not_load_is_a_clear_error_at_resume() {
     // The good state still resumes.
     let text = ok(&babelrl(&["train", run.to_str().unwrap(), "--resume"], &[]));
     assert!(text.contains("trained to step 2"), "{text}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -189,7 +186,6 @@ fn data_and_languages_the_router_cannot_use_are_clear_errors_before_any_rollout(
         let e = err(&babelrl(&["train", run.to_str().unwrap()], &[]));
         assert!(e.contains(want), "{name}: {e}");
         assert!(!dir.join(format!("out-{name}")).exists(), "{name}: a refused run created its output");
-        let _ = std::fs::remove_dir_all(&dir);
     }
     // A prompt that fits as it is but not with the template.
     let dir = setup("long", &p, serde_json::json!({}));
@@ -203,5 +199,4 @@ fn data_and_languages_the_router_cannot_use_are_clear_errors_before_any_rollout(
         "{e}"
     );
     assert!(!dir.join("out-long").exists());
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -4,15 +4,15 @@
 //! in either stage and resumed equals the uninterrupted one, and a resume or fresh start that does not fit
 //! the output's stage layout is a clear error.
 
+use crate::common::{Scratch, scratch};
 use crate::train_cli::{babelrl, err, ok, tiny_model};
 use crate::train_cli_grpo::length_guard;
 use std::path::{Path, PathBuf};
 
 /// A fresh folder with SFT pairs (`sft.jsonl`), GRPO prompts with references (`grpo.jsonl`) and a copy
 /// of the plugin.
-fn setup(name: &str, plugin: &Path) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("babelrl-recipe-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+fn setup(name: &str, plugin: &Path) -> Scratch {
+    let dir = scratch(&format!("recipe-{name}"));
     std::fs::create_dir_all(dir.join("plugins")).unwrap();
     std::fs::copy(plugin, dir.join("plugins/length_guard.wasm")).unwrap();
     let rows =
@@ -186,7 +186,6 @@ fn a_two_stage_run_trains_grpo_from_the_sft_adapter_and_resumes_in_either_stage_
     write_run(&dir, "full", &[LORA, SFT, GRPO, REWARD]);
     let e = err(&babelrl(&["train", full.to_str().unwrap(), "--resume", ck.to_str().unwrap()], &[]));
     assert!(e.contains("[grpo] stage's") && e.contains("--resume"), "{e}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -204,5 +203,4 @@ fn a_two_stage_run_checks_its_grpo_stage_before_training_sft() {
     let e = err(&babelrl(&["train", run.to_str().unwrap()], &[]));
     assert!(e.contains("`length`") && e.contains("reference"), "{e}");
     assert!(!dir.join("out-column").exists());
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,14 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::common::repo_root;
+use crate::common::{Scratch, repo_root, scratch};
 use crate::train_cli::{babelrl, err, ok};
 
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("babelrl-rm-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp(name: &str) -> Scratch {
+    scratch(&format!("rm-cli-{name}"))
 }
 
 /// Separable pairs: chosen answers use one set of words, rejected another; languages alternate.
@@ -112,7 +109,6 @@ fn a_reward_model_run_resumes_bit_for_bit_and_ranks_held_out_pairs_per_language(
     assert!(acc >= 0.9, "held-out pairwise accuracy {acc}: {}", rep["overall"]);
     let q = &rep["overall"]["margin"];
     assert!(q["q05"].as_f64() <= q["median"].as_f64() && q["median"].as_f64() <= q["q95"].as_f64());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -144,5 +140,4 @@ fn reward_model_bad_inputs_are_clear_errors() {
         &[],
     ));
     assert!(e.contains("SEQ_CLS") && e.contains("adapter_config.json"), "{e}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -3,7 +3,7 @@
 //! (the tiny scalar-head fixture) give finite rewards in the metrics; an `[encoder]` or
 //! `[reward_model]` that does not load stops the run before any rollout, creating nothing.
 
-use crate::common::repo_root;
+use crate::common::{Scratch, repo_root, scratch};
 use crate::train_cli::{babelrl, err, ok, tiny_model};
 use std::path::{Path, PathBuf};
 
@@ -12,10 +12,8 @@ fn plugin(name: &str) -> Option<PathBuf> {
 }
 
 /// A folder with prompts (and references) and the plugin, named `plugin.wasm`.
-fn setup(name: &str, wasm: &Path) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("babelrl-grpo-svc-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+fn setup(name: &str, wasm: &Path) -> Scratch {
+    let dir = scratch(&format!("grpo-svc-{name}"));
     std::fs::copy(wasm, dir.join("plugin.wasm")).unwrap();
     let rows =
         [("sky is", "blue sky"), ("grass is", "green grass"), ("snow is", "white"), ("coal is", "black")];
@@ -77,7 +75,6 @@ fn a_grpo_run_serves_embed_from_its_encoder_and_refuses_a_bad_encoder_before_rol
         );
         assert!(!dir.join(format!("out-{name}")).exists(), "{name}: a refused run created its output");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -110,5 +107,4 @@ fn a_grpo_run_serves_reward_model_score_from_its_reward_model() {
     for name in ["none", "bad"] {
         assert!(!dir.join(format!("out-{name}")).exists(), "{name}: a refused run created its output");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use safetensors::SafeTensors;
 
-use crate::common::{assert_close_by, gpu, repo_root};
+use crate::common::{Scratch, assert_close_by, gpu, repo_root, scratch};
 use crate::decoder_tiny::{floats, ids};
 use crate::train_cli::{babelrl, err, ok, tiny_model};
 
@@ -172,11 +172,8 @@ fn dpo_trainer_refuses_bad_pairs() {
     assert!(e.contains("no pairs to train on"), "{e}");
 }
 
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("babelrl-dpo-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp(name: &str) -> Scratch {
+    scratch(&format!("dpo-{name}"))
 }
 
 /// Preference pairs in TRL's text format: the right colour is chosen.

@@ -1,6 +1,7 @@
 //! `babelrl plugin check` and `babelrl plugin score` on the hostile-plugin guests (well-behaved mode),
 //! and the on-disk cache of compiled components.
 
+use crate::common::scratch;
 use crate::guest_builds;
 
 use std::path::Path;
@@ -21,17 +22,10 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn temp(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("babelrl-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[test]
 fn check_reports_world_sample_call_and_limits_and_caches_the_compile() {
     let Some(g) = guests() else { return };
-    let cache = temp("cli-cache");
+    let cache = scratch("cli-cache");
     let reward = g.reward.to_str().unwrap();
     let args =
         ["plugin", "check", reward, "--config", r#"{"scale": 2}"#, "--limits", r#"{"deadline_ms": 250}"#];
@@ -65,13 +59,12 @@ fn check_reports_world_sample_call_and_limits_and_caches_the_compile() {
     );
     let out = babelrl(&["plugin", "check", reward, "--limits", r#"{"deadline": 5}"#], &cache);
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `deadline`"), "{out:?}");
-    std::fs::remove_dir_all(&cache).unwrap();
 }
 
 #[test]
 fn score_summarises_a_jsonl_file() {
     let Some(g) = guests() else { return };
-    let dir = temp("cli-score");
+    let dir = scratch("cli-score");
     let completions = [("p1", "abc"), ("p1", ""), ("p1", "abcdef"), ("p2", "a"), ("p2", "ünï")];
     let rows: Vec<String> = completions
         .iter()
@@ -95,5 +88,4 @@ fn score_summarises_a_jsonl_file() {
     let out = babelrl(&args, &dir);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("data.jsonl:1: missing `completion`"), "{err}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }

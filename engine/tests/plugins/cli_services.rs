@@ -3,7 +3,7 @@
 //! fixtures (their scores equal the engine's own embeddings and reward-model scores), missing or bad
 //! flags are clear errors, and [`RunServices`] chunks long lists and explains a missing default encoder.
 
-use crate::common::{self, gpu, repo_root};
+use crate::common::{self, Scratch, gpu, repo_root, scratch};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -33,11 +33,8 @@ fn babelrl(args: &[&str]) -> Output {
         .expect("run the babelrl binary")
 }
 
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("babelrl-svc-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp(name: &str) -> Scratch {
+    scratch(&format!("svc-{name}"))
 }
 
 /// The `{"score": x}` lines of `plugin score --print-scores`.
@@ -100,7 +97,6 @@ fn plugin_score_with_encoder_serves_embed_from_that_encoder() {
     let bad = fixture("tiny-llama");
     let e = stderr(&babelrl(&[&args[..], &["--encoder", bad.to_str().unwrap()]].concat()));
     assert!(e.contains("--encoder") && e.contains("tiny-llama") && e.contains("config.json"), "{e}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -134,7 +130,6 @@ fn plugin_score_with_reward_model_serves_the_reward_models_scores() {
     let e =
         stderr(&babelrl(&[&args[..], &["--reward-model", fixture("tiny-llama").to_str().unwrap()]].concat()));
     assert!(e.contains("--reward-model") && e.contains("ForSequenceClassification"), "{e}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -151,7 +146,8 @@ fn run_services_chunk_long_lists_and_explain_a_missing_default_encoder() {
 
     // The default encoder is loaded on the first embed; a cache without it fails that call (and the
     // next) with what to run, and nothing fails before.
-    let missing = temp("no-cache").join("models/multilingual-e5-small");
+    let cache = temp("no-cache");
+    let missing = cache.join("models/multilingual-e5-small");
     let services = RunServices::new().with_lazy_encoder(gpu(), missing.clone());
     assert!(services.encoder().is_none());
     for _ in 0..2 {

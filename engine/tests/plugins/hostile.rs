@@ -2,6 +2,7 @@
 //! the sandbox or flood the host. Each must fail with an error naming the plugin and what it did, and
 //! the same plugin must serve the next (well-behaved) call correctly. Guests: tests/hostile-plugins.
 
+use crate::common::scratch;
 use crate::guest_builds;
 
 use std::path::Path;
@@ -106,8 +107,7 @@ fn bad_outputs_are_refused() {
 #[test]
 fn files_stay_out_of_reach() {
     let Some(mut p) = load("burglar", PluginLimits::default()) else { return };
-    let dir = std::env::temp_dir().join(format!("babelrl-hostile-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("hostile");
     std::fs::write(dir.join("keep.txt"), b"secret").unwrap();
     let before = listing(&dir);
     let secret = dir.join("keep.txt");
@@ -120,7 +120,6 @@ fn files_stay_out_of_reach() {
     bad_then_good(&mut p, "!readfile", "/etc/passwd", &["could not read /etc/passwd"]);
     bad_then_good(&mut p, "!writefile", dir.to_str().unwrap(), &["write: ", "remove: ", "mkdir: "]);
     assert_eq!(listing(&dir), before, "the plugin changed {}", dir.display());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Names and contents of the files in `dir`, sorted.
@@ -251,8 +250,7 @@ fn host_services_are_served_and_their_time_is_not_the_plugins() {
 #[test]
 fn malformed_files_are_refused() {
     let Some(g) = guests() else { return };
-    let dir = std::env::temp_dir().join(format!("babelrl-malformed-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("malformed");
     let mut noise = Vec::new();
     let mut x: u32 = 12345;
     for _ in 0..4096 {
@@ -289,7 +287,6 @@ fn malformed_files_are_refused() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("missing.wasm"), "{err}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -13,13 +13,11 @@ use std::time::{Duration, Instant};
 
 use babelrl::plugin::{Capabilities, NoServices, PluginLimits, RewardPlugin, inspect};
 
+use crate::common::{Scratch, scratch};
 use crate::guest_builds::{guests, ordinary};
 
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("babelrl-limits-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp(name: &str) -> Scratch {
+    scratch(&format!("limits-{name}"))
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {

@@ -3,6 +3,7 @@
 //! survives a flood of output before it, and a busy loop is stopped within the documented bound of its
 //! deadline even when the epoch thread wakes late. Guests: tests/hostile-plugins.
 
+use crate::common::scratch;
 use crate::guest_builds;
 
 use std::path::{Path, PathBuf};
@@ -29,13 +30,6 @@ fn assert_inert(what: &str, text: &str) {
     if let Some((i, c)) = text.char_indices().find(|&(_, c)| bad(c)) {
         panic!("{what}: raw {c:?} at byte {i} in:\n{}", text.escape_debug());
     }
-}
-
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("babelrl-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn babelrl(args: &[&str], cache: &Path) -> Command {
@@ -69,7 +63,7 @@ fn data_file(dir: &Path, name: &str, cmd: &str, arg: &str) -> PathBuf {
 #[test]
 fn the_cli_escapes_a_hostile_plugins_errors_logs_output_and_file_name() {
     let Some(g) = guests() else { return };
-    let dir = temp("hostile-text");
+    let dir = scratch("hostile-text");
     // The plugin's file name is an attack too: it becomes the plugin's name in every message.
     let evil = dir.join("evil\x1b[2J\rname.wasm");
     std::fs::copy(&g.reward, &evil).unwrap();
@@ -102,7 +96,6 @@ fn the_cli_escapes_a_hostile_plugins_errors_logs_output_and_file_name() {
     let out = babelrl(&["plugin", "check", plugin], &dir).output().unwrap();
     let (stdout, _) = inert_output("check", &out);
     assert!(out.status.success() && stdout.contains(r"evil\x1b[2J\rname.wasm ("), "{stdout}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -185,7 +178,7 @@ fn a_late_epoch_thread_does_not_stretch_the_deadline() {
     use std::os::unix::process::CommandExt;
     const SLACK_NS: libc::c_ulong = 20_000_000;
     let Some(g) = guests() else { return };
-    let dir = temp("late-epoch");
+    let dir = scratch("late-epoch");
     let data = data_file(&dir, "loop.jsonl", "!loop", "");
     let reward = g.reward.to_str().unwrap();
     let limits = r#"{"deadline_ms": 200}"#;
@@ -205,5 +198,4 @@ fn a_late_epoch_thread_does_not_stretch_the_deadline() {
     eprintln!("deadline 200 ms with 20 ms timer slack: reported {reported:?}");
     let bound = Duration::from_millis(200) + Duration::from_nanos(SLACK_NS) + OVERRUN_BOUND;
     assert!(reported < bound, "a 200 ms deadline stopped after {reported:?} with a late epoch thread");
-    std::fs::remove_dir_all(&dir).unwrap();
 }

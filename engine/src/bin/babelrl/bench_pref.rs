@@ -179,8 +179,11 @@ pub fn bench_best_of_n(
     let dir = std::env::temp_dir().join(format!("babelrl-bench-rm-{}", std::process::id()));
     let head = initial_head(&body.path, body.decoder.config(), 0)?;
     let base = std::fs::canonicalize(&body.path).unwrap_or_else(|_| body.path.clone());
-    save_reward_adapter(&lora(&body.decoder, Some(&base))?, &head, &dir, Some(&base.to_string_lossy()))?;
-    let rm = RewardModel::load(gpu, &dir).with_context(|| format!("loading {}", dir.display()));
+    let adapter = lora(&body.decoder, Some(&base))?;
+    // The folder is removed whether saving or loading failed.
+    let rm = save_reward_adapter(&adapter, &head, &dir, Some(&base.to_string_lossy()))
+        .map_err(anyhow::Error::from)
+        .and_then(|()| RewardModel::load(gpu, &dir).with_context(|| format!("loading {}", dir.display())));
     let _ = std::fs::remove_dir_all(&dir);
     let rm = rm?;
     let prompts = (0..b.prompts)
