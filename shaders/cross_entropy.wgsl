@@ -2,23 +2,25 @@
 // are never resident at once (Qwen's vocabulary is 151,936), only a (T, C) chunk of them.
 //
 // Forward, per chunk of C vocabulary rows (weight rows r0 .. r0 + C of one row block, vocabulary ids
-// v0 .. v0 + C): xent_logits_chunk writes the chunk's logits (T, C) = h (T, D) · W[r0 .. r0 + C]ᵀ, then
+// v0 .. v0 + C): the chunk's logits (T, C) = h (T, D) · W[r0 .. r0 + C]ᵀ (xent_logits_chunk here, or the
+// broadcast matmul of matmul_subgroup.wgsl on adapters with subgroups of eight), then
 // xent_online_forward folds them into each row's running max, running Σ exp and the target's logit
 // (stats (T, 4)); after the last chunk xent_finish_forward writes lse_t = max + log Σ and
 // nll_t = lse_t − logit_t[y_t] (0 for a target id ≥ vocab: an ignored row).
-// Backward, per chunk: the logits recomputed by xent_logits_chunk, xent_dlogits_backward turns them in
-// place into g_t · (exp(logit − lse_t) − 1[v = y_t]) (0 on ignored rows), and xent_dh_backward adds
-// that chunk · W[r0 .. r0 + C] into dh (T, D). W is frozen: no gradient.
+// Backward, per chunk: the logits recomputed, xent_dlogits_backward turns them in place into
+// g_t · (exp(logit − lse_t) − 1[v = y_t]) (0 on ignored rows), and the frozen linear's dX kernel
+// (matmul.wgsl / matmul_subgroup.wgsl, over the chunk's weight rows) adds that chunk · W[r0 .. r0 + C]
+// into dh (T, D). W is frozen: no gradient.
 // Forward and backward in one walk (when g is known before the forward, as for a mean cross-entropy):
 // per chunk the logits, the online update (which also saves the factor exp(old max − new max) that
 // rescales what earlier chunks summed), xent_exp_forward turns the chunk into exp(logit − running max),
-// and xent_dh_online_forward sets dh_t = dh_t · factor_t + chunk · W_chunk; at the end
+// xent_rescale_forward scales dh_t by factor_t and the dX kernel adds chunk · W_chunk; at the end
 // xent_finish_grad_backward scales dh_t by g_t / Σ_t (zero on ignored rows) and, per row block,
 // xent_target_row_backward subtracts g_t · w_{y_t}.
 // D must be a multiple of 8 (vector loads). lavapipe stops an invocation after about 65536 loop
 // iterations in all, so the host keeps C ≤ 4096 (the longest loops walk a chunk: 2C and C·4).
-// Grids: the (T, C) kernels' x (chunk columns in fours, or hidden columns in eights) folds into z
-// (index x + z · num_workgroups.x · WG), y = groups of four rows; 1-D grids fold into y.
+// Grids: xent_logits_chunk's x (chunk columns in fours) folds into z (index x + z · num_workgroups.x ·
+// WG), y = groups of four rows; 1-D grids fold into y.
 
 // t rows, d hidden size, c chunk columns, r0 the chunk's first row within its weight block, v0 its first
 // vocabulary id, vocab the vocabulary size; flags bit 0: first chunk (online) / accumulate into dh.
@@ -28,14 +30,13 @@ struct Params { t: u32, d: u32, c: u32, r0: u32, v0: u32, vocab: u32, flags: u32
 // Bindings are numbered per entry point (1, 2, … in the order the host passes its buffers).
 @group(0) @binding(1) var<storage, read> h4: array<vec4<f32>>;        // logits_chunk: h (T, D)
 @group(0) @binding(1) var<storage, read> targets: array<u32>;         // online, finish, dlogits: y (T)
-@group(0) @binding(1) var<storage, read> dl: array<f32>;              // dh: dlogits chunk (T, C)
-@group(0) @binding(2) var<storage, read> w4: array<vec4<u32>>;        // logits_chunk, dh: block (rows, D/2)
+@group(0) @binding(1) var<storage, read> dl: array<f32>;              // exp, rescale: stats (T, 4)
+@group(0) @binding(2) var<storage, read> w4: array<vec4<u32>>;        // logits_chunk, target_row: block (rows, D/2)
 @group(0) @binding(2) var<storage, read> in2: array<f32>;             // online: chunk (T, C); finish: stats; dlogits: lse (T)
-@group(0) @binding(3) var<storage, read_write> out3: array<f32>;      // logits chunk / stats (T, 4) / lse (T) / dh (T, D)
+@group(0) @binding(3) var<storage, read_write> out3: array<f32>;      // logits chunk / stats (T, 4) / lse (T)
 @group(0) @binding(3) var<storage, read> grad: array<f32>;            // dlogits: g (T)
-@group(0) @binding(2) var<storage, read_write> out2: array<f32>;      // exp: the chunk, in place
+@group(0) @binding(2) var<storage, read_write> out2: array<f32>;      // exp: the chunk, in place; rescale: dh (T, D)
 @group(0) @binding(4) var<storage, read_write> out4: array<f32>;      // finish: nll (T); dlogits: the chunk, in place; finish_grad, target_row: dh
-@group(0) @binding(4) var<storage, read> in4: array<f32>;             // dh_online: stats (T, 4)
 
 override WG: u32 = 64u;
 
@@ -136,50 +137,6 @@ fn xent_dlogits_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
     out4[i] = d * grad[t];
 }
 
-fn store_dh(at: u32, v: f32) {
-    if ((p.flags & 1u) != 0u) { out3[at] += v; } else { out3[at] = v; }
-}
-
-// dh (T, D) (+)= dlogits chunk (T, C) · W[r0 .. r0 + C]: 4 rows × 8 hidden columns per invocation.
-// Grid: x (+ z) = groups of eight hidden columns, y = groups of four rows.
-@compute @workgroup_size(WG)
-fn xent_dh_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let c8 = gid.x + gid.z * nwg.x * WG;
-    let t0 = gid.y * 4u;
-    if (c8 >= p.d / 8u || t0 >= p.t) { return; }
-    let tile = chunk_times_w(c8, t0);
-    for (var m = 0u; m < 4u; m++) {
-        let t = t0 + m;
-        if (t < p.t) {
-            for (var c = 0u; c < 4u; c++) {
-                store_dh(t * p.d + 8u * c8 + c, tile.lo[m][c]);
-                store_dh(t * p.d + 8u * c8 + 4u + c, tile.hi[m][c]);
-            }
-        }
-    }
-}
-
-// Eight hidden columns (8 · c8 ..) of four rows (t0 ..) of the chunk in `dl` times W[r0 .. r0 + c].
-struct Tile { lo: array<vec4<f32>, 4>, hi: array<vec4<f32>, 4> }
-
-fn chunk_times_w(c8: u32, t0: u32) -> Tile {
-    let k8 = p.d / 8u;
-    var rows: array<u32, 4>;
-    for (var m = 0u; m < 4u; m++) { rows[m] = min(t0 + m, p.t - 1u) * p.c; }
-    var tile: Tile;
-    for (var j = 0u; j < p.c; j++) {
-        let q = w4[(p.r0 + j) * k8 + c8];
-        let wa = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
-        let wb = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
-        for (var m = 0u; m < 4u; m++) {
-            let g = dl[rows[m] + j];
-            tile.lo[m] += g * wa;
-            tile.hi[m] += g * wb;
-        }
-    }
-    return tile;
-}
-
 // Grid: 1-D over the chunk's T · C elements: logits → exp(logit − the row's running max), in place.
 @compute @workgroup_size(WG)
 fn xent_exp_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -188,26 +145,14 @@ fn xent_exp_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     out2[i] = exp(out2[i] - dl[4u * (i / p.c)]);
 }
 
-// dh (T, D) = dh · factor_t + exp'd chunk · W[r0 .. r0 + C] (flags bit 0: the first chunk, dh = the
-// product). Grid as xent_dh_backward.
+// Grid: 1-D over T · D: dh_t = dh_t · factor_t (stats[t][3], exp(old max − new max) from the online
+// update), before the next chunk adds its product; 0 where the factor underflowed.
 @compute @workgroup_size(WG)
-fn xent_dh_online_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let c8 = gid.x + gid.z * nwg.x * WG;
-    let t0 = gid.y * 4u;
-    if (c8 >= p.d / 8u || t0 >= p.t) { return; }
-    let tile = chunk_times_w(c8, t0);
-    for (var m = 0u; m < 4u; m++) {
-        let t = t0 + m;
-        if (t < p.t) {
-            let factor = select(in4[4u * t + 3u], 0.0, (p.flags & 1u) != 0u);
-            for (var c = 0u; c < 4u; c++) {
-                let a = t * p.d + 8u * c8 + c;
-                let b = a + 4u;
-                out3[a] = select(out3[a] * factor, 0.0, factor == 0.0) + tile.lo[m][c];
-                out3[b] = select(out3[b] * factor, 0.0, factor == 0.0) + tile.hi[m][c];
-            }
-        }
-    }
+fn xent_rescale_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if (i >= p.t * p.d) { return; }
+    let factor = dl[4u * (i / p.d) + 3u];
+    out2[i] = select(out2[i] * factor, 0.0, factor == 0.0);
 }
 
 // Grid: 1-D over T · D: dh_t = g_t · dh_t / Σ_t (the softmax part), 0 on ignored rows.

@@ -213,7 +213,9 @@ fn matmul_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
 //   matmul_backward_dx_scalar: 4 rows × 2 columns, any even K. Grid: x = column group, y = groups of four
 //   rows. lavapipe stops an invocation after about 65536 loop iterations in all (not per loop: nesting
 //   does not help), so the host keeps n ≤ 16384 per launch (an LM head has N = 151936).
-struct DxParams { t: u32, n: u32, k: u32, flags: u32, ldy: u32, n_off: u32, first: u32, pad: u32 }
+// row0: weight row n's dY value is in column n_off + n − row0 (0 for a whole weight; the first row of a
+//   range taken alone, as the LM head's vocabulary chunks of the cross-entropy, with n_off 0).
+struct DxParams { t: u32, n: u32, k: u32, flags: u32, ldy: u32, n_off: u32, first: u32, row0: u32 }
 @group(0) @binding(0) var<uniform> pd: DxParams;
 @group(0) @binding(1) var<storage, read> dy_rows: array<f32>;         // (T, ldy)
 @group(0) @binding(3) var<storage, read_write> dx_rows: array<f32>;   // (T, K)
@@ -231,7 +233,7 @@ fn matmul_backward_dx(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (c8 >= k8 || t0 >= pd.t) { return; }
     let last = pd.t - 1u;
     var rows: array<u32, 4>;
-    for (var m = 0u; m < 4u; m++) { rows[m] = min(t0 + m, last) * pd.ldy + pd.n_off; }
+    for (var m = 0u; m < 4u; m++) { rows[m] = min(t0 + m, last) * pd.ldy + pd.n_off - pd.row0; }
     var lo: array<vec4<f32>, 4>;
     var hi: array<vec4<f32>, 4>;
     for (var n = pd.first; n < pd.first + pd.n; n++) {
@@ -263,7 +265,7 @@ fn matmul_backward_dx_scalar(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (c2 >= k2 || t0 >= pd.t) { return; }
     let last = pd.t - 1u;
     var rows: array<u32, 4>;
-    for (var m = 0u; m < 4u; m++) { rows[m] = min(t0 + m, last) * pd.ldy + pd.n_off; }
+    for (var m = 0u; m < 4u; m++) { rows[m] = min(t0 + m, last) * pd.ldy + pd.n_off - pd.row0; }
     var acc: array<vec2<f32>, 4>;
     for (var n = pd.first; n < pd.first + pd.n; n++) {
         let wv = unpack2x16float(w_at(n * k2 + c2));

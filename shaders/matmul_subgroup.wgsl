@@ -21,7 +21,10 @@
 // flags bit 2 (SWIGLU, as matmul.wgsl defines it): a workgroup outputs four columns n0.., lanes 0..3
 // loading gate rows n0 + j and lanes 4..7 the up rows N + n0 + j − 4; column c's output is
 // silu(acc[c]) · acc[c + 4]. Grid x then counts groups of four output columns.
-struct Params { t: u32, n: u32, k: u32, flags: u32, ldy: u32, n_off: u32, pad0: u32, pad1: u32 }
+// w_row0 (matmul.wgsl's pad0, 0 from every forward matmul launch): output column n reads weight row
+// w_row0 + n, so a launch can take rows w_row0 .. w_row0 + N of a larger weight (the LM head's vocabulary
+// chunks of the cross-entropy, cross_entropy.wgsl); never with SWIGLU.
+struct Params { t: u32, n: u32, k: u32, flags: u32, ldy: u32, n_off: u32, w_row0: u32, pad1: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;  // (T, K), buffer padded to 16 bytes
@@ -80,7 +83,7 @@ fn matmul_forward_subgroup(
     let last_t = p.t - 1u;
     var xr: array<u32, 4>;
     for (var r = 0u; r < ROWS; r++) { xr[r] = min(t0 + r, last_t) * kx; }
-    let wr = lane_row(n0, lane) * k8;
+    let wr = (p.w_row0 + lane_row(n0, lane)) * k8;
     var acc: array<array<f32, 8>, 4>; // acc[row][column]
     for (var i = 0u; i < k8; i++) {
         // Two halves of the eight K values, one after the other, to keep fewer values live.
@@ -132,7 +135,7 @@ fn matmul_forward_subgroup_1row(
     let t = wid.y * LANES + lane;
     let k8 = p.k / 8u;
     let xr = min(t, p.t - 1u) * (p.k / 4u);
-    let wr = lane_row(n0, lane) * k8;
+    let wr = (p.w_row0 + lane_row(n0, lane)) * k8;
     var lo = vec4<f32>(0.0); // columns 0..3
     var hi = vec4<f32>(0.0); // columns 4..7
     for (var i = 0u; i < k8; i++) {
@@ -180,8 +183,8 @@ fn matmul_forward_subgroup_1row(
 // (lane j loads those of weight row n0 + j, zero past the end) and broadcast, so a lane loads 1.5 values
 // per weight row instead of 5. The walk over weight rows takes n / 8 loop iterations (lavapipe stops an
 // invocation after about 65536; the host keeps n ≤ 16384 per launch). Grid: x = groups of 64 columns,
-// y = groups of four rows.
-struct DxParams { t: u32, n: u32, k: u32, flags: u32, ldy: u32, n_off: u32, first: u32, pad: u32 }
+// y = groups of four rows. row0 as in matmul.wgsl: weight row n's dY value is in column n_off + n − row0.
+struct DxParams { t: u32, n: u32, k: u32, flags: u32, ldy: u32, n_off: u32, first: u32, row0: u32 }
 @group(0) @binding(0) var<uniform> pd: DxParams;
 @group(0) @binding(1) var<storage, read> dy_rows: array<f32>;         // (T, ldy)
 @group(0) @binding(3) var<storage, read_write> dx_rows: array<f32>;   // (T, K)
@@ -217,12 +220,13 @@ fn matmul_backward_dx_subgroup(
     let last_t = pd.t - 1u;
     var rows: array<u32, 4>;
     for (var m = 0u; m < 4u; m++) { rows[m] = min(t0 + m, last_t) * pd.ldy + pd.n_off; }
+    let base = pd.first - pd.row0; // dY column of weight row `first`, past n_off
     let end = pd.first + pd.n;
     let last_n = end - 1u;
     var lo: array<vec4<f32>, 4>;
     var hi: array<vec4<f32>, 4>;
     for (var n0 = pd.first; n0 < end; n0 += LANES) {
-        let nl = min(n0 + lane, last_n);
+        let nl = min(n0 + lane, last_n) - pd.first + base;
         let live = n0 + lane < end;
         let g = select(vec4<f32>(0.0), vec4<f32>(
             dy_rows[rows[0] + nl], dy_rows[rows[1] + nl], dy_rows[rows[2] + nl], dy_rows[rows[3] + nl],

@@ -9,7 +9,8 @@ use crate::gpu::KernelProfile;
 use crate::gpu::check::{fail, need, need_any_weight, need_weight};
 use crate::gpu::device::GridLimit;
 use crate::gpu::shaders::{
-    ATTENTION, ELEMENTWISE, MATMUL, MATMUL_ROWS_SUBGROUP, MATMUL_SUBGROUP, MATMUL_WORKGROUP, NORM,
+    ATTENTION, ATTENTION_SUBGROUP, ELEMENTWISE, MATMUL, MATMUL_ROWS_SUBGROUP, MATMUL_SUBGROUP,
+    MATMUL_WORKGROUP, NORM,
 };
 use crate::gpu::{Batch, BlockedWeight16, Tensor, Weight16};
 
@@ -96,7 +97,9 @@ pub(crate) struct MatmulParams {
     flags: u32,
     ldy: u32,
     n_off: u32,
-    pad0: u32,
+    /// First weight row: output column n reads row `w_row0 + n`. Read by the subgroup forward kernels
+    /// only (matmul_subgroup.wgsl), for the cross-entropy's vocabulary chunks; 0 from every other launch.
+    w_row0: u32,
     pad1: u32,
 }
 
@@ -219,7 +222,7 @@ impl<'g> Batch<'g> {
             flags,
             ldy: ldy as u32,
             n_off: n_off as u32,
-            pad0: 0,
+            w_row0: 0,
             pad1: 0,
         };
         let bias = bias.map_or(&gpu.dummy, |b| &b.buffer);
@@ -442,6 +445,13 @@ impl<'g> Batch<'g> {
         need(op, "scores", scores, &[tu, hu, p.span as usize])?;
         need(op, "out", out, &[tu, hu * hd])?;
         let (t, h) = (p.t, p.n_head);
+        if let Some(quads) = self.subgroup_attention_quads(p) {
+            // One subgroup per (head, token), as the fused kernel's workgroups.
+            let buffers = [&tok.buffer, &q.buffer, &k_cache.buffer, &v_cache.buffer, &out.buffer];
+            let quads = [("QUADS", quads as f64)];
+            self.dispatch_with(&ATTENTION_SUBGROUP, "attn_subgroup_forward", &quads, p, &buffers, [h, t, 1]);
+            return Ok(());
+        }
         if fused_attention_fits(p) {
             // One workgroup per (head, token); both stay within the limit (t ≤ MAX_STEP_TOKENS).
             let buffers =
@@ -622,6 +632,24 @@ fn check_matmul(x: &Tensor, w: &Weight16, y: &Tensor, t: usize, ldy: usize, n_of
 
 /// Whether [`Batch::attention`] runs as one launch: the fused kernel reads q, k, v in whole `vec4`s and
 /// gives each of its 64 lanes one feature quad of a head (hd / 4 ≤ 64).
+/// Loop iterations one invocation of a kernel may spend (lavapipe's budget is about 65536).
+const LOOP_BUDGET: u64 = 60000;
+
+impl Batch<'_> {
+    /// The feature quads per lane of attention_subgroup.wgsl's kernel (hd / 32), where it applies: the
+    /// CPU family with subgroups of eight (as the broadcast matmuls), hd a multiple of 32 up to 256, and
+    /// the longest key walk within lavapipe's loop budget counted as if nothing unrolled.
+    pub(super) fn subgroup_attention_quads(&self, p: &AttnParams) -> Option<u32> {
+        let gpu = self.gpu_ref();
+        let quads = p.head_dim / 32;
+        let fits = gpu.subgroup_matmul.is_some()
+            && p.head_dim.is_multiple_of(32)
+            && (1..=8).contains(&quads)
+            && u64::from(p.span) * (1 + 2 * u64::from(quads)) + 2 * u64::from(quads) <= LOOP_BUDGET;
+        fits.then_some(quads)
+    }
+}
+
 fn fused_attention_fits(p: &AttnParams) -> bool {
     p.head_dim.is_multiple_of(4) && (4..=256).contains(&p.head_dim)
 }
@@ -634,7 +662,7 @@ fn check_gather(op: &str, ids: &Tensor, dim: usize, out: &Tensor, t: usize) -> R
 
 /// The caches hold at least one slot of (Hkv, ctx, hd) each, and the same number of slots (which slot
 /// each token writes is read from `tok` on the GPU).
-fn check_caches(op: &str, p: &AttnParams, k_cache: &Tensor, v_cache: &Tensor) -> Result<()> {
+pub(super) fn check_caches(op: &str, p: &AttnParams, k_cache: &Tensor, v_cache: &Tensor) -> Result<()> {
     let slot = [p.n_kv_head as usize, p.ctx as usize, p.head_dim as usize];
     need(op, "k_cache", k_cache, &slot)?;
     need(op, "v_cache", v_cache, &slot)?;

@@ -39,6 +39,8 @@ shader!(NORM, "norm.wgsl", NONE, true);
 // validates them before upload (`Decoder::check_step`), but `Batch::attention` and the other public
 // launches take any `tok` tensor, and the kernels do not re-check these values: checks stay on.
 shader!(ATTENTION, "attention.wgsl", NONE, false);
+// The same `tok` values index attention_subgroup.wgsl's caches: checks stay on there too.
+shader!(ATTENTION_SUBGROUP, "attention_subgroup.wgsl", wgpu::Features::SUBGROUP, false);
 // Token ids are clamped (embed_rows) or range-tested (embed_rows_add) against the table's rows, log-prob
 // targets clamped to the vocabulary, and pooling spans clamped to x's rows, in the shader.
 shader!(ELEMENTWISE, "elementwise.wgsl", NONE, true);
@@ -62,6 +64,7 @@ pub const ALL: &[ShaderSource] = &[
     MATMUL,
     NORM,
     ATTENTION,
+    ATTENTION_SUBGROUP,
     ELEMENTWISE,
     MATMUL_WORKGROUP,
     MATMUL_ROWS_SUBGROUP,
@@ -177,9 +180,8 @@ mod tests {
                     "xent_online_forward",
                     "xent_finish_forward",
                     "xent_dlogits_backward",
-                    "xent_dh_backward",
                     "xent_exp_forward",
-                    "xent_dh_online_forward",
+                    "xent_rescale_forward",
                     "xent_finish_grad_backward",
                     "xent_target_row_backward",
                 ],

@@ -537,12 +537,18 @@ fn attention_train_forward_and_backward_match_reference() {
     check_attention_train_and_backward(&gpu());
 }
 
-/// The last case's 186 score rows take three workgroups of the softmax, which fold under a lowered
-/// grid limit (`kernels_folded_grids.rs`).
+/// The fourth case's 186 score rows take three workgroups of the softmax, which fold under a lowered
+/// grid limit (`kernels_folded_grids.rs`). Head sizes 32, 64 and 128 take attention_subgroup.wgsl's
+/// training forward on lavapipe (kernels_attention_subgroup.rs checks that it runs).
 pub(crate) fn check_attention_train_and_backward(gpu: &Gpu) {
-    for &(n_head, n_kv_head, head_dim, n0, n1) in
-        &[(4usize, 2usize, 16usize, 9u32, 4u32), (3, 1, 8, 5, 2), (2, 2, 64, 1, 1), (6, 2, 12, 20, 11)]
-    {
+    for &(n_head, n_kv_head, head_dim, n0, n1) in &[
+        (4usize, 2usize, 16usize, 9u32, 4u32),
+        (3, 1, 8, 5, 2),
+        (2, 2, 64, 1, 1),
+        (6, 2, 12, 20, 11),
+        (4, 2, 32, 7, 3),
+        (2, 1, 128, 6, 9),
+    ] {
         let s = AttnShape { n_head, n_kv_head, head_dim, ctx: 40 };
         // The last case interleaves the two sequences' tokens in the flat batch.
         let tok = if n0 == 20 { interleaved(two_sequences(n0, n1)) } else { two_sequences(n0, n1) };

@@ -5,8 +5,8 @@
 
 use crate::common::{assert_close, gpu, random};
 
-use babelrl::gpu::cpu_ref;
 use babelrl::gpu::kernels::{GradWrite, XENT_CHUNK, XENT_IGNORE, xent_chunk_cols};
+use babelrl::gpu::{Gpu, GpuOptions, cpu_ref};
 use half::f16;
 
 fn to_f16(v: &[f32]) -> Vec<f16> {
@@ -108,8 +108,7 @@ fn cross_entropy_reference_matches_finite_differences() {
 }
 
 /// Forward and backward on the GPU against the reference; `per_block` rows per weight block.
-fn check(t: usize, vocab: usize, dim: usize, per_block: usize, write: GradWrite, seed: u64) {
-    let gpu = gpu();
+fn check(gpu: &Gpu, t: usize, vocab: usize, dim: usize, per_block: usize, write: GradWrite, seed: u64) {
     let h = random(t * dim, 1.0, seed);
     let w = to_f16(&random(vocab * dim, 0.5, seed + 1));
     let ignored: Vec<usize> = if t > 2 { vec![t / 2] } else { vec![] };
@@ -175,22 +174,45 @@ fn check(t: usize, vocab: usize, dim: usize, per_block: usize, write: GradWrite,
     }
 }
 
+/// (T, V, D, rows per block): one row; T = 67 (not a multiple of 64 or 4, and past the broadcast
+/// matmul's four-rows-per-lane threshold) and V = 4099 (one full chunk and 3 columns); V = 9000 in blocks
+/// of 5000 (chunks restart at each block); V = 70001 > 65536 in blocks of 30000 with a small D (long
+/// vocabularies, as Qwen's 151,936 in row blocks).
+const CASES: [(usize, usize, usize, usize); 4] =
+    [(1, 5, 8, usize::MAX), (67, 4099, 24, usize::MAX), (13, 9000, 16, 5000), (3, 70001, 8, 30000)];
+
+fn check_cases(gpu: &Gpu) {
+    assert!(CASES.iter().any(|c| c.1 % XENT_CHUNK != 0 && c.1 > XENT_CHUNK));
+    for (i, &(t, vocab, dim, per_block)) in CASES.iter().enumerate() {
+        let write = if i % 2 == 0 { GradWrite::Overwrite } else { GradWrite::Accumulate };
+        check(gpu, t, vocab, dim, per_block, write, 10 * i as u64);
+    }
+}
+
+/// The adapter's own kernels: on lavapipe (subgroups of eight) the chunk products run on the broadcast
+/// matmuls (matmul_subgroup.wgsl), which the profile shows.
 #[test]
 fn lm_head_cross_entropy_matches_reference_on_awkward_sizes() {
-    // (T, V, D, rows per block): one row; T = 67 (not a multiple of 64 or 4) and V = 4099 (one full
-    // chunk and 3 columns); V = 9000 in blocks of 5000 (chunks restart at each block); V = 70001 > 65536
-    // in blocks of 30000 with a small D (long vocabularies, as Qwen's 151,936 in row blocks).
-    let cases = [
-        (1usize, 5usize, 8usize, usize::MAX),
-        (67, 4099, 24, usize::MAX),
-        (13, 9000, 16, 5000),
-        (3, 70001, 8, 30000),
-    ];
-    assert!(cases.iter().any(|c| c.1 % XENT_CHUNK != 0 && c.1 > XENT_CHUNK));
-    for (i, &(t, vocab, dim, per_block)) in cases.iter().enumerate() {
-        let write = if i % 2 == 0 { GradWrite::Overwrite } else { GradWrite::Accumulate };
-        check(t, vocab, dim, per_block, write, 10 * i as u64);
+    let gpu = Gpu::new(&GpuOptions { profile: true, ..GpuOptions::from_env() }).unwrap();
+    gpu.take_profile();
+    check_cases(&gpu);
+    if gpu.subgroup_matmul_rows().is_some() {
+        let ran: Vec<String> = gpu.take_profile().into_iter().map(|k| k.kernel).collect();
+        for entry in
+            ["matmul_forward_subgroup", "matmul_forward_subgroup_1row", "matmul_backward_dx_subgroup"]
+        {
+            assert!(ran.iter().any(|k| k.ends_with(&format!("::{entry}"))), "{entry} did not run: {ran:?}");
+        }
+        assert!(!ran.iter().any(|k| k.ends_with("::xent_logits_chunk")), "{ran:?}");
     }
+}
+
+/// Without subgroup operations: cross_entropy.wgsl's own logits tile and matmul.wgsl's dX kernel.
+#[test]
+fn lm_head_cross_entropy_without_subgroups_matches_reference() {
+    let gpu = Gpu::new(&GpuOptions { disable_subgroups: true, ..GpuOptions::from_env() }).unwrap();
+    assert!(gpu.subgroup_matmul_rows().is_none());
+    check_cases(&gpu);
 }
 
 #[test]

@@ -22,6 +22,7 @@ mod gguf_decoders;
 mod gguf_quant;
 mod gguf_reader;
 mod kernels;
+mod kernels_attention_subgroup;
 mod kernels_backward;
 mod kernels_decode;
 mod kernels_dropout;

@@ -64,10 +64,12 @@ pub fn bench_grpo(lm: &LanguageModel, b: &GrpoBench, figures: &mut Figures) -> a
         Ok((m, start.elapsed().as_secs_f64()))
     };
     step()?; // warm-up: pipelines and allocations
+    model.gpu().take_profile(); // the warm-up's kernels are not part of the profile
     let mut runs = Vec::new();
     for _ in 0..b.steps {
         runs.push(step()?);
     }
+    let kernels = model.gpu().take_profile();
     let n = runs.len().max(1) as f64;
     let mean = |f: &dyn Fn(&(GrpoStepMetrics, f64)) -> f64| runs.iter().map(f).sum::<f64>() / n;
     let total = mean(&|r| r.1);
@@ -89,6 +91,10 @@ pub fn bench_grpo(lm: &LanguageModel, b: &GrpoBench, figures: &mut Figures) -> a
         "| {total:.2} | {rollout:.2} | {rew:.4} | {reference:.2} | {update:.2} | {generated:.1} | {:.1} |",
         generated / total
     );
+    if !kernels.is_empty() {
+        // Rollout (decode kernels, prefill) and update (training kernels) together, per step.
+        crate::bench::print_profile("GRPO step, rollout and update, per step", &kernels, b.steps);
+    }
     for (name, v) in [
         ("grpo_step_seconds", total),
         ("grpo_rollout_seconds", rollout),

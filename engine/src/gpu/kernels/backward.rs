@@ -8,7 +8,7 @@ use bytemuck::{Pod, Zeroable};
 use super::{AttnParams, ElementwiseParams, NormParams, grid_1d, grid_rows, groups};
 use crate::Result;
 use crate::gpu::check::{fail, need, need_weight, to_u32};
-use crate::gpu::shaders::{ATTENTION, ELEMENTWISE, MATMUL, MATMUL_SUBGROUP, NORM};
+use crate::gpu::shaders::{ATTENTION, ATTENTION_SUBGROUP, ELEMENTWISE, MATMUL, MATMUL_SUBGROUP, NORM};
 use crate::gpu::{Batch, Tensor, Weight16};
 
 /// Whether a backward launch overwrites its gradient output or adds into it (a residual stream's
@@ -26,7 +26,7 @@ impl GradWrite {
 }
 
 /// Parameters of matmul_backward_dx (mirrors `DxParams` in matmul.wgsl): weight rows
-/// `first .. first + n`, read against dY columns `n_off + first ..`.
+/// `first .. first + n`, read against dY columns `n_off + first − row0 ..`.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct DxParams {
@@ -37,7 +37,8 @@ struct DxParams {
     ldy: u32,
     n_off: u32,
     first: u32,
-    pad: u32,
+    /// Weight row n's dY value is in column `n_off + n − row0` (the launch's first row of its range).
+    row0: u32,
 }
 
 /// Weight rows one dX launch walks: lavapipe stops an invocation after about 65536 loop iterations in
@@ -217,6 +218,27 @@ impl<'g> Batch<'g> {
         need_weight(k, "w", w)?;
         need(k, "dy", dy, &[t, ldy])?;
         need(k, "dx", dx, &[t, cols])?;
+        self.record_dx(dy, w, 0..n, ldy, n_off, dx, t, write)
+    }
+
+    /// Records dX (T, K) (+)= Σ over weight rows n in `rows` of dY[t, n_off + n − rows.start] · W[n], in
+    /// launches of at most [`DX_ROWS_PER_LAUNCH`] rows that add up: a whole weight (`rows` = 0..N), or
+    /// a range of one taken against its own dY (the cross-entropy's vocabulary chunks, loss.rs). The
+    /// caller has checked the sizes; `w` is not packed.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn record_dx(
+        &mut self,
+        dy: &Tensor,
+        w: &Weight16,
+        rows: std::ops::Range<usize>,
+        ldy: usize,
+        n_off: usize,
+        dx: &Tensor,
+        t: usize,
+        write: GradWrite,
+    ) -> Result<()> {
+        let (k, cols) = ("matmul_backward_dx", w.cols);
+        debug_assert!(w.packed.is_none(), "{k}: a packed weight reaches the dX launch unexpanded");
         let t32 = to_u32(k, "tokens", t)?;
         // CPU family with subgroups of eight: dY values shared by broadcast, 64 columns × 4 rows per
         // workgroup of eight; else 8 (K % 8 == 0) or 2 columns × 4 rows per invocation.
@@ -230,17 +252,18 @@ impl<'g> Batch<'g> {
         let grid = [column_groups, t32.div_ceil(4), 1];
         let (k32, ldy32, n_off32) =
             (to_u32(k, "K", cols)?, to_u32(k, "ldy", ldy)?, to_u32(k, "n_off", n_off)?);
-        for first in (0..n).step_by(DX_ROWS_PER_LAUNCH) {
-            let write = if first == 0 { write } else { GradWrite::Accumulate };
+        let row0 = to_u32(k, "first row", rows.start)?;
+        for first in rows.clone().step_by(DX_ROWS_PER_LAUNCH) {
+            let write = if first == rows.start { write } else { GradWrite::Accumulate };
             let params = DxParams {
                 t: t32,
-                n: to_u32(k, "rows", DX_ROWS_PER_LAUNCH.min(n - first))?,
+                n: to_u32(k, "rows", DX_ROWS_PER_LAUNCH.min(rows.end - first))?,
                 k: k32,
                 flags: write.flag(),
                 ldy: ldy32,
                 n_off: n_off32,
                 first: to_u32(k, "first row", first)?,
-                pad: 0,
+                row0,
             };
             self.dispatch(shader, entry, &params, &[&dy.buffer, &w.buffer, &dx.buffer], grid);
         }
@@ -319,6 +342,18 @@ impl<'g> Batch<'g> {
         need(k, "q", q, &[t, h, hd])?;
         need(k, "out", out, &[t, h * hd])?;
         need(k, "lse", lse, &[t, h])?;
+        need(k, "tok", tok, &[t, 4])?;
+        super::check_caches(k, p, k_cache, v_cache)?;
+        if let Some(quads) = self.subgroup_attention_quads(p) {
+            // One subgroup per (head, token) with an online softmax (attention_subgroup.wgsl): no
+            // scores written; the backward recomputes them from lse as it does after the three kernels.
+            let buffers =
+                [&tok.buffer, &q.buffer, &k_cache.buffer, &v_cache.buffer, &out.buffer, &lse.buffer];
+            let quads = [("QUADS", quads as f64)];
+            let entry = "attn_subgroup_train_forward";
+            self.dispatch_with(&ATTENTION_SUBGROUP, entry, &quads, p, &buffers, [p.n_head, p.t, 1]);
+            return Ok(());
+        }
         self.dispatch(
             &ATTENTION,
             "attn_scores_forward",

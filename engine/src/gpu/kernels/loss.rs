@@ -5,10 +5,10 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{GradWrite, grid_1d, grid_rows, groups};
+use super::{GradWrite, MatmulParams, grid_1d, grid_rows, groups};
 use crate::Result;
 use crate::gpu::check::{fail, need, need_weight, to_u32};
-use crate::gpu::shaders::CROSS_ENTROPY;
+use crate::gpu::shaders::{CROSS_ENTROPY, MATMUL_SUBGROUP};
 use crate::gpu::{Batch, BlockedWeight16, Tensor};
 
 /// Vocabulary rows per chunk: the scratch holds (T, chunk) logits. lavapipe stops an invocation after
@@ -37,7 +37,7 @@ struct XentParams {
     /// The chunk's first vocabulary id.
     v0: u32,
     vocab: u32,
-    /// Bit 0: first chunk (online update) / accumulate into dh.
+    /// Bit 0: the first chunk (the online update starts its running stats).
     flags: u32,
     pad: u32,
 }
@@ -94,9 +94,26 @@ fn chunks(w: &BlockedWeight16) -> impl Iterator<Item = (&crate::gpu::Weight16, u
 }
 
 impl<'g> Batch<'g> {
-    /// Records logits (T, c) = h · W[r0 .. r0 + c]ᵀ of one chunk into `scratch`.
+    /// Records logits (T, c) = h · W[r0 .. r0 + c]ᵀ of one chunk into `scratch` (row stride c). On the
+    /// CPU family with subgroups of eight, the broadcast matmul's kernels (matmul_subgroup.wgsl, taking
+    /// the chunk's rows by `w_row0`); elsewhere the 4×4 tile of cross_entropy.wgsl.
     fn xent_logits(&mut self, p: &XentParams, h: &Tensor, block: &crate::gpu::Weight16, scratch: &Tensor) {
-        let limit = self.gpu_ref().grid_limit;
+        let gpu = self.gpu_ref();
+        let limit = gpu.grid_limit;
+        if let Some(rows) = gpu.subgroup_matmul {
+            let (entry, rows_per_group) = if p.t as usize >= rows.four_per_lane {
+                ("matmul_forward_subgroup", 32)
+            } else {
+                ("matmul_forward_subgroup_1row", 8)
+            };
+            let params =
+                MatmulParams { t: p.t, n: p.c, k: p.d, flags: 0, ldy: p.c, n_off: 0, w_row0: p.r0, pad1: 0 };
+            let grid = grid_rows(p.c.div_ceil(8), p.t.div_ceil(rows_per_group), limit);
+            let dummy = &gpu.dummy;
+            let buffers = [&h.buffer, &block.buffer, dummy, dummy, &scratch.buffer];
+            self.dispatch(&MATMUL_SUBGROUP, entry, &params, &buffers, grid);
+            return;
+        }
         let grid = grid_rows(groups((p.c as usize).div_ceil(4)), p.t.div_ceil(4), limit);
         self.dispatch(
             &CROSS_ENTROPY,
@@ -105,6 +122,20 @@ impl<'g> Batch<'g> {
             &[&h.buffer, &block.buffer, &scratch.buffer],
             grid,
         );
+    }
+
+    /// Records dh (T, D) (+)= chunk (T, c) · W[r0 .. r0 + c]: the frozen linear's input gradient over the
+    /// chunk's rows ([`Batch::record_dx`], sizes checked by `check_common`).
+    fn xent_chunk_times_w(
+        &mut self,
+        p: &XentParams,
+        chunk: &Tensor,
+        block: &crate::gpu::Weight16,
+        dh: &Tensor,
+        write: GradWrite,
+    ) -> Result<()> {
+        let (r0, c) = (p.r0 as usize, p.c as usize);
+        self.record_dx(chunk, block, r0..r0 + c, c, 0, dh, p.t as usize, write)
     }
 
     /// Per row of the hidden states h (T, D) (final-normed, f32) and the LM head `w` (V, D) (16-bit, in
@@ -171,15 +202,13 @@ impl<'g> Batch<'g> {
             return Ok(());
         }
         let limit = self.gpu_ref().grid_limit;
-        let dh_grid = grid_rows(groups(w.cols / 8), tu.div_ceil(4), limit);
         for (i, (block, r0, c, v0)) in chunks(w).enumerate() {
-            let accumulate = i > 0 || write == GradWrite::Accumulate;
-            let p = XentParams::chunk(tu, d, vocab, (r0, c, v0), accumulate);
+            let write = if i > 0 { GradWrite::Accumulate } else { write };
+            let p = XentParams::chunk(tu, d, vocab, (r0, c, v0), false);
             self.xent_logits(&p, h, block, scratch);
             let buffers = [&targets.buffer, &lse.buffer, &grad.buffer, &scratch.buffer];
             self.dispatch(&CROSS_ENTROPY, "xent_dlogits_backward", &p, &buffers, grid_1d(t * c, limit));
-            let buffers = [&scratch.buffer, &block.buffer, &dh.buffer];
-            self.dispatch(&CROSS_ENTROPY, "xent_dh_backward", &p, &buffers, dh_grid);
+            self.xent_chunk_times_w(&p, scratch, block, dh, write)?;
         }
         Ok(())
     }
@@ -214,7 +243,6 @@ impl<'g> Batch<'g> {
             return Ok(());
         }
         let limit = self.gpu_ref().grid_limit;
-        let dh_grid = grid_rows(groups(w.cols / 8), tu.div_ceil(4), limit);
         for (i, (block, r0, c, v0)) in chunks(w).enumerate() {
             let p = XentParams::chunk(tu, d, vocab, (r0, c, v0), i == 0);
             self.xent_logits(&p, h, block, scratch);
@@ -222,8 +250,21 @@ impl<'g> Batch<'g> {
             self.dispatch(&CROSS_ENTROPY, "xent_online_forward", &p, &buffers, grid_1d(t, limit));
             let buffers = [&stats.buffer, &scratch.buffer];
             self.dispatch(&CROSS_ENTROPY, "xent_exp_forward", &p, &buffers, grid_1d(t * c, limit));
-            let buffers = [&scratch.buffer, &block.buffer, &dh.buffer, &stats.buffer];
-            self.dispatch(&CROSS_ENTROPY, "xent_dh_online_forward", &p, &buffers, dh_grid);
+            // dh_t = dh_t · factor_t (what earlier chunks summed, to the new running max) + chunk · W.
+            let write = if i == 0 {
+                GradWrite::Overwrite
+            } else {
+                let buffers = [&stats.buffer, &dh.buffer];
+                self.dispatch(
+                    &CROSS_ENTROPY,
+                    "xent_rescale_forward",
+                    &p,
+                    &buffers,
+                    grid_1d(t * w.cols, limit),
+                );
+                GradWrite::Accumulate
+            };
+            self.xent_chunk_times_w(&p, scratch, block, dh, write)?;
         }
         let p = XentParams::rows(tu, d, vocab);
         let buffers = [&targets.buffer, &stats.buffer, &lse.buffer, &nll.buffer];
