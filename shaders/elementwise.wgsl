@@ -7,6 +7,8 @@
 // mean_pool_forward: out (B, D) = mean of x rows [start_b, start_b + len_b) (attention-mask pooling).
 // l2_normalize_forward: each row divided by its L2 norm, in place.
 // dropout_{forward,backward}: out = keep(i) ? x · s : 0, dx += keep(i) ? dy · s : 0 (LoRA's input dropout).
+// gather_rows_forward: out (R, D) = x[rows[i]]; scatter_rows_forward: out[rows[i]] = x[i] (R, D), other rows
+//   of out untouched (the LM head's cross-entropy over the rows that have a target).
 // Grids wider than the adapter's per-dimension limit fold: a 2-D grid's x continues in z (index
 // x + z · num_workgroups.x · WG), a 1-D grid's in y.
 
@@ -228,4 +230,26 @@ fn dropout_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     let i = gid.x + gid.y * nwg.x * WG;
     if (i >= dp.n) { return; }
     if (dropout_keep(i)) { drop_out[i] += drop_in[i] * dp.scale; }
+}
+
+// Row gathers and scatters of f32 rows: rows = idx (R), each clamped to the `extra` rows of the indexed
+// side (the host builds the map; the clamp guards the buffer). Grid: 1-D over R · D, folded into y.
+@group(0) @binding(2) var<storage, read> rows_src: array<f32>;
+
+@compute @workgroup_size(WG)
+fn gather_rows_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if (i >= p.rows * p.dim) { return; }
+    let r = i / p.dim;
+    let src = min(idx[r], p.extra - 1u);
+    out[i] = rows_src[src * p.dim + i % p.dim];
+}
+
+@compute @workgroup_size(WG)
+fn scatter_rows_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if (i >= p.rows * p.dim) { return; }
+    let r = i / p.dim;
+    let dst = min(idx[r], p.extra - 1u);
+    out[dst * p.dim + i % p.dim] = rows_src[i];
 }

@@ -55,10 +55,13 @@ struct Params {
 @group(0) @binding(2) var<storage, read> rhs: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
-const ROWS: u32 = 4u;    // rows per lane
+// Rows per lane, 4 or 1 (a pipeline constant): the host takes one row per lane (8 rows × 8 columns a
+// workgroup) for fewer than `SubgroupMatmulRows::four_per_lane` rows (32: a decoded batch's T = 8
+// left six lanes of eight loading clamped rows), as for the broadcast matmuls.
+override ROWS: u32 = 4u;
 const LANES: u32 = 8u;   // lanes per subgroup = columns per workgroup
 
-// Stores column n of this lane's four rows m0 .. m0 + 3 (those that exist).
+// Stores column n of this lane's ROWS rows m0 .. (those that exist; components past ROWS unused).
 fn store_col(m0: u32, n: u32, v: vec4<f32>) {
     if (n >= p.n) { return; }
     for (var i = 0u; i < ROWS; i++) {
@@ -84,7 +87,7 @@ fn gemm(wid: vec3<u32>, nwg: vec3<u32>, lane: u32) {
     let r3 = p.p_off + min(m0 + 3u, last_m) * p.p_sm;
     var qi = p.q_off + min(n0 + lane, p.n - 1u) * p.q_sn;
     var pk = 0u;
-    // c<j>: column n0 + j of the four rows.
+    // c<j>: column n0 + j of the lane's rows.
     var c0 = vec4<f32>(0.0);
     var c1 = vec4<f32>(0.0);
     var c2 = vec4<f32>(0.0);
@@ -94,7 +97,8 @@ fn gemm(wid: vec3<u32>, nwg: vec3<u32>, lane: u32) {
     var c6 = vec4<f32>(0.0);
     var c7 = vec4<f32>(0.0);
     for (var k = 0u; k < p.kred; k++) {
-        let a = vec4<f32>(lhs[r0 + pk], lhs[r1 + pk], lhs[r2 + pk], lhs[r3 + pk]);
+        var a = vec4<f32>(lhs[r0 + pk], 0.0, 0.0, 0.0);
+        if (ROWS == 4u) { a = vec4<f32>(a.x, lhs[r1 + pk], lhs[r2 + pk], lhs[r3 + pk]); }
         let q = rhs[qi];
         c0 += a * subgroupBroadcast(q, 0u);
         c1 += a * subgroupBroadcast(q, 1u);

@@ -502,6 +502,60 @@ impl<'g> Batch<'g> {
         Ok(())
     }
 
+    /// out (R, D) = x[rows[i]] for i < R, x holding `x_rows` rows of D (row ids clamped to them).
+    pub fn gather_rows(
+        &mut self,
+        x: &Tensor,
+        rows: &Tensor,
+        out: &Tensor,
+        r: usize,
+        x_rows: usize,
+        dim: usize,
+    ) -> Result<()> {
+        self.row_map("gather_rows", "gather_rows_forward", x, rows, out, (r, x_rows, dim), [x_rows, r])
+    }
+
+    /// out[rows[i]] = x[i] for i < R (x (R, D), out holding `out_rows` rows of D; row ids clamped to
+    /// them); the other rows of out are left as they are.
+    pub fn scatter_rows(
+        &mut self,
+        x: &Tensor,
+        rows: &Tensor,
+        out: &Tensor,
+        r: usize,
+        out_rows: usize,
+        dim: usize,
+    ) -> Result<()> {
+        self.row_map("scatter_rows", "scatter_rows_forward", x, rows, out, (r, out_rows, dim), [r, out_rows])
+    }
+
+    /// A row gather or scatter: `(r, indexed rows, dim)`, and the row counts of x and out.
+    #[allow(clippy::too_many_arguments)]
+    fn row_map(
+        &mut self,
+        op: &str,
+        entry: &str,
+        x: &Tensor,
+        rows: &Tensor,
+        out: &Tensor,
+        (r, indexed, dim): (usize, usize, usize),
+        [x_rows, out_rows]: [usize; 2],
+    ) -> Result<()> {
+        if r == 0 {
+            return Ok(());
+        }
+        if indexed == 0 {
+            return Err(fail(op, "the indexed side has no rows"));
+        }
+        need(op, "rows", rows, &[r])?;
+        need(op, "x", x, &[x_rows, dim])?;
+        need(op, "out", out, &[out_rows, dim])?;
+        let params = ElementwiseParams { rows: r as u32, dim: dim as u32, extra: indexed as u32, flags: 0 };
+        let grid = grid_1d(r * dim, self.gpu_ref().grid_limit);
+        self.dispatch(&ELEMENTWISE, entry, &params, &[&rows.buffer, &x.buffer, &out.buffer], grid);
+        Ok(())
+    }
+
     /// act (T, I) = silu(gu[:, :I]) · gu[:, I:].
     pub fn swiglu(&mut self, gu: &Tensor, act: &Tensor, t: usize, inter: usize) -> Result<()> {
         need("swiglu", "gu", gu, &[t, 2 * inter])?;

@@ -316,11 +316,18 @@ impl<'g> Batch<'g> {
             pad0: 0,
             pad1: 0,
         };
-        // Grid: x = groups of eight columns (folded into z past the limit), y = groups of 32 rows
+        // Four rows per lane from `four_per_lane` rows (as the broadcast matmuls), else one: a decoded
+        // batch of eight rows would leave six lanes of eight loading clamped rows.
+        let gpu = self.gpu_ref();
+        let four = gpu.subgroup_matmul.is_none_or(|rows| pr.m >= rows.four_per_lane);
+        let rows_per_lane = if four { 4 } else { 1 };
+        // Grid: x = groups of eight columns (folded into z past the limit), y = groups of 8 · ROWS rows
         // (at most LOOP_BUDGET / 32 of them).
-        let (x, hi) = split_groups(pr.n.div_ceil(8) as u32, self.gpu_ref().grid_limit);
-        let grid = [x, pr.m.div_ceil(32) as u32, hi];
-        self.dispatch(&LORA_SUBGROUP, pr.entry, &params, &[pr.lhs.buf, pr.rhs.buf, pr.out.buf], grid);
+        let (x, hi) = split_groups(pr.n.div_ceil(8) as u32, gpu.grid_limit);
+        let grid = [x, pr.m.div_ceil(8 * rows_per_lane) as u32, hi];
+        let buffers = [pr.lhs.buf, pr.rhs.buf, pr.out.buf];
+        let rows = [("ROWS", rows_per_lane as f64)];
+        self.dispatch_with(&LORA_SUBGROUP, pr.entry, &rows, &params, &buffers, grid);
     }
 
     /// `lora_backward` through the broadcast products (shapes already checked): du (T, R) =

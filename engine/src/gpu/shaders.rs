@@ -103,12 +103,18 @@ mod tests {
                 validate(shader.name, shader.source, shader.features).unwrap_or_else(|e| panic!("{e}"));
             assert!(!module.entry_points.is_empty(), "{} has no entry point", shader.name);
         }
-        // Only the subgroup kernels (the GPU family's few-row matmul, the CPU family's broadcast and decode
-        // matmuls and LoRA products) need an adapter feature.
+        // Only the subgroup kernels (the GPU family's few-row matmul, the CPU family's attention,
+        // broadcast and decode matmuls and LoRA products) need an adapter feature.
         let needing: Vec<_> = ALL.iter().filter(|s| !s.features.is_empty()).map(|s| s.name).collect();
         assert_eq!(
             needing,
-            ["matmul_rows_subgroup.wgsl", "matmul_subgroup.wgsl", "matmul_decode.wgsl", "lora_subgroup.wgsl"]
+            [
+                "attention_subgroup.wgsl",
+                "matmul_rows_subgroup.wgsl",
+                "matmul_subgroup.wgsl",
+                "matmul_decode.wgsl",
+                "lora_subgroup.wgsl"
+            ]
         );
     }
 

@@ -97,11 +97,43 @@ pub struct Activations {
     /// (T, D) gradient of the final-normed hidden states (written by the forward when the upstream
     /// gradient is known before it).
     pub dnormed: Tensor,
+    /// The LM head's cross-entropy over only the rows that have a target.
+    pub lm_rows: LmRows,
     /// (T, max(D, H·hd, I)) the LoRA input after dropout (only with `lora_dropout` > 0; its masks are
     /// recomputed from their seeds in the backward instead of being saved).
     pub dropped: Option<Tensor>,
     /// The last forward pass recorded into these activations (what its backward needs to know).
     pub last: Option<LastPass>,
+}
+
+/// Where only some rows have a target (GRPO's completions after their prompts, prompt-masked SFT, the
+/// last token of every sequence), the LM head and its cross-entropy run over those rows alone: gathered
+/// from `normed`, their nll and hidden-state gradient scattered back (zero on the other rows), so the
+/// largest matmul of a step skips the rows whose logits no loss reads.
+pub struct LmRows {
+    /// (T) the rows with a target, in order (the first `host.len()` entries).
+    pub rows: Tensor,
+    /// (T, D) their final-normed hidden states.
+    pub normed: Tensor,
+    /// (T) their nll.
+    pub nll: Tensor,
+    /// (T, D) the gradient of their final-normed hidden states.
+    pub dnormed: Tensor,
+    /// The last forward's rows with a target when some rows had none (empty when every row had one,
+    /// or none had: the cross-entropy then ran over `normed` directly).
+    pub host: Vec<u32>,
+}
+
+impl LmRows {
+    fn new(gpu: &Gpu, t: usize, d: usize) -> Result<LmRows> {
+        Ok(LmRows {
+            rows: gpu.zeros("act.lm_rows", &[t])?,
+            normed: gpu.zeros("act.lm_rows.normed", &[t, d])?,
+            nll: gpu.zeros("act.lm_rows.nll", &[t])?,
+            dnormed: gpu.zeros("act.lm_rows.dnormed", &[t, d])?,
+            host: Vec::new(),
+        })
+    }
 }
 
 /// The sizes of the last training forward and whether it computed the LM head's gradient already.
@@ -223,6 +255,7 @@ impl Activations {
             xent_scratch: z("act.xent_scratch", &[t, xent_chunk_cols(c.vocab)])?,
             scores: z("act.scores", &[t, c.n_head, span])?,
             dnormed: z("act.dnormed", &[t, d])?,
+            lm_rows: LmRows::new(gpu, t, d)?,
             dropped: match dropout {
                 true => Some(z("act.lora_dropped", &[t, widest_input(c)])?),
                 false => None,
@@ -248,6 +281,10 @@ impl Activations {
             &self.xent_scratch,
             &self.scores,
             &self.dnormed,
+            &self.lm_rows.rows,
+            &self.lm_rows.normed,
+            &self.lm_rows.nll,
+            &self.lm_rows.dnormed,
         ];
         all.extend(&self.layer_inputs);
         all.extend(&self.dropped);

@@ -83,8 +83,10 @@ fn broadcasting(fold: Option<u32>) -> Option<Arc<Gpu>> {
 /// the other family (`not`) ran.
 fn launches(gpu: &Gpu, names: &[&str; 6], not: &[&str; 6]) -> [u64; 6] {
     let profile = gpu.take_profile();
-    assert!(profile.iter().all(|p| !not.contains(&p.kernel.as_str())), "{profile:?}");
-    names.map(|name| profile.iter().filter(|p| p.kernel == name).map(|p| p.calls).sum())
+    // Entry points without their pipeline constants (`…;ROWS=1`).
+    let entry = |kernel: &str| kernel.split(';').next().unwrap_or_default().to_string();
+    assert!(profile.iter().all(|p| !not.contains(&entry(&p.kernel).as_str())), "{profile:?}");
+    names.map(|name| profile.iter().filter(|p| entry(&p.kernel) == name).map(|p| p.calls).sum())
 }
 
 /// f32 rounding bound of a sum of `terms` products whose absolute values add up to `mag`, onto a
@@ -206,6 +208,22 @@ fn subgroup_lora_matches_reference_with_grids_folded() {
     // One workgroup per dimension before folding: 130 columns take 17 column groups along z.
     let Some(gpu) = broadcasting(Some(1)) else { return };
     every_shape_ran(check_shapes(&gpu, &SUBGROUP, &PER_LANE), &SUBGROUP);
+}
+
+/// Fewer than 32 rows (a decoded batch's T = 8) take one row per lane, more take four, and both agree
+/// with the reference (SHAPES[2]: T = 9; SHAPES[7]: T = 67).
+#[test]
+fn subgroup_lora_takes_one_row_per_lane_below_32_rows() {
+    let Some(gpu) = broadcasting(None) else { return };
+    for (shape, rows) in [(SHAPES[2], "ROWS=1"), (SHAPES[7], "ROWS=4")] {
+        gpu.take_profile();
+        check_on(&gpu, shape, 1.5, 900, true);
+        let ran: Vec<String> = gpu.take_profile().into_iter().map(|k| k.kernel).collect();
+        for product in ["lora_down_subgroup", "lora_up_subgroup", "lora_du_subgroup", "lora_dx_subgroup"] {
+            let want = format!("lora_subgroup.wgsl::{product};{rows}");
+            assert!(ran.contains(&want), "T = {}: {want} did not run: {ran:?}", shape.0);
+        }
+    }
 }
 
 /// The per-element kernels stay the fallback: with `BABELRL_SUBGROUP_LORA=0`, without subgroups and

@@ -239,3 +239,33 @@ fn mis_sized_cross_entropy_launches_are_errors_naming_the_buffer() {
     assert!(err.contains("multiple of 8"), "{err}");
     assert!(b.is_empty(), "a refused launch records nothing");
 }
+
+/// The row gather and scatter around the cross-entropy of the rows with a target (`LmRows`): rows
+/// taken in any order, written back to their places, other rows untouched; mis-sized maps are errors.
+#[test]
+fn row_gather_and_scatter_move_whole_rows() {
+    let gpu = gpu();
+    let (t, d) = (11usize, 24usize);
+    let x = random(t * d, 1.0, 70);
+    let rows = [9u32, 0, 4, 5, 10];
+    let (xg, map) = (gpu.upload_f32("x", &x, &[t, d]).unwrap(), gpu.upload_u32("rows", &rows, &[5]).unwrap());
+    let picked = gpu.zeros("picked", &[t, d]).unwrap();
+    let prior = random(t * d, 1.0, 71);
+    let back = gpu.upload_f32("back", &prior, &[t, d]).unwrap();
+    let mut b = gpu.batch();
+    b.gather_rows(&xg, &map, &picked, rows.len(), t, d).unwrap();
+    b.scatter_rows(&picked, &map, &back, rows.len(), t, d).unwrap();
+    b.submit().unwrap();
+    let got = gpu.read_f32(&picked).unwrap();
+    for (i, &r) in rows.iter().enumerate() {
+        assert_eq!(&got[i * d..(i + 1) * d], &x[r as usize * d..(r as usize + 1) * d], "gathered row {i}");
+    }
+    let got = gpu.read_f32(&back).unwrap();
+    for r in 0..t {
+        let want = if rows.contains(&(r as u32)) { &x } else { &prior };
+        assert_eq!(&got[r * d..(r + 1) * d], &want[r * d..(r + 1) * d], "row {r} after the scatter");
+    }
+    let mut b = gpu.batch();
+    let err = b.gather_rows(&xg, &map, &picked, 6, t, d).unwrap_err().to_string();
+    assert!(err.contains("gather_rows") && err.contains("`rows`"), "{err}");
+}

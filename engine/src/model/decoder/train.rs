@@ -171,9 +171,24 @@ impl Decoder {
         g.write_u32(&acts.ids, &batch.tokens);
         g.write_u32(&acts.tok, &TokenInfo::words(&batch.info));
         g.write_u32(&acts.slot_tokens, &TokenInfo::slot_ranges(&batch.info, acts.cache.slots));
-        g.write_u32(&acts.targets, &batch.targets);
+        // The LM head runs over the rows with a target only (`LmRows`), when some have none: their
+        // targets and upstream gradients go compacted into `targets` and `token_grad`.
+        let vocab = self.cfg.vocab as u32;
+        let with_target: Vec<u32> = (0..t as u32).filter(|&r| batch.targets[r as usize] < vocab).collect();
+        let some = !with_target.is_empty() && with_target.len() < t;
+        acts.lm_rows.host = if some { with_target } else { Vec::new() };
+        let rows = &acts.lm_rows.host;
+        if rows.is_empty() {
+            g.write_u32(&acts.targets, &batch.targets);
+        } else {
+            g.write_u32(&acts.lm_rows.rows, rows);
+            g.write_u32(&acts.targets, &gather(&batch.targets, rows));
+        }
         if let Some(grad) = token_grad {
-            g.write_f32(&acts.token_grad, grad);
+            match rows.is_empty() {
+                true => g.write_f32(&acts.token_grad, grad),
+                false => g.write_f32(&acts.token_grad, &gather(grad, rows)),
+            }
         }
         let temperature = batch.temperature;
         if !(temperature > 0.0 && temperature.is_finite()) {
@@ -197,32 +212,38 @@ impl Decoder {
         b.rms_norm_train(x_last, final_norm, &acts.normed, &acts.inv_rms_final, t, c.rms_eps)?;
         let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let a = &*acts;
+        let lm = LmPass::of(a, t, c.hidden);
         if matches!(head, Head::None) {
             // Stopped at the final-normed hidden states: another head reads `acts.normed`.
-        } else if token_grad.is_some() {
-            b.lm_head_cross_entropy_with_grad(
-                &a.normed,
-                lm_head,
-                &a.targets,
-                &a.token_grad,
-                &a.xent_scratch,
-                &a.xent_stats,
-                &a.lse,
-                &a.nll,
-                &a.dnormed,
-                t,
-            )?;
         } else {
-            b.lm_head_cross_entropy(
-                &a.normed,
-                lm_head,
-                &a.targets,
-                &a.xent_scratch,
-                &a.xent_stats,
-                &a.lse,
-                &a.nll,
-                t,
-            )?;
+            lm.gather(&mut b, a)?;
+            if token_grad.is_some() {
+                b.lm_head_cross_entropy_with_grad(
+                    lm.normed,
+                    lm_head,
+                    &a.targets,
+                    &a.token_grad,
+                    &a.xent_scratch,
+                    &a.xent_stats,
+                    &a.lse,
+                    lm.nll,
+                    lm.dnormed,
+                    lm.rows,
+                )?;
+                lm.scatter(&mut b, a, true)?;
+            } else {
+                b.lm_head_cross_entropy(
+                    lm.normed,
+                    lm_head,
+                    &a.targets,
+                    &a.xent_scratch,
+                    &a.xent_stats,
+                    &a.lse,
+                    lm.nll,
+                    lm.rows,
+                )?;
+                lm.scatter(&mut b, a, false)?;
+            }
         }
         b.submit()?;
         acts.last = Some(LastPass {
@@ -271,18 +292,23 @@ impl Decoder {
                         grad.len()
                     )));
                 }
-                g.write_f32(&acts.token_grad, grad);
+                let lm = LmPass::of(acts, t, self.cfg.hidden);
+                match acts.lm_rows.host.is_empty() {
+                    true => g.write_f32(&acts.token_grad, grad),
+                    false => g.write_f32(&acts.token_grad, &gather(grad, &acts.lm_rows.host)),
+                }
                 b.lm_head_cross_entropy_backward(
-                    &acts.normed,
+                    lm.normed,
                     head,
                     &acts.targets,
                     &acts.lse,
                     &acts.token_grad,
                     &acts.xent_scratch,
-                    &acts.dnormed,
-                    t,
+                    lm.dnormed,
+                    lm.rows,
                     GradWrite::Overwrite,
                 )?;
+                lm.scatter(&mut b, acts, true)?;
             }
             (None, true) => {}
             (Some(_), true) => {
@@ -517,6 +543,82 @@ impl Decoder {
                 t,
                 GradWrite::Accumulate,
             )?;
+        }
+        Ok(())
+    }
+}
+
+/// `values` at `rows`, in order.
+fn gather<V: Copy>(values: &[V], rows: &[u32]) -> Vec<V> {
+    rows.iter().map(|&r| values[r as usize]).collect()
+}
+
+/// The buffers the LM head's cross-entropy of one pass reads and writes: `normed`, `nll` and `dnormed`
+/// over all T rows, or their [`crate::train::LmRows`] copies over the rows with a target.
+struct LmPass<'a> {
+    normed: &'a Tensor,
+    nll: &'a Tensor,
+    dnormed: &'a Tensor,
+    /// Rows the cross-entropy runs over.
+    rows: usize,
+    /// All T rows of the pass.
+    tokens: usize,
+    hidden: usize,
+    compact: bool,
+}
+
+impl<'a> LmPass<'a> {
+    fn of(acts: &'a Activations, tokens: usize, hidden: usize) -> LmPass<'a> {
+        let lm = &acts.lm_rows;
+        match lm.host.is_empty() {
+            true => LmPass {
+                normed: &acts.normed,
+                nll: &acts.nll,
+                dnormed: &acts.dnormed,
+                rows: tokens,
+                tokens,
+                hidden,
+                compact: false,
+            },
+            false => LmPass {
+                normed: &lm.normed,
+                nll: &lm.nll,
+                dnormed: &lm.dnormed,
+                rows: lm.host.len(),
+                tokens,
+                hidden,
+                compact: true,
+            },
+        }
+    }
+
+    /// Records the gather of the rows with a target from `acts.normed` (nothing when all have one).
+    fn gather(&self, b: &mut Batch<'_>, acts: &Activations) -> Result<()> {
+        match self.compact {
+            true => b.gather_rows(
+                &acts.normed,
+                &acts.lm_rows.rows,
+                self.normed,
+                self.rows,
+                self.tokens,
+                self.hidden,
+            ),
+            false => Ok(()),
+        }
+    }
+
+    /// Records the scatter of the rows' nll (and, with `grad`, their hidden-state gradient) into
+    /// `acts.nll` / `acts.dnormed`, zero on the rows without a target (nothing when all have one).
+    fn scatter(&self, b: &mut Batch<'_>, acts: &Activations, grad: bool) -> Result<()> {
+        if !self.compact {
+            return Ok(());
+        }
+        let (map, t, n) = (&acts.lm_rows.rows, self.tokens, self.rows);
+        b.clear(&acts.nll.buffer);
+        b.scatter_rows(self.nll, map, &acts.nll, n, t, 1)?;
+        if grad {
+            b.clear(&acts.dnormed.buffer);
+            b.scatter_rows(self.dnormed, map, &acts.dnormed, n, t, self.hidden)?;
         }
         Ok(())
     }
