@@ -21,14 +21,22 @@
 # --reward-base (default: --model when it is a Hugging Face folder).
 # The peer needs torch + transformers (+ peft for --train, peft + trl for --grpo, --reward, --dpo):
 # BABELRL_PEER_PYTHON names the interpreter (default: the fixtures venv).
+# Each side's tables print as it runs; at the end one table puts every figure of babelrl beside the
+# peer's figure of the same name with their ratio (scripts/bench_table.py on the two sides' JSON, kept
+# in BENCH_OUT when set, else in a temporary folder; do not pass --json yourself).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
-cargo run --release -q -p babelrl --bin babelrl -- bench "$@"
+out="${BENCH_OUT:-$(mktemp -d)}"
+mkdir -p "$out"
+cargo run --release -q -p babelrl --bin babelrl -- bench "$@" --json "$out/babelrl.json"
 echo
 PY="${BABELRL_PEER_PYTHON:-/root/.venvs/fixtures/bin/python}"
 if "$PY" -c "import torch, transformers" 2>/dev/null; then
-  "$PY" scripts/bench_pytorch.py "$@"
+  "$PY" scripts/bench_pytorch.py "$@" --json "$out/peer.json"
+  echo
+  echo "Side by side (babelrl ÷ peer: above 1 is faster for rates, slower for seconds):"
+  python3 scripts/bench_table.py "$out/babelrl.json" "$out/peer.json"
 else
   echo "peer skipped: no python with torch + transformers at $PY (set BABELRL_PEER_PYTHON)"
 fi
