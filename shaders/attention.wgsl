@@ -488,7 +488,7 @@ struct SharedPromptParams {
 }
 @group(0) @binding(0) var<uniform> sp: SharedPromptParams;
 @group(0) @binding(1) var<storage, read> followers: array<u32>;          // shared prompt: follower slots
-@group(0) @binding(2) var<storage, read_write> grad_kv: array<f32>;      // shared prompt: (S, Hkv, C, hd)
+@group(0) @binding(2) var<storage, read_write> grad_kv: array<f32>;      // shared prompt: dK, dV or K, V (S, Hkv, C, hd)
 
 @compute @workgroup_size(WG)
 fn shared_prompt_grad_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -505,4 +505,23 @@ fn shared_prompt_grad_backward(@builtin(global_invocation_id) gid: vec3<u32>, @b
     }
     let at = sp.leader * slot_stride + head_base;
     grad_kv[at] = grad_kv[at] + acc;
+}
+
+// shared_prompt_copy_forward: c[followers[f], h, 0..len, :] = c[leader, h, 0..len, :] for one K or V
+// cache: the forward of a training pass whose shared prompt rows ran once in the leader's slot, so the
+// followers' rows attend to the prompt's keys and values in their own slots (the inverse of
+// shared_prompt_grad_backward, with its parameters and grid).
+@compute @workgroup_size(WG)
+fn shared_prompt_copy_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = flat_id(gid, nwg);
+    let run = sp.len * sp.head_dim;
+    if (e >= sp.n_kv_head * run) { return; }
+    let h = e / run;
+    let within = e % run;
+    let slot_stride = sp.n_kv_head * sp.ctx * sp.head_dim;
+    let head_base = h * sp.ctx * sp.head_dim + within;
+    let v = grad_kv[sp.leader * slot_stride + head_base];
+    for (var f = 0u; f < sp.n_followers; f++) {
+        grad_kv[followers[f] * slot_stride + head_base] = v;
+    }
 }

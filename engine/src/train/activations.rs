@@ -99,6 +99,9 @@ pub struct Activations {
     pub dnormed: Tensor,
     /// The LM head's cross-entropy over only the rows that have a target.
     pub lm_rows: LmRows,
+    /// The last forward's prompts laid out once (`TrainBatch::shared`): each layer's forward copies
+    /// their keys and values to the followers' slots, its backward adds the gradients back.
+    pub shared_prompts: Vec<crate::train::SharedPrefix>,
     /// (T, max(D, H·hd, I)) the LoRA input after dropout (only with `lora_dropout` > 0; its masks are
     /// recomputed from their seeds in the backward instead of being saved).
     pub dropped: Option<Tensor>,
@@ -256,6 +259,7 @@ impl Activations {
             scores: z("act.scores", &[t, c.n_head, span])?,
             dnormed: z("act.dnormed", &[t, d])?,
             lm_rows: LmRows::new(gpu, t, d)?,
+            shared_prompts: Vec::new(),
             dropped: match dropout {
                 true => Some(z("act.lora_dropped", &[t, widest_input(c)])?),
                 false => None,

@@ -43,6 +43,20 @@ pub struct TrainBatch {
     /// The sampling temperature the log-probs are taken at: each row's logits are divided by it before
     /// the log-softmax, as TRL scores GRPO completions (1 for SFT).
     pub temperature: f32,
+    /// Prompts laid out once for several sequences ([`TrainBatch::sharing_prompts`]; empty from
+    /// [`TrainBatch::new`]).
+    pub shared: Vec<SharedPrefix>,
+}
+
+/// Positions `0 .. len` of a prompt several sequences of a batch begin with: their rows are in the
+/// `leader`'s slot only, and each layer copies the leader's keys and values of them into the
+/// `followers`' slots before attention (and adds the followers' key and value gradients of them back
+/// into the leader's after its backward), so every follower's rows attend to them as to its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedPrefix {
+    pub leader: usize,
+    pub followers: Vec<usize>,
+    pub len: usize,
 }
 
 impl TrainBatch {
@@ -64,6 +78,7 @@ impl TrainBatch {
             completion_tokens: 0,
             dropout_seed: 0,
             temperature: 1.0,
+            shared: Vec::new(),
         };
         for (s, seq) in seqs.iter().enumerate() {
             let n = seq.tokens.len();
@@ -98,6 +113,57 @@ impl TrainBatch {
         Ok(b)
     }
 
+    /// As [`TrainBatch::new`], with every prompt that several sequences begin with (a GRPO group's)
+    /// laid out once: a sequence whose `prompt_len` and prompt tokens equal an earlier sequence's
+    /// (the leader) keeps only its rows from position `prompt_len − 1` on (that row predicts its first
+    /// completion token), and [`TrainBatch::shared`] names the positions `0 .. prompt_len − 1` the
+    /// passes copy from the leader's slot. The loss is the same; the rows, the work, fewer.
+    pub fn sharing_prompts(seqs: &[TrainSequence], vocab: usize, max_context: usize) -> Result<TrainBatch> {
+        let mut b = TrainBatch::new(seqs, vocab, max_context)?;
+        let mut shared: Vec<SharedPrefix> = Vec::new();
+        let mut skip = vec![0usize; seqs.len()];
+        for (s, seq) in seqs.iter().enumerate() {
+            let len = seq.prompt_len.saturating_sub(1);
+            if len == 0 {
+                continue;
+            }
+            let same = |l: &SharedPrefix| {
+                let leader = &seqs[l.leader];
+                leader.prompt_len == seq.prompt_len
+                    && leader.tokens[..seq.prompt_len] == seq.tokens[..seq.prompt_len]
+            };
+            match shared.iter_mut().find(|l| same(l)) {
+                Some(l) => {
+                    l.followers.push(s);
+                    skip[s] = len;
+                }
+                None => shared.push(SharedPrefix { leader: s, followers: Vec::new(), len }),
+            }
+        }
+        shared.retain(|l| !l.followers.is_empty());
+        if shared.is_empty() {
+            return Ok(b);
+        }
+        let keep: Vec<bool> = (0..seqs.len())
+            .flat_map(|s| (0..b.starts[s + 1] - b.starts[s]).map(move |i| (s, i)))
+            .map(|(s, i)| i >= skip[s])
+            .collect();
+        let pick =
+            |v: &[u32]| v.iter().zip(&keep).filter(|(_, k)| **k).map(|(x, _)| *x).collect::<Vec<u32>>();
+        b.tokens = pick(&b.tokens);
+        b.targets = pick(&b.targets);
+        b.info = b.info.iter().zip(&keep).filter(|(_, k)| **k).map(|(i, _)| *i).collect();
+        let mut start = 0;
+        for s in 0..seqs.len() {
+            let n = seqs[s].tokens.len() - skip[s];
+            b.starts[s] = start;
+            start += n;
+        }
+        b.starts[seqs.len()] = start;
+        b.shared = shared;
+        Ok(b)
+    }
+
     /// Rows in the pass (T).
     pub fn len(&self) -> usize {
         self.tokens.len()
@@ -120,6 +186,37 @@ impl TrainBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prompt_several_sequences_begin_with_is_laid_out_once() {
+        let seqs = [
+            TrainSequence { tokens: vec![1, 2, 3, 10, 11], prompt_len: 3 },
+            TrainSequence { tokens: vec![1, 2, 4, 12], prompt_len: 3 },
+            TrainSequence { tokens: vec![1, 2, 3, 13], prompt_len: 3 },
+            TrainSequence { tokens: vec![1, 2, 3, 14, 15, 16], prompt_len: 3 },
+        ];
+        let whole = TrainBatch::new(&seqs, 100, 16).unwrap();
+        let b = TrainBatch::sharing_prompts(&seqs, 100, 16).unwrap();
+        // Sequences 2 and 3 share sequence 0's prompt [1, 2, 3] (1's differs): their positions 0 and 1
+        // come from slot 0, their rows start at position 2 (the last prompt token, which predicts
+        // their first completion token).
+        assert_eq!(b.shared, [SharedPrefix { leader: 0, followers: vec![2, 3], len: 2 }]);
+        assert_eq!(b.tokens, [1, 2, 3, 10, 11, 1, 2, 4, 12, 3, 13, 3, 14, 15, 16]);
+        assert_eq!(b.starts, [0, 5, 9, 11, 15]);
+        let slot_pos: Vec<(u32, u32, u32)> = b.info.iter().map(|i| (i.slot, i.pos, i.n_keys)).collect();
+        assert_eq!(&slot_pos[9..], [(2, 2, 3), (2, 3, 4), (3, 2, 3), (3, 3, 4), (3, 4, 5), (3, 5, 6)]);
+        // The same targets in the same order: the loss reads them alike.
+        let targets =
+            |b: &TrainBatch| b.targets.iter().copied().filter(|&t| t != XENT_IGNORE).collect::<Vec<_>>();
+        assert_eq!(targets(&b), targets(&whole));
+        assert_eq!((b.completion_tokens, b.slots, b.span), (whole.completion_tokens, 4, 6));
+        // A one-token prompt shares nothing.
+        let short = [
+            TrainSequence { tokens: vec![1, 5], prompt_len: 1 },
+            TrainSequence { tokens: vec![1, 6], prompt_len: 1 },
+        ];
+        assert!(TrainBatch::sharing_prompts(&short, 100, 16).unwrap().shared.is_empty());
+    }
 
     #[test]
     fn targets_are_the_next_completion_token() {

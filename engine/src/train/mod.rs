@@ -17,7 +17,7 @@ pub mod schedule;
 pub mod sft;
 
 pub use activations::{Activations, Gradients, TrainShape};
-pub use batch::{TrainBatch, TrainSequence};
+pub use batch::{SharedPrefix, TrainBatch, TrainSequence};
 pub use checkpoint::{
     CHECKPOINT_FORMAT, Checkpoint, ROUTER_STATE_FILE, TrainerState, latest_checkpoint, load_checkpoint,
     prune_checkpoints, save_checkpoint, save_checkpoint_with, save_checkpoint_with_files,

@@ -327,6 +327,7 @@ fn score_batch(
         completion_tokens: 0,
         dropout_seed: 0,
         temperature: 1.0,
+        shared: Vec::new(),
     };
     let mut rows = Vec::with_capacity(seqs.len());
     for (s, ids) in seqs.iter().enumerate() {

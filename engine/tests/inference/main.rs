@@ -52,4 +52,5 @@ mod train_grpo;
 mod train_grpo_loss;
 mod train_lora;
 mod train_optim;
+mod train_shared_prompt;
 mod trusted;

@@ -129,6 +129,23 @@ fn tiny_prompts(lm: &babelrl::model::LanguageModel) -> Vec<Vec<u32>> {
     ["sky is", "grass is"].iter().map(|p| tok.encode(p, true).unwrap()).collect()
 }
 
+/// After a first AdamW step from B = 0 at learning rate `lr`: the largest difference of the two adapters
+/// over every A entry (no gradient reaches A while B is 0) and the B entries whose update reached
+/// 0.99 lr in `a`; with how many B entries were compared, of how many.
+fn first_update_diff(a: &Adapter, b: &Adapter, lr: f32) -> (f32, usize, usize) {
+    let (a, b) = (a.to_host().unwrap(), b.to_host().unwrap());
+    let a_diff = a.iter().zip(&b).flat_map(|(x, y)| x.a.iter().zip(&y.a)).map(|(x, y)| (x - y).abs());
+    let full: Vec<f32> = a
+        .iter()
+        .zip(&b)
+        .flat_map(|(x, y)| x.b.iter().zip(&y.b))
+        .filter(|(x, _)| x.abs() >= 0.99 * lr)
+        .map(|(x, y)| (x - y).abs())
+        .collect();
+    let of = a.iter().map(|x| x.b.len()).sum();
+    (a_diff.chain(full.iter().copied()).fold(0.0, f32::max), full.len(), of)
+}
+
 fn max_param_diff(a: &Adapter, b: &Adapter) -> f32 {
     let (a, b) = (a.to_host().unwrap(), b.to_host().unwrap());
     a.iter()
@@ -157,12 +174,15 @@ fn gradient_accumulation_splits_a_step_without_changing_it() {
         assert!((a.loss - b.loss).abs() <= 1e-6 * a.loss.abs().max(1.0), "step {step}: {a:?}\n{b:?}");
         let rel = (a.grad_norm - b.grad_norm).abs() / a.grad_norm;
         assert!(rel < 1e-5, "step {step}: grad norm {} vs {}", a.grad_norm, b.grad_norm);
-        // AdamW's first update is lr·g/(|g| + eps): equal gradients give equal adapters. Later updates
-        // divide by √v, which magnifies float-order noise on elements whose gradient is ~0, so the
-        // gradient (norm) is what the later steps compare.
+        // AdamW's first update is lr·g/(|g| + eps): equal gradients give equal adapters where |g| ≫ eps.
+        // Where |g| is within ~100 eps the update magnifies float-order noise (one micro-batch of 8
+        // completions and two of 4 take different row counts, hence kernels that round differently),
+        // so those elements (an update below 0.99 lr) are left to the gradient-norm check above, as
+        // every element is on the later steps, whose updates divide by √v.
         if step == 0 {
-            let diff = max_param_diff(whole.adapter(), split.adapter());
+            let (diff, compared, of) = first_update_diff(whole.adapter(), split.adapter(), 1e-2);
             assert!(diff < 1e-6, "adapters differ by {diff} after the first step");
+            assert!(compared * 10 >= of * 9, "only {compared} of {of} B entries took a full first step");
         }
     }
     let mut odd = tiny_trainer(&lm, 1e-2, |o| o.loss.gradient_accumulation_steps = 3);

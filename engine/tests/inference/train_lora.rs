@@ -21,15 +21,15 @@ use babelrl::train::{
     AdamW, AdamWConfig, LoraGrads, Schedule, SchedulerType, TrainBatch, TrainSequence, TrainShape,
 };
 
-const MODELS: [&str; 3] = ["tiny-qwen2", "tiny-qwen3", "tiny-llama"];
+pub(crate) const MODELS: [&str; 3] = ["tiny-qwen2", "tiny-qwen3", "tiny-llama"];
 
-struct Fixture {
-    lm: LanguageModel,
-    adapter: Adapter,
-    bytes: Vec<u8>,
+pub(crate) struct Fixture {
+    pub(crate) lm: LanguageModel,
+    pub(crate) adapter: Adapter,
+    pub(crate) bytes: Vec<u8>,
 }
 
-fn fixture(dir: &str) -> Fixture {
+pub(crate) fn fixture(dir: &str) -> Fixture {
     let root = repo_root().join("tests/fixtures").join(dir);
     let lm = load_language_model(gpu(), &root).unwrap_or_else(|e| panic!("{dir}: {e}"));
     let adapter = Adapter::load_peft(gpu(), &root.join("lora"), lm.decoder.config()).unwrap();
@@ -57,7 +57,7 @@ fn close(what: &str, got: &[f32], want: &[f32]) {
 }
 
 /// |got − want| ≤ of_max · max|want| + 1e-3 · |want|, elementwise.
-fn close_within(what: &str, got: &[f32], want: &[f32], of_max: f32) {
+pub(crate) fn close_within(what: &str, got: &[f32], want: &[f32], of_max: f32) {
     let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     assert_close_by(what, got, want, |i| of_max * scale + 1e-3 * want[i].abs());
 }
@@ -79,7 +79,7 @@ fn loss_and_grads(f: &Fixture, batch: &TrainBatch, grads: &LoraGrads, checkpoint
     nll.iter().sum::<f32>() / batch.completion_tokens as f32
 }
 
-fn read_grads(f: &Fixture, grads: &LoraGrads) -> Vec<(String, Vec<f32>)> {
+pub(crate) fn read_grads(f: &Fixture, grads: &LoraGrads) -> Vec<(String, Vec<f32>)> {
     let mut out = Vec::new();
     for layer in 0..f.adapter.layers() {
         for &target in &f.adapter.config().targets {

@@ -525,7 +525,31 @@ impl<'g> Batch<'g> {
         cache: KvCacheShape,
         prompt: SharedPrompt,
     ) -> Result<()> {
-        let k = "shared_prompt_grad_backward";
+        self.shared_prompt_launch("shared_prompt_grad_backward", grad, cache, prompt)
+    }
+
+    /// The forward's side of a shared prompt in one training pass: copies the leader's entries
+    /// `[leader, h, 0 .. len, ..]` of one K or V cache into every follower's slot, after
+    /// [`Batch::qkv_split`] wrote the prompt's keys and values (its rows ran once, in the leader's slot)
+    /// and before [`Batch::attention`] reads them for the followers' rows. Same checks as
+    /// [`Batch::sum_shared_prompt_grad_into_leader`].
+    pub fn copy_shared_prompt_to_followers(
+        &mut self,
+        cache_kv: &Tensor,
+        cache: KvCacheShape,
+        prompt: SharedPrompt,
+    ) -> Result<()> {
+        self.shared_prompt_launch("shared_prompt_copy_forward", cache_kv, cache, prompt)
+    }
+
+    /// One launch of a shared-prompt kernel (`k`, its entry point) over one (S, Hkv, ctx, hd) buffer.
+    fn shared_prompt_launch(
+        &mut self,
+        k: &str,
+        grad: &Tensor,
+        cache: KvCacheShape,
+        prompt: SharedPrompt,
+    ) -> Result<()> {
         let KvCacheShape { slots, n_kv_head, ctx, head_dim } = cache;
         let SharedPrompt { leader, followers, len } = prompt;
         if let Some(&bad) = followers.iter().chain([&leader]).find(|&&s| s >= slots) {

@@ -8,7 +8,7 @@
 //! Then `z = norm(x_L)` and the LM head with a chunked cross-entropy per row.
 
 use crate::gpu::cpu_ref::TokenInfo;
-use crate::gpu::kernels::{AttnBackward, AttnParams, GradWrite, dropout_seed};
+use crate::gpu::kernels::{AttnBackward, AttnParams, GradWrite, KvCacheShape, SharedPrompt, dropout_seed};
 use crate::gpu::kernels_lora::{LoraGradBuffers, LoraShape, OutputSlice};
 use crate::gpu::{Batch, Tensor};
 use crate::lora::{Adapter, Target};
@@ -167,6 +167,8 @@ impl Decoder {
         {
             return Err(Error::Input(format!("training forward: {} token gradients for {t} rows", g.len())));
         }
+        self.check_shared_prompts(batch)?;
+        acts.shared_prompts = batch.shared.clone();
         let g = &self.gpu;
         g.write_u32(&acts.ids, &batch.tokens);
         g.write_u32(&acts.tok, &TokenInfo::words(&batch.info));
@@ -361,6 +363,35 @@ impl Decoder {
         Ok(())
     }
 
+    /// The caches' shape, as the shared-prompt launches take it.
+    fn kv_shape(&self, cache: &KvCache) -> KvCacheShape {
+        let c = &self.cfg;
+        KvCacheShape { slots: cache.slots, n_kv_head: c.n_kv_head, ctx: cache.ctx, head_dim: c.head_dim }
+    }
+
+    /// A batch's shared prompts name slots of the batch, and each follower's rows start right after the
+    /// prompt positions it takes from its leader (errors name the prefix).
+    fn check_shared_prompts(&self, batch: &TrainBatch) -> Result<()> {
+        for (i, prefix) in batch.shared.iter().enumerate() {
+            let bad = |what: String| Err(Error::Input(format!("training batch: shared prompt {i}: {what}")));
+            for &f in &prefix.followers {
+                let Some(&first) = batch.starts.get(f).and_then(|&s| batch.info.get(s)) else {
+                    return bad(format!("follower {f} is not a sequence of the batch"));
+                };
+                if first.slot as usize != f || first.pos as usize != prefix.len {
+                    return bad(format!(
+                        "follower {f}'s first row is position {} of slot {}; it must be position {} of slot {f}",
+                        first.pos, first.slot, prefix.len
+                    ));
+                }
+            }
+            if prefix.leader >= batch.slots {
+                return bad(format!("leader {} is not a sequence of the batch", prefix.leader));
+            }
+        }
+        Ok(())
+    }
+
     /// The final norm's weights of a pass at `temperature` (divided by it unless it is 1).
     fn final_norm_at<'a>(&'a self, acts: &'a Activations, temperature: f32) -> &'a Tensor {
         if temperature == 1.0 { &self.final_norm } else { &acts.final_norm_scaled }
@@ -406,6 +437,12 @@ impl Decoder {
         lora(b, Target::V, &s.h_attn, &s.qkv, qkv_w, qd + kvd)?;
         let (k_cache, v_cache) = (&acts.cache.k[l], &acts.cache.v[l]);
         b.qkv_split(p, &acts.tok, &s.qkv, &self.rope, layer.qk_norm.as_ref(), &s.q, k_cache, v_cache)?;
+        for prefix in &acts.shared_prompts {
+            let prompt =
+                SharedPrompt { leader: prefix.leader, followers: &prefix.followers, len: prefix.len };
+            b.copy_shared_prompt_to_followers(k_cache, self.kv_shape(&acts.cache), prompt)?;
+            b.copy_shared_prompt_to_followers(v_cache, self.kv_shape(&acts.cache), prompt)?;
+        }
         b.attention_train(p, &acts.tok, &s.q, k_cache, v_cache, &acts.scores, &s.attn, &s.lse)?;
         b.matmul(&s.attn, &layer.o, None, Some(x_in), &s.x_mid, t)?;
         lora(b, Target::O, &s.attn, &s.x_mid, c.hidden, 0)?;
@@ -513,6 +550,14 @@ impl Decoder {
             dv_cache: &g.dv,
         };
         b.attention_backward(p, slots, &back, GradWrite::Overwrite)?;
+        // A shared prompt's rows live in the leader's slot: the followers' key and value gradients of
+        // its positions go there before the q/k/v split's backward reads them.
+        for prefix in &acts.shared_prompts {
+            let prompt =
+                SharedPrompt { leader: prefix.leader, followers: &prefix.followers, len: prefix.len };
+            b.sum_shared_prompt_grad_into_leader(&g.dk, self.kv_shape(&acts.cache), prompt)?;
+            b.sum_shared_prompt_grad_into_leader(&g.dv, self.kv_shape(&acts.cache), prompt)?;
+        }
         b.qkv_split_backward(
             p,
             &acts.tok,

@@ -95,7 +95,8 @@ impl Generation {
                     prompt_len: prompts[i].len(),
                 })
                 .collect();
-            let mut batch = TrainBatch::new(&seqs, layout.vocab, layout.max_context)?;
+            // A group's completions share their prompt: its rows run once (`TrainBatch::shared`).
+            let mut batch = TrainBatch::sharing_prompts(&seqs, layout.vocab, layout.max_context)?;
             batch.temperature = layout.temperature;
             let mask = kept
                 .iter()
