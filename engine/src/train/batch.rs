@@ -2,7 +2,7 @@
 //! with the target of every position (the next token where it belongs to the completion, else ignored).
 
 use crate::gpu::cpu_ref::TokenInfo;
-use crate::gpu::kernels::XENT_IGNORE;
+use crate::gpu::kernels::{MAX_PROMPT_FOLLOWERS, XENT_IGNORE};
 use crate::{Error, Result};
 
 /// One training sequence: `tokens[..prompt_len]` is the prompt (never a target), the rest the
@@ -132,7 +132,8 @@ impl TrainBatch {
                 leader.prompt_len == seq.prompt_len
                     && leader.tokens[..seq.prompt_len] == seq.tokens[..seq.prompt_len]
             };
-            match shared.iter_mut().find(|l| same(l)) {
+            // One launch sums at most MAX_PROMPT_FOLLOWERS followers: a larger group takes a new leader.
+            match shared.iter_mut().find(|l| same(l) && l.followers.len() < MAX_PROMPT_FOLLOWERS) {
                 Some(l) => {
                     l.followers.push(s);
                     skip[s] = len;

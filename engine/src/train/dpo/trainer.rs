@@ -114,11 +114,12 @@ pub struct PairPass {
     pub reference: RefLogps,
 }
 
-/// The training batch of `pairs`: the chosen sequences in order, then the rejected ones.
+/// The training batch of `pairs`: the chosen sequences in order, then the rejected ones, each pair's
+/// prompt laid out once (`TrainBatch::sharing_prompts`: the rejected side follows the chosen one).
 pub fn pair_batch(pairs: &[(TrainSequence, TrainSequence)], decoder: &Decoder) -> Result<TrainBatch> {
     let seqs: Vec<TrainSequence> =
         pairs.iter().map(|p| p.0.clone()).chain(pairs.iter().map(|p| p.1.clone())).collect();
-    TrainBatch::new(&seqs, decoder.config().vocab, decoder.max_context())
+    TrainBatch::sharing_prompts(&seqs, decoder.config().vocab, decoder.max_context())
 }
 
 /// Each sequence's summed completion log-prob (`−Σ nll` over its target rows), from the walk's `nll`.
