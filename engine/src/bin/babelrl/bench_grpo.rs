@@ -70,6 +70,7 @@ pub fn bench_grpo(lm: &LanguageModel, b: &GrpoBench, figures: &mut Figures) -> a
         runs.push(step()?);
     }
     let kernels = model.gpu().take_profile();
+    let memory = trainer.memory();
     let n = runs.len().max(1) as f64;
     let mean = |f: &dyn Fn(&(GrpoStepMetrics, f64)) -> f64| runs.iter().map(f).sum::<f64>() / n;
     let total = mean(&|r| r.1);
@@ -85,11 +86,19 @@ pub fn bench_grpo(lm: &LanguageModel, b: &GrpoBench, figures: &mut Figures) -> a
          tokens, beta {}, mean of {} steps after a warm-up",
         b.prompt_tokens, b.generations, b.completion_tokens, b.beta, b.steps
     );
-    println!("| s/step | rollout s | reward s | reference s | update s | new tokens/step | new tokens/s |");
-    println!("|---|---|---|---|---|---|---|");
     println!(
-        "| {total:.2} | {rollout:.2} | {rew:.4} | {reference:.2} | {update:.2} | {generated:.1} | {:.1} |",
-        generated / total
+        "| s/step | rollout s | reward s | reference s | update s | new tokens/step | new tokens/s | GPU memory \
+         MiB: weights / update activations / LoRA + optimizer |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    println!(
+        "| {total:.2} | {rollout:.2} | {rew:.4} | {reference:.2} | {update:.2} | {generated:.1} | {:.1} | {:.1} / \
+         {:.1} / {:.1} |",
+        generated / total,
+        mib(memory.weights),
+        mib(memory.activations),
+        mib(memory.lora_and_optimizer)
     );
     if !kernels.is_empty() {
         // Rollout (decode kernels, prefill) and update (training kernels) together, per step.
@@ -102,6 +111,9 @@ pub fn bench_grpo(lm: &LanguageModel, b: &GrpoBench, figures: &mut Figures) -> a
         ("grpo_reference_seconds", reference),
         ("grpo_update_seconds", update),
         ("grpo_tokens_per_s", generated / total),
+        ("grpo_weight_bytes", memory.weights as f64),
+        ("grpo_activation_bytes", memory.activations as f64),
+        ("grpo_lora_optimizer_bytes", memory.lora_and_optimizer as f64),
     ] {
         figures.add(name.into(), v);
     }

@@ -145,6 +145,18 @@ impl<'m> GrpoTrainer<'m> {
         &self.adapter
     }
 
+    /// GPU memory the trainer holds, by kind: the frozen weights, the update's activations and backward
+    /// scratch (as large as the largest micro-batch so far), the adapter with its gradients and AdamW
+    /// state. The rollout's KV cache is the decoder's and is not counted.
+    pub fn memory(&self) -> crate::train::MemoryReport {
+        let activations = self.buffers.as_ref().map_or(0, |(a, g)| a.bytes() + g.bytes());
+        crate::train::MemoryReport {
+            weights: self.decoder.weight_bytes(),
+            activations,
+            lora_and_optimizer: self.adapter.bytes() + self.grads.bytes() + self.optim.bytes(),
+        }
+    }
+
     pub fn step_count(&self) -> u64 {
         self.optim.step_count()
     }
