@@ -490,15 +490,18 @@ struct SharedPromptParams {
 @group(0) @binding(1) var<storage, read> followers: array<u32>;          // shared prompt: follower slots
 @group(0) @binding(2) var<storage, read_write> grad_kv: array<f32>;      // shared prompt: dK, dV or K, V (S, Hkv, C, hd)
 
+// Entry e of a shared prompt's Hkv · len · hd values: its offset within a slot of the (S, Hkv, C, hd) buffer.
+fn prompt_entry(e: u32) -> u32 {
+    let run = sp.len * sp.head_dim;
+    return (e / run) * sp.ctx * sp.head_dim + e % run;
+}
+
 @compute @workgroup_size(WG)
 fn shared_prompt_grad_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let e = flat_id(gid, nwg);
-    let run = sp.len * sp.head_dim;
-    if (e >= sp.n_kv_head * run) { return; }
-    let h = e / run;
-    let within = e % run;
+    if (e >= sp.n_kv_head * sp.len * sp.head_dim) { return; }
+    let head_base = prompt_entry(e);
     let slot_stride = sp.n_kv_head * sp.ctx * sp.head_dim;
-    let head_base = h * sp.ctx * sp.head_dim + within;
     var acc = 0.0;
     for (var f = 0u; f < sp.n_followers; f++) {
         acc += grad_kv[followers[f] * slot_stride + head_base];
@@ -514,12 +517,9 @@ fn shared_prompt_grad_backward(@builtin(global_invocation_id) gid: vec3<u32>, @b
 @compute @workgroup_size(WG)
 fn shared_prompt_copy_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let e = flat_id(gid, nwg);
-    let run = sp.len * sp.head_dim;
-    if (e >= sp.n_kv_head * run) { return; }
-    let h = e / run;
-    let within = e % run;
+    if (e >= sp.n_kv_head * sp.len * sp.head_dim) { return; }
+    let head_base = prompt_entry(e);
     let slot_stride = sp.n_kv_head * sp.ctx * sp.head_dim;
-    let head_base = h * sp.ctx * sp.head_dim + within;
     let v = grad_kv[sp.leader * slot_stride + head_base];
     for (var f = 0u; f < sp.n_followers; f++) {
         grad_kv[followers[f] * slot_stride + head_base] = v;

@@ -457,13 +457,16 @@ impl<'m> RewardTrainer<'m> {
     /// GPU memory by kind, with the activations as allocated so far (after the first step: the
     /// largest micro-batch's); the head and its gradient count with the LoRA.
     pub fn memory(&self) -> crate::train::MemoryReport {
-        let activations = self.buffers.as_ref().map_or(0, |(a, g)| a.bytes() + g.bytes());
         let head = 2 * 4 * self.decoder.config().hidden as u64;
-        crate::train::MemoryReport {
-            weights: self.decoder.weight_bytes(),
-            activations,
-            lora_and_optimizer: self.adapter.bytes() + self.grads.bytes() + self.optim.bytes() + head,
-        }
+        let (decoder, buffers) = (self.decoder, &self.buffers);
+        crate::train::MemoryReport::of_trainer(
+            decoder,
+            buffers,
+            &self.adapter,
+            &self.grads,
+            &self.optim,
+            head,
+        )
     }
 
     pub fn step_count(&self) -> u64 {

@@ -74,6 +74,26 @@ pub struct MemoryReport {
     pub lora_and_optimizer: u64,
 }
 
+impl MemoryReport {
+    /// What a LoRA trainer holds: `decoder`'s weights, its training buffers (activations and backward
+    /// scratch, as large as the largest micro-batch so far), the adapter with its gradients and AdamW
+    /// state, plus `extra` bytes of trained parameters and their state (a reward model's head).
+    pub fn of_trainer(
+        decoder: &Decoder,
+        buffers: &Option<(Activations, Gradients)>,
+        adapter: &Adapter,
+        grads: &LoraGrads,
+        optim: &AdamW,
+        extra: u64,
+    ) -> MemoryReport {
+        MemoryReport {
+            weights: decoder.weight_bytes(),
+            activations: buffers.as_ref().map_or(0, |(a, g)| a.bytes() + g.bytes()),
+            lora_and_optimizer: adapter.bytes() + grads.bytes() + optim.bytes() + extra,
+        }
+    }
+}
+
 /// An SFT run in progress.
 pub struct SftTrainer<'m> {
     decoder: &'m Decoder,
@@ -174,12 +194,7 @@ impl<'m> SftTrainer<'m> {
     /// GPU memory by kind, with the activations as allocated so far (after the first step: the
     /// largest batch's).
     pub fn memory(&self) -> MemoryReport {
-        let activations = self.buffers.as_ref().map_or(0, |(a, g)| a.bytes() + g.bytes());
-        MemoryReport {
-            weights: self.decoder.weight_bytes(),
-            activations,
-            lora_and_optimizer: self.adapter.bytes() + self.grads.bytes() + self.optim.bytes(),
-        }
+        MemoryReport::of_trainer(self.decoder, &self.buffers, &self.adapter, &self.grads, &self.optim, 0)
     }
 
     /// One optimizer step: `gradient_accumulation_steps` micro-batches of `batch_size` examples in the

@@ -37,16 +37,7 @@ fn check(
     let q = random(t * n_head * hd, 0.5, seed + 2);
     let want = cpu_ref::attention_forward(s, tok, &q, &keys, &values);
     let span = tok.iter().map(|i| i.n_keys).max().unwrap();
-    let p = AttnParams {
-        t: t as u32,
-        n_head: n_head as u32,
-        n_kv_head: n_kv_head as u32,
-        head_dim: hd as u32,
-        ctx: ctx as u32,
-        span,
-        flags: 0,
-        eps: 0.0,
-    };
+    let p = params(t, (n_head, n_kv_head, hd), ctx, span);
     let tok_gpu = gpu.upload_u32("tok", &TokenInfo::words(tok), &[t, 4]).unwrap();
     let q_gpu = gpu.upload_f32("q", &q, &[t, n_head, hd]).unwrap();
     let k_gpu = gpu.upload_f32("k", &keys, &[cache_len]).unwrap();
@@ -65,6 +56,20 @@ fn check(
         .into_iter()
         .map(|k| k.kernel.split(';').next().unwrap_or_default().to_string())
         .collect()
+}
+
+/// Attention's parameters for `t` rows of (H, Hkv, hd) heads over `ctx` positions, `span` keys at most.
+fn params(t: usize, (n_head, n_kv_head, hd): (usize, usize, usize), ctx: usize, span: u32) -> AttnParams {
+    AttnParams {
+        t: t as u32,
+        n_head: n_head as u32,
+        n_kv_head: n_kv_head as u32,
+        head_dim: hd as u32,
+        ctx: ctx as u32,
+        span,
+        flags: 0,
+        eps: 0.0,
+    }
 }
 
 /// Decode rows of slot 1 among prefill rows of slot 0, as a batch of generations mixes them.
@@ -126,16 +131,7 @@ fn subgroup_training_forward_saves_the_reference_lse() {
     let want_out = cpu_ref::attention_forward(s, &tok, &q, &keys, &values);
     let want_lse = cpu_ref::attention_lse(s, &tok, &q, &keys);
     let span = tok.iter().map(|i| i.n_keys).max().unwrap();
-    let p = AttnParams {
-        t: t as u32,
-        n_head: n_head as u32,
-        n_kv_head: n_kv_head as u32,
-        head_dim: hd as u32,
-        ctx: ctx as u32,
-        span,
-        flags: 0,
-        eps: 0.0,
-    };
+    let p = params(t, (n_head, n_kv_head, hd), ctx, span);
     let tok_gpu = gpu.upload_u32("tok", &TokenInfo::words(&tok), &[t, 4]).unwrap();
     let q_gpu = gpu.upload_f32("q", &q, &[t, n_head, hd]).unwrap();
     let k_gpu = gpu.upload_f32("k", &keys, &[cache_len]).unwrap();

@@ -321,12 +321,8 @@ impl<'m> DpoTrainer<'m> {
     /// GPU memory by kind, with the activations as allocated so far (after the first step: the
     /// largest micro-batch's, the reference pass sharing them).
     pub fn memory(&self) -> crate::train::MemoryReport {
-        let activations = self.buffers.as_ref().map_or(0, |(a, g)| a.bytes() + g.bytes());
-        crate::train::MemoryReport {
-            weights: self.decoder.weight_bytes(),
-            activations,
-            lora_and_optimizer: self.adapter.bytes() + self.grads.bytes() + self.optim.bytes(),
-        }
+        let (decoder, buffers) = (self.decoder, &self.buffers);
+        crate::train::MemoryReport::of_trainer(decoder, buffers, &self.adapter, &self.grads, &self.optim, 0)
     }
 
     pub fn step_count(&self) -> u64 {

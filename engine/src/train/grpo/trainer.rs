@@ -149,12 +149,8 @@ impl<'m> GrpoTrainer<'m> {
     /// scratch (as large as the largest micro-batch so far), the adapter with its gradients and AdamW
     /// state. The rollout's KV cache is the decoder's and is not counted.
     pub fn memory(&self) -> crate::train::MemoryReport {
-        let activations = self.buffers.as_ref().map_or(0, |(a, g)| a.bytes() + g.bytes());
-        crate::train::MemoryReport {
-            weights: self.decoder.weight_bytes(),
-            activations,
-            lora_and_optimizer: self.adapter.bytes() + self.grads.bytes() + self.optim.bytes(),
-        }
+        let (decoder, buffers) = (self.decoder, &self.buffers);
+        crate::train::MemoryReport::of_trainer(decoder, buffers, &self.adapter, &self.grads, &self.optim, 0)
     }
 
     pub fn step_count(&self) -> u64 {
