@@ -25,7 +25,10 @@
 //   Q8 quants (N, K/32) pairs of vec4<u32>: GGUF's 32 signed bytes, value j in byte j.
 // A block's dot product is d · Σ q·x + m · Σ x, in f32 (the f16 path rounds every value to f16 first).
 
-struct Params { t: u32, n: u32, k: u32, flags: u32, ldy: u32, n_off: u32, pad0: u32, pad1: u32 }
+// row0 (matmul.wgsl's pad1, 0 from every other launch): this launch's rows of X and Y are row0 ..
+// row0 + ROWS, of the T = p.t in all (5 to 8 rows over packed weights run as two launches of ≤ 4, each
+// reading the blocks once: still a quarter of the bytes an f16 expansion would read).
+struct Params { t: u32, n: u32, k: u32, flags: u32, ldy: u32, n_off: u32, pad0: u32, row0: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;  // (T, K), buffer padded to 16 bytes
@@ -35,7 +38,7 @@ struct Params { t: u32, n: u32, k: u32, flags: u32, ldy: u32, n_off: u32, pad0: 
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;   // (T, ldy)
 @group(0) @binding(6) var<storage, read> scales: array<u32>;    // (N, K/32) packed formats only
 
-override ROWS: u32 = 4u; // rows of X, 1..4 (= T)
+override ROWS: u32 = 4u; // rows of X in this launch, 1..4
 const LANES: u32 = 8u;
 const COLS: u32 = 4u;    // columns per lane
 
@@ -52,8 +55,8 @@ fn store(acc: ptr<function, array<vec4<f32>, 4>>, n0: u32) {
         for (var r = 0u; r < ROWS; r++) {
             for (var c = 0u; c < 2u; c++) {
                 let g = (*acc)[r][c];
-                if (r < p.t && n0 + c < p.n) {
-                    y[r * p.ldy + p.n_off + n0 + c] = g / (1.0 + exp(-g)) * (*acc)[r][c + 2u];
+                if (p.row0 + r < p.t && n0 + c < p.n) {
+                    y[(p.row0 + r) * p.ldy + p.n_off + n0 + c] = g / (1.0 + exp(-g)) * (*acc)[r][c + 2u];
                 }
             }
         }
@@ -62,11 +65,11 @@ fn store(acc: ptr<function, array<vec4<f32>, 4>>, n0: u32) {
     for (var r = 0u; r < ROWS; r++) {
         for (var c = 0u; c < COLS; c++) {
             let n = n0 + c;
-            if (r < p.t && n < p.n) {
+            if (p.row0 + r < p.t && n < p.n) {
                 var v = (*acc)[r][c];
                 if ((p.flags & 1u) != 0u) { v += bias[n]; }
-                if ((p.flags & 2u) != 0u) { v += residual[r * p.ldy + p.n_off + n]; }
-                y[r * p.ldy + p.n_off + n] = v;
+                if ((p.flags & 2u) != 0u) { v += residual[(p.row0 + r) * p.ldy + p.n_off + n]; }
+                y[(p.row0 + r) * p.ldy + p.n_off + n] = v;
             }
         }
     }
@@ -128,8 +131,8 @@ fn matmul_decode_f16(
         let at = min(mine, k8 - 1u) * 2u;
         var xl: array<vec4<f32>, 8>;
         for (var r = 0u; r < ROWS; r++) {
-            xl[2u * r] = select(vec4<f32>(0.0), x4[r * kx + at], live);
-            xl[2u * r + 1u] = select(vec4<f32>(0.0), x4[r * kx + at + 1u], live);
+            xl[2u * r] = select(vec4<f32>(0.0), x4[(p.row0 + r) * kx + at], live);
+            xl[2u * r + 1u] = select(vec4<f32>(0.0), x4[(p.row0 + r) * kx + at + 1u], live);
         }
         var b: array<vec4<f32>, 8>;
         for (var j = 0u; j < 2u * ROWS; j++) { b[j] = subgroupBroadcast(xl[j], 0u); }
@@ -188,7 +191,7 @@ fn matmul_decode_q4(
     var acc: array<vec4<f32>, 4>;
     for (var b = 0u; b < nb; b++) {
         var xl: array<vec4<f32>, 4>;
-        for (var r = 0u; r < ROWS; r++) { xl[r] = x4[r * kx + 8u * b + lane]; }
+        for (var r = 0u; r < ROWS; r++) { xl[r] = x4[(p.row0 + r) * kx + 8u * b + lane]; }
         var qv: array<vec4<u32>, 4>;
         for (var c = 0u; c < COLS; c++) { qv[c] = w4[br[c] + b]; }
         var qd: array<vec4<f32>, 4>;
@@ -244,7 +247,7 @@ fn matmul_decode_q8(
     var acc: array<vec4<f32>, 4>;
     for (var b = 0u; b < nb; b++) {
         var xl: array<vec4<f32>, 4>;
-        for (var r = 0u; r < ROWS; r++) { xl[r] = x4[r * kx + 8u * b + lane]; }
+        for (var r = 0u; r < ROWS; r++) { xl[r] = x4[(p.row0 + r) * kx + 8u * b + lane]; }
         var qd: array<vec4<f32>, 4>;
         var qv: array<vec4<u32>, 4>;
         var xb: array<vec4<f32>, 4>;

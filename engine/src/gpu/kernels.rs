@@ -100,7 +100,9 @@ pub(crate) struct MatmulParams {
     /// First weight row: output column n reads row `w_row0 + n`. Read by the subgroup forward kernels
     /// only (matmul_subgroup.wgsl), for the cross-entropy's vocabulary chunks; 0 from every other launch.
     w_row0: u32,
-    pad1: u32,
+    /// First row of X and Y this launch computes: read by the decode kernels only (matmul_decode.wgsl,
+    /// which split 5 to 8 rows over packed weights into launches of ≤ 4); 0 from every other launch.
+    row0: u32,
 }
 
 /// `MatmulParams::flags` bit 2, the SwiGLU epilogue (every forward matmul entry point implements it; see
@@ -223,7 +225,7 @@ impl<'g> Batch<'g> {
             ldy: ldy as u32,
             n_off: n_off as u32,
             w_row0: 0,
-            pad1: 0,
+            row0: 0,
         };
         let bias = bias.map_or(&gpu.dummy, |b| &b.buffer);
         let residual = residual.map_or(&gpu.dummy, |r| &r.buffer);

@@ -1,5 +1,5 @@
-//! The decode matmuls (matmul_decode.wgsl: T ≤ 4 rows on the CPU family with subgroups of eight, f16
-//! weights or packed GGUF blocks) and the f16 expansion of packed weights (dequant.wgsl) against the
+//! The decode matmuls (matmul_decode.wgsl: T ≤ 4 rows, ≤ 8 over packed weights, on the CPU family with
+//! subgroups of eight, f16 weights or packed GGUF blocks) and the f16 expansion of packed weights (dequant.wgsl) against the
 //! plain-Rust reference on awkward sizes, with bias/residual, row blocks and folded grids; the packed
 //! blocks against the loader's own dequantization (`quant::dequantize`); which kernel runs for which
 //! shape; and SmolLM2 decoded greedily with packed weights against the f16 (dequantize-on-load) path.
@@ -49,6 +49,18 @@ fn kernels(gpu: &Gpu) -> Vec<String> {
 
 fn decode_kernel(entry: &str, t: usize) -> String {
     format!("matmul_decode.wgsl::{entry};ROWS={t}")
+}
+
+/// The decode pipelines `t` rows over packed weights take, sorted: launches of at most four rows
+/// (5 to 8 rows: four, then the rest).
+fn packed_decode_kernels(entry: &str, t: usize) -> Vec<String> {
+    let mut rows = vec![t.min(4)];
+    if t > 4 && t - 4 != 4 {
+        rows.push(t - 4);
+    }
+    let mut names: Vec<String> = rows.into_iter().map(|r| decode_kernel(entry, r)).collect();
+    names.sort();
+    names
 }
 
 /// T = 1..4; N below, at and past the 32 columns of a workgroup and past four of them; K from one
@@ -172,9 +184,20 @@ fn check_packed(gpu: &Gpu, ty: GgmlType, t: usize, n: usize, k: usize, expanded:
 
 const PACKED_TYPES: [GgmlType; 3] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0];
 
-/// T = 1..4, N around the 32 columns of a workgroup, K one block and SmolLM2's widths.
-const PACKED_SHAPES: &[(usize, usize, usize)] =
-    &[(1, 1, 32), (2, 31, 64), (3, 33, 96), (4, 64, 576), (1, 130, 1536), (2, 5, 576)];
+/// T = 1..8 (5 to 8 in two launches), N around the 32 columns of a workgroup, K one block and SmolLM2's
+/// widths.
+const PACKED_SHAPES: &[(usize, usize, usize)] = &[
+    (1, 1, 32),
+    (2, 31, 64),
+    (3, 33, 96),
+    (4, 64, 576),
+    (1, 130, 1536),
+    (2, 5, 576),
+    (5, 33, 96),
+    (6, 31, 576),
+    (7, 130, 64),
+    (8, 64, 1536),
+];
 
 #[test]
 fn decode_packed_matches_reference_on_awkward_sizes() {
@@ -185,17 +208,19 @@ fn decode_packed_matches_reference_on_awkward_sizes() {
             for ty in PACKED_TYPES {
                 check_packed(&gpu, ty, t, n, k, false, 7000 + 10 * i as u64);
                 let entry = if ty == GgmlType::Q8_0 { "matmul_decode_q8" } else { "matmul_decode_q4" };
-                assert_eq!(kernels(&gpu), [decode_kernel(entry, t)], "{ty:?} t={t} n={n} k={k}");
+                let mut ran = kernels(&gpu);
+                ran.sort();
+                assert_eq!(ran, packed_decode_kernels(entry, t), "{ty:?} t={t} n={n} k={k}");
             }
         }
     }
 }
 
-/// Launches that cannot read blocks (five rows and more; adapters or settings without the decode
+/// Launches that cannot read blocks (nine rows and more; adapters or settings without the decode
 /// kernels) run on the f16 expansion, which matches the loader's values rounded to f16.
 #[test]
 fn packed_weights_expand_for_other_launches() {
-    for (decode, t) in [(true, 5), (true, 37), (false, 1), (false, 3)] {
+    for (decode, t) in [(true, 9), (true, 37), (false, 1), (false, 3)] {
         let Some(gpu) = decoding(None, decode) else { return };
         for ty in PACKED_TYPES {
             kernels(&gpu);
@@ -329,7 +354,7 @@ fn decode_kernels_take_the_swiglu_epilogue() {
             assert_eq!(sorted(kernels(&gpu)), want, "t={t} inter={inter} k={k}");
         }
         for ty in PACKED_TYPES {
-            for (t, inter, k) in [(1, 3, 64), (4, 48, 576), (2, 33, 32)] {
+            for (t, inter, k) in [(1, 3, 64), (4, 48, 576), (2, 33, 32), (6, 17, 64)] {
                 let (host, _) = packed(ty, 2 * inter, k, 9000 + t as u64);
                 let x = random(t * k, 1.0, 9100 + inter as u64);
                 let xg = gpu.upload_f32("x", &x, &[t, k]).unwrap();
@@ -349,8 +374,9 @@ fn decode_kernels_take_the_swiglu_epilogue() {
                     "packed {ty:?} t={t} inter={inter} k={k}: the epilogue equals matmul then swiglu"
                 );
                 let entry = if ty == GgmlType::Q8_0 { "matmul_decode_q8" } else { "matmul_decode_q4" };
-                let q = decode_kernel(entry, t);
-                let want = sorted(vec![q, "elementwise.wgsl::swiglu_forward".into()]);
+                let mut want = packed_decode_kernels(entry, t);
+                want.push("elementwise.wgsl::swiglu_forward".into());
+                let want = sorted(want);
                 assert_eq!(sorted(kernels(&gpu)), want, "packed {ty:?} t={t}");
             }
         }

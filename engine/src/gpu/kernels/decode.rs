@@ -8,16 +8,21 @@ use crate::gpu::kernels::{MATMUL_SWIGLU, MatmulParams, grid_1d, grid_rows};
 use crate::gpu::shaders::{DEQUANT, MATMUL_DECODE};
 use crate::gpu::{Batch, QuantFormat, Tensor, Weight16};
 
-/// Most rows the decode kernels take (their register tiles hold four).
+/// Most rows one decode launch takes (their register tiles hold four).
 pub const MAX_DECODE_ROWS: usize = 4;
+/// Most rows the decode kernels take over packed weights, in launches of at most [`MAX_DECODE_ROWS`]
+/// (a batch of eight decoded tokens: two launches reading the blocks twice still read a quarter of the
+/// bytes of the f16 expansion the broadcast kernels would need).
+pub const MAX_PACKED_DECODE_ROWS: usize = 8;
 /// Output columns per workgroup of the decode kernels (8 lanes × 4).
 const DECODE_COLUMNS: usize = 32;
 
 impl<'g> Batch<'g> {
     /// Records the decode kernel for a checked forward matmul if the adapter and shape take one, and
     /// says whether it did: the CPU family with subgroups of eight (unless `BABELRL_DECODE_MATMUL=0`),
-    /// 1 ..= 4 rows and fewer than the broadcast kernels' `one_per_lane`, f16 weights with K % 8 == 0
-    /// or packed ones. One pipeline per row count (override `ROWS`). Grid: x (and z past the limit) =
+    /// f16 weights with K % 8 == 0 for 1 ..= 4 rows and fewer than the broadcast kernels'
+    /// `one_per_lane`, packed ones for 1 ..= 8 rows (launches of ≤ 4 rows, `MatmulParams::row0`). One
+    /// pipeline per row count (override `ROWS`). Grid: x (and z past the limit) =
     /// groups of 32 columns (16 with the SwiGLU epilogue).
     pub(super) fn matmul_decode(
         &mut self,
@@ -30,8 +35,11 @@ impl<'g> Batch<'g> {
     ) -> bool {
         let gpu = self.gpu_ref();
         let t = params.t as usize;
-        let below_broadcast = gpu.subgroup_matmul.is_some_and(|r| t < r.one_per_lane);
-        if !gpu.decode_matmul || !below_broadcast || !(1..=MAX_DECODE_ROWS).contains(&t) {
+        let rows_taken = match w.packed {
+            Some(_) => MAX_PACKED_DECODE_ROWS,
+            None => gpu.subgroup_matmul.map_or(0, |r| (r.one_per_lane - 1).min(MAX_DECODE_ROWS)),
+        };
+        if !gpu.decode_matmul || gpu.subgroup_matmul.is_none() || !(1..=rows_taken).contains(&t) {
             return false;
         }
         let entry = match &w.packed {
@@ -47,7 +55,11 @@ impl<'g> Batch<'g> {
         if let Some(p) = &w.packed {
             buffers.push(&p.scales);
         }
-        self.dispatch_with(&MATMUL_DECODE, entry, &[("ROWS", t as f64)], params, &buffers, grid);
+        for row0 in (0..t).step_by(MAX_DECODE_ROWS) {
+            let rows = MAX_DECODE_ROWS.min(t - row0);
+            let params = MatmulParams { row0: row0 as u32, ..*params };
+            self.dispatch_with(&MATMUL_DECODE, entry, &[("ROWS", rows as f64)], &params, &buffers, grid);
+        }
         true
     }
 

@@ -107,7 +107,7 @@ impl<'g> Batch<'g> {
                 ("matmul_forward_subgroup_1row", 8)
             };
             let params =
-                MatmulParams { t: p.t, n: p.c, k: p.d, flags: 0, ldy: p.c, n_off: 0, w_row0: p.r0, pad1: 0 };
+                MatmulParams { t: p.t, n: p.c, k: p.d, flags: 0, ldy: p.c, n_off: 0, w_row0: p.r0, row0: 0 };
             let grid = grid_rows(p.c.div_ceil(8), p.t.div_ceil(rows_per_group), limit);
             let dummy = &gpu.dummy;
             let buffers = [&h.buffer, &block.buffer, dummy, dummy, &scratch.buffer];
