@@ -82,3 +82,60 @@ fn attn_subgroup_train_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(s
     let ml = attend(wid.x, wid.y, lane);
     if (lane == 0u) { lse_out[wid.y * p.n_head + wid.x] = ml.x + log(ml.y); }
 }
+
+// attn_subgroup_dscores_backward: attention.wgsl's attn_dscores_backward as one subgroup of eight per
+// (head, token): pds[t, h, j] = (p, ds) with p = exp(q·k_j/√hd − lse) and ds = p·(dout·v_j − delta)/√hd
+// for the token's keys j < n_keys, (0, 0) from there to span. Lane l holds its QUADS of q (pre-scaled)
+// and of dout; per key each lane loads its quads of k_j and v_j and the two dot products are
+// subgroupAdds (the per-entry kernel loads q, k, dout and v whole for every key). The backward's
+// BackParams and attn_dscores_backward's bindings; the host's loop budget as for the forward.
+struct BackParams {
+    t: u32, n_head: u32, n_kv_head: u32, head_dim: u32,
+    ctx: u32, span: u32, slots: u32, flags: u32,
+}
+@group(0) @binding(0) var<uniform> pb: BackParams;
+@group(0) @binding(5) var<storage, read> dout4_b: array<vec4<f32>>;   // (T, H·hd)
+@group(0) @binding(6) var<storage, read> lse_b: array<f32>;           // (T, H)
+@group(0) @binding(7) var<storage, read> delta_b: array<f32>;         // (T, H)
+@group(0) @binding(8) var<storage, read_write> pds_b: array<vec2<f32>>; // (T, H, span) (p, ds)
+
+@compute @workgroup_size(8)
+fn attn_subgroup_dscores_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    let h = wid.x;
+    let t = wid.y;
+    // Uniform over the subgroup: no lane leaves while the others still add.
+    if (h >= pb.n_head || t >= pb.t) { return; }
+    let info = tok[t];
+    let n = min(info.z, pb.span);
+    let hd4 = pb.head_dim / 4u;
+    let kvh = h / (pb.n_head / pb.n_kv_head);
+    let base = (info.y * pb.n_kv_head + kvh) * pb.ctx; // cache row of key 0
+    let r = t * pb.n_head + h;
+    let f0 = lane * QUADS;
+    let scale = inverseSqrt(f32(pb.head_dim));
+    var qs: array<vec4<f32>, 8>;
+    var ds: array<vec4<f32>, 8>;
+    for (var f = 0u; f < QUADS; f++) {
+        qs[f] = q4[r * hd4 + f0 + f] * scale;
+        ds[f] = dout4_b[r * hd4 + f0 + f];
+    }
+    let lse = lse_b[r];
+    let delta = delta_b[r];
+    let row = r * pb.span;
+    for (var j = 0u; j < n; j++) {
+        let at = (base + j) * hd4 + f0;
+        var s = 0.0;
+        var dp = 0.0;
+        for (var f = 0u; f < QUADS; f++) {
+            s += dot(qs[f], k4[at + f]);
+            dp += dot(ds[f], v4[at + f]);
+        }
+        let sum_s = subgroupAdd(s);
+        let sum_dp = subgroupAdd(dp);
+        if (lane == 0u) {
+            let pr = exp(sum_s - lse);
+            pds_b[row + j] = vec2<f32>(pr, pr * (sum_dp - delta) * scale);
+        }
+    }
+    for (var j = n + lane; j < pb.span; j += LANES) { pds_b[row + j] = vec2<f32>(0.0); }
+}

@@ -481,13 +481,20 @@ impl<'g> Batch<'g> {
             &b.delta.buffer,
             &b.pds.buffer,
         ];
-        self.dispatch(
-            a,
-            "attn_dscores_backward",
-            &pb,
-            &ds_in,
-            grid_1d(t * h * span, self.gpu_ref().grid_limit),
-        );
+        if let Some(quads) = self.subgroup_attention_quads(p) {
+            // One subgroup per (head, token), as the training forward (attention_subgroup.wgsl).
+            let quads = [("QUADS", quads as f64)];
+            let entry = "attn_subgroup_dscores_backward";
+            self.dispatch_with(&ATTENTION_SUBGROUP, entry, &quads, &pb, &ds_in, [p.n_head, p.t, 1]);
+        } else {
+            self.dispatch(
+                a,
+                "attn_dscores_backward",
+                &pb,
+                &ds_in,
+                grid_1d(t * h * span, self.gpu_ref().grid_limit),
+            );
+        }
         let dq_in = [&b.tok.buffer, &b.k_cache.buffer, &b.pds.buffer, &b.dq.buffer];
         self.dispatch(a, "attn_dq_backward", &pb, &dq_in, grid_1d(t * h * hd / 4, self.gpu_ref().grid_limit));
         let dkv_in = [
