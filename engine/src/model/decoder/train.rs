@@ -232,7 +232,7 @@ impl Decoder {
                     lm.dnormed,
                     lm.rows,
                 )?;
-                lm.scatter(&mut b, a, true)?;
+                lm.scatter(&mut b, a, true, true)?;
             } else {
                 b.lm_head_cross_entropy(
                     lm.normed,
@@ -244,7 +244,7 @@ impl Decoder {
                     lm.nll,
                     lm.rows,
                 )?;
-                lm.scatter(&mut b, a, false)?;
+                lm.scatter(&mut b, a, true, false)?;
             }
         }
         b.submit()?;
@@ -310,7 +310,8 @@ impl Decoder {
                     lm.rows,
                     GradWrite::Overwrite,
                 )?;
-                lm.scatter(&mut b, acts, true)?;
+                // The forward scattered the nll already.
+                lm.scatter(&mut b, acts, false, true)?;
             }
             (None, true) => {}
             (Some(_), true) => {
@@ -652,15 +653,17 @@ impl<'a> LmPass<'a> {
         }
     }
 
-    /// Records the scatter of the rows' nll (and, with `grad`, their hidden-state gradient) into
+    /// Records the scatter of the rows' nll (with `nll`) and hidden-state gradient (with `grad`) into
     /// `acts.nll` / `acts.dnormed`, zero on the rows without a target (nothing when all have one).
-    fn scatter(&self, b: &mut Batch<'_>, acts: &Activations, grad: bool) -> Result<()> {
+    fn scatter(&self, b: &mut Batch<'_>, acts: &Activations, nll: bool, grad: bool) -> Result<()> {
         if !self.compact {
             return Ok(());
         }
         let (map, t, n) = (&acts.lm_rows.rows, self.tokens, self.rows);
-        b.clear(&acts.nll.buffer);
-        b.scatter_rows(self.nll, map, &acts.nll, n, t, 1)?;
+        if nll {
+            b.clear(&acts.nll.buffer);
+            b.scatter_rows(self.nll, map, &acts.nll, n, t, 1)?;
+        }
         if grad {
             b.clear(&acts.dnormed.buffer);
             b.scatter_rows(self.dnormed, map, &acts.dnormed, n, t, self.hidden)?;
