@@ -5,6 +5,7 @@
 use crate::common::{gpu, repo_root};
 
 use babelrl::generate::SamplingConfig;
+use babelrl::gpu::{Gpu, GpuOptions, SubgroupMatmulRows};
 use babelrl::lora::{Adapter, LoraConfig, Target};
 use babelrl::model::load_language_model;
 use babelrl::train::grpo::{GrpoLossConfig, GrpoOptions, GrpoTrainer, ScaleRewards};
@@ -103,7 +104,8 @@ fn tiny_trainer<'m>(
     let tok = lm.tokenizer().unwrap();
     let dec = &lm.decoder;
     let adapter =
-        Adapter::init(gpu(), LoraConfig::new(4, 8.0, &Target::ALL).unwrap(), dec.config(), 7).unwrap();
+        Adapter::init(dec.gpu().clone(), LoraConfig::new(4, 8.0, &Target::ALL).unwrap(), dec.config(), 7)
+            .unwrap();
     let mut options = GrpoOptions {
         num_generations: 4,
         sampling: SamplingConfig { temperature: 1.0, max_new_tokens: 5, ..Default::default() },
@@ -129,23 +131,6 @@ fn tiny_prompts(lm: &babelrl::model::LanguageModel) -> Vec<Vec<u32>> {
     ["sky is", "grass is"].iter().map(|p| tok.encode(p, true).unwrap()).collect()
 }
 
-/// After a first AdamW step from B = 0 at learning rate `lr`: the largest difference of the two adapters
-/// over every A entry (no gradient reaches A while B is 0) and the B entries whose update reached
-/// 0.99 lr in `a`; with how many B entries were compared, of how many.
-fn first_update_diff(a: &Adapter, b: &Adapter, lr: f32) -> (f32, usize, usize) {
-    let (a, b) = (a.to_host().unwrap(), b.to_host().unwrap());
-    let a_diff = a.iter().zip(&b).flat_map(|(x, y)| x.a.iter().zip(&y.a)).map(|(x, y)| (x - y).abs());
-    let full: Vec<f32> = a
-        .iter()
-        .zip(&b)
-        .flat_map(|(x, y)| x.b.iter().zip(&y.b))
-        .filter(|(x, _)| x.abs() >= 0.99 * lr)
-        .map(|(x, y)| (x - y).abs())
-        .collect();
-    let of = a.iter().map(|x| x.b.len()).sum();
-    (a_diff.chain(full.iter().copied()).fold(0.0, f32::max), full.len(), of)
-}
-
 fn max_param_diff(a: &Adapter, b: &Adapter) -> f32 {
     let (a, b) = (a.to_host().unwrap(), b.to_host().unwrap());
     a.iter()
@@ -161,7 +146,14 @@ fn max_param_diff(a: &Adapter, b: &Adapter) -> f32 {
 /// divided by its own tokens) would double the gradient.
 #[test]
 fn gradient_accumulation_splits_a_step_without_changing_it() {
-    let lm = load_language_model(gpu(), &repo_root().join("tests/fixtures/tiny-llama-gguf/tiny-llama.gguf"))
+    // One micro-batch of 8 completions and two of 4 have different row counts (their group's prompt
+    // laid out once), and on lavapipe the broadcast kernels pick one or four rows per lane by row
+    // count, rounding differently: with four rows per lane from one row on, both take the same kernels
+    // and differ only in the order of their sums.
+    let same_kernels = SubgroupMatmulRows { one_per_lane: 1, four_per_lane: 1 };
+    let gpu =
+        Gpu::new(&GpuOptions { subgroup_matmul_rows: Some(same_kernels), ..GpuOptions::from_env() }).unwrap();
+    let lm = load_language_model(gpu, &repo_root().join("tests/fixtures/tiny-llama-gguf/tiny-llama.gguf"))
         .unwrap();
     let prompts = tiny_prompts(&lm);
     let mut whole = tiny_trainer(&lm, 1e-2, |_| {});
@@ -174,15 +166,12 @@ fn gradient_accumulation_splits_a_step_without_changing_it() {
         assert!((a.loss - b.loss).abs() <= 1e-6 * a.loss.abs().max(1.0), "step {step}: {a:?}\n{b:?}");
         let rel = (a.grad_norm - b.grad_norm).abs() / a.grad_norm;
         assert!(rel < 1e-5, "step {step}: grad norm {} vs {}", a.grad_norm, b.grad_norm);
-        // AdamW's first update is lr·g/(|g| + eps): equal gradients give equal adapters where |g| ≫ eps.
-        // Where |g| is within ~100 eps the update magnifies float-order noise (one micro-batch of 8
-        // completions and two of 4 take different row counts, hence kernels that round differently),
-        // so those elements (an update below 0.99 lr) are left to the gradient-norm check above, as
-        // every element is on the later steps, whose updates divide by √v.
+        // AdamW's first update is lr·g/(|g| + eps): equal gradients give equal adapters. Later updates
+        // divide by √v, which magnifies float-order noise on elements whose gradient is ~0, so the
+        // gradient (norm) is what the later steps compare.
         if step == 0 {
-            let (diff, compared, of) = first_update_diff(whole.adapter(), split.adapter(), 1e-2);
+            let diff = max_param_diff(whole.adapter(), split.adapter());
             assert!(diff < 1e-6, "adapters differ by {diff} after the first step");
-            assert!(compared * 10 >= of * 9, "only {compared} of {of} B entries took a full first step");
         }
     }
     let mut odd = tiny_trainer(&lm, 1e-2, |o| o.loss.gradient_accumulation_steps = 3);
