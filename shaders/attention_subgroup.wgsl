@@ -33,23 +33,30 @@ struct Params {
 override QUADS: u32 = 2u;
 const LANES: u32 = 8u;
 
+// Where lane `lane` of (head h, token t) reads and writes, for a pass of `heads` = (H, Hkv), head size
+// `hd` and `ctx` cache positions: its quads of the row's q / output / dout (`row_at`), of key 0 in the
+// token's slot and kv head (`key_at`; key j at key_at + j · hd4), the key count and the score scale.
+struct LaneWalk { row_at: u32, key_at: u32, hd4: u32, n: u32, scale: f32 }
+
+fn lane_walk(h: u32, t: u32, lane: u32, heads: vec2<u32>, hd: u32, ctx: u32) -> LaneWalk {
+    let info = tok[t];
+    let hd4 = hd / 4u;
+    let kvh = h / (heads.x / heads.y);
+    let f0 = lane * QUADS;
+    let key_row = (info.y * heads.y + kvh) * ctx; // cache row of key 0
+    return LaneWalk((t * heads.x + h) * hd4 + f0, key_row * hd4 + f0, hd4, info.z, inverseSqrt(f32(hd)));
+}
+
 // Attends (head h, token t) and writes its output; returns the online softmax's (max, sum) for lse.
 fn attend(h: u32, t: u32, lane: u32) -> vec2<f32> {
-    let info = tok[t];
-    let n = info.z;
-    let hd4 = p.head_dim / 4u;
-    let kvh = h / (p.n_head / p.n_kv_head);
-    let base = (info.y * p.n_kv_head + kvh) * p.ctx; // cache row of key 0
-    let r = t * p.n_head + h;
-    let f0 = lane * QUADS;
-    let scale = inverseSqrt(f32(p.head_dim));
+    let w = lane_walk(h, t, lane, vec2<u32>(p.n_head, p.n_kv_head), p.head_dim, p.ctx);
     var q: array<vec4<f32>, 8>;
     var acc: array<vec4<f32>, 8>;
-    for (var f = 0u; f < QUADS; f++) { q[f] = q4[r * hd4 + f0 + f] * scale; }
+    for (var f = 0u; f < QUADS; f++) { q[f] = q4[w.row_at + f] * w.scale; }
     var m = -3.0e38;
     var l = 0.0;
-    for (var j = 0u; j < n; j++) {
-        let row = (base + j) * hd4 + f0;
+    for (var j = 0u; j < w.n; j++) {
+        let row = w.key_at + j * w.hd4;
         var part = 0.0;
         for (var f = 0u; f < QUADS; f++) { part += dot(q[f], k4[row + f]); }
         let s = subgroupAdd(part);
@@ -61,7 +68,7 @@ fn attend(h: u32, t: u32, lane: u32) -> vec2<f32> {
         m = mn;
     }
     let inv = select(0.0, 1.0 / l, l > 0.0);
-    for (var f = 0u; f < QUADS; f++) { o4[r * hd4 + f0 + f] = acc[f] * inv; }
+    for (var f = 0u; f < QUADS; f++) { o4[w.row_at + f] = acc[f] * inv; }
     return vec2<f32>(m, l);
 }
 
@@ -105,25 +112,20 @@ fn attn_subgroup_dscores_backward(@builtin(workgroup_id) wid: vec3<u32>, @builti
     let t = wid.y;
     // Uniform over the subgroup: no lane leaves while the others still add.
     if (h >= pb.n_head || t >= pb.t) { return; }
-    let info = tok[t];
-    let n = min(info.z, pb.span);
-    let hd4 = pb.head_dim / 4u;
-    let kvh = h / (pb.n_head / pb.n_kv_head);
-    let base = (info.y * pb.n_kv_head + kvh) * pb.ctx; // cache row of key 0
-    let r = t * pb.n_head + h;
-    let f0 = lane * QUADS;
-    let scale = inverseSqrt(f32(pb.head_dim));
+    let w = lane_walk(h, t, lane, vec2<u32>(pb.n_head, pb.n_kv_head), pb.head_dim, pb.ctx);
+    let n = min(w.n, pb.span);
     var qs: array<vec4<f32>, 8>;
     var ds: array<vec4<f32>, 8>;
     for (var f = 0u; f < QUADS; f++) {
-        qs[f] = q4[r * hd4 + f0 + f] * scale;
-        ds[f] = dout4_b[r * hd4 + f0 + f];
+        qs[f] = q4[w.row_at + f] * w.scale;
+        ds[f] = dout4_b[w.row_at + f];
     }
+    let r = t * pb.n_head + h;
     let lse = lse_b[r];
     let delta = delta_b[r];
     let row = r * pb.span;
     for (var j = 0u; j < n; j++) {
-        let at = (base + j) * hd4 + f0;
+        let at = w.key_at + j * w.hd4;
         var s = 0.0;
         var dp = 0.0;
         for (var f = 0u; f < QUADS; f++) {
@@ -134,7 +136,7 @@ fn attn_subgroup_dscores_backward(@builtin(workgroup_id) wid: vec3<u32>, @builti
         let sum_dp = subgroupAdd(dp);
         if (lane == 0u) {
             let pr = exp(sum_s - lse);
-            pds_b[row + j] = vec2<f32>(pr, pr * (sum_dp - delta) * scale);
+            pds_b[row + j] = vec2<f32>(pr, pr * (sum_dp - delta) * w.scale);
         }
     }
     for (var j = n + lane; j < pb.span; j += LANES) { pds_b[row + j] = vec2<f32>(0.0); }
