@@ -95,3 +95,25 @@ fn a_shared_prompt_gives_the_loss_and_gradients_of_the_whole_layout() {
         }
     }
 }
+
+/// A batch whose shared prompt names a leader without the prompt's rows, or a follower whose rows do not
+/// start after it, is refused before anything runs, naming the prefix.
+#[test]
+fn a_malformed_shared_prompt_is_an_error() {
+    let f = fixture(MODELS[0]);
+    let dec = &f.lm.decoder;
+    let seqs = group(&f);
+    let (vocab, ctx) = (dec.config().vocab, dec.max_context());
+    let good = TrainBatch::sharing_prompts(&seqs, vocab, ctx).unwrap();
+    let shape = TrainShape { tokens: good.len(), slots: good.slots, span: good.span };
+    let mut acts = dec.train_activations(shape, &f.adapter, false).unwrap();
+    let mut wrong_leader = good.clone();
+    wrong_leader.shared[0].leader = 2;
+    wrong_leader.shared[0].followers = vec![3];
+    let err = dec.train_forward(&mut acts, &wrong_leader, &f.adapter, None).unwrap_err().to_string();
+    assert!(err.contains("shared prompt 0") && err.contains("leader 2"), "{err}");
+    let mut wrong_follower = good.clone();
+    wrong_follower.shared[0].followers = vec![1];
+    let err = dec.train_forward(&mut acts, &wrong_follower, &f.adapter, None).unwrap_err().to_string();
+    assert!(err.contains("shared prompt 0") && err.contains("follower 1"), "{err}");
+}

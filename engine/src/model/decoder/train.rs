@@ -386,8 +386,22 @@ impl Decoder {
                     ));
                 }
             }
-            if prefix.leader >= batch.slots {
-                return bad(format!("leader {} is not a sequence of the batch", prefix.leader));
+            // The leader's own rows hold every shared position: 0 .. len of its slot, in order.
+            let leader = prefix.leader;
+            let rows = match (batch.starts.get(leader), batch.starts.get(leader + 1)) {
+                (Some(&a), Some(&b)) => &batch.info[a..b],
+                _ => return bad(format!("leader {leader} is not a sequence of the batch")),
+            };
+            let holds = rows.len() >= prefix.len
+                && rows[..prefix.len]
+                    .iter()
+                    .enumerate()
+                    .all(|(p, i)| i.pos as usize == p && i.slot as usize == leader);
+            if !holds {
+                return bad(format!(
+                    "leader {leader}'s rows do not hold positions 0..{} of its slot",
+                    prefix.len
+                ));
             }
         }
         Ok(())
